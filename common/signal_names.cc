@@ -46,20 +46,20 @@ absl::Status ValidateSignal(int sig) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> ParseSignal(std::string_view text) {
+absl::StatusOr<int> ParseSignal(absl::string_view text) {
   int number = 0;
   if (absl::SimpleAtoi(text, &number)) {
     if (absl::Status s = ValidateSignal(number); !s.ok()) return s;
     return number;
   }
   std::string name = absl::AsciiStrToUpper(text);
-  std::string_view bare = name;
+  absl::string_view bare = name;
   if (absl::StartsWith(bare, "SIG")) bare.remove_prefix(3);
   for (const NamedSignal& s : kSignals) {
     if (bare == s.name) return s.number;
   }
   if (absl::StartsWith(bare, "RTMIN")) {
-    std::string_view rest = bare.substr(5);
+    absl::string_view rest = bare.substr(5);
     int offset = 0;
     if (rest.empty() || (rest[0] == '+' && absl::SimpleAtoi(rest.substr(1), &offset))) {
       if (SIGRTMIN + offset <= SIGRTMAX) return SIGRTMIN + offset;

@@ -3,7 +3,7 @@
 #define PROCTOR_COMMON_SIGNAL_NAMES_H_
 
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 
@@ -14,7 +14,7 @@ int MaxSignal();
 
 // Parses a signal name or number. INVALID_ARGUMENT for 0, negative numbers, numbers above
 // MaxSignal() and unknown names, with a message saying which.
-absl::StatusOr<int> ParseSignal(std::string_view text);
+absl::StatusOr<int> ParseSignal(absl::string_view text);
 
 // Checks a signal number received over the API, same rules and messages as ParseSignal.
 absl::Status ValidateSignal(int sig);

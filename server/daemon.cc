@@ -1,0 +1,228 @@
+#include "server/daemon.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/default_paths.h"
+#include "grpcpp/grpcpp.h"
+#include "server/event_loop.h"
+#include "server/id_allocator.h"
+#include "server/posix_process_launcher.h"
+#include "server/proctor_service.h"
+#include "server/supervisor.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
+
+extern char** environ;
+
+namespace proctor {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: proctord [flags]\n"
+    "  --listen ADDR          unix:/path or host:port; repeatable (default unix:<runtime "
+    "dir>/proctor/proctord.sock)\n"
+    "  --state-dir DIR        ids and captured output (default $XDG_STATE_HOME/proctor, "
+    "/var/lib/proctor as root)\n"
+    "  --retain N             ended records kept before the oldest are forgotten (10000)\n"
+    "  --shutdown-grace SECS  on SIGTERM, how long non-daemonic workers may run on (10)\n"
+    "  --log-level LEVEL      trace, debug, info, warn, error, off (info)\n";
+
+absl::Status MakeDirs(const std::string& path) {
+  for (size_t pos = 1; pos != std::string::npos;) {
+    pos = path.find('/', pos + 1);
+    std::string prefix = path.substr(0, pos);
+    if (mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
+      return absl::InternalError(absl::StrCat("cannot create ", prefix, ": ",
+                                              std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A socket file left by a daemon that died is removed; one a live daemon answers on is not.
+absl::Status PrepareSocketPath(const std::string& path) {
+  if (path.size() >= sizeof(sockaddr_un::sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("socket path ", path, " is too long"));
+  }
+  if (absl::Status s = MakeDirs(path.substr(0, path.rfind('/'))); !s.ok()) return s;
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " exists and is not a socket; not replacing it"));
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool live = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  if (live) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("another proctord is listening on ", path));
+  }
+  unlink(path.c_str());
+  return absl::OkStatus();
+}
+
+std::vector<std::string> CurrentEnvironment() {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  return env;
+}
+
+}  // namespace
+
+absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& args) {
+  DaemonOptions options;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string flag = args[i];
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = flag.find('='); absl::StartsWith(flag, "--") && eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_value = true;
+    }
+    if (flag == "--help" || flag == "-h") return absl::CancelledError(kUsage);
+    auto take = [&]() -> absl::StatusOr<std::string> {
+      if (has_value) return value;
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrCat(flag, " needs a value"));
+      }
+      return args[++i];
+    };
+    absl::StatusOr<std::string> v;
+    if (flag == "--listen") {
+      if (!(v = take()).ok()) return v.status();
+      if (v->empty()) return absl::InvalidArgumentError("--listen needs an address");
+      options.listen.push_back(*v);
+    } else if (flag == "--state-dir") {
+      if (!(v = take()).ok()) return v.status();
+      options.state_dir = *v;
+    } else if (flag == "--retain") {
+      if (!(v = take()).ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &options.retain)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--retain wants a count, not \"", *v, "\""));
+      }
+    } else if (flag == "--shutdown-grace") {
+      if (!(v = take()).ok()) return v.status();
+      double seconds;
+      if (!absl::SimpleAtod(*v, &seconds) || seconds < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--shutdown-grace wants seconds (0 or more), not \"", *v, "\""));
+      }
+      options.shutdown_grace = absl::Seconds(seconds);
+    } else if (flag == "--log-level") {
+      if (!(v = take()).ok()) return v.status();
+      if (spdlog::level::from_str(*v) == spdlog::level::off && *v != "off") {
+        return absl::InvalidArgumentError(absl::StrCat("unknown --log-level \"", *v, "\""));
+      }
+      options.log_level = *v;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag \"", args[i], "\" (see proctord --help)"));
+    }
+  }
+  if (options.listen.empty()) options.listen.push_back(DefaultAddress());
+  if (options.state_dir.empty()) options.state_dir = DefaultStateDir();
+  return options;
+}
+
+int RunDaemon(const DaemonOptions& options) {
+  auto logger = spdlog::stderr_logger_mt("proctord");
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  logger->set_level(spdlog::level::from_str(options.log_level));
+  spdlog::set_default_logger(logger);
+
+  auto fail = [](const absl::Status& status) {
+    spdlog::error("{}", std::string(status.message()));
+    return 1;
+  };
+  std::string log_dir = options.state_dir + "/logs";
+  if (absl::Status s = MakeDirs(log_dir); !s.ok()) return fail(s);
+  absl::StatusOr<std::unique_ptr<IdAllocator>> ids =
+      IdAllocator::Open(options.state_dir + "/next-id");
+  if (!ids.ok()) return fail(ids.status());
+  absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
+  if (!loop.ok()) return fail(loop.status());
+
+  PosixProcessLauncher launcher(**loop);
+  RealClock clock;
+  SupervisorOptions supervisor_options{
+      .log_dir = log_dir,
+      .retain = options.retain,
+      .base_env = CurrentEnvironment(),
+      .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
+  };
+  Supervisor supervisor(supervisor_options, launcher, clock, **loop, **ids);
+  ProctorService service(supervisor, **loop);
+
+  grpc::ServerBuilder builder;
+  std::vector<std::string> socket_paths;
+  for (const std::string& address : options.listen) {
+    if (absl::StartsWith(address, "unix:")) {
+      std::string path = address.substr(5);
+      if (absl::Status s = PrepareSocketPath(path); !s.ok()) return fail(s);
+      socket_paths.push_back(path);
+    }
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+  }
+  builder.RegisterService(&service);
+  // The socket is created by bind() inside BuildAndStart; the umask makes it 0600 from the
+  // first instant rather than after a chmod.
+  mode_t old_umask = umask(0177);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  umask(old_umask);
+  if (server == nullptr) {
+    return fail(absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", absl::StrJoin(options.listen, ", "), " (see the log above)")));
+  }
+
+  absl::StatusOr<int> signal_fd = OpenDaemonSignalFd();
+  if (!signal_fd.ok()) return fail(signal_fd.status());
+  std::thread stopper;
+  bool stopping = false;
+  EventLoop& event_loop = **loop;
+  absl::Status watched = event_loop.Watch(*signal_fd, [&] {
+    for (DaemonSignal sig : ReadSignals(*signal_fd)) {
+      if (sig == DaemonSignal::kChildExited) {
+        launcher.OnSigchld();
+      } else if (sig == DaemonSignal::kStop && !stopping) {
+        stopping = true;
+        spdlog::info("asked to stop: no new calls; ending workers");
+        // Server::Shutdown waits for handlers; it must not run on the loop thread.
+        stopper = std::thread([&] { server->Shutdown(std::chrono::system_clock::now()); });
+        supervisor.Shutdown(options.shutdown_grace, [&] { event_loop.Stop(); });
+      }
+    }
+  });
+  if (!watched.ok()) return fail(watched);
+
+  spdlog::info("proctord listening on {}; state in {}", absl::StrJoin(options.listen, ", "),
+               options.state_dir);
+  event_loop.Run();
+
+  if (stopper.joinable()) stopper.join();
+  server->Wait();
+  event_loop.Unwatch(*signal_fd);
+  close(*signal_fd);
+  for (const std::string& path : socket_paths) unlink(path.c_str());
+  spdlog::info("proctord stopped");
+  return 0;
+}
+
+}  // namespace proctor

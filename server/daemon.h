@@ -1,0 +1,34 @@
+// The proctord program as a library: its options, how they are parsed from the command line,
+// and RunDaemon, which wires the event loop, launcher, supervisor and gRPC server together and
+// runs until SIGTERM or SIGINT has ended every worker.
+#ifndef PROCTOR_SERVER_DAEMON_H_
+#define PROCTOR_SERVER_DAEMON_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace proctor {
+
+struct DaemonOptions {
+  // "unix:/path" or "host:port"; empty: the default socket.
+  std::vector<std::string> listen;
+  std::string state_dir;  // empty: the default state directory
+  size_t retain = 10000;
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  std::string log_level = "info";
+};
+
+// Parses proctord's command line. INVALID_ARGUMENT names the offending flag; the text of
+// --help is returned as the status message of a CANCELLED status (print it, exit 0).
+absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& args);
+
+// Runs the daemon; returns the process exit status. Call BlockDaemonSignals() first, before
+// any thread starts.
+int RunDaemon(const DaemonOptions& options);
+
+}  // namespace proctor
+
+#endif  // PROCTOR_SERVER_DAEMON_H_

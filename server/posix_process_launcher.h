@@ -1,0 +1,67 @@
+// PosixProcessLauncher: ProcessLauncher on Linux.
+//
+// Spawns with posix_spawn (vfork-style; the multithreaded daemon never forks): the child leads
+// a new process group, starts with an empty signal mask and default dispositions, stdin from
+// /dev/null, stdout/stderr to the capture files, and no other descriptor of the daemon's.
+// Each worker's exit is seen through its pidfd in the event loop, so one exit costs the same
+// however many workers live. SIGCHLD (read from the daemon's signalfd and handed to
+// OnSigchld) reaps the orphans that come to us as child subreaper.
+#ifndef PROCTOR_SERVER_POSIX_PROCESS_LAUNCHER_H_
+#define PROCTOR_SERVER_POSIX_PROCESS_LAUNCHER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "server/event_loop.h"
+#include "server/process_launcher.h"
+
+namespace proctor {
+
+class PosixProcessLauncher final : public ProcessLauncher {
+ public:
+  // Makes the calling process a child subreaper. `loop` must outlive the launcher.
+  explicit PosixProcessLauncher(EventLoop& loop);
+
+  void SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) override;
+  absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) override;
+  absl::Status SignalGroup(pid_t pgid, int sig) override;
+  bool GroupExists(pid_t pgid) override;
+
+  // Reaps every exited child that is not a worker (workers are reaped through their pidfd,
+  // or here when found first). Call on SIGCHLD, from the loop thread.
+  void OnSigchld();
+
+ private:
+  struct Worker {
+    uint64_t token;
+    int pidfd;
+  };
+  void ReapWorker(pid_t pid);
+
+  EventLoop& loop_;
+  ExitListener on_exit_;
+  OrphanListener on_orphan_reaped_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<pid_t, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  // Spawns between posix_spawn() and the registration of their pid. An unknown zombie seen
+  // while this is non-zero may be one of them, so it is left for a later look.
+  int spawning_ ABSL_GUARDED_BY(mu_) = 0;
+  bool recheck_after_spawn_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Finds what `target` names: a path with a slash (relative ones against `cwd`), or a bare name
+// looked up on `path_env` (a PATH value). Errors say what is wrong with the target:
+// NOT_FOUND, INVALID_ARGUMENT (a directory, not a regular file), PERMISSION_DENIED.
+absl::StatusOr<std::string> ResolveExecutable(const std::string& target,
+                                              const std::string& path_env,
+                                              const std::string& cwd);
+
+}  // namespace proctor
+
+#endif  // PROCTOR_SERVER_POSIX_PROCESS_LAUNCHER_H_

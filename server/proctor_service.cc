@@ -1,0 +1,336 @@
+#include "server/proctor_service.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace proctor {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+constexpr int kSigterm = 15;
+constexpr size_t kLogChunkBytes = 64 * 1024;
+// How often a followed log is read again while the process runs and has written nothing.
+constexpr absl::Duration kFollowInterval = absl::Milliseconds(50);
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+google::protobuf::Timestamp ToTimestamp(absl::Time t) {
+  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+google::protobuf::Duration ToDurationProto(absl::Duration d) {
+  return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
+}
+
+absl::Duration FromDurationProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+// A unary call answered later by a supervisor callback. The shared state lets whichever of
+// "answer" and "cancel" comes first finish the call, and the other do nothing.
+class ParkedCall final : public grpc::ServerUnaryReactor {
+ public:
+  using Park = std::function<Supervisor::WaiterId(Supervisor::Done)>;
+
+  ParkedCall(Supervisor& supervisor, v1::Process* response, const Park& park)
+      : supervisor_(supervisor), state_(std::make_shared<State>()) {
+    state_->call = this;
+    std::shared_ptr<State> state = state_;
+    Supervisor::WaiterId waiter = park([state, response](absl::StatusOr<ProcessInfo> result) {
+      absl::MutexLock lock(&state->mu);
+      if (state->finished) return;
+      state->finished = true;
+      if (result.ok()) ToProto(*result, response);
+      state->call->Finish(ToGrpc(result.status()));
+    });
+    absl::MutexLock lock(&state_->mu);
+    waiter_ = waiter;
+  }
+
+  void OnCancel() override {
+    Supervisor::WaiterId waiter;
+    {
+      absl::MutexLock lock(&state_->mu);
+      waiter = waiter_;
+    }
+    if (waiter != 0) supervisor_.CancelWait(waiter);
+    absl::MutexLock lock(&state_->mu);
+    if (state_->finished) return;
+    state_->finished = true;
+    Finish(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct State {
+    absl::Mutex mu;
+    bool finished ABSL_GUARDED_BY(mu) = false;
+    ParkedCall* call = nullptr;
+  };
+  Supervisor& supervisor_;
+  std::shared_ptr<State> state_;
+  Supervisor::WaiterId waiter_ = 0;  // guarded by state_->mu
+};
+
+// Streams one capture file. Reads happen on gRPC's threads (after each write) and on the
+// timer thread (while following an idle file); the mutex keeps them one at a time.
+class LogStream final : public grpc::ServerWriteReactor<v1::LogChunk> {
+ public:
+  LogStream(Supervisor& supervisor, Timers& timers, uint64_t id, int fd, int64_t offset,
+            bool follow)
+      : supervisor_(supervisor),
+        timers_(timers),
+        id_(id),
+        fd_(fd),
+        offset_(offset),
+        follow_(follow) {
+    absl::MutexLock lock(&mu_);
+    PumpLocked();
+  }
+
+  ~LogStream() override { close(fd_); }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(grpc::Status::CANCELLED);
+      return;
+    }
+    PumpLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    if (!writing_) FinishLocked(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override {
+    bool delete_now;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      delete_now = timer_ == 0;
+    }
+    if (delete_now) delete this;
+  }
+
+ private:
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    // Whether the process had ended is asked before reading: output written before the exit
+    // is then surely in the file, and an empty read means the end.
+    bool ended = !follow_ || !IsRunning();
+    chunk_.mutable_data()->resize(kLogChunkBytes);
+    ssize_t n = pread(fd_, chunk_.mutable_data()->data(), kLogChunkBytes, offset_);
+    if (n < 0) {
+      FinishLocked(grpc::Status(grpc::StatusCode::INTERNAL,
+                                absl::StrCat("reading output: ", std::strerror(errno))));
+      return;
+    }
+    if (n > 0) {
+      chunk_.mutable_data()->resize(n);
+      chunk_.set_offset(offset_);
+      offset_ += n;
+      writing_ = true;
+      StartWrite(&chunk_);
+      return;
+    }
+    if (ended) {
+      FinishLocked(grpc::Status::OK);
+      return;
+    }
+    timer_ = timers_.After(kFollowInterval, [this] { OnTimer(); });
+  }
+
+  void OnTimer() {
+    bool delete_now;
+    {
+      absl::MutexLock lock(&mu_);
+      timer_ = 0;
+      delete_now = done_;
+      if (!done_) PumpLocked();
+    }
+    if (delete_now) delete this;
+  }
+
+  bool IsRunning() {
+    absl::StatusOr<ProcessInfo> info = supervisor_.Get(id_);
+    return info.ok() && info->running;
+  }
+
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(status);
+  }
+
+  Supervisor& supervisor_;
+  Timers& timers_;
+  const uint64_t id_;
+  const int fd_;
+  absl::Mutex mu_;
+  int64_t offset_ ABSL_GUARDED_BY(mu_);
+  const bool follow_;
+  v1::LogChunk chunk_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  TimerId timer_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+template <typename Response>
+class FailedStream final : public grpc::ServerWriteReactor<Response> {
+ public:
+  explicit FailedStream(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                    const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpc(status));
+  return reactor;
+}
+
+}  // namespace
+
+void ToProto(const ProcessInfo& info, v1::Process* out) {
+  out->set_id(info.id);
+  out->set_name(info.name);
+  out->set_pid(info.pid);
+  out->set_state(info.running ? v1::STATE_RUNNING : v1::STATE_EXITED);
+  if (info.status.has_value()) {
+    out->set_exitcode(info.status->exitcode());
+    out->set_signal(info.status->signal);
+    out->set_core_dumped(info.status->core_dumped);
+  }
+  out->set_daemon(info.daemon);
+  if (info.parent_id != 0) out->set_parent_id(info.parent_id);
+  for (uint64_t child : info.children) out->add_children(child);
+  out->set_target(info.target);
+  for (const std::string& arg : info.args) out->add_args(arg);
+  *out->mutable_start_time() = ToTimestamp(info.start_time);
+  if (!info.running) {
+    *out->mutable_end_time() = ToTimestamp(info.end_time);
+    *out->mutable_user_cpu() = ToDurationProto(info.usage.user_cpu);
+    *out->mutable_system_cpu() = ToDurationProto(info.usage.system_cpu);
+    out->set_max_rss_bytes(info.usage.max_rss_bytes);
+  }
+  out->set_stdout_path(info.stdout_path);
+  out->set_stderr_path(info.stderr_path);
+  out->set_cwd(info.cwd);
+}
+
+ProctorService::ProctorService(Supervisor& supervisor, Timers& timers)
+    : supervisor_(supervisor), timers_(timers) {}
+
+grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* context,
+                                                const v1::StartRequest* request,
+                                                v1::Process* response) {
+  StartSpec spec;
+  spec.target = request->target();
+  spec.args.assign(request->args().begin(), request->args().end());
+  spec.kwargs.insert(request->kwargs().begin(), request->kwargs().end());
+  spec.name = request->name();
+  spec.daemon = request->daemon();
+  spec.env.assign(request->env().begin(), request->env().end());
+  spec.cwd = request->cwd();
+  absl::StatusOr<ProcessInfo> started = supervisor_.Start(spec);
+  if (started.ok()) ToProto(*started, response);
+  return FinishNow(context, started.status());
+}
+
+grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext*,
+                                               const v1::JoinRequest* request,
+                                               v1::Process* response) {
+  std::optional<absl::Duration> timeout;
+  if (request->has_timeout()) timeout = FromDurationProto(request->timeout());
+  uint64_t id = request->id();
+  return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
+    return supervisor_.Join(id, timeout, std::move(done));
+  });
+}
+
+grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext*,
+                                                    const v1::TerminateRequest* request,
+                                                    v1::Process* response) {
+  int sig = request->signal() == 0 ? kSigterm : request->signal();
+  absl::Duration grace =
+      request->has_grace() ? FromDurationProto(request->grace()) : Supervisor::kDefaultGrace;
+  bool wait = !request->has_wait() || request->wait();
+  uint64_t id = request->id();
+  return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
+    return supervisor_.Terminate(id, sig, grace, wait, std::move(done));
+  });
+}
+
+grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* context,
+                                                 const v1::StatusRequest* request,
+                                                 v1::StatusResponse* response) {
+  if (request->has_id()) {
+    absl::StatusOr<ProcessInfo> info = supervisor_.Get(request->id());
+    if (info.ok()) ToProto(*info, response->add_processes());
+    return FinishNow(context, info.status());
+  }
+  ListFilter filter;
+  if (request->state() != v1::STATE_UNSPECIFIED) {
+    filter.running = request->state() == v1::STATE_RUNNING;
+  }
+  filter.name = request->name();
+  if (request->has_parent_id()) filter.parent_id = request->parent_id();
+  for (const ProcessInfo& info : supervisor_.List(filter)) {
+    ToProto(info, response->add_processes());
+  }
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerWriteReactor<v1::LogChunk>* ProctorService::Logs(
+    grpc::CallbackServerContext*, const v1::LogsRequest* request) {
+  absl::StatusOr<ProcessInfo> info = supervisor_.Get(request->id());
+  if (!info.ok()) return new FailedStream<v1::LogChunk>(ToGrpc(info.status()));
+  if (request->tail_bytes() < 0) {
+    return new FailedStream<v1::LogChunk>(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT, "tail_bytes is negative; give 0 or more"));
+  }
+  const std::string& path =
+      request->stream() == v1::STREAM_STDERR ? info->stderr_path : info->stdout_path;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return new FailedStream<v1::LogChunk>(
+        grpc::Status(grpc::StatusCode::INTERNAL,
+                     absl::StrCat("cannot open captured output ", path, ": ",
+                                  std::strerror(errno))));
+  }
+  int64_t offset = 0;
+  struct stat st;
+  if (request->tail_bytes() > 0 && fstat(fd, &st) == 0) {
+    offset = std::max<int64_t>(0, st.st_size - request->tail_bytes());
+  }
+  return new LogStream(supervisor_, timers_, request->id(), fd, offset, request->follow());
+}
+
+grpc::ServerUnaryReactor* ProctorService::Release(grpc::CallbackServerContext* context,
+                                                  const v1::ReleaseRequest* request,
+                                                  v1::ReleaseResponse*) {
+  return FinishNow(context, supervisor_.Release(request->id()));
+}
+
+}  // namespace proctor

@@ -1,0 +1,495 @@
+#include "server/supervisor.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "common/signal_names.h"
+#include "spdlog/spdlog.h"
+
+namespace proctor {
+namespace {
+
+constexpr int kSigkill = 9;
+constexpr int kSigterm = 15;
+// After SIGKILL, how often to look again for group members nobody told us about (for
+// instance ones reaped by a parent outside the group).
+constexpr absl::Duration kDrainRecheck = absl::Milliseconds(100);
+
+absl::Status NoSuchProcess(uint64_t id) {
+  return absl::NotFoundError(absl::StrCat("no process with id ", id));
+}
+
+absl::Status CheckNoNul(absl::string_view what, absl::string_view value) {
+  if (value.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " contains a NUL byte"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Validate(const StartSpec& spec) {
+  if (spec.target.empty()) return absl::InvalidArgumentError("target is empty");
+  if (absl::Status s = CheckNoNul("target", spec.target); !s.ok()) return s;
+  for (size_t i = 0; i < spec.args.size(); ++i) {
+    if (absl::Status s = CheckNoNul(absl::StrCat("args[", i, "]"), spec.args[i]); !s.ok()) {
+      return s;
+    }
+  }
+  for (const auto& [key, value] : spec.kwargs) {
+    if (key.empty()) return absl::InvalidArgumentError("kwargs has an empty key");
+    if (absl::Status s = CheckNoNul(absl::StrCat("kwargs key \"", key, "\""), key); !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = CheckNoNul(absl::StrCat("kwargs[", key, "]"), value); !s.ok()) {
+      return s;
+    }
+  }
+  for (size_t i = 0; i < spec.env.size(); ++i) {
+    const std::string& entry = spec.env[i];
+    if (absl::Status s = CheckNoNul(absl::StrCat("env[", i, "]"), entry); !s.ok()) return s;
+    size_t eq = entry.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "env entry \"", entry, "\" is not KEY=VALUE (it needs a name before an '=')"));
+    }
+  }
+  if (absl::Status s = CheckNoNul("cwd", spec.cwd); !s.ok()) return s;
+  if (!spec.cwd.empty() && spec.cwd[0] != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cwd \"", spec.cwd, "\" must be an absolute path"));
+  }
+  if (spec.name.size() > Supervisor::kMaxNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("name is ", spec.name.size(),
+                                                   " bytes long; the limit is ",
+                                                   Supervisor::kMaxNameBytes));
+  }
+  if (absl::Status s = CheckNoNul("name", spec.name); !s.ok()) return s;
+  return absl::OkStatus();
+}
+
+// The base environment with the request's entries laid over it (same name: request wins).
+std::vector<std::string> BuildEnv(const std::vector<std::string>& base,
+                                  const std::vector<std::string>& overrides) {
+  std::vector<std::string> env;
+  absl::flat_hash_map<std::string, size_t> index;
+  auto put = [&](const std::string& entry) {
+    std::string key = entry.substr(0, entry.find('='));
+    auto [it, inserted] = index.emplace(key, env.size());
+    if (inserted) {
+      env.push_back(entry);
+    } else {
+      env[it->second] = entry;
+    }
+  };
+  for (const std::string& entry : base) put(entry);
+  for (const std::string& entry : overrides) put(entry);
+  return env;
+}
+
+// What execve counts against ARG_MAX: the strings with their NULs, and the pointer arrays.
+size_t ExecSize(const std::vector<std::string>& argv, const std::vector<std::string>& envp) {
+  size_t total = (argv.size() + envp.size() + 2) * sizeof(char*);
+  for (const std::string& s : argv) total += s.size() + 1;
+  for (const std::string& s : envp) total += s.size() + 1;
+  return total;
+}
+
+}  // namespace
+
+Supervisor::Supervisor(SupervisorOptions options, ProcessLauncher& launcher, Clock& clock,
+                       Timers& timers, IdAllocator& ids)
+    : options_(std::move(options)),
+      launcher_(launcher),
+      clock_(clock),
+      timers_(timers),
+      ids_(ids) {
+  launcher_.SetListeners(
+      [this](uint64_t id, WaitStatus status, const ResourceUsage& usage) {
+        OnExit(id, status, usage);
+      },
+      [this] { OnOrphanReaped(); });
+}
+
+absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
+  if (absl::Status s = Validate(spec); !s.ok()) return s;
+
+  LaunchSpec launch;
+  launch.path = spec.target;
+  launch.argv.reserve(1 + spec.args.size() + spec.kwargs.size());
+  launch.argv.push_back(spec.target);
+  launch.argv.insert(launch.argv.end(), spec.args.begin(), spec.args.end());
+  for (const auto& [key, value] : spec.kwargs) {
+    launch.argv.push_back(absl::StrCat("--", key, "=", value));
+  }
+  launch.envp = BuildEnv(options_.base_env, spec.env);
+  launch.cwd = spec.cwd;
+  if (size_t size = ExecSize(launch.argv, launch.envp); size > options_.arg_max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("arguments and environment take ", size,
+                     " bytes, more than the system's ARG_MAX of ", options_.arg_max));
+  }
+
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return absl::UnavailableError("proctord is shutting down");
+    absl::StatusOr<uint64_t> next = ids_.Next();
+    if (!next.ok()) return next.status();
+    id = *next;
+    Record& record = records_[id];
+    ProcessInfo& info = record.info;
+    info.id = id;
+    info.name = spec.name.empty() ? absl::StrCat("Process-", ++top_level_started_) : spec.name;
+    info.running = true;
+    info.daemon = spec.daemon;
+    info.parent_id = spec.parent_id;
+    info.args.assign(launch.argv.begin() + 1, launch.argv.end());
+    info.cwd = spec.cwd;
+    info.start_time = clock_.Now();
+    info.end_time = absl::InfinitePast();
+    info.stdout_path = absl::StrCat(options_.log_dir, "/", id, ".out");
+    info.stderr_path = absl::StrCat(options_.log_dir, "/", id, ".err");
+    launch.stdout_path = info.stdout_path;
+    launch.stderr_path = info.stderr_path;
+    ++live_count_;
+  }
+
+  absl::StatusOr<Launched> launched = launcher_.Launch(launch, id);
+
+  absl::MutexLock lock(&mu_);
+  Record& record = records_.at(id);
+  if (!launched.ok()) {
+    records_.erase(id);
+    --live_count_;
+    unlink(launch.stdout_path.c_str());
+    unlink(launch.stderr_path.c_str());
+    return launched.status();
+  }
+  record.launched = true;
+  record.info.pid = launched->pid;
+  record.info.target = launched->path;
+  spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, record.info.name,
+               launched->pid, launched->path, spec.daemon ? " daemon" : "");
+  return record.info;
+}
+
+Supervisor::WaiterId Supervisor::Join(uint64_t id, std::optional<absl::Duration> timeout,
+                                      Done done) {
+  absl::StatusOr<ProcessInfo> answer;
+  WaiterId waiter = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = records_.find(id);
+    if (timeout.has_value() && *timeout < absl::ZeroDuration()) {
+      answer = absl::InvalidArgumentError(absl::StrCat(
+          "timeout ", absl::FormatDuration(*timeout), " is negative; give 0 or more"));
+    } else if (it == records_.end() || !it->second.launched) {
+      answer = NoSuchProcess(id);
+    } else if (!it->second.info.running || timeout == absl::ZeroDuration()) {
+      answer = it->second.info;
+    } else {
+      waiter = next_waiter_++;
+      Waiter w{waiter, std::move(done)};
+      if (timeout.has_value()) {
+        w.timer = timers_.After(*timeout, [this, id, waiter] { OnJoinTimeout(id, waiter); });
+      }
+      it->second.joiners.push_back(std::move(w));
+      waiter_record_[waiter] = id;
+      return waiter;
+    }
+  }
+  done(std::move(answer));
+  return 0;
+}
+
+void Supervisor::OnJoinTimeout(uint64_t id, WaiterId waiter) {
+  Done done;
+  ProcessInfo info;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = records_.find(id);
+    if (it == records_.end()) return;
+    auto& joiners = it->second.joiners;
+    auto w = std::find_if(joiners.begin(), joiners.end(),
+                          [&](const Waiter& j) { return j.id == waiter; });
+    if (w == joiners.end()) return;
+    done = std::move(w->done);
+    joiners.erase(w);
+    waiter_record_.erase(waiter);
+    info = it->second.info;
+  }
+  done(std::move(info));
+}
+
+Supervisor::WaiterId Supervisor::Terminate(uint64_t id, int sig, absl::Duration grace, bool wait,
+                                           Done done) {
+  absl::StatusOr<ProcessInfo> answer;
+  WaiterId waiter = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = records_.find(id);
+    if (absl::Status s = ValidateSignal(sig); !s.ok()) {
+      answer = s;
+    } else if (grace < absl::ZeroDuration()) {
+      answer = absl::InvalidArgumentError(absl::StrCat(
+          "grace ", absl::FormatDuration(grace), " is negative; give 0 or more"));
+    } else if (it == records_.end() || !it->second.launched) {
+      answer = NoSuchProcess(id);
+    } else {
+      Record& record = it->second;
+      // An ended worker may still have left processes in its group: they are its tree too.
+      bool group_left = launcher_.GroupExists(record.info.pid);
+      if (record.info.running || group_left) SignalLocked(record, sig, grace);
+      if (!wait || (!record.info.running && !group_left)) {
+        answer = record.info;
+      } else {
+        waiter = next_waiter_++;
+        record.terminators.push_back(Waiter{waiter, std::move(done)});
+        waiter_record_[waiter] = id;
+        draining_.insert(id);
+        return waiter;
+      }
+    }
+  }
+  done(std::move(answer));
+  return 0;
+}
+
+void Supervisor::SignalLocked(Record& record, int sig, absl::Duration grace) {
+  const ProcessInfo& info = record.info;
+  absl::Status sent = launcher_.SignalGroup(info.pid, sig);
+  spdlog::info("terminate id={} pid={} signal={} grace={}{}", info.id, info.pid,
+               SignalName(sig), absl::FormatDuration(grace),
+               sent.ok() ? "" : absl::StrCat(" (", sent.message(), ")"));
+  absl::Time deadline = clock_.Now() + grace;
+  if (sig == kSigkill || deadline >= record.kill_deadline) return;
+  if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
+  record.kill_deadline = deadline;
+  uint64_t id = info.id;
+  record.kill_timer = timers_.After(grace, [this, id] { OnGraceExpired(id); });
+}
+
+void Supervisor::OnGraceExpired(uint64_t id) {
+  Completions completions;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = records_.find(id);
+    if (it == records_.end()) return;
+    Record& record = it->second;
+    record.kill_timer = 0;
+    record.kill_deadline = absl::InfiniteFuture();
+    if (record.info.running || launcher_.GroupExists(record.info.pid)) {
+      spdlog::info("grace expired id={} pid={}: SIGKILL", id, record.info.pid);
+      launcher_.SignalGroup(record.info.pid, kSigkill).IgnoreError();
+      record.kill_deadline = clock_.Now() + kDrainRecheck;
+      record.kill_timer = timers_.After(kDrainRecheck, [this, id] { OnGraceExpired(id); });
+    }
+    SettleDrainsLocked(completions);
+    CheckShutdownLocked(completions);
+  }
+  for (auto& c : completions) c();
+}
+
+void Supervisor::SettleDrainsLocked(Completions& out) {
+  for (auto it = draining_.begin(); it != draining_.end();) {
+    auto rec = records_.find(*it);
+    if (rec == records_.end()) {
+      draining_.erase(it++);
+      continue;
+    }
+    Record& record = rec->second;
+    if (record.info.running || launcher_.GroupExists(record.info.pid)) {
+      ++it;
+      continue;
+    }
+    if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
+    record.kill_timer = 0;
+    record.kill_deadline = absl::InfiniteFuture();
+    for (Waiter& w : record.terminators) {
+      waiter_record_.erase(w.id);
+      out.push_back([done = std::move(w.done), info = record.info] { done(info); });
+    }
+    record.terminators.clear();
+    draining_.erase(it++);
+  }
+}
+
+void Supervisor::CancelWait(WaiterId waiter) {
+  absl::MutexLock lock(&mu_);
+  auto wr = waiter_record_.find(waiter);
+  if (wr == waiter_record_.end()) return;
+  auto it = records_.find(wr->second);
+  waiter_record_.erase(wr);
+  if (it == records_.end()) return;
+  for (auto* list : {&it->second.joiners, &it->second.terminators}) {
+    auto w = std::find_if(list->begin(), list->end(),
+                          [&](const Waiter& j) { return j.id == waiter; });
+    if (w == list->end()) continue;
+    if (w->timer != 0) timers_.Cancel(w->timer);
+    list->erase(w);
+  }
+}
+
+void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage) {
+  Completions completions;
+  std::vector<std::string> unlink_paths;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = records_.find(id);
+    if (it == records_.end()) return;
+    Record& record = it->second;
+    ProcessInfo& info = record.info;
+    info.running = false;
+    info.status = status;
+    info.usage = usage;
+    info.end_time = clock_.Now();
+    --live_count_;
+    spdlog::info("exited id={} name=\"{}\" pid={} exitcode={}{}", id, info.name, info.pid,
+                 status.exitcode(),
+                 status.signal != 0 ? absl::StrCat(" signal=", SignalName(status.signal),
+                                                   status.core_dumped ? " (core dumped)" : "")
+                                    : "");
+    for (Waiter& w : record.joiners) {
+      if (w.timer != 0) timers_.Cancel(w.timer);
+      waiter_record_.erase(w.id);
+      completions.push_back([done = std::move(w.done), info] { done(info); });
+    }
+    record.joiners.clear();
+    SettleDrainsLocked(completions);
+    ended_order_.push_back(id);
+    ++ended_count_;
+    EvictLocked(unlink_paths);
+    CheckShutdownLocked(completions);
+  }
+  for (auto& c : completions) c();
+  for (const std::string& path : unlink_paths) unlink(path.c_str());
+}
+
+void Supervisor::OnOrphanReaped() {
+  Completions completions;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_.empty()) return;
+    SettleDrainsLocked(completions);
+    CheckShutdownLocked(completions);
+  }
+  for (auto& c : completions) c();
+}
+
+void Supervisor::EvictLocked(std::vector<std::string>& unlink_paths) {
+  while (ended_count_ > options_.retain && !ended_order_.empty()) {
+    uint64_t oldest = ended_order_.front();
+    auto it = records_.find(oldest);
+    if (it != records_.end() && draining_.contains(oldest)) break;  // still being terminated
+    ended_order_.pop_front();
+    if (it == records_.end()) continue;  // released already
+    unlink_paths.push_back(it->second.info.stdout_path);
+    unlink_paths.push_back(it->second.info.stderr_path);
+    records_.erase(it);
+    --ended_count_;
+  }
+}
+
+absl::StatusOr<ProcessInfo> Supervisor::Get(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = records_.find(id);
+  if (it == records_.end() || !it->second.launched) return NoSuchProcess(id);
+  return it->second.info;
+}
+
+std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
+  std::vector<ProcessInfo> out;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, record] : records_) {
+      const ProcessInfo& info = record.info;
+      if (!record.launched) continue;
+      if (filter.running.has_value() && info.running != *filter.running) continue;
+      if (!filter.name.empty() && info.name != filter.name) continue;
+      if (filter.parent_id.has_value() && info.parent_id != *filter.parent_id) continue;
+      out.push_back(info);
+    }
+  }
+  std::sort(out.begin(), out.end(),
+            [](const ProcessInfo& a, const ProcessInfo& b) { return a.id < b.id; });
+  return out;
+}
+
+absl::Status Supervisor::Release(uint64_t id) {
+  std::string out_path, err_path;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = records_.find(id);
+    if (it == records_.end() || !it->second.launched) return NoSuchProcess(id);
+    if (it->second.info.running || draining_.contains(id)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "process ", id, " is still running; join or terminate it before releasing it"));
+    }
+    out_path = it->second.info.stdout_path;
+    err_path = it->second.info.stderr_path;
+    records_.erase(it);
+    --ended_count_;
+    // Keep the eviction queue from filling with released ids.
+    if (!ended_order_.empty() && ended_order_.front() == id) ended_order_.pop_front();
+    if (ended_order_.size() > 2 * ended_count_ + 64) {
+      std::erase_if(ended_order_, [this](uint64_t e) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return !records_.contains(e);
+      });
+    }
+  }
+  unlink(out_path.c_str());
+  unlink(err_path.c_str());
+  return absl::OkStatus();
+}
+
+void Supervisor::Shutdown(absl::Duration grace, std::function<void()> all_done) {
+  Completions completions;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) return;
+    shutting_down_ = true;
+    shutdown_done_ = std::move(all_done);
+    spdlog::info("shutting down: {} live processes, grace {}", live_count_,
+                 absl::FormatDuration(grace));
+    for (auto& [id, record] : records_) {
+      if (!record.launched) continue;
+      if (!record.info.running && !launcher_.GroupExists(record.info.pid)) continue;
+      draining_.insert(id);
+      if (record.info.daemon) SignalLocked(record, kSigterm, grace);
+    }
+    timers_.After(grace, [this, grace] {
+      Completions late;
+      {
+        absl::MutexLock lock(&mu_);
+        for (uint64_t id : draining_) {
+          Record& record = records_.at(id);
+          if (!record.info.daemon) SignalLocked(record, kSigterm, grace);
+        }
+        SettleDrainsLocked(late);
+        CheckShutdownLocked(late);
+      }
+      for (auto& c : late) c();
+    });
+    SettleDrainsLocked(completions);
+    CheckShutdownLocked(completions);
+  }
+  for (auto& c : completions) c();
+}
+
+void Supervisor::CheckShutdownLocked(Completions& out) {
+  if (!shutting_down_ || !shutdown_done_ || live_count_ > 0 || !draining_.empty()) return;
+  spdlog::info("every process has ended");
+  out.push_back(std::move(shutdown_done_));
+  shutdown_done_ = nullptr;
+}
+
+size_t Supervisor::live_count() {
+  absl::MutexLock lock(&mu_);
+  return live_count_;
+}
+
+}  // namespace proctor

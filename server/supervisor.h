@@ -1,0 +1,168 @@
+// Supervisor: the records of every process proctord started, and the rules that move them.
+//
+// It owns all process state behind one mutex. Calls never block on a process: Join and
+// Terminate take a completion callback that runs when the answer is known (at once, at
+// exit, or when a timer fires), on the thread that learned it and outside the lock.
+//
+// Rules (see README, "Process model"):
+// - Start validates the request, resolves and launches the target, and records it; a failed
+//   launch leaves no record. Names default to Process-N for the N-th top-level start.
+// - Join completes at exit, or at its timeout with the still-running record.
+// - Terminate signals the worker's process group, and SIGKILLs what is left of the group
+//   after the grace. With wait, it completes once the worker is reaped and its group is empty.
+// - Ended records stay until Release, or until more than `retain` have ended (oldest go
+//   first); their captured output goes with them.
+// - Shutdown refuses new Starts, terminates daemonic workers at once and the others after
+//   the grace, and reports when nothing is left.
+#ifndef PROCTOR_SERVER_SUPERVISOR_H_
+#define PROCTOR_SERVER_SUPERVISOR_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/wait_status.h"
+#include "server/clock.h"
+#include "server/id_allocator.h"
+#include "server/process_launcher.h"
+
+namespace proctor {
+
+// A snapshot of one record, as Status reports it.
+struct ProcessInfo {
+  uint64_t id = 0;
+  std::string name;
+  pid_t pid = 0;
+  bool running = false;
+  std::optional<WaitStatus> status;  // set once ended
+  bool daemon = false;
+  uint64_t parent_id = 0;  // 0: no parent worker
+  std::vector<uint64_t> children;
+  std::string target;  // resolved path
+  std::vector<std::string> args;
+  std::string cwd;
+  absl::Time start_time;
+  absl::Time end_time;  // InfinitePast while running
+  ResourceUsage usage;
+  std::string stdout_path;
+  std::string stderr_path;
+};
+
+struct StartSpec {
+  std::string target;
+  std::vector<std::string> args;
+  std::map<std::string, std::string> kwargs;  // passed as --key=value, sorted by key
+  std::string name;
+  bool daemon = false;
+  std::vector<std::string> env;  // KEY=VALUE, over the base environment
+  std::string cwd;               // absolute, or empty for the daemon's
+  uint64_t parent_id = 0;
+};
+
+struct ListFilter {
+  std::optional<bool> running;
+  std::string name;
+  std::optional<uint64_t> parent_id;  // 0 matches top-level processes
+};
+
+struct SupervisorOptions {
+  std::string log_dir;                // captured output: <log_dir>/<id>.out and .err
+  size_t retain = 10000;              // ended records kept
+  std::vector<std::string> base_env;  // KEY=VALUE every worker starts from
+  size_t arg_max = 2 * 1024 * 1024;   // the system's ARG_MAX: argv + envp must fit
+};
+
+class Supervisor {
+ public:
+  using Done = std::function<void(absl::StatusOr<ProcessInfo>)>;
+  using WaiterId = uint64_t;
+
+  static constexpr size_t kMaxNameBytes = 256;
+  static constexpr absl::Duration kDefaultGrace = absl::Seconds(10);
+
+  // All references must outlive the supervisor. Registers itself as the launcher's listener.
+  Supervisor(SupervisorOptions options, ProcessLauncher& launcher, Clock& clock, Timers& timers,
+             IdAllocator& ids);
+
+  absl::StatusOr<ProcessInfo> Start(const StartSpec& spec);
+
+  // `done` runs exactly once (unless the wait is cancelled first). A negative timeout is
+  // INVALID_ARGUMENT; no timeout waits until exit.
+  WaiterId Join(uint64_t id, std::optional<absl::Duration> timeout, Done done);
+  // `sig` 1..SIGRTMAX; `grace` >= 0. Without `wait`, `done` runs at once after signalling.
+  WaiterId Terminate(uint64_t id, int sig, absl::Duration grace, bool wait, Done done);
+  // Forgets a pending Join/Terminate wait (its caller went away); `done` will not run.
+  void CancelWait(WaiterId waiter);
+
+  absl::StatusOr<ProcessInfo> Get(uint64_t id);
+  std::vector<ProcessInfo> List(const ListFilter& filter);
+  absl::Status Release(uint64_t id);
+
+  // `all_done` runs once every worker has been reaped and its group is empty.
+  void Shutdown(absl::Duration grace, std::function<void()> all_done);
+
+  size_t live_count();
+
+ private:
+  struct Waiter {
+    WaiterId id;
+    Done done;
+    TimerId timer = 0;
+  };
+  struct Record {
+    ProcessInfo info;
+    bool launched = false;       // false between id allocation and a successful launch
+    std::vector<Waiter> joiners;
+    std::vector<Waiter> terminators;  // wait for exit and an empty group
+    TimerId kill_timer = 0;
+    absl::Time kill_deadline = absl::InfiniteFuture();
+  };
+  using Completions = std::vector<std::function<void()>>;
+
+  void OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage);
+  void OnOrphanReaped();
+  void OnJoinTimeout(uint64_t id, WaiterId waiter);
+  void OnGraceExpired(uint64_t id);
+
+  // Signals the group and arms the SIGKILL timer; the caller holds the lock.
+  void SignalLocked(Record& record, int sig, absl::Duration grace)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Completes terminators of records whose worker is reaped and whose group is empty.
+  void SettleDrainsLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CheckShutdownLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvictLocked(std::vector<std::string>& unlink_paths) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const SupervisorOptions options_;
+  ProcessLauncher& launcher_;
+  Clock& clock_;
+  Timers& timers_;
+  IdAllocator& ids_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, Record> records_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> draining_ ABSL_GUARDED_BY(mu_);  // have terminators
+  std::deque<uint64_t> ended_order_ ABSL_GUARDED_BY(mu_);        // may hold released ids
+  size_t ended_count_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t live_count_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t top_level_started_ ABSL_GUARDED_BY(mu_) = 0;
+  WaiterId next_waiter_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<WaiterId, uint64_t> waiter_record_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> shutdown_done_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace proctor
+
+#endif  // PROCTOR_SERVER_SUPERVISOR_H_

@@ -1,0 +1,334 @@
+// The supervision rules, driven by a fake launcher and fake time: no real process here.
+#include "server/supervisor.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fake_process_launcher.h"
+#include "tests/fake_time.h"
+
+namespace proctor {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Pair;
+
+constexpr int kSigterm = 15;
+constexpr int kSigkill = 9;
+constexpr int kSigint = 2;
+
+class SupervisorTest : public ::testing::Test {
+ protected:
+  SupervisorTest() : ids_(*IdAllocator::Open("")) { Make(SupervisorOptions{}); }
+
+  void Make(SupervisorOptions options) {
+    options.log_dir = "/nonexistent/logs";
+    if (options.base_env.empty()) options.base_env = {"PATH=/usr/bin", "HOME=/root"};
+    supervisor_ = std::make_unique<Supervisor>(options, launcher_, time_, time_, *ids_);
+  }
+
+  ProcessInfo StartOk(StartSpec spec) {
+    absl::StatusOr<ProcessInfo> info = supervisor_->Start(spec);
+    EXPECT_TRUE(info.ok()) << info.status();
+    return info.value_or(ProcessInfo{});
+  }
+
+  ProcessInfo StartTrue(bool daemon = false) {
+    return StartOk(StartSpec{.target = "/bin/true", .daemon = daemon});
+  }
+
+  // Calls Join/Terminate and keeps what their callback delivers (nothing until it runs).
+  struct Result {
+    std::optional<absl::StatusOr<ProcessInfo>> value;
+    Supervisor::Done Callback() {
+      return [this](absl::StatusOr<ProcessInfo> r) { value = std::move(r); };
+    }
+  };
+
+  FakeProcessLauncher launcher_;
+  FakeTime time_;
+  std::unique_ptr<IdAllocator> ids_;
+  std::unique_ptr<Supervisor> supervisor_;
+};
+
+TEST_F(SupervisorTest, StartRecordsTheProcessWithDefaultNames) {
+  ProcessInfo first = StartTrue();
+  ProcessInfo second = StartOk(StartSpec{.target = "sleep", .args = {"5"}});
+  EXPECT_EQ(first.name, "Process-1");
+  EXPECT_EQ(second.name, "Process-2");
+  EXPECT_NE(first.id, second.id);
+  EXPECT_TRUE(second.running);
+  EXPECT_EQ(second.target, "/usr/bin/sleep");
+  EXPECT_EQ(StartOk(StartSpec{.target = "/bin/true", .name = "egon"}).name, "egon");
+}
+
+TEST_F(SupervisorTest, KwargsFollowArgsSortedByKey) {
+  ProcessInfo info = StartOk(StartSpec{
+      .target = "/bin/echo", .args = {"a", "b"}, .kwargs = {{"name", "egon"}, {"age", "18"}}});
+  EXPECT_THAT(info.args, ElementsAre("a", "b", "--age=18", "--name=egon"));
+  EXPECT_THAT(launcher_.launches.back().argv,
+              ElementsAre("/bin/echo", "a", "b", "--age=18", "--name=egon"));
+}
+
+TEST_F(SupervisorTest, RequestEnvironmentOverridesTheBase) {
+  StartOk(StartSpec{.target = "/bin/true", .env = {"HOME=/tmp", "EXTRA=1"}});
+  EXPECT_THAT(launcher_.launches.back().envp, ElementsAre("PATH=/usr/bin", "HOME=/tmp", "EXTRA=1"));
+}
+
+TEST_F(SupervisorTest, FailedLaunchLeavesNoRecord) {
+  launcher_.FailNextLaunch(absl::NotFoundError("target /nope: No such file or directory"));
+  absl::StatusOr<ProcessInfo> info = supervisor_->Start(StartSpec{.target = "/nope"});
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(supervisor_->List(ListFilter{}), IsEmpty());
+  EXPECT_EQ(supervisor_->live_count(), 0u);
+}
+
+TEST_F(SupervisorTest, BadStartRequestsAreInvalidArguments) {
+  const std::string nul("a\0b", 3);
+  struct Case {
+    StartSpec spec;
+    std::string message;
+  } cases[] = {
+      {StartSpec{.target = ""}, "target is empty"},
+      {StartSpec{.target = nul}, "target contains a NUL byte"},
+      {StartSpec{.target = "/bin/true", .args = {"ok", nul}}, "args[1] contains a NUL byte"},
+      {StartSpec{.target = "/bin/true", .env = {"A=" + nul}}, "env[0] contains a NUL byte"},
+      {StartSpec{.target = "/bin/true", .env = {"NOEQUALS"}}, "is not KEY=VALUE"},
+      {StartSpec{.target = "/bin/true", .env = {"=x"}}, "is not KEY=VALUE"},
+      {StartSpec{.target = "/bin/true", .cwd = "/tmp" + nul}, "cwd contains a NUL byte"},
+      {StartSpec{.target = "/bin/true", .cwd = "relative"}, "must be an absolute path"},
+      {StartSpec{.target = "/bin/true", .name = std::string(257, 'n')}, "the limit is 256"},
+      {StartSpec{.target = "/bin/true", .kwargs = {{"k", nul}}}, "kwargs[k] contains a NUL"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<ProcessInfo> info = supervisor_->Start(c.spec);
+    EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_THAT(info.status().message(), HasSubstr(c.message));
+  }
+  EXPECT_THAT(launcher_.launches, IsEmpty());
+}
+
+TEST_F(SupervisorTest, ArgumentsBeyondArgMaxAreRefused) {
+  Make(SupervisorOptions{.arg_max = 4096});
+  absl::StatusOr<ProcessInfo> info =
+      supervisor_->Start(StartSpec{.target = "/bin/true", .args = {std::string(5000, 'x')}});
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(info.status().message(), HasSubstr("ARG_MAX of 4096"));
+}
+
+TEST_F(SupervisorTest, JoinCompletesAtExitWithTheExitCode) {
+  ProcessInfo info = StartTrue();
+  Result joined;
+  supervisor_->Join(info.id, std::nullopt, joined.Callback());
+  EXPECT_FALSE(joined.value.has_value());
+  launcher_.Exit(info.pid, WaitStatus::Exited(3));
+  ASSERT_TRUE(joined.value.has_value());
+  ASSERT_TRUE(joined.value->ok());
+  EXPECT_FALSE((*joined.value)->running);
+  EXPECT_EQ((*joined.value)->status->exitcode(), 3);
+}
+
+TEST_F(SupervisorTest, JoinTimeoutReturnsTheRunningRecord) {
+  ProcessInfo info = StartTrue();
+  Result joined;
+  supervisor_->Join(info.id, absl::Seconds(2), joined.Callback());
+  time_.Advance(absl::Seconds(1));
+  EXPECT_FALSE(joined.value.has_value());
+  time_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(joined.value.has_value());
+  EXPECT_TRUE((*joined.value)->running);
+  launcher_.Exit(info.pid, WaitStatus::Exited(0));  // the finished waiter is not called again
+}
+
+TEST_F(SupervisorTest, JoinOfAnEndedProcessAnswersAtOnce) {
+  ProcessInfo info = StartTrue();
+  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigkill));
+  Result joined;
+  supervisor_->Join(info.id, std::nullopt, joined.Callback());
+  ASSERT_TRUE(joined.value.has_value());
+  EXPECT_EQ((*joined.value)->status->exitcode(), -9);
+}
+
+TEST_F(SupervisorTest, JoinErrors) {
+  Result unknown, negative;
+  supervisor_->Join(42, std::nullopt, unknown.Callback());
+  EXPECT_EQ(unknown.value->status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(unknown.value->status().message(), "no process with id 42");
+  ProcessInfo info = StartTrue();
+  supervisor_->Join(info.id, absl::Seconds(-1), negative.Callback());
+  EXPECT_EQ(negative.value->status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SupervisorTest, CancelledJoinIsNeverAnswered) {
+  ProcessInfo info = StartTrue();
+  Result joined;
+  Supervisor::WaiterId waiter = supervisor_->Join(info.id, absl::Seconds(5), joined.Callback());
+  supervisor_->CancelWait(waiter);
+  time_.Advance(absl::Seconds(10));
+  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  EXPECT_FALSE(joined.value.has_value());
+  EXPECT_EQ(time_.pending(), 0u);
+}
+
+TEST_F(SupervisorTest, TerminateSignalsTheGroupThenKillsAfterGrace) {
+  ProcessInfo info = StartTrue();
+  Result terminated;
+  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(10), true, terminated.Callback());
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(info.pid, kSigterm)));
+  time_.Advance(absl::Seconds(9));
+  EXPECT_EQ(launcher_.signals.size(), 1u);
+  time_.Advance(absl::Seconds(1));
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(info.pid, kSigterm), Pair(info.pid, kSigkill)));
+  EXPECT_FALSE(terminated.value.has_value());
+  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigkill));
+  ASSERT_TRUE(terminated.value.has_value());
+  EXPECT_EQ((*terminated.value)->status->exitcode(), -9);
+  EXPECT_EQ(time_.pending(), 0u);
+}
+
+TEST_F(SupervisorTest, TerminateWaitsForTheWholeGroupToGo) {
+  ProcessInfo info = StartTrue();
+  Result terminated;
+  supervisor_->Terminate(info.id, kSigint, absl::Seconds(1), true, terminated.Callback());
+  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigint), /*group_empties=*/false);
+  EXPECT_FALSE(terminated.value.has_value()) << "a grandchild is still in the group";
+  EXPECT_EQ(supervisor_->Release(info.id).code(), absl::StatusCode::kFailedPrecondition);
+  launcher_.DrainGroup(info.pid);
+  ASSERT_TRUE(terminated.value.has_value());
+  EXPECT_EQ((*terminated.value)->status->exitcode(), -2);
+}
+
+TEST_F(SupervisorTest, LeftoverGroupIsKilledAfterGrace) {
+  ProcessInfo info = StartTrue();
+  Result terminated;
+  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
+  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigterm), /*group_empties=*/false);
+  time_.Advance(absl::Seconds(1));
+  EXPECT_THAT(launcher_.signals.back(), Pair(info.pid, kSigkill));
+  launcher_.DrainGroup(info.pid);
+  EXPECT_TRUE(terminated.value.has_value());
+}
+
+TEST_F(SupervisorTest, TerminateWithoutWaitAnswersAtOnce) {
+  ProcessInfo info = StartTrue();
+  Result terminated;
+  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), false, terminated.Callback());
+  ASSERT_TRUE(terminated.value.has_value());
+  EXPECT_TRUE((*terminated.value)->running);
+}
+
+TEST_F(SupervisorTest, TerminateOfAnEndedProcessReturnsItsRecord) {
+  ProcessInfo info = StartTrue();
+  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  Result terminated;
+  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
+  ASSERT_TRUE(terminated.value.has_value());
+  EXPECT_EQ((*terminated.value)->status->exitcode(), 0);
+  EXPECT_THAT(launcher_.signals, IsEmpty());
+}
+
+TEST_F(SupervisorTest, TerminateErrors) {
+  ProcessInfo info = StartTrue();
+  struct Case {
+    uint64_t id;
+    int sig;
+    absl::Duration grace;
+    absl::StatusCode code;
+    std::string message;
+  } cases[] = {
+      {info.id, 0, absl::Seconds(1), absl::StatusCode::kInvalidArgument, "signal 0"},
+      {info.id, -3, absl::Seconds(1), absl::StatusCode::kInvalidArgument, "negative"},
+      {info.id, 65, absl::Seconds(1), absl::StatusCode::kInvalidArgument, "above the maximum"},
+      {info.id, kSigterm, absl::Seconds(-1), absl::StatusCode::kInvalidArgument, "grace"},
+      {999, kSigterm, absl::Seconds(1), absl::StatusCode::kNotFound, "no process with id 999"},
+  };
+  for (const Case& c : cases) {
+    Result r;
+    supervisor_->Terminate(c.id, c.sig, c.grace, true, r.Callback());
+    ASSERT_TRUE(r.value.has_value());
+    EXPECT_EQ(r.value->status().code(), c.code) << c.message;
+    EXPECT_THAT(r.value->status().message(), HasSubstr(c.message));
+  }
+  EXPECT_THAT(launcher_.signals, IsEmpty());
+}
+
+TEST_F(SupervisorTest, ReleaseForgetsEndedRecordsOnly) {
+  ProcessInfo info = StartTrue();
+  absl::Status running = supervisor_->Release(info.id);
+  EXPECT_EQ(running.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(running.message(), HasSubstr("still running"));
+  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  EXPECT_TRUE(supervisor_->Release(info.id).ok());
+  EXPECT_EQ(supervisor_->Get(info.id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(supervisor_->Release(info.id).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SupervisorTest, RetentionEvictsTheOldestEndedRecords) {
+  Make(SupervisorOptions{.retain = 2});
+  ProcessInfo running = StartTrue();
+  std::vector<ProcessInfo> ended;
+  for (int i = 0; i < 4; ++i) {
+    ended.push_back(StartTrue());
+    launcher_.Exit(ended.back().pid, WaitStatus::Exited(i));
+  }
+  std::vector<uint64_t> kept;
+  for (const ProcessInfo& p : supervisor_->List(ListFilter{})) kept.push_back(p.id);
+  EXPECT_THAT(kept, ElementsAre(running.id, ended[2].id, ended[3].id));
+}
+
+TEST_F(SupervisorTest, IdsAreNeverReused) {
+  ProcessInfo a = StartTrue();
+  launcher_.Exit(a.pid, WaitStatus::Exited(0));
+  ASSERT_TRUE(supervisor_->Release(a.id).ok());
+  EXPECT_GT(StartTrue().id, a.id);
+}
+
+TEST_F(SupervisorTest, ListFilters) {
+  ProcessInfo a = StartOk(StartSpec{.target = "/bin/true", .name = "web"});
+  ProcessInfo b = StartOk(StartSpec{.target = "/bin/true", .name = "db"});
+  launcher_.Exit(b.pid, WaitStatus::Exited(0));
+  auto ids = [&](ListFilter f) {
+    std::vector<uint64_t> out;
+    for (const ProcessInfo& p : supervisor_->List(f)) out.push_back(p.id);
+    return out;
+  };
+  EXPECT_THAT(ids(ListFilter{}), ElementsAre(a.id, b.id));
+  EXPECT_THAT(ids(ListFilter{.running = true}), ElementsAre(a.id));
+  EXPECT_THAT(ids(ListFilter{.running = false}), ElementsAre(b.id));
+  EXPECT_THAT(ids(ListFilter{.name = "db"}), ElementsAre(b.id));
+  EXPECT_THAT(ids(ListFilter{.parent_id = 7}), IsEmpty());
+}
+
+TEST_F(SupervisorTest, ShutdownEndsDaemonsAtOnceAndOthersAfterGrace) {
+  ProcessInfo daemon = StartTrue(/*daemon=*/true);
+  ProcessInfo worker = StartTrue();
+  bool done = false;
+  supervisor_->Shutdown(absl::Seconds(10), [&] { done = true; });
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemon.pid, kSigterm)));
+  EXPECT_EQ(supervisor_->Start(StartSpec{.target = "/bin/true"}).status().code(),
+            absl::StatusCode::kUnavailable);
+  launcher_.Exit(daemon.pid, WaitStatus::Signaled(kSigterm));
+  time_.Advance(absl::Seconds(10));
+  EXPECT_THAT(launcher_.signals.back(), Pair(worker.pid, kSigterm));
+  EXPECT_FALSE(done);
+  time_.Advance(absl::Seconds(10));
+  EXPECT_THAT(launcher_.signals.back(), Pair(worker.pid, kSigkill));
+  launcher_.Exit(worker.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_TRUE(done);
+}
+
+TEST_F(SupervisorTest, ShutdownWithNothingRunningIsDoneAtOnce) {
+  ProcessInfo info = StartTrue();
+  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  bool done = false;
+  supervisor_->Shutdown(absl::Seconds(10), [&] { done = true; });
+  EXPECT_TRUE(done);
+}
+
+}  // namespace
+}  // namespace proctor
