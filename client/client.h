@@ -1,7 +1,9 @@
 // proctor::Client: typed, blocking calls to proctord for every RPC of proctor.v1.Proctor.
 //
-// One Client holds one gRPC channel; it is thread-safe and meant to be shared and kept for
-// the life of the program (connections are made lazily and re-made by gRPC as needed).
+// One Client holds one gRPC channel with a connection of its own (not shared with other
+// Clients in the process); it is thread-safe and meant to be shared and kept for the life of
+// the program (the connection is made lazily and re-made by gRPC as needed).
+// Calls carry no deadline: Join and Logs with follow may legitimately wait for a long time.
 // Every call returns absl::Status with the daemon's status code and message unchanged, except
 // UNAVAILABLE, whose message names the address: "cannot reach proctord at unix:/…: …".
 #ifndef PROCTOR_CLIENT_CLIENT_H_
@@ -18,28 +20,44 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/credentials.h"
 #include "proctor/v1/proctor.grpc.pb.h"
 
 namespace proctor {
 
 struct ClientOptions {
-  // "unix:/path" or "host:port". Empty: $PROCTOR_ADDRESS, else the daemon's default socket.
+  // "unix:/path" or "host:port"; an absolute path "/path" means "unix:/path".
+  // Empty: $PROCTOR_ADDRESS, else the daemon's default socket.
   std::string address;
+  // The key: see client/credentials.h for where it is looked for when `credentials` is unset.
+  std::string authkey_file;
+  std::optional<Credentials> credentials;
+  // TCP addresses use TLS: `tls_ca_file` (else $PROCTOR_TLS_CA, else the system's roots)
+  // verifies the daemon; `tls_cert_file`/`tls_key_file` (else $PROCTOR_TLS_CERT/_KEY) are
+  // the client's own, for daemons that require them. `insecure_tcp` talks plain TCP.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  bool insecure_tcp = false;
 };
 
 class Client {
  public:
-  // Makes the channel; does not contact the daemon (the first call does).
+  // Finds the key and makes the channel; does not contact the daemon (the first call does).
+  // INVALID_ARGUMENT when the resolved address is empty; NOT_FOUND when there is no key.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   const std::string& address() const { return address_; }
 
   absl::StatusOr<v1::Process> Start(const v1::StartRequest& request);
   // Waits until the process ends, or `timeout` passes (the record then says running).
+  // No timeout (or an infinite one) waits as long as it takes; a negative one is refused.
   absl::StatusOr<v1::Process> Join(uint64_t id,
                                    std::optional<absl::Duration> timeout = std::nullopt);
   absl::StatusOr<v1::Process> Terminate(const v1::TerminateRequest& request);
+  // One record; NOT_FOUND when the id is unknown (or released).
   absl::StatusOr<v1::Process> Status(uint64_t id);
+  // The records matching `filter` (its `id` field is ignored; use Status for one record).
   absl::StatusOr<std::vector<v1::Process>> List(const v1::StatusRequest& filter);
   // Calls `sink` with each chunk of output as it arrives; returns when the stream ends
   // (at once without follow; when the process has ended and all is read, with follow).
@@ -48,12 +66,18 @@ class Client {
   absl::Status Release(uint64_t id);
 
  private:
-  Client(std::string address, std::shared_ptr<grpc::Channel> channel);
-  absl::Status FromGrpc(const grpc::Status& status) const;
+  Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth);
+  // A signed context for one call of `method`; `nonce` receives what the reply must answer.
+  std::unique_ptr<grpc::ClientContext> NewContext(absl::string_view method,
+                                                  std::string* nonce) const;
+  // The call's outcome as the caller sees it, after the reply's proof is checked.
+  absl::Status Finish(const grpc::ClientContext& context, absl::string_view method,
+                      absl::string_view nonce, const grpc::Status& status) const;
 
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Proctor::Stub> stub_;
+  CallAuth auth_;
 };
 
 }  // namespace proctor

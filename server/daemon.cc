@@ -8,14 +8,18 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/authkey.h"
 #include "common/default_paths.h"
 #include "grpcpp/grpcpp.h"
+#include "server/authenticator.h"
 #include "server/event_loop.h"
 #include "server/id_allocator.h"
 #include "server/posix_process_launcher.h"
@@ -37,7 +41,21 @@ constexpr char kUsage[] =
     "/var/lib/proctor as root)\n"
     "  --retain N             ended records kept before the oldest are forgotten (10000)\n"
     "  --shutdown-grace SECS  on SIGTERM, how long non-daemonic workers may run on (10)\n"
-    "  --log-level LEVEL      trace, debug, info, warn, error, off (info)\n";
+    "  --log-level LEVEL      trace, debug, info, warn, error, off (info)\n"
+    "  --authkey-file PATH    an admin key; repeatable, reloaded on SIGHUP (default "
+    "<state-dir>/authkey, made if missing)\n"
+    "  --socket-mode MODE     permissions of Unix sockets, octal (0600)\n"
+    "  --tls-cert PATH        PEM certificate for TCP listeners (with --tls-key)\n"
+    "  --tls-key PATH         PEM private key for TCP listeners\n"
+    "  --tls-client-ca PATH   require client certificates signed by this CA (mutual TLS)\n"
+    "  --insecure-tcp         allow TCP listeners without TLS (the authkey still applies)\n";
+
+std::string ReadWholeFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
 
 absl::Status MakeDirs(const std::string& path) {
   for (size_t pos = 1; pos != std::string::npos;) {
@@ -75,6 +93,61 @@ absl::Status PrepareSocketPath(const std::string& path) {
   }
   unlink(path.c_str());
   return absl::OkStatus();
+}
+
+// The admin keys, all of them or an error naming the file at fault.
+absl::StatusOr<std::vector<std::string>> LoadAdminKeys(const DaemonOptions& options) {
+  std::vector<std::string> keys;
+  if (options.authkey_files.empty()) {
+    std::string path = options.state_dir + "/authkey";
+    absl::StatusOr<std::string> key = ReadKeyFile(path, /*private_only=*/true);
+    if (absl::IsNotFound(key.status())) {
+      key = CreateKeyFile(path);
+      if (key.ok()) spdlog::info("created a new admin authkey in {}", path);
+    }
+    if (!key.ok()) return key.status();
+    keys.push_back(*std::move(key));
+    return keys;
+  }
+  for (const std::string& path : options.authkey_files) {
+    absl::StatusOr<std::string> key = ReadKeyFile(path, /*private_only=*/true);
+    if (!key.ok()) return key.status();
+    keys.push_back(*std::move(key));
+  }
+  return keys;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
+    const DaemonOptions& options, const std::string& address) {
+  if (options.tls_cert.empty()) {
+    if (!options.insecure_tcp) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TCP listener ", address,
+          " needs --tls-cert and --tls-key (or --insecure-tcp to accept plain TCP)"));
+    }
+    spdlog::warn("listening on {} without TLS (--insecure-tcp): calls and replies cross the "
+                 "network in the clear; only the authkey protects them",
+                 address);
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl(
+      options.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                    : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  std::string cert = ReadWholeFile(options.tls_cert);
+  std::string key = ReadWholeFile(options.tls_key);
+  if (cert.empty() || key.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read --tls-cert ", options.tls_cert,
+                                                   " or --tls-key ", options.tls_key));
+  }
+  ssl.pem_key_cert_pairs.push_back({key, cert});
+  if (!options.tls_client_ca.empty()) {
+    ssl.pem_root_certs = ReadWholeFile(options.tls_client_ca);
+    if (ssl.pem_root_certs.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read --tls-client-ca ", options.tls_client_ca));
+    }
+  }
+  return grpc::SslServerCredentials(ssl);
 }
 
 std::vector<std::string> CurrentEnvironment() {
@@ -126,6 +199,29 @@ absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& a
             "--shutdown-grace wants seconds (0 or more), not \"", *v, "\""));
       }
       options.shutdown_grace = absl::Seconds(seconds);
+    } else if (flag == "--authkey-file") {
+      if (!(v = take()).ok()) return v.status();
+      options.authkey_files.push_back(*v);
+    } else if (flag == "--socket-mode") {
+      if (!(v = take()).ok()) return v.status();
+      char* end = nullptr;
+      unsigned long mode = std::strtoul(v->c_str(), &end, 8);
+      if (v->empty() || *end != '\0' || mode > 0777) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--socket-mode wants octal permissions such as 0660, not \"", *v, "\""));
+      }
+      options.socket_mode = static_cast<unsigned>(mode);
+    } else if (flag == "--tls-cert") {
+      if (!(v = take()).ok()) return v.status();
+      options.tls_cert = *v;
+    } else if (flag == "--tls-key") {
+      if (!(v = take()).ok()) return v.status();
+      options.tls_key = *v;
+    } else if (flag == "--tls-client-ca") {
+      if (!(v = take()).ok()) return v.status();
+      options.tls_client_ca = *v;
+    } else if (flag == "--insecure-tcp") {
+      options.insecure_tcp = true;
     } else if (flag == "--log-level") {
       if (!(v = take()).ok()) return v.status();
       if (spdlog::level::from_str(*v) == spdlog::level::off && *v != "off") {
@@ -139,6 +235,12 @@ absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& a
   }
   if (options.listen.empty()) options.listen.push_back(DefaultAddress());
   if (options.state_dir.empty()) options.state_dir = DefaultStateDir();
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+  }
   return options;
 }
 
@@ -160,6 +262,18 @@ int RunDaemon(const DaemonOptions& options) {
   absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
   if (!loop.ok()) return fail(loop.status());
 
+  absl::StatusOr<std::vector<std::string>> admin_keys = LoadAdminKeys(options);
+  if (!admin_keys.ok()) return fail(admin_keys.status());
+
+  // Workers call back on the first Unix socket (or else the first address) we listen on.
+  std::string worker_address = options.listen.front();
+  for (const std::string& address : options.listen) {
+    if (absl::StartsWith(address, "unix:")) {
+      worker_address = address;
+      break;
+    }
+  }
+
   PosixProcessLauncher launcher(**loop);
   RealClock clock;
   SupervisorOptions supervisor_options{
@@ -167,9 +281,12 @@ int RunDaemon(const DaemonOptions& options) {
       .retain = options.retain,
       .base_env = CurrentEnvironment(),
       .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
+      .worker_address = worker_address,
   };
   Supervisor supervisor(supervisor_options, launcher, clock, **loop, **ids);
-  ProctorService service(supervisor, **loop);
+  Authenticator authenticator(clock, [&](uint64_t id) { return supervisor.AuthkeyOf(id); });
+  authenticator.SetAdminKeys(*std::move(admin_keys));
+  ProctorService service(supervisor, **loop, authenticator);
 
   grpc::ServerBuilder builder;
   std::vector<std::string> socket_paths;
@@ -178,13 +295,18 @@ int RunDaemon(const DaemonOptions& options) {
       std::string path = address.substr(5);
       if (absl::Status s = PrepareSocketPath(path); !s.ok()) return fail(s);
       socket_paths.push_back(path);
+      builder.AddListeningPort(address, grpc::InsecureServerCredentials());
+    } else {
+      absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+          TcpCredentials(options, address);
+      if (!credentials.ok()) return fail(credentials.status());
+      builder.AddListeningPort(address, *credentials);
     }
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials());
   }
   builder.RegisterService(&service);
-  // The socket is created by bind() inside BuildAndStart; the umask makes it 0600 from the
-  // first instant rather than after a chmod.
-  mode_t old_umask = umask(0177);
+  // The socket is created by bind() inside BuildAndStart; the umask gives it its mode from
+  // the first instant rather than after a chmod.
+  mode_t old_umask = umask(~options.socket_mode & 0777);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   umask(old_umask);
   if (server == nullptr) {
@@ -201,6 +323,16 @@ int RunDaemon(const DaemonOptions& options) {
     for (DaemonSignal sig : ReadSignals(*signal_fd)) {
       if (sig == DaemonSignal::kChildExited) {
         launcher.OnSigchld();
+      } else if (sig == DaemonSignal::kReload) {
+        // A bad file keeps the keys in force: a typo must not lock everyone out.
+        absl::StatusOr<std::vector<std::string>> keys = LoadAdminKeys(options);
+        if (keys.ok()) {
+          spdlog::info("reloaded {} admin authkey(s)", keys->size());
+          authenticator.SetAdminKeys(*std::move(keys));
+        } else {
+          spdlog::error("authkeys not reloaded, the old ones stay: {}",
+                        std::string(keys.status().message()));
+        }
       } else if (sig == DaemonSignal::kStop && !stopping) {
         stopping = true;
         spdlog::info("asked to stop: no new calls; ending workers");

@@ -19,6 +19,14 @@ struct DaemonOptions {
   size_t retain = 10000;
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::string log_level = "info";
+  // Admin keys; empty: <state-dir>/authkey, created (32 random bytes, mode 0600) if missing.
+  std::vector<std::string> authkey_files;
+  unsigned socket_mode = 0600;
+  // TLS for TCP listeners; without a certificate, TCP needs insecure_tcp.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;  // set: clients must present a certificate it signed
+  bool insecure_tcp = false;
 };
 
 // Parses proctord's command line. INVALID_ARGUMENT names the offending flag; the text of

@@ -186,9 +186,16 @@ absl::StatusOr<Launched> PosixProcessLauncher::Launch(const LaunchSpec& spec,
     pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   }
   bool recheck = false;
+  absl::Status watched;
   {
     absl::MutexLock lock(&mu_);
-    if (rc == 0 && pidfd >= 0) workers_[pid] = Worker{token, pidfd};
+    if (rc == 0 && pidfd >= 0) {
+      // Watched and registered under the lock, so the reaping side cannot see the pid
+      // half-registered (nor close the pidfd before it is watched). A pidfd that is already
+      // readable fires as soon as the loop looks.
+      watched = loop_.Watch(pidfd, [this, pid] { ReapWorker(pid); });
+      if (watched.ok()) workers_[pid] = Worker{token, pidfd};
+    }
     if (--spawning_ == 0 && recheck_after_spawn_) {
       recheck_after_spawn_ = false;
       recheck = true;
@@ -196,15 +203,12 @@ absl::StatusOr<Launched> PosixProcessLauncher::Launch(const LaunchSpec& spec,
   }
   if (recheck) loop_.Post([this] { OnSigchld(); });
   if (rc != 0) return PosixError(absl::StrCat("cannot start ", *path), rc);
-  if (pidfd < 0) {
+  if (pidfd < 0 || !watched.ok()) {
     int err = errno;
+    // Not registered: it is reaped as an orphan through SIGCHLD.
     kill(pid, SIGKILL);
-    return PosixError("pidfd_open", err);
-  }
-  // Registered after the map entry: a pidfd already readable fires at once when added.
-  if (absl::Status s = loop_.Watch(pidfd, [this, pid] { ReapWorker(pid); }); !s.ok()) {
-    kill(pid, SIGKILL);  // reaped through SIGCHLD, reported through the exit listener
-    return s;
+    if (pidfd >= 0) close(pidfd);
+    return pidfd < 0 ? PosixError("pidfd_open", err) : watched;
   }
   return Launched{pid, *std::move(path)};
 }

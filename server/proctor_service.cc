@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/authkey.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace proctor {
@@ -199,7 +200,15 @@ class LogStream final : public grpc::ServerWriteReactor<v1::LogChunk> {
 template <typename Response>
 class FailedStream final : public grpc::ServerWriteReactor<Response> {
  public:
-  explicit FailedStream(const grpc::Status& status) { this->Finish(status); }
+  // Finishes with `status`, at once or after `delay`.
+  FailedStream(const grpc::Status& status, Timers& timers,
+               absl::Duration delay = absl::ZeroDuration()) {
+    if (delay <= absl::ZeroDuration()) {
+      this->Finish(status);
+    } else {
+      timers.After(delay, [this, status] { this->Finish(status); });
+    }
+  }
   void OnDone() override { delete this; }
 };
 
@@ -239,13 +248,56 @@ void ToProto(const ProcessInfo& info, v1::Process* out) {
   out->set_cwd(info.cwd);
 }
 
-ProctorService::ProctorService(Supervisor& supervisor, Timers& timers)
-    : supervisor_(supervisor), timers_(timers) {}
+ProctorService::ProctorService(Supervisor& supervisor, Timers& timers,
+                               Authenticator& authenticator)
+    : supervisor_(supervisor), timers_(timers), authenticator_(authenticator) {}
+
+absl::StatusOr<Caller> ProctorService::Authenticate(grpc::CallbackServerContext* context,
+                                                    absl::string_view method) {
+  std::optional<std::string> credential;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find(kAuthMetadataKey); it != metadata.end()) {
+    credential = std::string(it->second.data(), it->second.size());
+  }
+  absl::StatusOr<Caller> caller = authenticator_.Verify(credential, method, context->peer());
+  if (caller.ok()) {
+    context->AddInitialMetadata(kServerProofMetadataKey,
+                                ServerProof(caller->key, method, caller->nonce_hex));
+  }
+  return caller;
+}
+
+absl::Status ProctorService::Authorize(const Caller& caller, uint64_t id) {
+  if (caller.admin()) return absl::OkStatus();
+  if (absl::Status known = supervisor_.Get(id).status(); !known.ok()) return known;
+  if (supervisor_.InSubtree(caller.worker_id, id)) return absl::OkStatus();
+  return absl::PermissionDeniedError(
+      absl::StrCat("process ", id, " is outside the subtree of process ", caller.worker_id,
+                   ", whose key made this call"));
+}
+
+grpc::ServerUnaryReactor* ProctorService::Refuse(grpc::CallbackServerContext* context,
+                                                 const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Duration delay = absl::IsUnauthenticated(status)
+                             ? authenticator_.FailureDelay(context->peer())
+                             : absl::ZeroDuration();
+  if (delay <= absl::ZeroDuration()) {
+    reactor->Finish(ToGrpc(status));
+  } else {
+    timers_.After(delay, [reactor, s = ToGrpc(status)] { reactor->Finish(s); });
+  }
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* context,
                                                 const v1::StartRequest* request,
                                                 v1::Process* response) {
+  absl::StatusOr<Caller> caller = Authenticate(context, "Start");
+  if (!caller.ok()) return Refuse(context, caller.status());
   StartSpec spec;
+  spec.parent_id = caller->worker_id;
+  spec.authkey = request->authkey();
   spec.target = request->target();
   spec.args.assign(request->args().begin(), request->args().end());
   spec.kwargs.insert(request->kwargs().begin(), request->kwargs().end());
@@ -258,9 +310,12 @@ grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* con
   return FinishNow(context, started.status());
 }
 
-grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext* context,
                                                const v1::JoinRequest* request,
                                                v1::Process* response) {
+  absl::StatusOr<Caller> caller = Authenticate(context, "Join");
+  if (!caller.ok()) return Refuse(context, caller.status());
+  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
   std::optional<absl::Duration> timeout;
   if (request->has_timeout()) timeout = FromDurationProto(request->timeout());
   uint64_t id = request->id();
@@ -269,9 +324,12 @@ grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext*,
   });
 }
 
-grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext*,
+grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext* context,
                                                     const v1::TerminateRequest* request,
                                                     v1::Process* response) {
+  absl::StatusOr<Caller> caller = Authenticate(context, "Terminate");
+  if (!caller.ok()) return Refuse(context, caller.status());
+  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
   int sig = request->signal() == 0 ? kSigterm : request->signal();
   absl::Duration grace =
       request->has_grace() ? FromDurationProto(request->grace()) : Supervisor::kDefaultGrace;
@@ -285,7 +343,10 @@ grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* context,
                                                  const v1::StatusRequest* request,
                                                  v1::StatusResponse* response) {
+  absl::StatusOr<Caller> caller = Authenticate(context, "Status");
+  if (!caller.ok()) return Refuse(context, caller.status());
   if (request->has_id()) {
+    if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
     absl::StatusOr<ProcessInfo> info = supervisor_.Get(request->id());
     if (info.ok()) ToProto(*info, response->add_processes());
     return FinishNow(context, info.status());
@@ -296,6 +357,7 @@ grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* co
   }
   filter.name = request->name();
   if (request->has_parent_id()) filter.parent_id = request->parent_id();
+  filter.subtree_of = caller->worker_id;
   for (const ProcessInfo& info : supervisor_.List(filter)) {
     ToProto(info, response->add_processes());
   }
@@ -303,21 +365,31 @@ grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* co
 }
 
 grpc::ServerWriteReactor<v1::LogChunk>* ProctorService::Logs(
-    grpc::CallbackServerContext*, const v1::LogsRequest* request) {
+    grpc::CallbackServerContext* context, const v1::LogsRequest* request) {
+  using Failed = FailedStream<v1::LogChunk>;
+  absl::StatusOr<Caller> caller = Authenticate(context, "Logs");
+  if (!caller.ok()) {
+    return new Failed(ToGrpc(caller.status()), timers_,
+                      authenticator_.FailureDelay(context->peer()));
+  }
+  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) {
+    return new Failed(ToGrpc(s), timers_);
+  }
   absl::StatusOr<ProcessInfo> info = supervisor_.Get(request->id());
-  if (!info.ok()) return new FailedStream<v1::LogChunk>(ToGrpc(info.status()));
+  if (!info.ok()) return new Failed(ToGrpc(info.status()), timers_);
   if (request->tail_bytes() < 0) {
-    return new FailedStream<v1::LogChunk>(grpc::Status(
-        grpc::StatusCode::INVALID_ARGUMENT, "tail_bytes is negative; give 0 or more"));
+    return new Failed(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   "tail_bytes is negative; give 0 or more"),
+                      timers_);
   }
   const std::string& path =
       request->stream() == v1::STREAM_STDERR ? info->stderr_path : info->stdout_path;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    return new FailedStream<v1::LogChunk>(
-        grpc::Status(grpc::StatusCode::INTERNAL,
-                     absl::StrCat("cannot open captured output ", path, ": ",
-                                  std::strerror(errno))));
+    return new Failed(grpc::Status(grpc::StatusCode::INTERNAL,
+                                   absl::StrCat("cannot open captured output ", path, ": ",
+                                                std::strerror(errno))),
+                      timers_);
   }
   int64_t offset = 0;
   struct stat st;
@@ -330,6 +402,9 @@ grpc::ServerWriteReactor<v1::LogChunk>* ProctorService::Logs(
 grpc::ServerUnaryReactor* ProctorService::Release(grpc::CallbackServerContext* context,
                                                   const v1::ReleaseRequest* request,
                                                   v1::ReleaseResponse*) {
+  absl::StatusOr<Caller> caller = Authenticate(context, "Release");
+  if (!caller.ok()) return Refuse(context, caller.status());
+  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
   return FinishNow(context, supervisor_.Release(request->id()));
 }
 

@@ -4,10 +4,17 @@
 // and finish it from the completion callback, so a thousand waiting joiners hold no thread.
 // Logs streams the capture files; with follow it keeps reading until the process has ended
 // and its output is drained. Statuses cross this layer unchanged (code and message).
+//
+// Every handler first authenticates its call (Authenticator) and puts the daemon's proof in
+// the reply's initial metadata; a refused call gets UNAUTHENTICATED, held back for peers that
+// keep failing. A call made with a worker's key reaches only that worker's subtree: it starts
+// children of that worker, lists only its subtree, and gets PERMISSION_DENIED for any other id.
 #ifndef PROCTOR_SERVER_PROCTOR_SERVICE_H_
 #define PROCTOR_SERVER_PROCTOR_SERVICE_H_
 
+#include "absl/strings/string_view.h"
 #include "proctor/v1/proctor.grpc.pb.h"
+#include "server/authenticator.h"
 #include "server/clock.h"
 #include "server/supervisor.h"
 
@@ -18,8 +25,8 @@ void ToProto(const ProcessInfo& info, v1::Process* out);
 
 class ProctorService final : public v1::Proctor::CallbackService {
  public:
-  // Both must outlive the service; `timers` paces Logs follow reads.
-  ProctorService(Supervisor& supervisor, Timers& timers);
+  // All must outlive the service; `timers` paces Logs follow reads and delayed refusals.
+  ProctorService(Supervisor& supervisor, Timers& timers, Authenticator& authenticator);
 
   grpc::ServerUnaryReactor* Start(grpc::CallbackServerContext* context,
                                   const v1::StartRequest* request,
@@ -39,8 +46,18 @@ class ProctorService final : public v1::Proctor::CallbackService {
                                     v1::ReleaseResponse* response) override;
 
  private:
+  // The caller, with the daemon's proof added to the reply; or why the call is refused.
+  absl::StatusOr<Caller> Authenticate(grpc::CallbackServerContext* context,
+                                      absl::string_view method);
+  // OK when `caller` may act on process `id`.
+  absl::Status Authorize(const Caller& caller, uint64_t id);
+  // Finishes a unary call with an error, after the refusal delay for UNAUTHENTICATED.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                   const absl::Status& status);
+
   Supervisor& supervisor_;
   Timers& timers_;
+  Authenticator& authenticator_;
 };
 
 }  // namespace proctor

@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/authkey.h"
 #include "common/signal_names.h"
 #include "spdlog/spdlog.h"
 
@@ -127,7 +128,10 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
   }
   launch.envp = BuildEnv(options_.base_env, spec.env);
   launch.cwd = spec.cwd;
-  if (size_t size = ExecSize(launch.argv, launch.envp); size > options_.arg_max) {
+  // Room for the PROCTOR_* entries added once the id is known.
+  constexpr size_t kProctorEnvBytes = 512;
+  if (size_t size = ExecSize(launch.argv, launch.envp) + kProctorEnvBytes;
+      size > options_.arg_max) {
     return absl::InvalidArgumentError(
         absl::StrCat("arguments and environment take ", size,
                      " bytes, more than the system's ARG_MAX of ", options_.arg_max));
@@ -140,10 +144,31 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     absl::StatusOr<uint64_t> next = ids_.Next();
     if (!next.ok()) return next.status();
     id = *next;
+    std::string identity;
+    std::string authkey = spec.authkey;
+    if (spec.parent_id != 0) {
+      auto parent = records_.find(spec.parent_id);
+      if (parent == records_.end() || !parent->second.launched) return NoSuchProcess(spec.parent_id);
+      if (parent->second.info.daemon) {
+        return absl::FailedPreconditionError(
+            "daemonic processes are not allowed to have children");
+      }
+      if (!parent->second.info.running) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("parent process ", spec.parent_id, " has ended"));
+      }
+      identity = absl::StrCat(parent->second.identity, ":", ++parent->second.children_started);
+      if (authkey.empty()) authkey = parent->second.authkey;
+      parent->second.info.children.push_back(id);
+    } else {
+      identity = absl::StrCat(++top_level_started_);
+    }
+    if (authkey.empty()) authkey = RandomBytes(kAuthkeyBytes);
     Record& record = records_[id];
+    record.identity = identity;
     ProcessInfo& info = record.info;
     info.id = id;
-    info.name = spec.name.empty() ? absl::StrCat("Process-", ++top_level_started_) : spec.name;
+    info.name = spec.name.empty() ? absl::StrCat("Process-", identity) : spec.name;
     info.running = true;
     info.daemon = spec.daemon;
     info.parent_id = spec.parent_id;
@@ -155,6 +180,10 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     info.stderr_path = absl::StrCat(options_.log_dir, "/", id, ".err");
     launch.stdout_path = info.stdout_path;
     launch.stderr_path = info.stderr_path;
+    launch.envp = BuildEnv(launch.envp, {absl::StrCat(kAddressEnv, "=", options_.worker_address),
+                                         absl::StrCat(kIdEnv, "=", id),
+                                         absl::StrCat(kAuthkeyEnv, "=", HexEncode(authkey))});
+    record.authkey = std::move(authkey);
     ++live_count_;
   }
 
@@ -163,8 +192,8 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
   absl::MutexLock lock(&mu_);
   Record& record = records_.at(id);
   if (!launched.ok()) {
-    records_.erase(id);
-    --live_count_;
+    if (record.info.running) --live_count_;
+    EraseLocked(id);
     unlink(launch.stdout_path.c_str());
     unlink(launch.stderr_path.c_str());
     return launched.status();
@@ -389,9 +418,43 @@ void Supervisor::EvictLocked(std::vector<std::string>& unlink_paths) {
     if (it == records_.end()) continue;  // released already
     unlink_paths.push_back(it->second.info.stdout_path);
     unlink_paths.push_back(it->second.info.stderr_path);
-    records_.erase(it);
+    EraseLocked(oldest);
     --ended_count_;
   }
+}
+
+void Supervisor::EraseLocked(uint64_t id) {
+  auto it = records_.find(id);
+  if (it == records_.end()) return;
+  if (uint64_t parent_id = it->second.info.parent_id; parent_id != 0) {
+    if (auto parent = records_.find(parent_id); parent != records_.end()) {
+      std::erase(parent->second.info.children, id);
+    }
+  }
+  records_.erase(it);
+}
+
+std::optional<std::string> Supervisor::AuthkeyOf(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = records_.find(id);
+  if (it == records_.end() || !it->second.launched) return std::nullopt;
+  return it->second.authkey;
+}
+
+bool Supervisor::InSubtree(uint64_t root, uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  return InSubtreeLocked(root, id);
+}
+
+bool Supervisor::InSubtreeLocked(uint64_t root, uint64_t id) {
+  // Parents are started before their children, so the chain ends; released ancestors end it too.
+  while (id != 0) {
+    if (id == root) return true;
+    auto it = records_.find(id);
+    if (it == records_.end()) return false;
+    id = it->second.info.parent_id;
+  }
+  return false;
 }
 
 absl::StatusOr<ProcessInfo> Supervisor::Get(uint64_t id) {
@@ -411,6 +474,7 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
       if (filter.running.has_value() && info.running != *filter.running) continue;
       if (!filter.name.empty() && info.name != filter.name) continue;
       if (filter.parent_id.has_value() && info.parent_id != *filter.parent_id) continue;
+      if (filter.subtree_of != 0 && !InSubtreeLocked(filter.subtree_of, id)) continue;
       out.push_back(info);
     }
   }
@@ -431,7 +495,7 @@ absl::Status Supervisor::Release(uint64_t id) {
     }
     out_path = it->second.info.stdout_path;
     err_path = it->second.info.stderr_path;
-    records_.erase(it);
+    EraseLocked(id);
     --ended_count_;
     // Keep the eviction queue from filling with released ids.
     if (!ended_order_.empty() && ended_order_.front() == id) ended_order_.pop_front();

@@ -6,7 +6,10 @@
 //
 // Rules (see README, "Process model"):
 // - Start validates the request, resolves and launches the target, and records it; a failed
-//   launch leaves no record. Names default to Process-N for the N-th top-level start.
+//   launch leaves no record. Names default to Process-N for the N-th top-level start and
+//   Process-N:M for the M-th child of that one. A daemonic process may not have children.
+// - Every worker has an authkey (given, inherited from its parent, or fresh) and finds it,
+//   with its id and the daemon's address, in its environment.
 // - Join completes at exit, or at its timeout with the still-running record.
 // - Terminate signals the worker's process group, and SIGKILLs what is left of the group
 //   after the grace. With wait, it completes once the worker is reaped and its group is empty.
@@ -68,13 +71,15 @@ struct StartSpec {
   bool daemon = false;
   std::vector<std::string> env;  // KEY=VALUE, over the base environment
   std::string cwd;               // absolute, or empty for the daemon's
-  uint64_t parent_id = 0;
+  uint64_t parent_id = 0;        // the worker whose key made the call; 0 for an admin key
+  std::string authkey;           // empty: the parent's, or fresh random bytes at top level
 };
 
 struct ListFilter {
   std::optional<bool> running;
   std::string name;
   std::optional<uint64_t> parent_id;  // 0 matches top-level processes
+  uint64_t subtree_of = 0;            // when set, only this process and its descendants
 };
 
 struct SupervisorOptions {
@@ -82,7 +87,13 @@ struct SupervisorOptions {
   size_t retain = 10000;              // ended records kept
   std::vector<std::string> base_env;  // KEY=VALUE every worker starts from
   size_t arg_max = 2 * 1024 * 1024;   // the system's ARG_MAX: argv + envp must fit
+  std::string worker_address;         // PROCTOR_ADDRESS as workers see it
 };
+
+// What a worker finds in its environment to call back into proctord as itself.
+inline constexpr char kAddressEnv[] = "PROCTOR_ADDRESS";
+inline constexpr char kIdEnv[] = "PROCTOR_ID";
+inline constexpr char kAuthkeyEnv[] = "PROCTOR_AUTHKEY";  // hex
 
 class Supervisor {
  public:
@@ -107,6 +118,10 @@ class Supervisor {
   void CancelWait(WaiterId waiter);
 
   absl::StatusOr<ProcessInfo> Get(uint64_t id);
+  // The worker's authkey, while its record exists. Never part of ProcessInfo.
+  std::optional<std::string> AuthkeyOf(uint64_t id);
+  // Whether `id` is `root` or one of its descendants.
+  bool InSubtree(uint64_t root, uint64_t id);
   std::vector<ProcessInfo> List(const ListFilter& filter);
   absl::Status Release(uint64_t id);
 
@@ -124,6 +139,9 @@ class Supervisor {
   struct Record {
     ProcessInfo info;
     bool launched = false;       // false between id allocation and a successful launch
+    std::string identity;        // "3:1": the 1st child of the 3rd top-level process
+    uint64_t children_started = 0;
+    std::string authkey;
     std::vector<Waiter> joiners;
     std::vector<Waiter> terminators;  // wait for exit and an empty group
     TimerId kill_timer = 0;
@@ -143,6 +161,9 @@ class Supervisor {
   void SettleDrainsLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckShutdownLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictLocked(std::vector<std::string>& unlink_paths) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a record and its id from its parent's children.
+  void EraseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool InSubtreeLocked(uint64_t root, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SupervisorOptions options_;
   ProcessLauncher& launcher_;

@@ -5,6 +5,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "common/authkey.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fake_process_launcher.h"
@@ -13,9 +15,11 @@
 namespace proctor {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::Pair;
 
 constexpr int kSigterm = 15;
@@ -77,7 +81,57 @@ TEST_F(SupervisorTest, KwargsFollowArgsSortedByKey) {
 
 TEST_F(SupervisorTest, RequestEnvironmentOverridesTheBase) {
   StartOk(StartSpec{.target = "/bin/true", .env = {"HOME=/tmp", "EXTRA=1"}});
-  EXPECT_THAT(launcher_.launches.back().envp, ElementsAre("PATH=/usr/bin", "HOME=/tmp", "EXTRA=1"));
+  const std::vector<std::string>& envp = launcher_.launches.back().envp;
+  ASSERT_EQ(envp.size(), 6u);
+  EXPECT_THAT(std::vector<std::string>(envp.begin(), envp.begin() + 3),
+              ElementsAre("PATH=/usr/bin", "HOME=/tmp", "EXTRA=1"));
+}
+
+TEST_F(SupervisorTest, WorkerFindsItsIdAndKeyInItsEnvironment) {
+  ProcessInfo info = StartOk(StartSpec{.target = "/bin/true", .env = {"PROCTOR_ID=forged"}});
+  std::optional<std::string> key = supervisor_->AuthkeyOf(info.id);
+  ASSERT_TRUE(key.has_value());
+  EXPECT_EQ(key->size(), 32u);
+  const std::vector<std::string>& envp = launcher_.launches.back().envp;
+  EXPECT_THAT(envp, Contains(absl::StrCat("PROCTOR_ID=", info.id)));
+  EXPECT_THAT(envp, Contains("PROCTOR_AUTHKEY=" + HexEncode(*key)));
+  EXPECT_THAT(envp, Not(Contains("PROCTOR_ID=forged")));
+  EXPECT_NE(supervisor_->AuthkeyOf(StartTrue().id), key) << "each top-level worker its own key";
+}
+
+TEST_F(SupervisorTest, ChildrenAreNamedInheritKeysAndFormASubtree) {
+  ProcessInfo first = StartTrue();
+  ProcessInfo parent = StartTrue();
+  ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
+  ProcessInfo second = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
+  ProcessInfo grandchild = StartOk(StartSpec{.target = "/bin/true", .parent_id = child.id});
+  ProcessInfo keyed =
+      StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id, .authkey = "own key"});
+  EXPECT_EQ(parent.name, "Process-2");
+  EXPECT_EQ(child.name, "Process-2:1");
+  EXPECT_EQ(second.name, "Process-2:2");
+  EXPECT_EQ(grandchild.name, "Process-2:1:1");
+  EXPECT_EQ(supervisor_->AuthkeyOf(grandchild.id), supervisor_->AuthkeyOf(parent.id));
+  EXPECT_EQ(supervisor_->AuthkeyOf(keyed.id), "own key");
+  EXPECT_THAT(supervisor_->Get(parent.id)->children,
+              ElementsAre(child.id, second.id, keyed.id));
+  EXPECT_TRUE(supervisor_->InSubtree(parent.id, grandchild.id));
+  EXPECT_TRUE(supervisor_->InSubtree(parent.id, parent.id));
+  EXPECT_FALSE(supervisor_->InSubtree(child.id, second.id));
+  EXPECT_FALSE(supervisor_->InSubtree(parent.id, first.id));
+  std::vector<uint64_t> subtree;
+  for (const ProcessInfo& p : supervisor_->List(ListFilter{.subtree_of = child.id})) {
+    subtree.push_back(p.id);
+  }
+  EXPECT_THAT(subtree, ElementsAre(child.id, grandchild.id));
+}
+
+TEST_F(SupervisorTest, DaemonicProcessesMayNotHaveChildren) {
+  ProcessInfo daemon = StartTrue(/*daemon=*/true);
+  absl::StatusOr<ProcessInfo> child =
+      supervisor_->Start(StartSpec{.target = "/bin/true", .parent_id = daemon.id});
+  EXPECT_EQ(child.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(child.status().message(), "daemonic processes are not allowed to have children");
 }
 
 TEST_F(SupervisorTest, FailedLaunchLeavesNoRecord) {

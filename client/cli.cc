@@ -1,0 +1,875 @@
+#include "client/cli.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <initializer_list>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "common/default_paths.h"
+#include "common/signal_names.h"
+#include "common/wait_status.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace proctor {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitTimeout = 124;
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+
+std::string JsonString(absl::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          constexpr char kHex[] = "0123456789abcdef";
+          out += "\\u00";
+          out += kHex[(c >> 4) & 0xf];
+          out += kHex[c & 0xf];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+
+std::string JsonTime(bool present, const google::protobuf::Timestamp& t) {
+  return present ? JsonString(google::protobuf::util::TimeUtil::ToString(t)) : "null";
+}
+
+std::string JsonSeconds(bool present, const google::protobuf::Duration& d) {
+  if (!present) return "null";
+  return absl::StrCat(static_cast<double>(d.seconds()) + d.nanos() / 1e9);
+}
+
+absl::string_view StateName(v1::State state) {
+  switch (state) {
+    case v1::STATE_RUNNING:
+      return "running";
+    case v1::STATE_EXITED:
+      return "exited";
+    default:
+      return "unknown";
+  }
+}
+
+// Quotes an argument for display only when a shell would need it.
+std::string DisplayArg(absl::string_view arg) {
+  const bool plain = !arg.empty() && std::all_of(arg.begin(), arg.end(), [](char c) {
+    return absl::ascii_isalnum(c) || absl::StrContains("_./=:,+@%-", c);
+  });
+  if (plain) return std::string(arg);
+  std::string out = "'";
+  for (char c : arg) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  out += '\'';
+  return out;
+}
+
+std::string ParentText(const v1::Process& p) {
+  switch (p.parent_case()) {
+    case v1::Process::kParentId:
+      return absl::StrCat(p.parent_id());
+    case v1::Process::kParentSession:
+      return absl::StrCat("session:", p.parent_session());
+    default:
+      return "-";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument parsing
+
+struct OptionSpec {
+  absl::string_view name;  // without the leading "--"
+  bool takes_value;
+};
+
+// What follows a subcommand besides its options.
+enum class Operands {
+  kNone,     // nothing
+  kId,       // exactly one process id
+  kCommand,  // TARGET [ARG...]: the first operand ends option parsing, as with env(1)
+};
+
+struct Args {
+  std::map<std::string, std::vector<std::string>, std::less<>> options;
+  std::vector<std::string> operands;
+  bool help = false;
+
+  bool Has(absl::string_view name) const { return options.find(name) != options.end(); }
+  // The last value given for `name` (options given twice: the last one wins).
+  std::optional<std::string> Last(absl::string_view name) const {
+    auto it = options.find(name);
+    if (it == options.end()) return std::nullopt;
+    return it->second.back();
+  }
+  std::vector<std::string> All(absl::string_view name) const {
+    auto it = options.find(name);
+    return it == options.end() ? std::vector<std::string>() : it->second;
+  }
+};
+
+class Cli;
+
+struct Command {
+  absl::string_view name;
+  absl::string_view synopsis;  // after "proctor "
+  absl::string_view summary;
+  std::span<const OptionSpec> options;
+  Operands operands;
+  int (*handler)(Cli&, const Command&, const Args&);
+};
+
+absl::StatusOr<Args> ParseArgs(const Command& command, std::span<const std::string> in) {
+  Args args;
+  for (size_t i = 0; i < in.size(); ++i) {
+    const std::string& arg = in[i];
+    if (arg == "--") {
+      args.operands.insert(args.operands.end(), in.begin() + i + 1, in.end());
+      break;
+    }
+    if (arg == "-h" || arg == "--help") {
+      args.help = true;
+      continue;
+    }
+    if (arg.size() > 1 && arg[0] == '-') {
+      if (!absl::StartsWith(arg, "--")) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
+      }
+      absl::string_view name = absl::string_view(arg).substr(2);
+      std::optional<std::string> value;
+      if (size_t eq = name.find('='); eq != absl::string_view::npos) {
+        value = std::string(name.substr(eq + 1));
+        name = name.substr(0, eq);
+      }
+      auto spec = std::find_if(command.options.begin(), command.options.end(),
+                               [&](const OptionSpec& o) { return o.name == name; });
+      if (spec == command.options.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("unknown option --", name, " for ", command.name));
+      }
+      if (spec->takes_value && !value.has_value()) {
+        if (i + 1 == in.size()) {
+          return absl::InvalidArgumentError(absl::StrCat("option --", name, " needs a value"));
+        }
+        value = in[++i];
+      } else if (!spec->takes_value && value.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat("option --", name, " takes no value"));
+      }
+      args.options[std::string(name)].push_back(value.value_or(""));
+      continue;
+    }
+    if (command.operands == Operands::kCommand) {
+      args.operands.insert(args.operands.end(), in.begin() + i, in.end());
+      break;
+    }
+    args.operands.push_back(arg);
+  }
+  if (args.help) return args;
+
+  switch (command.operands) {
+    case Operands::kNone:
+      if (!args.operands.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("unexpected argument \"", args.operands[0], "\""));
+      }
+      break;
+    case Operands::kId:
+      if (args.operands.empty()) return absl::InvalidArgumentError("missing process id");
+      if (args.operands.size() > 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("unexpected argument \"", args.operands[1], "\""));
+      }
+      break;
+    case Operands::kCommand:
+      if (args.operands.empty()) return absl::InvalidArgumentError("missing TARGET");
+      break;
+  }
+  return args;
+}
+
+absl::StatusOr<uint64_t> ParseId(absl::string_view text, absl::string_view what) {
+  uint64_t id = 0;
+  if (text.empty() || !std::all_of(text.begin(), text.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(text, &id)) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid ", what, " \"", text, "\""));
+  }
+  return id;
+}
+
+absl::StatusOr<absl::Duration> ParseSeconds(absl::string_view option, absl::string_view text) {
+  double seconds = 0;
+  if (!absl::SimpleAtod(text, &seconds) || !std::isfinite(seconds)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid --", option, " \"", text, "\" (expected seconds, e.g. 0.5)"));
+  }
+  if (seconds < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--", option, " must not be negative"));
+  }
+  return absl::Seconds(seconds);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line's state shared by all subcommands.
+
+class Cli {
+ public:
+  Cli(std::ostream& out, std::ostream& err) : out_(out), err_(err) {}
+
+  std::ostream& out() { return out_; }
+  std::ostream& err() { return err_; }
+  bool json() const { return json_; }
+  void set_json(bool json) { json_ = json; }
+  ClientOptions& client_options() { return client_options_; }
+
+  // Connects on first use, so that `run` can block signals before gRPC starts its threads.
+  absl::StatusOr<Client*> client() {
+    if (client_ == nullptr) {
+      absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(client_options_);
+      if (!client.ok()) return client.status();
+      client_ = *std::move(client);
+    }
+    return client_.get();
+  }
+
+  // Reports a failed call: one line, exit status 1.
+  int Fail(const absl::Status& status) {
+    err_ << "proctor: " << status.message() << std::endl;
+    return kExitFailure;
+  }
+
+  // Reports a usage error and a hint: exit status 2.
+  int UsageError(const Command* command, absl::string_view problem) {
+    err_ << "proctor: " << problem << "\n";
+    if (command != nullptr) {
+      err_ << "usage: proctor " << command->synopsis << std::endl;
+    } else {
+      err_ << "Try 'proctor --help' for more information." << std::endl;
+    }
+    return kExitUsage;
+  }
+
+  // Prints a record as JSON when --json was given.
+  void MaybePrintJson(const v1::Process& process) {
+    if (json_) out_ << ProcessJson(process) << std::endl;
+  }
+
+ private:
+  std::ostream& out_;
+  std::ostream& err_;
+  bool json_ = false;
+  ClientOptions client_options_;
+  std::unique_ptr<Client> client_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Subcommands
+
+// INVALID_ARGUMENT for usage errors; other codes when the environment fails us.
+absl::StatusOr<v1::StartRequest> MakeStartRequest(const Args& args) {
+  v1::StartRequest request;
+  request.set_target(args.operands[0]);
+  for (size_t i = 1; i < args.operands.size(); ++i) request.add_args(args.operands[i]);
+  if (std::optional<std::string> name = args.Last("name")) request.set_name(*name);
+  request.set_daemon(args.Has("daemon"));
+  for (const std::string& entry : args.All("env")) request.add_env(entry);
+  for (const std::string& entry : args.All("kwarg")) {
+    size_t eq = entry.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid --kwarg \"", entry, "\" (expected KEY=VALUE)"));
+    }
+    auto [it, inserted] =
+        request.mutable_kwargs()->insert({entry.substr(0, eq), entry.substr(eq + 1)});
+    if (!inserted) {
+      return absl::InvalidArgumentError(absl::StrCat("--kwarg ", it->first, " given twice"));
+    }
+  }
+  // The daemon has its own working directory; resolve here what the user meant from theirs.
+  std::error_code ec;
+  std::filesystem::path here = std::filesystem::current_path(ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot get the current directory: ", ec.message()));
+  }
+  std::filesystem::path cwd = here;
+  if (std::optional<std::string> given = args.Last("cwd")) {
+    if (given->empty()) return absl::InvalidArgumentError("--cwd must not be empty");
+    cwd = (here / *given).lexically_normal();
+    // "dir/.." normalizes to "parent/"; keep the spelling a user would type.
+    if (!cwd.has_filename() && cwd != cwd.root_path()) cwd = cwd.parent_path();
+  }
+  request.set_cwd(cwd.string());
+  return request;
+}
+
+int StartFromArgs(Cli& cli, const Command& command, const Args& args, v1::StartRequest* request) {
+  absl::StatusOr<v1::StartRequest> made = MakeStartRequest(args);
+  if (!made.ok()) {
+    if (absl::IsInvalidArgument(made.status())) {
+      return cli.UsageError(&command, made.status().message());
+    }
+    return cli.Fail(made.status());
+  }
+  *request = *std::move(made);
+  return kExitOk;
+}
+
+int CmdStart(Cli& cli, const Command& command, const Args& args) {
+  v1::StartRequest request;
+  if (int rc = StartFromArgs(cli, command, args, &request); rc != kExitOk) return rc;
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::StatusOr<v1::Process> process = (*client)->Start(request);
+  if (!process.ok()) return cli.Fail(process.status());
+  if (cli.json()) {
+    cli.MaybePrintJson(*process);
+  } else {
+    cli.out() << process->id() << std::endl;
+  }
+  return kExitOk;
+}
+
+// Blocks signals in the calling thread (and so in every thread it starts) for its lifetime.
+// On the way out, signals of the set that arrived meanwhile are discarded: the work they
+// would have interrupted is done.
+class ScopedSignalBlock {
+ public:
+  explicit ScopedSignalBlock(std::initializer_list<int> signals) {
+    sigemptyset(&set_);
+    for (int sig : signals) sigaddset(&set_, sig);
+    pthread_sigmask(SIG_BLOCK, &set_, &old_);
+  }
+  ~ScopedSignalBlock() {
+    sigset_t drain;
+    sigemptyset(&drain);
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sigismember(&set_, sig) == 1 && sigismember(&old_, sig) == 0) sigaddset(&drain, sig);
+    }
+    const timespec zero = {};
+    while (sigtimedwait(&drain, nullptr, &zero) > 0) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  ScopedSignalBlock(const ScopedSignalBlock&) = delete;
+  ScopedSignalBlock& operator=(const ScopedSignalBlock&) = delete;
+
+  const sigset_t& set() const { return set_; }
+
+ private:
+  sigset_t set_;
+  sigset_t old_;
+};
+
+// Waits for the blocked signals of `block` in a thread of its own and calls `on_signal` with
+// each signal and how many have arrived so far. Stop() ends the thread.
+class SignalWatcher {
+ public:
+  SignalWatcher(const ScopedSignalBlock& block, std::function<void(int sig, int count)> on_signal)
+      : set_(block.set()), thread_([this, on_signal = std::move(on_signal)] {
+          int count = 0;
+          for (;;) {
+            int sig = 0;
+            if (sigwait(&set_, &sig) != 0 || stopping_.load()) return;
+            on_signal(sig, ++count);
+          }
+        }) {}
+  ~SignalWatcher() { Stop(); }
+  SignalWatcher(const SignalWatcher&) = delete;
+  SignalWatcher& operator=(const SignalWatcher&) = delete;
+
+  void Stop() {
+    if (!thread_.joinable()) return;
+    stopping_.store(true);
+    // Wake sigwait with a signal aimed at this thread alone; it sees stopping_ and returns.
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sigismember(&set_, sig) == 1) {
+        pthread_kill(thread_.native_handle(), sig);
+        break;
+      }
+    }
+    thread_.join();
+  }
+
+ private:
+  const sigset_t set_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+int CmdRun(Cli& cli, const Command& command, const Args& args) {
+  v1::StartRequest request;
+  if (int rc = StartFromArgs(cli, command, args, &request); rc != kExitOk) return rc;
+
+  // Blocked before the client exists, so gRPC's threads inherit the mask and the signals
+  // reach only the watcher below.
+  ScopedSignalBlock block({SIGINT, SIGTERM, SIGHUP});
+  absl::StatusOr<Client*> connected = cli.client();
+  if (!connected.ok()) return cli.Fail(connected.status());
+  Client* client = *connected;
+  absl::StatusOr<v1::Process> started = client->Start(request);
+  if (!started.ok()) return cli.Fail(started.status());
+  const uint64_t id = started->id();
+
+  std::mutex err_mu;  // the worker's stderr and our own messages share cli.err()
+  auto stream = [&](v1::Stream which, std::ostream& to, std::mutex* mu) {
+    v1::LogsRequest logs;
+    logs.set_id(id);
+    logs.set_stream(which);
+    logs.set_follow(true);
+    return client->Logs(logs, [&](std::string_view data) {
+      std::unique_lock<std::mutex> lock;
+      if (mu != nullptr) lock = std::unique_lock<std::mutex>(*mu);
+      to.write(data.data(), static_cast<std::streamsize>(data.size()));
+      to.flush();
+    });
+  };
+  absl::Status out_status, err_status;
+  std::thread out_thread([&] { out_status = stream(v1::STREAM_STDOUT, cli.out(), nullptr); });
+  std::thread err_thread([&] { err_status = stream(v1::STREAM_STDERR, cli.err(), &err_mu); });
+
+  // First SIGTERM with the daemon's grace, then SIGKILL; a third signal stops waiting. The
+  // calls run in threads of their own so that the watcher stays responsive to the user even
+  // when the daemon is not answering; their errors show up in the Join.
+  std::vector<std::thread> terminators;  // touched by the watcher thread only, until Stop()
+  SignalWatcher watcher(block, [&](int sig, int count) {
+    if (count > 2) {
+      std::lock_guard<std::mutex> lock(err_mu);
+      cli.err() << "proctor: interrupted; process " << id << " may still be running" << std::endl;
+      cli.out().flush();
+      std::_Exit(128 + sig);
+    }
+    terminators.emplace_back([client, id, count] {
+      v1::TerminateRequest terminate;
+      terminate.set_id(id);
+      terminate.set_signal(count == 1 ? SIGTERM : SIGKILL);
+      terminate.set_wait(false);
+      (void)client->Terminate(terminate);
+    });
+  });
+
+  absl::StatusOr<v1::Process> joined = client->Join(id);
+  watcher.Stop();
+  for (std::thread& t : terminators) t.join();
+  out_thread.join();
+  err_thread.join();
+  if (!joined.ok()) return cli.Fail(joined.status());
+  for (const absl::Status& s : {out_status, err_status}) {
+    if (!s.ok())
+      cli.err() << "proctor: output of process " << id << ": " << s.message() << std::endl;
+  }
+  return JoinExitStatus(*joined);
+}
+
+int CmdJoin(Cli& cli, const Command& command, const Args& args) {
+  absl::StatusOr<uint64_t> id = ParseId(args.operands[0], "process id");
+  if (!id.ok()) return cli.UsageError(&command, id.status().message());
+  std::optional<absl::Duration> timeout;
+  if (std::optional<std::string> text = args.Last("timeout")) {
+    absl::StatusOr<absl::Duration> parsed = ParseSeconds("timeout", *text);
+    if (!parsed.ok()) return cli.UsageError(&command, parsed.status().message());
+    timeout = *parsed;
+  }
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::StatusOr<v1::Process> process = (*client)->Join(*id, timeout);
+  if (!process.ok()) return cli.Fail(process.status());
+  cli.MaybePrintJson(*process);
+  return JoinExitStatus(*process);
+}
+
+int Terminate(Cli& cli, const Command& command, const Args& args, int signal) {
+  absl::StatusOr<uint64_t> id = ParseId(args.operands[0], "process id");
+  if (!id.ok()) return cli.UsageError(&command, id.status().message());
+  v1::TerminateRequest request;
+  request.set_id(*id);
+  request.set_signal(signal);
+  if (std::optional<std::string> text = args.Last("grace")) {
+    absl::StatusOr<absl::Duration> grace = ParseSeconds("grace", *text);
+    if (!grace.ok()) return cli.UsageError(&command, grace.status().message());
+    absl::Duration rest;
+    request.mutable_grace()->set_seconds(absl::IDivDuration(*grace, absl::Seconds(1), &rest));
+    request.mutable_grace()->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(rest)));
+  }
+  if (args.Has("no-wait")) request.set_wait(false);
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::StatusOr<v1::Process> process = (*client)->Terminate(request);
+  if (!process.ok()) return cli.Fail(process.status());
+  cli.MaybePrintJson(*process);
+  return kExitOk;
+}
+
+int CmdTerminate(Cli& cli, const Command& command, const Args& args) {
+  int signal = SIGTERM;
+  if (std::optional<std::string> text = args.Last("signal")) {
+    absl::StatusOr<int> parsed = ParseSignal(*text);
+    if (!parsed.ok()) return cli.UsageError(&command, parsed.status().message());
+    signal = *parsed;
+  }
+  return Terminate(cli, command, args, signal);
+}
+
+int CmdKill(Cli& cli, const Command& command, const Args& args) {
+  return Terminate(cli, command, args, SIGKILL);
+}
+
+int CmdStatus(Cli& cli, const Command& command, const Args& args) {
+  absl::StatusOr<uint64_t> id = ParseId(args.operands[0], "process id");
+  if (!id.ok()) return cli.UsageError(&command, id.status().message());
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::StatusOr<v1::Process> process = (*client)->Status(*id);
+  if (!process.ok()) return cli.Fail(process.status());
+  if (cli.json()) {
+    cli.MaybePrintJson(*process);
+  } else {
+    cli.out() << ProcessTable({*process}) << std::flush;
+  }
+  return kExitOk;
+}
+
+int CmdPs(Cli& cli, const Command& command, const Args& args) {
+  v1::StatusRequest filter;
+  if (!args.Has("all")) filter.set_state(v1::STATE_RUNNING);
+  if (std::optional<std::string> name = args.Last("name")) filter.set_name(*name);
+  if (std::optional<std::string> text = args.Last("parent")) {
+    absl::StatusOr<uint64_t> parent = ParseId(*text, "parent id");
+    if (!parent.ok()) return cli.UsageError(&command, parent.status().message());
+    filter.set_parent_id(*parent);
+  }
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::StatusOr<std::vector<v1::Process>> processes = (*client)->List(filter);
+  if (!processes.ok()) return cli.Fail(processes.status());
+  if (cli.json()) {
+    std::vector<std::string> objects;
+    for (const v1::Process& p : *processes) objects.push_back(ProcessJson(p));
+    cli.out() << (objects.empty() ? "[]"
+                                  : absl::StrCat("[\n", absl::StrJoin(objects, ",\n"), "\n]"))
+              << std::endl;
+  } else {
+    cli.out() << ProcessTable(*processes) << std::flush;
+  }
+  return kExitOk;
+}
+
+int CmdLogs(Cli& cli, const Command& command, const Args& args) {
+  absl::StatusOr<uint64_t> id = ParseId(args.operands[0], "process id");
+  if (!id.ok()) return cli.UsageError(&command, id.status().message());
+  v1::LogsRequest request;
+  request.set_id(*id);
+  request.set_stream(args.Has("stderr") ? v1::STREAM_STDERR : v1::STREAM_STDOUT);
+  request.set_follow(args.Has("follow"));
+  if (std::optional<std::string> text = args.Last("tail")) {
+    absl::StatusOr<uint64_t> tail = ParseId(*text, "--tail byte count");
+    if (!tail.ok() || *tail > static_cast<uint64_t>(INT64_MAX)) {
+      return cli.UsageError(
+          &command, absl::StrCat("invalid --tail \"", *text, "\" (expected a number of bytes)"));
+    }
+    request.set_tail_bytes(static_cast<int64_t>(*tail));
+  }
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::Status status = (*client)->Logs(request, [&](std::string_view data) {
+    cli.out().write(data.data(), static_cast<std::streamsize>(data.size()));
+    cli.out().flush();
+  });
+  if (!status.ok()) return cli.Fail(status);
+  return kExitOk;
+}
+
+int CmdRelease(Cli& cli, const Command& command, const Args& args) {
+  absl::StatusOr<uint64_t> id = ParseId(args.operands[0], "process id");
+  if (!id.ok()) return cli.UsageError(&command, id.status().message());
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  if (absl::Status status = (*client)->Release(*id); !status.ok()) return cli.Fail(status);
+  return kExitOk;
+}
+
+constexpr OptionSpec kStartOptions[] = {
+    {"name", true}, {"daemon", false}, {"env", true}, {"cwd", true}, {"kwarg", true}};
+constexpr OptionSpec kJoinOptions[] = {{"timeout", true}};
+constexpr OptionSpec kTerminateOptions[] = {{"signal", true}, {"grace", true}, {"no-wait", false}};
+constexpr OptionSpec kKillOptions[] = {{"no-wait", false}};
+constexpr OptionSpec kPsOptions[] = {{"all", false}, {"name", true}, {"parent", true}};
+constexpr OptionSpec kLogsOptions[] = {{"follow", false}, {"stderr", false}, {"tail", true}};
+
+constexpr Command kCommands[] = {
+    {"start",
+     "start [--name N] [--daemon] [--env K=V]... [--cwd DIR] [--kwarg K=V]... -- TARGET [ARG...]",
+     "start a process and print its id", kStartOptions, Operands::kCommand, CmdStart},
+    {"run", "run [start options] -- TARGET [ARG...]",
+     "start a process, stream its output, wait for it and exit like join", kStartOptions,
+     Operands::kCommand, CmdRun},
+    {"join", "join ID [--timeout SECONDS]",
+     "wait for a process; exit with its exit code, 128+N for signal N, 124 on timeout",
+     kJoinOptions, Operands::kId, CmdJoin},
+    {"terminate", "terminate ID [--signal NAME|NUMBER] [--grace SECONDS] [--no-wait]",
+     "signal a process and what runs below it (default TERM); KILL after the grace",
+     kTerminateOptions, Operands::kId, CmdTerminate},
+    {"kill", "kill ID [--no-wait]", "terminate with SIGKILL", kKillOptions, Operands::kId, CmdKill},
+    {"status", "status ID", "show one process", {}, Operands::kId, CmdStatus},
+    {"ps", "ps [--all] [--name N] [--parent ID]",
+     "list processes (only running ones without --all)", kPsOptions, Operands::kNone, CmdPs},
+    {"logs", "logs ID [--follow] [--stderr] [--tail BYTES]",
+     "print a process's captured stdout (or stderr)", kLogsOptions, Operands::kId, CmdLogs},
+    {"release",
+     "release ID",
+     "forget an ended process and its captured output",
+     {},
+     Operands::kId,
+     CmdRelease},
+};
+
+// Options before the subcommand that say how to reach and authenticate to the daemon; each
+// sets one field of ClientOptions.
+struct GlobalOption {
+  absl::string_view name;
+  std::string ClientOptions::*text;  // for options with a value
+  bool ClientOptions::*flag;         // for flags
+};
+
+constexpr GlobalOption kGlobalOptions[] = {
+    {"address", &ClientOptions::address, nullptr},
+    {"authkey-file", &ClientOptions::authkey_file, nullptr},
+    {"tls-ca", &ClientOptions::tls_ca_file, nullptr},
+    {"tls-cert", &ClientOptions::tls_cert_file, nullptr},
+    {"tls-key", &ClientOptions::tls_key_file, nullptr},
+    {"insecure-tcp", nullptr, &ClientOptions::insecure_tcp},
+};
+
+const GlobalOption* FindGlobalOption(absl::string_view name) {
+  for (const GlobalOption& option : kGlobalOptions) {
+    if (option.name == name) return &option;
+  }
+  return nullptr;
+}
+
+const Command* FindCommand(absl::string_view name) {
+  for (const Command& command : kCommands) {
+    if (command.name == name) return &command;
+  }
+  return nullptr;
+}
+
+void PrintUsage(std::ostream& out) {
+  out << "usage: proctor [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+         "\n"
+         "Runs programs as worker processes of proctord, like Python's multiprocessing.Process.\n"
+         "\n"
+         "Commands:\n";
+  for (const Command& command : kCommands) {
+    out << "  " << command.synopsis << "\n      " << command.summary << "\n";
+  }
+  out << "  help [COMMAND]\n"
+         "\n"
+         "Global options:\n"
+         "  --address ADDR       unix:/path or host:port of proctord\n"
+         "                       (default: $PROCTOR_ADDRESS, else "
+      << DefaultAddress()
+      << ")\n"
+         "  --json               print records as JSON (start, join, terminate, kill, status, ps)\n"
+         "  --authkey-file PATH  the key to prove (default: $PROCTOR_AUTHKEY_FILE, a worker's\n"
+         "                       $PROCTOR_AUTHKEY, else the daemon's default key file)\n"
+         "  --tls-ca PATH        CA that signs the daemon's TLS certificate, for host:port\n"
+         "                       (default: $PROCTOR_TLS_CA, else the system's roots)\n"
+         "  --tls-cert PATH      client certificate, for daemons that require one\n"
+         "  --tls-key PATH       its private key ($PROCTOR_TLS_CERT, $PROCTOR_TLS_KEY)\n"
+         "  --insecure-tcp       talk plain TCP to host:port (the authkey still applies)\n"
+         "\n"
+         "Exit status: 0 on success, 1 when proctord or the call failed, 2 for usage errors;\n"
+         "join and run exit like the process (128+N for signal N, 124 on join timeout).\n"
+      << std::flush;
+}
+
+}  // namespace
+
+int JoinExitStatus(const v1::Process& process) {
+  if (process.state() != v1::STATE_EXITED) return kExitTimeout;
+  WaitStatus status = process.signal() != 0 ? WaitStatus::Signaled(process.signal())
+                                            : WaitStatus::Exited(process.exitcode());
+  return status.shell_status();
+}
+
+std::string ProcessJson(const v1::Process& p) {
+  std::vector<std::string> children;
+  for (uint64_t child : p.children()) children.push_back(absl::StrCat(child));
+  std::vector<std::string> args;
+  for (const std::string& arg : p.args()) args.push_back(JsonString(arg));
+  return absl::StrCat(
+      "{\"id\":", p.id(), ",\"name\":", JsonString(p.name()), ",\"pid\":", p.pid(),
+      ",\"state\":", JsonString(StateName(p.state())),
+      ",\"exitcode\":", p.has_exitcode() ? absl::StrCat(p.exitcode()) : "null",
+      ",\"signal\":", p.signal(), ",\"core_dumped\":", p.core_dumped() ? "true" : "false",
+      ",\"daemon\":", p.daemon() ? "true" : "false",
+      ",\"parent\":", p.has_parent_id() ? absl::StrCat(p.parent_id()) : "null",
+      ",\"parent_session\":", p.has_parent_session() ? absl::StrCat(p.parent_session()) : "null",
+      ",\"children\":[", absl::StrJoin(children, ","), "]", ",\"target\":", JsonString(p.target()),
+      ",\"args\":[", absl::StrJoin(args, ","), "]", ",\"cwd\":", JsonString(p.cwd()),
+      ",\"start_time\":", JsonTime(p.has_start_time(), p.start_time()),
+      ",\"end_time\":", JsonTime(p.has_end_time(), p.end_time()),
+      ",\"user_cpu\":", JsonSeconds(p.has_user_cpu(), p.user_cpu()),
+      ",\"system_cpu\":", JsonSeconds(p.has_system_cpu(), p.system_cpu()),
+      ",\"max_rss_bytes\":", p.max_rss_bytes(), ",\"stdout_path\":", JsonString(p.stdout_path()),
+      ",\"stderr_path\":", JsonString(p.stderr_path()), "}");
+}
+
+std::string ProcessTable(const std::vector<v1::Process>& processes) {
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "NAME", "PID", "STATE", "EXITCODE", "DAEMON", "PARENT", "TARGET"}};
+  for (const v1::Process& p : processes) {
+    std::vector<std::string> command = {DisplayArg(p.target())};
+    for (const std::string& arg : p.args()) command.push_back(DisplayArg(arg));
+    rows.push_back({absl::StrCat(p.id()), p.name(), absl::StrCat(p.pid()),
+                    std::string(StateName(p.state())),
+                    p.has_exitcode() ? absl::StrCat(p.exitcode()) : "-", p.daemon() ? "yes" : "no",
+                    ParentText(p), absl::StrJoin(command, " ")});
+  }
+  std::vector<size_t> widths(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      out += row[i];
+      // The last column is not padded, so lines carry no trailing blanks.
+      if (i + 1 < row.size()) out.append(widths[i] - row[i].size() + 2, ' ');
+    }
+    out += '\n';
+  }
+  return out;
+}
+
+int RunCli(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
+  Cli cli(out, err);
+  std::span<const std::string> args(argv);
+  size_t i = 0;
+  for (; i < args.size() && absl::StartsWith(args[i], "-"); ++i) {
+    absl::string_view arg = args[i];
+    if (arg == "--json") {
+      cli.set_json(true);
+      continue;
+    }
+    if (arg == "-h" || arg == "--help") {
+      PrintUsage(out);
+      return kExitOk;
+    }
+    absl::string_view name = absl::StartsWith(arg, "--") ? arg.substr(2) : arg;
+    std::optional<std::string> value;
+    if (size_t eq = name.find('='); eq != absl::string_view::npos) {
+      value = std::string(name.substr(eq + 1));
+      name = name.substr(0, eq);
+    }
+    const GlobalOption* option = FindGlobalOption(name);
+    if (option == nullptr || arg.substr(0, 2) != "--") {
+      return cli.UsageError(nullptr, absl::StrCat("unknown option ", arg));
+    }
+    ClientOptions& options = cli.client_options();
+    if (option->flag != nullptr) {
+      if (value.has_value()) {
+        return cli.UsageError(nullptr, absl::StrCat("option --", name, " takes no value"));
+      }
+      options.*(option->flag) = true;
+      continue;
+    }
+    if (!value.has_value()) {
+      if (i + 1 == args.size()) {
+        return cli.UsageError(nullptr, absl::StrCat("option --", name, " needs a value"));
+      }
+      value = args[++i];
+    }
+    options.*(option->text) = *std::move(value);
+  }
+  if (i == args.size()) return cli.UsageError(nullptr, "missing command");
+  const std::string& name = args[i++];
+  if (name == "help") {
+    if (i == args.size()) {
+      PrintUsage(out);
+      return kExitOk;
+    }
+    const Command* command = FindCommand(args[i]);
+    if (command == nullptr) {
+      return cli.UsageError(nullptr, absl::StrCat("unknown command \"", args[i], "\""));
+    }
+    out << "usage: proctor " << command->synopsis << "\n  " << command->summary << std::endl;
+    return kExitOk;
+  }
+  const Command* command = FindCommand(name);
+  if (command == nullptr) {
+    return cli.UsageError(nullptr, absl::StrCat("unknown command \"", name, "\""));
+  }
+  absl::StatusOr<Args> parsed = ParseArgs(*command, args.subspan(i));
+  if (!parsed.ok()) return cli.UsageError(command, parsed.status().message());
+  if (parsed->help) {
+    out << "usage: proctor " << command->synopsis << "\n  " << command->summary << std::endl;
+    return kExitOk;
+  }
+  return command->handler(cli, *command, *parsed);
+}
+
+int RunCli(int argc, char** argv) {
+  std::vector<std::string> args(argv + std::min(argc, 1), argv + argc);
+  return RunCli(args, std::cout, std::cerr);
+}
+
+}  // namespace proctor

@@ -1,0 +1,55 @@
+// The `proctor` command line: every RPC of proctord as a subcommand, for people and scripts.
+//
+//   proctor [--address ADDR] [--json] [--authkey-file PATH] [--tls-ca PATH] [--tls-cert PATH]
+//           [--tls-key PATH] [--insecure-tcp] COMMAND [ARGS]
+//
+// The options before COMMAND fill ClientOptions (see client/client.h for their defaults).
+//
+// Output contract (scripts rely on it):
+//   - `start` prints the new process id alone on a line; `run` streams the worker's stdout and
+//     stderr to its own and exits like `join`; SIGINT, SIGTERM or SIGHUP to `run` terminates
+//     the worker (a second one kills it, a third stops waiting).
+//   - `join` exits with the worker's exit code, 128+N when signal N ended it, and 124 when the
+//     timeout passed with the worker still running.
+//   - `status` and `ps` print a table; with --json, `status` prints one JSON object and `ps`
+//     an array of them (see ProcessJson). `start`, `join`, `terminate` and `kill` print the
+//     record as JSON with --json, and nothing otherwise (except `start`'s id).
+//   - Errors are one line on stderr, "proctor: <problem>"; the exit status is 1 when the
+//     daemon or the call failed and 2 for usage errors (followed by a one-line hint).
+#ifndef PROCTOR_CLIENT_CLI_H_
+#define PROCTOR_CLIENT_CLI_H_
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "proctor/v1/proctor.pb.h"
+
+namespace proctor {
+
+// Runs the command line argv[0..argc) (argv[0] is the program name) with std::cout and
+// std::cerr, and returns the process exit status. `run` blocks SIGINT, SIGTERM and SIGHUP in
+// the calling thread while it works, so call this before starting threads of your own, or
+// block those signals in them.
+int RunCli(int argc, char** argv);
+
+// The same with the arguments after the program name and explicit streams (for tests).
+// `run` writes the worker's stdout to `out` and its stderr to `err`, from separate threads.
+int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+// One record as a single-line JSON object: id, name, pid, state ("running"/"exited"),
+// exitcode (null while running), signal, core_dumped, daemon, parent (the parent process id,
+// or null), parent_session (or null), children, target, args, cwd, start_time and end_time
+// (RFC 3339, or null), user_cpu and system_cpu (seconds), max_rss_bytes, stdout_path and
+// stderr_path.
+std::string ProcessJson(const v1::Process& process);
+
+// Records as a table with a header line: ID NAME PID STATE EXITCODE DAEMON PARENT TARGET.
+std::string ProcessTable(const std::vector<v1::Process>& processes);
+
+// `join`'s exit status for a record: the exit code, 128+N for signal N, 124 while running.
+int JoinExitStatus(const v1::Process& process);
+
+}  // namespace proctor
+
+#endif  // PROCTOR_CLIENT_CLI_H_

@@ -1,0 +1,93 @@
+#include "client/credentials.h"
+
+#include <cstdlib>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/authkey.h"
+#include "common/default_paths.h"
+
+namespace proctor {
+namespace {
+
+absl::StatusOr<Credentials> FromFile(const std::string& path, absl::string_view how) {
+  // Clients read keys they are given without the daemon's mode check: the daemon guards its
+  // own files, and a client key file's mode is its owner's business.
+  absl::StatusOr<std::string> key = ReadKeyFile(path, /*private_only=*/false);
+  if (!key.ok()) return key.status();
+  return Credentials{*std::move(key), kAdminKeyId, absl::StrCat("authkey file ", path, how)};
+}
+
+std::string Env(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? "" : value;
+}
+
+absl::Status Refusal(absl::string_view message) {
+  return absl::UnauthenticatedError(message);
+}
+
+}  // namespace
+
+absl::StatusOr<Credentials> FindCredentials(const std::string& explicit_file) {
+  if (!explicit_file.empty()) return FromFile(explicit_file, "");
+  if (std::string file = Env("PROCTOR_AUTHKEY_FILE"); !file.empty()) {
+    return FromFile(file, " (from $PROCTOR_AUTHKEY_FILE)");
+  }
+  if (std::string hex = Env("PROCTOR_AUTHKEY"); !hex.empty()) {
+    std::string id = Env("PROCTOR_ID");
+    absl::StatusOr<std::string> key = HexDecode(hex);
+    if (!key.ok() || key->empty() || id.empty()) {
+      return absl::InvalidArgumentError(
+          "$PROCTOR_AUTHKEY must be hex and come with $PROCTOR_ID (as proctord sets them)");
+    }
+    return Credentials{*std::move(key), id, absl::StrCat("$PROCTOR_AUTHKEY of process ", id)};
+  }
+  std::string path = DefaultStateDir() + "/authkey";
+  absl::StatusOr<Credentials> found = FromFile(path, " (the daemon's default)");
+  if (absl::IsNotFound(found.status())) {
+    return absl::NotFoundError(absl::StrCat(
+        "no authkey: give --authkey-file, set $PROCTOR_AUTHKEY_FILE, or run where ", path,
+        " can be read"));
+  }
+  return found;
+}
+
+std::string CallAuth::Sign(grpc::ClientContext& context, absl::string_view method) const {
+  CallCredential credential = CallCredential::Make(
+      credentials_.key, credentials_.key_id, method, absl::ToUnixMillis(absl::Now()));
+  context.AddMetadata(kAuthMetadataKey, credential.Format());
+  return credential.nonce_hex;
+}
+
+absl::Status CallAuth::CheckReply(const grpc::ClientContext& context, absl::string_view method,
+                                  absl::string_view nonce, const grpc::Status& status,
+                                  absl::string_view address) const {
+  auto to_absl = [](const grpc::Status& s) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  };
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+      status.error_code() == grpc::StatusCode::CANCELLED) {
+    return to_absl(status);  // nobody answered, or we gave up: nothing to check
+  }
+  if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    return Refusal(absl::StrCat("proctord at ", address, " refused the key from ",
+                                credentials_.source, " (wrong key?): ", status.error_message()));
+  }
+  std::string expected = ServerProof(credentials_.key, method, nonce);
+  for (const auto* metadata :
+       {&context.GetServerInitialMetadata(), &context.GetServerTrailingMetadata()}) {
+    auto it = metadata->find(kServerProofMetadataKey);
+    if (it != metadata->end() &&
+        ConstantTimeEquals(absl::string_view(it->second.data(), it->second.size()), expected)) {
+      return to_absl(status);
+    }
+  }
+  return Refusal(absl::StrCat("the daemon at ", address,
+                              " failed to prove it holds the key from ", credentials_.source,
+                              "; not trusting its reply (is something else on that address?)"));
+}
+
+}  // namespace proctor

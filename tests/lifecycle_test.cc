@@ -1,0 +1,303 @@
+// The process lifecycle against a real proctord, with real processes and real signals.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/time_util.h"
+#include "gtest/gtest.h"
+#include "tests/test_daemon.h"
+
+namespace proctor::testing {
+namespace {
+
+using ::google::protobuf::util::TimeUtil;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+v1::Process JoinOk(Client& client, uint64_t id,
+                   std::optional<absl::Duration> timeout = std::nullopt) {
+  absl::StatusOr<v1::Process> joined = client.Join(id, timeout);
+  EXPECT_TRUE(joined.ok()) << joined.status();
+  return joined.value_or(v1::Process{});
+}
+
+v1::Process TerminateOk(Client& client, uint64_t id, int sig, absl::Duration grace) {
+  v1::TerminateRequest request;
+  request.set_id(id);
+  request.set_signal(sig);
+  *request.mutable_grace() = TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(grace));
+  absl::StatusOr<v1::Process> ended = client.Terminate(request);
+  EXPECT_TRUE(ended.ok()) << ended.status();
+  return ended.value_or(v1::Process{});
+}
+
+std::string Logs(Client& client, uint64_t id, v1::Stream stream = v1::STREAM_STDOUT,
+                 bool follow = false) {
+  v1::LogsRequest request;
+  request.set_id(id);
+  request.set_stream(stream);
+  request.set_follow(follow);
+  std::string out;
+  absl::Status s = client.Logs(request, [&](std::string_view chunk) { out.append(chunk); });
+  EXPECT_TRUE(s.ok()) << s;
+  return out;
+}
+
+std::vector<pid_t> Pids(const std::string& text) {
+  std::vector<pid_t> pids;
+  for (absl::string_view word : absl::StrSplit(text, absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
+    pid_t pid;
+    if (absl::SimpleAtoi(word, &pid)) pids.push_back(pid);
+  }
+  return pids;
+}
+
+class LifecycleTest : public ::testing::Test {
+ protected:
+  TestDaemon daemon_;
+  Client& client_ = daemon_.client();
+};
+
+TEST_F(LifecycleTest, ExitCodesComeBackWhole) {
+  for (int code : {0, 3, 255}) {
+    v1::Process started = StartOk(client_, {"/bin/sh", "-c", absl::StrCat("exit ", code)});
+    EXPECT_GT(started.pid(), 0);
+    EXPECT_EQ(started.state(), v1::STATE_RUNNING);
+    EXPECT_FALSE(started.has_exitcode());
+    v1::Process ended = JoinOk(client_, started.id());
+    EXPECT_EQ(ended.state(), v1::STATE_EXITED);
+    ASSERT_TRUE(ended.has_exitcode());
+    EXPECT_EQ(ended.exitcode(), code);
+    EXPECT_EQ(ended.signal(), 0);
+    EXPECT_TRUE(ended.has_end_time());
+  }
+}
+
+TEST_F(LifecycleTest, KillAndTerminateGiveMinusTheSignal) {
+  v1::Process a = StartOk(client_, {"sleep", "100"});
+  v1::Process b = StartOk(client_, {"sleep", "100"});
+  EXPECT_EQ(TerminateOk(client_, a.id(), SIGKILL, absl::Seconds(5)).exitcode(), -9);
+  v1::Process terminated = TerminateOk(client_, b.id(), SIGTERM, absl::Seconds(5));
+  EXPECT_EQ(terminated.exitcode(), -15);
+  EXPECT_EQ(terminated.signal(), SIGTERM);
+  EXPECT_EQ(JoinOk(client_, b.id()).exitcode(), -15);
+}
+
+TEST_F(LifecycleTest, WorkerIgnoringSigtermIsKilledAfterGrace) {
+  v1::Process started = StartOk(client_, {"/bin/sh", "-c", "trap '' TERM; echo ready; sleep 100"});
+  ASSERT_TRUE(WaitFor([&] { return Logs(client_, started.id()) == "ready\n"; }));
+  absl::Time before = absl::Now();
+  v1::Process ended = TerminateOk(client_, started.id(), SIGTERM, absl::Milliseconds(300));
+  EXPECT_GE(absl::Now() - before, absl::Milliseconds(300));
+  EXPECT_EQ(ended.exitcode(), -9);
+}
+
+TEST_F(LifecycleTest, TerminateLeavesNoGrandchildAliveOrZombie) {
+  v1::Process started = StartOk(
+      client_, {"/bin/sh", "-c", "sleep 100 & echo $!; sleep 100 & echo $!; wait"});
+  std::vector<pid_t> grandchildren;
+  ASSERT_TRUE(WaitFor([&] {
+    grandchildren = Pids(Logs(client_, started.id()));
+    return grandchildren.size() == 2;
+  }));
+  for (pid_t pid : grandchildren) ASSERT_TRUE(IsAlive(pid));
+  TerminateOk(client_, started.id(), SIGTERM, absl::Seconds(5));
+  for (pid_t pid : grandchildren) {
+    EXPECT_FALSE(IsAlive(pid)) << pid;
+    EXPECT_FALSE(IsZombie(pid)) << pid;
+  }
+}
+
+TEST_F(LifecycleTest, JoinTimeoutReturnsTheRunningRecord) {
+  v1::Process started = StartOk(client_, {"sleep", "100"});
+  absl::Time before = absl::Now();
+  v1::Process joined = JoinOk(client_, started.id(), absl::Milliseconds(200));
+  EXPECT_GE(absl::Now() - before, absl::Milliseconds(200));
+  EXPECT_EQ(joined.state(), v1::STATE_RUNNING);
+  EXPECT_FALSE(joined.has_exitcode());
+  TerminateOk(client_, started.id(), SIGKILL, absl::Seconds(1));
+}
+
+TEST_F(LifecycleTest, TenConcurrentJoinersAllSeeTheExit) {
+  v1::Process started = StartOk(client_, {"/bin/sh", "-c", "sleep 0.3; exit 7"});
+  std::vector<std::thread> joiners;
+  std::atomic<int> sevens = 0;
+  for (int i = 0; i < 10; ++i) {
+    joiners.emplace_back([&] {
+      if (JoinOk(client_, started.id()).exitcode() == 7) ++sevens;
+    });
+  }
+  for (std::thread& t : joiners) t.join();
+  EXPECT_EQ(sevens, 10);
+}
+
+TEST_F(LifecycleTest, StdoutAndStderrAreCapturedApart) {
+  v1::Process started =
+      StartOk(client_, {"/bin/sh", "-c", "echo to-out; echo to-err >&2; echo more-out"});
+  JoinOk(client_, started.id());
+  EXPECT_EQ(Logs(client_, started.id()), "to-out\nmore-out\n");
+  EXPECT_EQ(Logs(client_, started.id(), v1::STREAM_STDERR), "to-err\n");
+  EXPECT_EQ(ReadFile(started.stdout_path()), "to-out\nmore-out\n");
+}
+
+TEST_F(LifecycleTest, LogsTailGivesTheEnd) {
+  v1::Process started = StartOk(client_, {"/bin/sh", "-c", "echo 0123456789"});
+  JoinOk(client_, started.id());
+  v1::LogsRequest request;
+  request.set_id(started.id());
+  request.set_tail_bytes(4);
+  std::string out;
+  ASSERT_TRUE(client_.Logs(request, [&](std::string_view c) { out.append(c); }).ok());
+  EXPECT_EQ(out, "789\n");
+}
+
+TEST_F(LifecycleTest, LogsFollowStreamsUntilTheProcessEnds) {
+  v1::Process started = StartOk(
+      client_, {"/bin/sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done"});
+  std::vector<std::string> chunks;
+  v1::LogsRequest request;
+  request.set_id(started.id());
+  request.set_follow(true);
+  ASSERT_TRUE(client_.Logs(request, [&](std::string_view c) { chunks.emplace_back(c); }).ok());
+  EXPECT_EQ(absl::StrJoin(chunks, ""), "line1\nline2\nline3\n");
+  EXPECT_GE(chunks.size(), 2u) << "output arrived while the process ran";
+  absl::StatusOr<v1::Process> status = client_.Status(started.id());
+  EXPECT_EQ(status->state(), v1::STATE_EXITED);
+}
+
+TEST_F(LifecycleTest, ReleaseForgetsTheRecordAndItsOutput) {
+  v1::Process started = StartOk(client_, {"/bin/echo", "bye"});
+  absl::Status early = client_.Release(started.id());
+  JoinOk(client_, started.id());
+  ASSERT_TRUE(client_.Release(started.id()).ok());
+  EXPECT_EQ(client_.Status(started.id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(access(started.stdout_path().c_str(), F_OK), 0) << "captured output removed";
+  EXPECT_TRUE(early.ok() || early.code() == absl::StatusCode::kFailedPrecondition) << early;
+}
+
+TEST_F(LifecycleTest, ReleaseOfARunningProcessIsRefused) {
+  v1::Process started = StartOk(client_, {"sleep", "100"});
+  absl::Status s = client_.Release(started.id());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("still running"));
+  TerminateOk(client_, started.id(), SIGKILL, absl::Seconds(1));
+}
+
+TEST(RetentionTest, OldestEndedRecordsAreEvictedPastTheLimit) {
+  TestDaemon daemon({"--retain", "3"});
+  std::vector<v1::Process> ended;
+  for (int i = 0; i < 5; ++i) {
+    ended.push_back(StartOk(daemon.client(), {"/bin/true"}));
+    JoinOk(daemon.client(), ended.back().id());
+  }
+  std::vector<uint64_t> kept;
+  absl::StatusOr<std::vector<v1::Process>> listed = daemon.client().List(v1::StatusRequest{});
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  for (const v1::Process& p : *listed) kept.push_back(p.id());
+  EXPECT_THAT(kept, ElementsAre(ended[2].id(), ended[3].id(), ended[4].id()));
+  EXPECT_NE(access(ended[0].stdout_path().c_str(), F_OK), 0);
+}
+
+TEST_F(LifecycleTest, IdsAreNotReusedAcrossRestarts) {
+  uint64_t first = StartOk(client_, {"/bin/true"}).id();
+  TestDaemon again;  // a different state dir starts at 1...
+  EXPECT_EQ(StartOk(again.client(), {"/bin/true"}).id(), 1u);
+  // ...while the same state dir continues above every id it gave out.
+  std::string state = daemon_.state_dir();
+  ASSERT_EQ(daemon_.Stop(), 0);
+  TestDaemon restarted({"--state-dir", state});
+  EXPECT_GT(StartOk(restarted.client(), {"/bin/true"}).id(), first);
+}
+
+TEST_F(LifecycleTest, WorkerInheritsNoDescriptorOfTheDaemon) {
+  v1::Process started = StartOk(client_, {"/bin/sh", "-c", "ls /proc/$$/fd"});
+  JoinOk(client_, started.id());
+  EXPECT_EQ(Logs(client_, started.id()), "0\n1\n2\n");
+}
+
+TEST_F(LifecycleTest, WorkerStartsWithCleanSignalStateAndOwnGroup) {
+  v1::Process started = StartOk(
+      client_, {"/bin/sh", "-c",
+                "grep -E '^Sig(Blk|Ign)' /proc/$$/status | cut -f2; ps -o pgid= -p $$ | tr -d ' '"});
+  JoinOk(client_, started.id());
+  std::vector<std::string> lines =
+      absl::StrSplit(Logs(client_, started.id()), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u);
+  uint64_t blocked = 0, ignored = 0;
+  ASSERT_TRUE(absl::SimpleHexAtoi(lines[0], &blocked));
+  ASSERT_TRUE(absl::SimpleHexAtoi(lines[1], &ignored));
+  EXPECT_EQ(blocked, 0u);
+  // Signals 32 and 33 belong to the C library, which keeps them out of every signal set; a
+  // disposition inherited for them is outside what posix_spawn can reset.
+  constexpr uint64_t kLibcSignals = (uint64_t{1} << 31) | (uint64_t{1} << 32);
+  EXPECT_EQ(ignored & ~kLibcSignals, 0u) << lines[1];
+  EXPECT_EQ(lines[2], absl::StrCat(started.pid()));
+}
+
+TEST_F(LifecycleTest, KwargsEnvCwdAndNameReachTheWorker) {
+  TempDir cwd;
+  v1::StartRequest request;
+  request.set_target("/bin/sh");
+  request.add_args("-c");
+  request.add_args("echo \"$0 $1 $2 $GREETING $(pwd)\"");
+  (*request.mutable_kwargs())["name"] = "egon";
+  (*request.mutable_kwargs())["age"] = "18";
+  request.add_env("GREETING=hello");
+  request.set_cwd(cwd.path());
+  request.set_name("piao");
+  absl::StatusOr<v1::Process> started = client_.Start(request);
+  ASSERT_TRUE(started.ok()) << started.status();
+  EXPECT_EQ(started->name(), "piao");
+  JoinOk(client_, started->id());
+  EXPECT_EQ(Logs(client_, started->id()),
+            absl::StrCat("--age=18 --name=egon  hello ", cwd.path(), "\n"));
+}
+
+TEST_F(LifecycleTest, DefaultNamesCountTopLevelProcesses) {
+  EXPECT_EQ(StartOk(client_, {"/bin/true"}).name(), "Process-1");
+  EXPECT_EQ(StartOk(client_, {"/bin/true"}).name(), "Process-2");
+}
+
+TEST_F(LifecycleTest, RecordShowsResourceUsage) {
+  v1::Process started = StartOk(client_, {"/bin/sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"});
+  v1::Process ended = JoinOk(client_, started.id());
+  EXPECT_GT(ended.max_rss_bytes(), 0);
+  EXPECT_GT(TimeUtil::DurationToNanoseconds(ended.user_cpu()) +
+                TimeUtil::DurationToNanoseconds(ended.system_cpu()),
+            0);
+  EXPECT_EQ(ended.target(), "/bin/sh");
+}
+
+TEST(ShutdownTest, DaemonShutdownLeavesNoProcessBehind) {
+  TestDaemon daemon({"--shutdown-grace", "0.3"});
+  v1::Process daemonic = StartOk(daemon.client(), {"sleep", "100"}, /*daemon=*/true);
+  v1::Process worker = StartOk(daemon.client(), {"/bin/sh", "-c", "trap '' TERM; sleep 100"});
+  v1::Process grandparent =
+      StartOk(daemon.client(), {"/bin/sh", "-c", "sleep 100 & echo $!; wait"});
+  std::vector<pid_t> grandchildren;
+  ASSERT_TRUE(WaitFor([&] {
+    grandchildren = Pids(ReadFile(grandparent.stdout_path()));
+    return !grandchildren.empty();
+  }));
+  pid_t daemon_pid = daemon.pid();
+  absl::Time before = absl::Now();
+  EXPECT_EQ(daemon.Stop(), 0);
+  EXPECT_LT(absl::Now() - before, absl::Seconds(5));
+  for (pid_t pid : {daemonic.pid(), worker.pid(), grandparent.pid(), grandchildren[0]}) {
+    EXPECT_FALSE(IsAlive(pid) || IsZombie(pid)) << pid;
+  }
+  EXPECT_TRUE(Descendants(daemon_pid).empty());
+  EXPECT_THAT(daemon.Log(), HasSubstr("every process has ended"));
+}
+
+}  // namespace
+}  // namespace proctor::testing

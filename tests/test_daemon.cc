@@ -1,0 +1,270 @@
+#include "tests/test_daemon.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace proctor::testing {
+namespace {
+
+std::vector<char*> CStrings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (std::string& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+std::vector<std::string> Environment(const std::vector<std::string>& extra) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  env.insert(env.end(), extra.begin(), extra.end());
+  return env;
+}
+
+int ToShellStatus(int raw) {
+  return WIFSIGNALED(raw) ? 128 + WTERMSIG(raw) : WEXITSTATUS(raw);
+}
+
+bool SocketAnswers(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         const std::vector<std::string>& extra_env) {
+  int out_pipe[2], err_pipe[2];
+  EXPECT_EQ(pipe2(out_pipe, O_CLOEXEC), 0);
+  EXPECT_EQ(pipe2(err_pipe, O_CLOEXEC), 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+  std::vector<std::string> args = argv;
+  std::vector<std::string> env = Environment(extra_env);
+  std::vector<char*> c_args = CStrings(args);
+  std::vector<char*> c_env = CStrings(env);
+  pid_t pid;
+  int rc = posix_spawnp(&pid, args[0].c_str(), &actions, nullptr, c_args.data(), c_env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  CommandResult result;
+  if (rc != 0) {
+    close(out_pipe[0]);
+    close(err_pipe[0]);
+    ADD_FAILURE() << "cannot run " << args[0] << ": " << std::strerror(rc);
+    return result;
+  }
+  // Both pipes are drained together so neither can fill up and stall the command.
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  std::string* sinks[2] = {&result.out, &result.err};
+  int open_count = 2;
+  while (open_count > 0) {
+    poll(fds, 2, -1);
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buf[4096];
+      ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+      if (n > 0) {
+        sinks[i]->append(buf, n);
+      } else {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_count;
+      }
+    }
+  }
+  int raw = 0;
+  waitpid(pid, &raw, 0);
+  result.status = ToShellStatus(raw);
+  return result;
+}
+
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "proctor-test-XXXXXX").string();
+  char* made = mkdtemp(pattern.data());
+  EXPECT_NE(made, nullptr);
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+TestDaemon::TestDaemon(std::vector<std::string> flags) {
+  std::string socket = dir_.path() + "/proctord.sock";
+  address_ = "unix:" + socket;
+  state_dir_ = dir_.path() + "/state";
+  for (size_t i = 0; i + 1 < flags.size(); ++i) {
+    if (flags[i] == "--state-dir") state_dir_ = flags[i + 1];
+  }
+  log_path_ = dir_.path() + "/proctord.log";
+  std::vector<std::string> args = {PROCTORD_PATH, "--listen",    address_,
+                                   "--state-dir",  state_dir_, "--log-level", "debug"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, log_path_.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  std::vector<std::string> env = Environment({});
+  std::vector<char*> c_args = CStrings(args);
+  std::vector<char*> c_env = CStrings(env);
+  int rc = posix_spawn(&pid_, args[0].c_str(), &actions, nullptr, c_args.data(), c_env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  EXPECT_EQ(rc, 0) << std::strerror(rc);
+  bool up = WaitFor([&] {
+    int raw;
+    if (waitpid(pid_, &raw, WNOHANG) == pid_) {
+      pid_ = -1;
+      return true;
+    }
+    return SocketAnswers(socket);
+  });
+  EXPECT_TRUE(up && pid_ > 0) << "proctord did not come up:\n" << Log();
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(
+      ClientOptions{.address = address_, .authkey_file = authkey_path()});
+  EXPECT_TRUE(client.ok()) << client.status();
+  if (client.ok()) client_ = *std::move(client);
+}
+
+TestDaemon::~TestDaemon() {
+  if (pid_ > 0) {
+    int status = Stop();
+    EXPECT_EQ(status, 0) << "proctord exit status; log:\n" << Log();
+  }
+}
+
+int TestDaemon::Stop() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int raw = 0;
+  waitpid(pid_, &raw, 0);
+  pid_ = -1;
+  return ToShellStatus(raw);
+}
+
+std::string TestDaemon::Log() const { return ReadFile(log_path_); }
+
+CommandResult TestDaemon::Cli(const std::vector<std::string>& args,
+                              const std::vector<std::string>& extra_env) {
+  std::vector<std::string> argv = {PROCTOR_CLI_PATH, "--address", address_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<std::string> env = {"PROCTOR_AUTHKEY_FILE=" + authkey_path()};
+  env.insert(env.end(), extra_env.begin(), extra_env.end());
+  return RunCommand(argv, env);
+}
+
+v1::Process StartOk(Client& client, const std::vector<std::string>& argv, bool daemon) {
+  v1::StartRequest request;
+  request.set_target(argv.at(0));
+  for (size_t i = 1; i < argv.size(); ++i) request.add_args(argv[i]);
+  request.set_daemon(daemon);
+  absl::StatusOr<v1::Process> started = client.Start(request);
+  EXPECT_TRUE(started.ok()) << started.status();
+  return started.value_or(v1::Process{});
+}
+
+namespace {
+
+// Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp...
+std::vector<std::string> StatFields(pid_t pid) {
+  std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+  size_t close_paren = stat.rfind(')');
+  if (close_paren == std::string::npos) return {};
+  return absl::StrSplit(stat.substr(close_paren + 2), ' ');
+}
+
+}  // namespace
+
+bool IsAlive(pid_t pid) {
+  std::vector<std::string> fields = StatFields(pid);
+  return !fields.empty() && fields[0] != "Z" && fields[0] != "X";
+}
+
+bool IsZombie(pid_t pid) {
+  std::vector<std::string> fields = StatFields(pid);
+  return !fields.empty() && fields[0] == "Z";
+}
+
+bool WaitFor(const std::function<bool()>& condition, absl::Duration limit) {
+  absl::Time deadline = absl::Now() + limit;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
+
+std::vector<pid_t> Descendants(pid_t ancestor) {
+  std::map<pid_t, pid_t> parent;
+  DIR* proc = opendir("/proc");
+  while (dirent* entry = readdir(proc)) {
+    pid_t pid;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    std::vector<std::string> fields = StatFields(pid);
+    pid_t ppid;
+    if (fields.size() > 1 && absl::SimpleAtoi(fields[1], &ppid)) parent[pid] = ppid;
+  }
+  closedir(proc);
+  std::vector<pid_t> out;
+  for (const auto& [pid, ppid] : parent) {
+    for (pid_t p = ppid; p > 1; p = parent.count(p) ? parent[p] : 0) {
+      if (p == ancestor) {
+        out.push_back(pid);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace proctor::testing
+
+namespace proctor::testing {
+
+bool WriteFile(const std::string& path, const std::string& content) {
+  std::ofstream out(path, std::ios::trunc);
+  out << content;
+  return static_cast<bool>(out);
+}
+
+}  // namespace proctor::testing
