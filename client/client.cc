@@ -211,4 +211,52 @@ absl::Status Client::Release(uint64_t id) {
   return Finish(*context, "Release", nonce, status);
 }
 
+absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(absl::Duration ttl) {
+  std::unique_ptr<Session> session(new Session());
+  std::string nonce;
+  session->context_ = NewContext("Session", &nonce);
+  session->stream_ = stub_->Session(session->context_.get());
+  v1::SessionRequest open;
+  *open.mutable_ttl() = ToProto(ttl);
+  v1::SessionEvent opened;
+  if (!session->stream_->Write(open) || !session->stream_->Read(&opened)) {
+    session->stream_->WritesDone();
+    grpc::Status status = session->stream_->Finish();
+    absl::Status s = Finish(*session->context_, "Session", nonce, status);
+    session->stream_.reset();
+    return s.ok() ? absl::UnavailableError("proctord closed the session at once") : s;
+  }
+  if (absl::Status s = Finish(*session->context_, "Session", nonce, grpc::Status::OK);
+      !s.ok()) {
+    session->context_->TryCancel();
+    session->stream_->Finish();
+    session->stream_.reset();
+    return s;
+  }
+  session->id_ = opened.session();
+  session->keep_alive_ = std::thread([s = session.get(), every = ttl / 3] { s->KeepAlive(every); });
+  return session;
+}
+
+void Session::KeepAlive(absl::Duration every) {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    // Wakes early when the session is being closed.
+    mu_.AwaitWithTimeout(absl::Condition(&closing_), every);
+    if (closing_) return;
+    if (!stream_->Write(v1::SessionRequest{})) return;
+  }
+}
+
+Session::~Session() {
+  if (stream_ == nullptr) return;
+  {
+    absl::MutexLock lock(&mu_);
+    closing_ = true;
+  }
+  if (keep_alive_.joinable()) keep_alive_.join();
+  stream_->WritesDone();
+  stream_->Finish();
+}
+
 }  // namespace proctor

@@ -15,10 +15,12 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/credentials.h"
 #include "proctor/v1/proctor.grpc.pb.h"
@@ -39,6 +41,30 @@ struct ClientOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   bool insecure_tcp = false;
+};
+
+class Client;
+
+// An open session: a lease that makes this client the parent of the processes it starts with
+// StartRequest.session = id(). A thread sends keep-alives every third of the TTL. Destroying
+// the Session (or the program dying) ends it, and proctord then terminates its daemonic
+// processes. Thread-safe.
+class Session {
+ public:
+  ~Session();
+  uint64_t id() const { return id_; }
+
+ private:
+  friend class Client;
+  Session() = default;
+  void KeepAlive(absl::Duration every);
+
+  uint64_t id_ = 0;
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionEvent>> stream_;
+  absl::Mutex mu_;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread keep_alive_;
 };
 
 class Client {
@@ -64,6 +90,8 @@ class Client {
   absl::Status Logs(const v1::LogsRequest& request,
                     const std::function<void(std::string_view)>& sink);
   absl::Status Release(uint64_t id);
+  // Opens a session whose lease lasts `ttl` without a keep-alive.
+  absl::StatusOr<std::unique_ptr<Session>> OpenSession(absl::Duration ttl = absl::Seconds(10));
 
  private:
   Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth);
