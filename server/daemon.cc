@@ -40,6 +40,9 @@ constexpr char kUsage[] =
     "  --state-dir DIR        ids and captured output (default $XDG_STATE_HOME/proctor, "
     "/var/lib/proctor as root)\n"
     "  --retain N             ended records kept before the oldest are forgotten (10000)\n"
+    "  --max-processes N      live processes in the whole daemon (4096)\n"
+    "  --max-children N       live children of one worker (512)\n"
+    "  --max-depth N          depth of a process tree; top level is 1 (16)\n"
     "  --shutdown-grace SECS  on SIGTERM, how long non-daemonic workers may run on (10)\n"
     "  --log-level LEVEL      trace, debug, info, warn, error, off (info)\n"
     "  --authkey-file PATH    an admin key; repeatable, reloaded on SIGHUP (default "
@@ -191,6 +194,17 @@ absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& a
         return absl::InvalidArgumentError(
             absl::StrCat("--retain wants a count, not \"", *v, "\""));
       }
+    } else if (flag == "--max-processes" || flag == "--max-children" ||
+               flag == "--max-depth") {
+      if (!(v = take()).ok()) return v.status();
+      size_t limit = 0;
+      if (!absl::SimpleAtoi(*v, &limit) || limit == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(flag, " wants a count of 1 or more, not \"", *v, "\""));
+      }
+      (flag == "--max-processes"  ? options.max_processes
+       : flag == "--max-children" ? options.max_children
+                                  : options.max_depth) = limit;
     } else if (flag == "--shutdown-grace") {
       if (!(v = take()).ok()) return v.status();
       double seconds;
@@ -282,6 +296,9 @@ int RunDaemon(const DaemonOptions& options) {
       .base_env = CurrentEnvironment(),
       .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
       .worker_address = worker_address,
+      .max_processes = options.max_processes,
+      .max_children = options.max_children,
+      .max_depth = options.max_depth,
   };
   Supervisor supervisor(supervisor_options, launcher, clock, **loop, **ids);
   Authenticator authenticator(clock, [&](uint64_t id) { return supervisor.AuthkeyOf(id); });

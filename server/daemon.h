@@ -17,6 +17,9 @@ struct DaemonOptions {
   std::vector<std::string> listen;
   std::string state_dir;  // empty: the default state directory
   size_t retain = 10000;
+  size_t max_processes = 4096;
+  size_t max_children = 512;
+  size_t max_depth = 16;
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::string log_level = "info";
   // Admin keys; empty: <state-dir>/authkey, created (32 random bytes, mode 0600) if missing.

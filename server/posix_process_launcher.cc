@@ -1,5 +1,6 @@
 #include "server/posix_process_launcher.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -11,12 +12,16 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace proctor {
 namespace {
@@ -265,6 +270,100 @@ absl::Status PosixProcessLauncher::SignalGroup(pid_t pgid, int sig) {
 
 bool PosixProcessLauncher::GroupExists(pid_t pgid) {
   return kill(-pgid, 0) == 0 || errno == EPERM;
+}
+
+absl::Status PosixProcessLauncher::SignalProcess(pid_t pid, int sig) {
+  if (kill(pid, sig) != 0) {
+    if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("no process ", pid));
+    return PosixError(absl::StrCat("kill(", pid, ")"), errno);
+  }
+  return absl::OkStatus();
+}
+
+bool PosixProcessLauncher::ProcessExists(pid_t pid) {
+  return kill(pid, 0) == 0 || errno == EPERM;
+}
+
+namespace {
+
+// The parent of `pid` from /proc/<pid>/stat, or 0 when it is gone or a zombie.
+pid_t LiveParentOf(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[512];
+  ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  // The command name may hold spaces and parentheses: fields resume after the last ')'.
+  const char* close_paren = std::strrchr(buf, ')');
+  char state = 0;
+  int ppid = 0;
+  if (close_paren == nullptr || std::sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) {
+    return 0;
+  }
+  return state == 'Z' || state == 'X' ? 0 : ppid;
+}
+
+// The PROCTOR_ID that `pid`'s environment started with, or 0.
+uint64_t WorkerIdInEnvironment(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/environ", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  std::string environ;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) environ.append(buf, n);
+  close(fd);
+  for (absl::string_view entry : absl::StrSplit(environ, '\0')) {
+    uint64_t id = 0;
+    if (absl::ConsumePrefix(&entry, "PROCTOR_ID=") && absl::SimpleAtoi(entry, &id)) return id;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::vector<pid_t> PosixProcessLauncher::FindDescendants(const std::vector<pid_t>& roots,
+                                                         const std::vector<uint64_t>& tokens) {
+  absl::flat_hash_map<pid_t, std::vector<pid_t>> children;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return {};
+  pid_t self = getpid();
+  absl::flat_hash_set<uint64_t> wanted(tokens.begin(), tokens.end());
+  absl::flat_hash_set<pid_t> seen(roots.begin(), roots.end());
+  std::vector<pid_t> queue(roots.begin(), roots.end());
+  absl::flat_hash_set<pid_t> workers;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [pid, worker] : workers_) workers.insert(pid);
+  }
+  while (dirent* entry = readdir(proc)) {
+    pid_t pid;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    pid_t ppid = LiveParentOf(pid);
+    if (ppid == 0) continue;
+    children[ppid].push_back(pid);
+    // An orphan of one of these workers' trees, reparented to us: escaped by setsid or a
+    // double fork, but its environment still says whose it is.
+    if (ppid == self && !workers.contains(pid) && !seen.contains(pid) &&
+        wanted.contains(WorkerIdInEnvironment(pid))) {
+      seen.insert(pid);
+      queue.push_back(pid);
+    }
+  }
+  closedir(proc);
+  std::vector<pid_t> found;
+  for (size_t i = 0; i < queue.size(); ++i) {
+    if (i >= roots.size()) found.push_back(queue[i]);
+    for (pid_t child : children[queue[i]]) {
+      if (seen.insert(child).second) queue.push_back(child);
+    }
+  }
+  return found;
 }
 
 }  // namespace proctor

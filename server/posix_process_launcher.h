@@ -31,6 +31,10 @@ class PosixProcessLauncher final : public ProcessLauncher {
   absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) override;
   absl::Status SignalGroup(pid_t pgid, int sig) override;
   bool GroupExists(pid_t pgid) override;
+  absl::Status SignalProcess(pid_t pid, int sig) override;
+  bool ProcessExists(pid_t pid) override;
+  std::vector<pid_t> FindDescendants(const std::vector<pid_t>& roots,
+                                     const std::vector<uint64_t>& tokens) override;
 
   // Reaps every exited child that is not a worker (workers are reaped through their pidfd,
   // or here when found first). Call on SIGCHLD, from the loop thread.

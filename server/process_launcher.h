@@ -65,6 +65,17 @@ class ProcessLauncher {
 
   // True while any process (zombies included) is in group `pgid`.
   virtual bool GroupExists(pid_t pgid) = 0;
+
+  // Sends `sig` to one process; NOT_FOUND when it is gone.
+  virtual absl::Status SignalProcess(pid_t pid, int sig) = 0;
+  // True while `pid` exists (zombies included).
+  virtual bool ProcessExists(pid_t pid) = 0;
+
+  // Every live process below `roots` that is not itself a root: descendants by parent chain,
+  // and orphans that came to us (child subreaper) from the workers whose launch tokens are in
+  // `tokens` (recognised by the PROCTOR_ID their environment started with), with theirs.
+  virtual std::vector<pid_t> FindDescendants(const std::vector<pid_t>& roots,
+                                             const std::vector<uint64_t>& tokens) = 0;
 };
 
 }  // namespace proctor

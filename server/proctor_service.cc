@@ -212,6 +212,131 @@ class FailedStream final : public grpc::ServerWriteReactor<Response> {
   void OnDone() override { delete this; }
 };
 
+// One session: open on the first request, touch on each later one, close when the client
+// closes or goes away. The session's expiry may come from the timer thread at any moment,
+// so the shared state lets it finish the stream only while the reactor is alive.
+class SessionStream final
+    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionEvent> {
+ public:
+  static constexpr absl::Duration kDefaultTtl = absl::Seconds(10);
+
+  SessionStream(Supervisor& supervisor, Timers& timers, const absl::Status& refused,
+                absl::Duration refusal_delay)
+      : supervisor_(supervisor), state_(std::make_shared<State>()) {
+    state_->stream = this;
+    if (!refused.ok()) {
+      grpc::Status status = ToGrpc(refused);
+      if (refusal_delay <= absl::ZeroDuration()) {
+        Finish(status);
+      } else {
+        std::shared_ptr<State> state = state_;
+        timers.After(refusal_delay, [state, status] { state->FinishOnce(status); });
+      }
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      CloseSession();
+      state_->FinishOnce(grpc::Status::OK);
+      return;
+    }
+    if (session_ == 0) {
+      absl::Duration ttl = kDefaultTtl;
+      if (request_.has_ttl()) ttl = FromDurationProto(request_.ttl());
+      if (ttl <= absl::ZeroDuration()) {
+        state_->FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                        "session ttl must be positive"));
+        return;
+      }
+      std::shared_ptr<State> state = state_;
+      uint64_t session = supervisor_.OpenSession(ttl, [state, ttl] {
+        state->FinishOnce(grpc::Status(
+            grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat("session ended: no keep-alive within its ttl of ",
+                         absl::FormatDuration(ttl))));
+      });
+      {
+        absl::MutexLock lock(&state_->mu);
+        session_ = session;
+        event_.set_session(session);
+        state_->writing = true;
+      }
+      StartWrite(&event_);
+    } else if (absl::Status touched = supervisor_.TouchSession(session_); !touched.ok()) {
+      state_->FinishOnce(ToGrpc(touched));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool) override {
+    grpc::Status pending;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->writing = false;
+      if (state_->pending_finish.has_value()) {
+        pending = *state_->pending_finish;
+        finish = true;
+      }
+    }
+    if (finish) state_->FinishOnce(pending);
+  }
+
+  void OnCancel() override {
+    CloseSession();
+    state_->FinishOnce(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override {
+    CloseSession();
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->stream = nullptr;
+    }
+    delete this;
+  }
+
+ private:
+  struct State {
+    absl::Mutex mu;
+    SessionStream* stream ABSL_GUARDED_BY(mu) = nullptr;
+    bool finished ABSL_GUARDED_BY(mu) = false;
+    bool writing ABSL_GUARDED_BY(mu) = false;
+    std::optional<grpc::Status> pending_finish ABSL_GUARDED_BY(mu);
+
+    // Finishes the stream once; after any write in flight.
+    void FinishOnce(const grpc::Status& status) {
+      absl::MutexLock lock(&mu);
+      if (finished || stream == nullptr) return;
+      if (writing) {
+        pending_finish = status;
+        return;
+      }
+      finished = true;
+      stream->Finish(status);
+    }
+  };
+
+  void CloseSession() {
+    uint64_t session;
+    {
+      absl::MutexLock lock(&state_->mu);
+      session = session_;
+    }
+    if (session != 0) supervisor_.CloseSession(session);
+  }
+
+  Supervisor& supervisor_;
+  std::shared_ptr<State> state_;
+  v1::SessionRequest request_;
+  v1::SessionEvent event_;
+  uint64_t session_ = 0;  // guarded by state_->mu once reads and timers run
+};
+
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                     const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -232,7 +357,11 @@ void ToProto(const ProcessInfo& info, v1::Process* out) {
     out->set_core_dumped(info.status->core_dumped);
   }
   out->set_daemon(info.daemon);
-  if (info.parent_id != 0) out->set_parent_id(info.parent_id);
+  if (info.parent_id != 0) {
+    out->set_parent_id(info.parent_id);
+  } else if (info.parent_session != 0) {
+    out->set_parent_session(info.parent_session);
+  }
   for (uint64_t child : info.children) out->add_children(child);
   out->set_target(info.target);
   for (const std::string& arg : info.args) out->add_args(arg);
@@ -298,6 +427,12 @@ grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* con
   StartSpec spec;
   spec.parent_id = caller->worker_id;
   spec.authkey = request->authkey();
+  spec.session = request->session();
+  if (spec.session != 0 && !caller->admin()) {
+    return Refuse(context, absl::FailedPreconditionError(
+                               "sessions are for clients that are not workers; a worker's "
+                               "key makes the worker itself the parent"));
+  }
   spec.target = request->target();
   spec.args.assign(request->args().begin(), request->args().end());
   spec.kwargs.insert(request->kwargs().begin(), request->kwargs().end());
@@ -334,9 +469,10 @@ grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext*
   absl::Duration grace =
       request->has_grace() ? FromDurationProto(request->grace()) : Supervisor::kDefaultGrace;
   bool wait = !request->has_wait() || request->wait();
+  bool tree = !request->has_tree() || request->tree();
   uint64_t id = request->id();
   return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
-    return supervisor_.Terminate(id, sig, grace, wait, std::move(done));
+    return supervisor_.Terminate(id, sig, grace, wait, std::move(done), tree);
   });
 }
 
@@ -357,6 +493,7 @@ grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* co
   }
   filter.name = request->name();
   if (request->has_parent_id()) filter.parent_id = request->parent_id();
+  if (request->has_parent_session()) filter.parent_session = request->parent_session();
   filter.subtree_of = caller->worker_id;
   for (const ProcessInfo& info : supervisor_.List(filter)) {
     ToProto(info, response->add_processes());
@@ -406,6 +543,25 @@ grpc::ServerUnaryReactor* ProctorService::Release(grpc::CallbackServerContext* c
   if (!caller.ok()) return Refuse(context, caller.status());
   if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
   return FinishNow(context, supervisor_.Release(request->id()));
+}
+
+}  // namespace proctor
+
+namespace proctor {
+
+grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionEvent>* ProctorService::Session(
+    grpc::CallbackServerContext* context) {
+  absl::StatusOr<Caller> caller = Authenticate(context, "Session");
+  absl::Status refused = caller.status();
+  if (caller.ok() && !caller->admin()) {
+    refused = absl::FailedPreconditionError(
+        "sessions are for clients that are not workers; a worker is the parent of what it "
+        "starts");
+  }
+  absl::Duration delay = absl::IsUnauthenticated(refused)
+                             ? authenticator_.FailureDelay(context->peer())
+                             : absl::ZeroDuration();
+  return new SessionStream(supervisor_, timers_, refused, delay);
 }
 
 }  // namespace proctor

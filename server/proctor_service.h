@@ -44,6 +44,8 @@ class ProctorService final : public v1::Proctor::CallbackService {
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
                                     const v1::ReleaseRequest* request,
                                     v1::ReleaseResponse* response) override;
+  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionEvent>* Session(
+      grpc::CallbackServerContext* context) override;
 
  private:
   // The caller, with the daemon's proof added to the reply; or why the call is refused.

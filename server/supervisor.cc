@@ -146,32 +146,64 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     id = *next;
     std::string identity;
     std::string authkey = spec.authkey;
+    size_t depth = 1;
+    if (live_count_ >= options_.max_processes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("limit --max-processes=", options_.max_processes, " reached (",
+                       live_count_, " processes are running)"));
+    }
     if (spec.parent_id != 0) {
       auto parent = records_.find(spec.parent_id);
       if (parent == records_.end() || !parent->second.launched) return NoSuchProcess(spec.parent_id);
-      if (parent->second.info.daemon) {
+      Record& p = parent->second;
+      if (p.info.daemon) {
         return absl::FailedPreconditionError(
             "daemonic processes are not allowed to have children");
       }
-      if (!parent->second.info.running) {
+      if (!p.info.running) {
         return absl::FailedPreconditionError(
             absl::StrCat("parent process ", spec.parent_id, " has ended"));
       }
-      identity = absl::StrCat(parent->second.identity, ":", ++parent->second.children_started);
-      if (authkey.empty()) authkey = parent->second.authkey;
-      parent->second.info.children.push_back(id);
+      size_t running_children = 0;
+      for (uint64_t child : p.info.children) {
+        auto c = records_.find(child);
+        if (c != records_.end() && c->second.info.running) ++running_children;
+      }
+      if (running_children >= options_.max_children) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("limit --max-children=", options_.max_children, " reached (process ",
+                         spec.parent_id, " has ", running_children, " running children)"));
+      }
+      depth = p.depth + 1;
+      if (depth > options_.max_depth) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("limit --max-depth=", options_.max_depth, " reached (process ",
+                         spec.parent_id, " is at depth ", p.depth, ")"));
+      }
+      identity = absl::StrCat(p.identity, ":", ++p.children_started);
+      if (authkey.empty()) authkey = p.authkey;
+      p.info.children.push_back(id);
     } else {
+      if (spec.session != 0) {
+        auto session = sessions_.find(spec.session);
+        if (session == sessions_.end()) {
+          return absl::NotFoundError(absl::StrCat("no open session ", spec.session));
+        }
+        session->second.processes.push_back(id);
+      }
       identity = absl::StrCat(++top_level_started_);
     }
     if (authkey.empty()) authkey = RandomBytes(kAuthkeyBytes);
     Record& record = records_[id];
     record.identity = identity;
+    record.depth = depth;
     ProcessInfo& info = record.info;
     info.id = id;
     info.name = spec.name.empty() ? absl::StrCat("Process-", identity) : spec.name;
     info.running = true;
     info.daemon = spec.daemon;
     info.parent_id = spec.parent_id;
+    info.parent_session = spec.session;
     info.args.assign(launch.argv.begin() + 1, launch.argv.end());
     info.cwd = spec.cwd;
     info.start_time = clock_.Now();
@@ -255,7 +287,7 @@ void Supervisor::OnJoinTimeout(uint64_t id, WaiterId waiter) {
 }
 
 Supervisor::WaiterId Supervisor::Terminate(uint64_t id, int sig, absl::Duration grace, bool wait,
-                                           Done done) {
+                                           Done done, bool tree) {
   absl::StatusOr<ProcessInfo> answer;
   WaiterId waiter = 0;
   {
@@ -270,10 +302,15 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, int sig, absl::Duration 
       answer = NoSuchProcess(id);
     } else {
       Record& record = it->second;
-      // An ended worker may still have left processes in its group: they are its tree too.
-      bool group_left = launcher_.GroupExists(record.info.pid);
-      if (record.info.running || group_left) SignalLocked(record, sig, grace);
-      if (!wait || (!record.info.running && !group_left)) {
+      record.tree = record.tree || tree;
+      // An ended worker may still have left processes in its group (or tree): they are its too.
+      bool alive = AliveLocked(record);
+      if (tree) {
+        SignalTreeLocked(record, sig, grace);
+      } else if (alive) {
+        SignalLocked(record, sig, grace);
+      }
+      if (!wait || !AliveLocked(record)) {
         answer = record.info;
       } else {
         waiter = next_waiter_++;
@@ -302,6 +339,61 @@ void Supervisor::SignalLocked(Record& record, int sig, absl::Duration grace) {
   record.kill_timer = timers_.After(grace, [this, id] { OnGraceExpired(id); });
 }
 
+std::vector<Supervisor::Record*> Supervisor::SubtreeLocked(Record& root) {
+  std::vector<Record*> subtree = {&root};
+  for (size_t i = 0; i < subtree.size(); ++i) {
+    for (uint64_t child : subtree[i]->info.children) {
+      if (auto it = records_.find(child); it != records_.end()) subtree.push_back(&it->second);
+    }
+  }
+  return subtree;
+}
+
+void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace) {
+  std::vector<pid_t> pids;
+  std::vector<uint64_t> ids;
+  for (Record* record : SubtreeLocked(root)) {
+    ids.push_back(record->info.id);
+    if (record->info.running || launcher_.GroupExists(record->info.pid)) {
+      SignalLocked(*record, sig, grace);
+      pids.push_back(record->info.pid);
+    }
+  }
+  // Processes below the workers that left their groups (setsid, double fork) are found by
+  // parent chain, or by the worker id in their environment once they have come to us.
+  for (pid_t stray : launcher_.FindDescendants(pids, ids)) {
+    if (std::find(root.strays.begin(), root.strays.end(), stray) == root.strays.end()) {
+      root.strays.push_back(stray);
+    }
+  }
+  std::erase_if(root.strays, [&](pid_t stray) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return !launcher_.SignalProcess(stray, sig).ok();
+  });
+  root.tree = true;
+  // The root's timer also SIGKILLs the strays, even when the root itself has ended.
+  absl::Time deadline = clock_.Now() + grace;
+  if (sig != kSigkill && deadline < root.kill_deadline) {
+    if (root.kill_timer != 0) timers_.Cancel(root.kill_timer);
+    root.kill_deadline = deadline;
+    uint64_t id = root.info.id;
+    root.kill_timer = timers_.After(grace, [this, id] { OnGraceExpired(id); });
+  }
+}
+
+bool Supervisor::AliveLocked(Record& record) {
+  if (!record.tree) {
+    return record.info.running || launcher_.GroupExists(record.info.pid);
+  }
+  std::erase_if(record.strays, [this](pid_t pid) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return !launcher_.ProcessExists(pid);
+  });
+  if (!record.strays.empty()) return true;
+  for (Record* r : SubtreeLocked(record)) {
+    if (r->info.running || launcher_.GroupExists(r->info.pid)) return true;
+  }
+  return false;
+}
+
 void Supervisor::OnGraceExpired(uint64_t id) {
   Completions completions;
   {
@@ -311,9 +403,13 @@ void Supervisor::OnGraceExpired(uint64_t id) {
     Record& record = it->second;
     record.kill_timer = 0;
     record.kill_deadline = absl::InfiniteFuture();
-    if (record.info.running || launcher_.GroupExists(record.info.pid)) {
+    if (AliveLocked(record)) {
       spdlog::info("grace expired id={} pid={}: SIGKILL", id, record.info.pid);
-      launcher_.SignalGroup(record.info.pid, kSigkill).IgnoreError();
+      if (record.tree) {
+        SignalTreeLocked(record, kSigkill, absl::ZeroDuration());
+      } else {
+        launcher_.SignalGroup(record.info.pid, kSigkill).IgnoreError();
+      }
       record.kill_deadline = clock_.Now() + kDrainRecheck;
       record.kill_timer = timers_.After(kDrainRecheck, [this, id] { OnGraceExpired(id); });
     }
@@ -331,7 +427,7 @@ void Supervisor::SettleDrainsLocked(Completions& out) {
       continue;
     }
     Record& record = rec->second;
-    if (record.info.running || launcher_.GroupExists(record.info.pid)) {
+    if (AliveLocked(record)) {
       ++it;
       continue;
     }
@@ -382,6 +478,14 @@ void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usa
                  status.signal != 0 ? absl::StrCat(" signal=", SignalName(status.signal),
                                                    status.core_dumped ? " (core dumped)" : "")
                                     : "");
+    // multiprocessing's rule: daemonic children end with their parent, whatever ended it.
+    for (uint64_t child_id : info.children) {
+      auto child = records_.find(child_id);
+      if (child != records_.end() && child->second.info.daemon && child->second.info.running) {
+        spdlog::info("parent id={} ended: terminating its daemonic child id={}", id, child_id);
+        SignalTreeLocked(child->second, kSigterm, kDefaultGrace);
+      }
+    }
     for (Waiter& w : record.joiners) {
       if (w.timer != 0) timers_.Cancel(w.timer);
       waiter_record_.erase(w.id);
@@ -431,6 +535,11 @@ void Supervisor::EraseLocked(uint64_t id) {
       std::erase(parent->second.info.children, id);
     }
   }
+  if (uint64_t session = it->second.info.parent_session; session != 0) {
+    if (auto s = sessions_.find(session); s != sessions_.end()) {
+      std::erase(s->second.processes, id);
+    }
+  }
   records_.erase(it);
 }
 
@@ -474,6 +583,9 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
       if (filter.running.has_value() && info.running != *filter.running) continue;
       if (!filter.name.empty() && info.name != filter.name) continue;
       if (filter.parent_id.has_value() && info.parent_id != *filter.parent_id) continue;
+      if (filter.parent_session.has_value() && info.parent_session != *filter.parent_session) {
+        continue;
+      }
       if (filter.subtree_of != 0 && !InSubtreeLocked(filter.subtree_of, id)) continue;
       out.push_back(info);
     }
@@ -554,6 +666,70 @@ void Supervisor::CheckShutdownLocked(Completions& out) {
 size_t Supervisor::live_count() {
   absl::MutexLock lock(&mu_);
   return live_count_;
+}
+
+uint64_t Supervisor::OpenSession(absl::Duration ttl, std::function<void()> on_expired) {
+  absl::MutexLock lock(&mu_);
+  uint64_t session = next_session_++;
+  SessionState& state = sessions_[session];
+  state.ttl = ttl;
+  state.on_expired = std::move(on_expired);
+  state.timer = timers_.After(ttl, [this, session] {
+    std::function<void()> expired;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!sessions_.contains(session)) return;
+      spdlog::info("session {} missed its keep-alive", session);
+      expired = EndSessionLocked(session);
+    }
+    if (expired) expired();
+  });
+  spdlog::info("session {} opened, ttl {}", session, absl::FormatDuration(ttl));
+  return session;
+}
+
+absl::Status Supervisor::TouchSession(uint64_t session) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", session, " has ended"));
+  }
+  SessionState& state = it->second;
+  timers_.Cancel(state.timer);
+  state.timer = timers_.After(state.ttl, [this, session] {
+    std::function<void()> expired;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!sessions_.contains(session)) return;
+      spdlog::info("session {} missed its keep-alive", session);
+      expired = EndSessionLocked(session);
+    }
+    if (expired) expired();
+  });
+  return absl::OkStatus();
+}
+
+void Supervisor::CloseSession(uint64_t session) {
+  absl::MutexLock lock(&mu_);
+  if (!sessions_.contains(session)) return;
+  spdlog::info("session {} closed", session);
+  EndSessionLocked(session);
+}
+
+std::function<void()> Supervisor::EndSessionLocked(uint64_t session) {
+  auto it = sessions_.find(session);
+  SessionState state = std::move(it->second);
+  sessions_.erase(it);
+  timers_.Cancel(state.timer);
+  for (uint64_t id : state.processes) {
+    auto record = records_.find(id);
+    if (record == records_.end()) continue;
+    if (record->second.info.daemon && record->second.info.running) {
+      spdlog::info("session {} ended: terminating its daemonic process id={}", session, id);
+      SignalTreeLocked(record->second, kSigterm, kDefaultGrace);
+    }
+  }
+  return std::move(state.on_expired);
 }
 
 }  // namespace proctor

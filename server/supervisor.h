@@ -13,6 +13,13 @@
 // - Join completes at exit, or at its timeout with the still-running record.
 // - Terminate signals the worker's process group, and SIGKILLs what is left of the group
 //   after the grace. With wait, it completes once the worker is reaped and its group is empty.
+//   With tree (the default), the same goes for every descendant: its children through the
+//   daemon with their groups, and processes forked below it that left its group.
+// - When a worker ends, by any cause, its daemonic children are terminated with their trees
+//   (SIGTERM, SIGKILL after kDefaultGrace); its other children live on.
+// - Sessions are leases held by clients that are not workers: processes started in one have
+//   it as parent, and when it ends (closed, or not touched within its TTL) its daemonic
+//   processes are terminated with their trees.
 // - Ended records stay until Release, or until more than `retain` have ended (oldest go
 //   first); their captured output goes with them.
 // - Shutdown refuses new Starts, terminates daemonic workers at once and the others after
@@ -51,7 +58,8 @@ struct ProcessInfo {
   bool running = false;
   std::optional<WaitStatus> status;  // set once ended
   bool daemon = false;
-  uint64_t parent_id = 0;  // 0: no parent worker
+  uint64_t parent_id = 0;       // 0: no parent worker
+  uint64_t parent_session = 0;  // the client session that started it, if any
   std::vector<uint64_t> children;
   std::string target;  // resolved path
   std::vector<std::string> args;
@@ -72,6 +80,7 @@ struct StartSpec {
   std::vector<std::string> env;  // KEY=VALUE, over the base environment
   std::string cwd;               // absolute, or empty for the daemon's
   uint64_t parent_id = 0;        // the worker whose key made the call; 0 for an admin key
+  uint64_t session = 0;          // an open session to be the parent (admin calls only)
   std::string authkey;           // empty: the parent's, or fresh random bytes at top level
 };
 
@@ -79,6 +88,7 @@ struct ListFilter {
   std::optional<bool> running;
   std::string name;
   std::optional<uint64_t> parent_id;  // 0 matches top-level processes
+  std::optional<uint64_t> parent_session;
   uint64_t subtree_of = 0;            // when set, only this process and its descendants
 };
 
@@ -88,6 +98,10 @@ struct SupervisorOptions {
   std::vector<std::string> base_env;  // KEY=VALUE every worker starts from
   size_t arg_max = 2 * 1024 * 1024;   // the system's ARG_MAX: argv + envp must fit
   std::string worker_address;         // PROCTOR_ADDRESS as workers see it
+  // Limits against runaway spawning; past one, Start is RESOURCE_EXHAUSTED naming it.
+  size_t max_processes = 4096;  // live, in the whole daemon
+  size_t max_children = 512;    // live children of one parent worker
+  size_t max_depth = 16;        // top-level processes are at depth 1
 };
 
 // What a worker finds in its environment to call back into proctord as itself.
@@ -113,7 +127,8 @@ class Supervisor {
   // INVALID_ARGUMENT; no timeout waits until exit.
   WaiterId Join(uint64_t id, std::optional<absl::Duration> timeout, Done done);
   // `sig` 1..SIGRTMAX; `grace` >= 0. Without `wait`, `done` runs at once after signalling.
-  WaiterId Terminate(uint64_t id, int sig, absl::Duration grace, bool wait, Done done);
+  WaiterId Terminate(uint64_t id, int sig, absl::Duration grace, bool wait, Done done,
+                     bool tree = true);
   // Forgets a pending Join/Terminate wait (its caller went away); `done` will not run.
   void CancelWait(WaiterId waiter);
 
@@ -130,6 +145,13 @@ class Supervisor {
 
   size_t live_count();
 
+  // Opens a session; `on_expired` runs (outside the lock) if its TTL passes untouched.
+  uint64_t OpenSession(absl::Duration ttl, std::function<void()> on_expired);
+  // Restarts the TTL. NOT_FOUND once the session has ended.
+  absl::Status TouchSession(uint64_t session);
+  // Ends a session now (its daemonic processes are terminated); no-op when already ended.
+  void CloseSession(uint64_t session);
+
  private:
   struct Waiter {
     WaiterId id;
@@ -140,6 +162,9 @@ class Supervisor {
     ProcessInfo info;
     bool launched = false;       // false between id allocation and a successful launch
     std::string identity;        // "3:1": the 1st child of the 3rd top-level process
+    size_t depth = 1;
+    bool tree = false;               // its terminators wait for the whole tree
+    std::vector<pid_t> strays;       // descendants outside any worker's group, once found
     uint64_t children_started = 0;
     std::string authkey;
     std::vector<Waiter> joiners;
@@ -157,6 +182,14 @@ class Supervisor {
   // Signals the group and arms the SIGKILL timer; the caller holds the lock.
   void SignalLocked(Record& record, int sig, absl::Duration grace)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same for `root`, every record below it and every stray process below those.
+  void SignalTreeLocked(Record& root, int sig, absl::Duration grace)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<Record*> SubtreeLocked(Record& root) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether anything of the record (with tree: of its whole tree) is still alive.
+  bool AliveLocked(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends a session: its daemonic processes are terminated with their trees.
+  std::function<void()> EndSessionLocked(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Completes terminators of records whose worker is reaped and whose group is empty.
   void SettleDrainsLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckShutdownLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -180,6 +213,14 @@ class Supervisor {
   uint64_t top_level_started_ ABSL_GUARDED_BY(mu_) = 0;
   WaiterId next_waiter_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<WaiterId, uint64_t> waiter_record_ ABSL_GUARDED_BY(mu_);
+  struct SessionState {
+    absl::Duration ttl;
+    TimerId timer = 0;
+    std::function<void()> on_expired;
+    std::vector<uint64_t> processes;
+  };
+  absl::flat_hash_map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::function<void()> shutdown_done_ ABSL_GUARDED_BY(mu_);
 };

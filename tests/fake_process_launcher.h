@@ -3,6 +3,7 @@
 #ifndef PROCTOR_TESTS_FAKE_PROCESS_LAUNCHER_H_
 #define PROCTOR_TESTS_FAKE_PROCESS_LAUNCHER_H_
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <utility>
@@ -37,6 +38,28 @@ class FakeProcessLauncher final : public ProcessLauncher {
 
   bool GroupExists(pid_t pgid) override { return groups_.contains(pgid); }
 
+  absl::Status SignalProcess(pid_t pid, int sig) override {
+    if (!strays_.contains(pid)) return absl::NotFoundError(absl::StrCat("no process ", pid));
+    signals.emplace_back(pid, sig);
+    return absl::OkStatus();
+  }
+  bool ProcessExists(pid_t pid) override { return strays_.contains(pid); }
+  std::vector<pid_t> FindDescendants(const std::vector<pid_t>& roots,
+                                     const std::vector<uint64_t>&) override {
+    std::vector<pid_t> found;
+    for (const auto& [pid, root] : strays_) {
+      if (std::find(roots.begin(), roots.end(), root) != roots.end()) found.push_back(pid);
+    }
+    return found;
+  }
+
+  // A process that left the group of worker `root` (setsid); alive until Reap().
+  void AddStray(pid_t pid, pid_t root) { strays_[pid] = root; }
+  void ReapStray(pid_t pid) {
+    strays_.erase(pid);
+    on_orphan_();
+  }
+
   // The process leading group `pid` ends; with `group_empties`, its whole group goes too.
   void Exit(pid_t pid, WaitStatus status, bool group_empties = true) {
     if (group_empties) groups_.erase(pid);
@@ -58,6 +81,7 @@ class FakeProcessLauncher final : public ProcessLauncher {
   pid_t next_pid_ = 1000;
   std::map<pid_t, uint64_t> tokens_;
   std::set<pid_t> groups_;
+  std::map<pid_t, pid_t> strays_;
   absl::Status fail_next_;
 };
 

@@ -384,5 +384,92 @@ TEST_F(SupervisorTest, ShutdownWithNothingRunningIsDoneAtOnce) {
   EXPECT_TRUE(done);
 }
 
+TEST_F(SupervisorTest, DaemonicChildrenEndWithTheirParentOthersLiveOn) {
+  ProcessInfo parent = StartTrue();
+  ProcessInfo daemonic =
+      StartOk(StartSpec{.target = "/bin/true", .daemon = true, .parent_id = parent.id});
+  ProcessInfo ordinary = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
+  launcher_.Exit(parent.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+  time_.Advance(Supervisor::kDefaultGrace);
+  EXPECT_THAT(launcher_.signals.back(), Pair(daemonic.pid, kSigkill));
+  launcher_.Exit(daemonic.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_TRUE(supervisor_->Get(ordinary.id)->running);
+  EXPECT_EQ(supervisor_->Get(ordinary.id)->parent_id, parent.id);
+}
+
+TEST_F(SupervisorTest, TreeTerminateReachesChildrenAndStrays) {
+  ProcessInfo root = StartTrue();
+  ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
+  launcher_.AddStray(4242, root.pid);
+  Result terminated;
+  supervisor_->Terminate(root.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(root.pid, kSigterm), Pair(child.pid, kSigterm),
+                                             Pair(4242, kSigterm)));
+  launcher_.Exit(root.pid, WaitStatus::Signaled(kSigterm));
+  launcher_.Exit(child.pid, WaitStatus::Signaled(kSigterm));
+  EXPECT_FALSE(terminated.value.has_value()) << "the stray still lives";
+  time_.Advance(absl::Seconds(1));
+  EXPECT_THAT(launcher_.signals.back(), Pair(4242, kSigkill));
+  launcher_.ReapStray(4242);
+  EXPECT_TRUE(terminated.value.has_value());
+}
+
+TEST_F(SupervisorTest, NarrowTerminateSignalsOnlyTheGroup) {
+  ProcessInfo root = StartTrue();
+  ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
+  Result terminated;
+  supervisor_->Terminate(root.id, kSigterm, absl::Seconds(1), false, terminated.Callback(),
+                         /*tree=*/false);
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(root.pid, kSigterm)));
+  EXPECT_TRUE(supervisor_->Get(child.id)->running);
+}
+
+TEST_F(SupervisorTest, SessionEndTerminatesItsDaemonicProcesses) {
+  uint64_t session = supervisor_->OpenSession(absl::Seconds(5), [] {});
+  ProcessInfo daemonic = StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = session});
+  ProcessInfo ordinary = StartOk(StartSpec{.target = "/bin/true", .session = session});
+  EXPECT_EQ(daemonic.parent_session, session);
+  supervisor_->CloseSession(session);
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+  EXPECT_EQ(supervisor_->TouchSession(session).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(supervisor_->Start(StartSpec{.target = "/bin/true", .session = session}).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(supervisor_->Get(ordinary.id)->running);
+}
+
+TEST_F(SupervisorTest, SessionExpiresWithoutKeepAlives) {
+  bool expired = false;
+  uint64_t session = supervisor_->OpenSession(absl::Seconds(3), [&] { expired = true; });
+  ProcessInfo daemonic = StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = session});
+  time_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(supervisor_->TouchSession(session).ok());
+  time_.Advance(absl::Seconds(2));
+  EXPECT_FALSE(expired) << "the keep-alive restarted the lease";
+  time_.Advance(absl::Seconds(1));
+  EXPECT_TRUE(expired);
+  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+}
+
+TEST_F(SupervisorTest, LimitsAreResourceExhaustedNamingTheLimit) {
+  Make(SupervisorOptions{.max_processes = 5, .max_children = 2, .max_depth = 3});
+  ProcessInfo root = StartTrue();
+  ProcessInfo a = StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
+  StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
+  absl::Status third = supervisor_->Start(StartSpec{.target = "/bin/true", .parent_id = root.id}).status();
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.message(), HasSubstr("--max-children=2"));
+  ProcessInfo deep = StartOk(StartSpec{.target = "/bin/true", .parent_id = a.id});
+  absl::Status deeper = supervisor_->Start(StartSpec{.target = "/bin/true", .parent_id = deep.id}).status();
+  EXPECT_EQ(deeper.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(deeper.message(), HasSubstr("--max-depth=3"));
+  StartTrue();
+  absl::Status total = supervisor_->Start(StartSpec{.target = "/bin/true"}).status();
+  EXPECT_EQ(total.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(total.message(), HasSubstr("--max-processes=5"));
+  launcher_.Exit(deep.pid, WaitStatus::Exited(0));
+  EXPECT_TRUE(supervisor_->Start(StartSpec{.target = "/bin/true"}).ok()) << "room again";
+}
+
 }  // namespace
 }  // namespace proctor
