@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -34,6 +35,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "common/authkey.h"
 #include "common/default_paths.h"
 #include "common/signal_names.h"
 #include "common/wait_status.h"
@@ -464,6 +466,16 @@ int CmdRun(Cli& cli, const Command& command, const Args& args) {
   absl::StatusOr<Client*> connected = cli.client();
   if (!connected.ok()) return cli.Fail(connected.status());
   Client* client = *connected;
+  // A session makes this command the worker's parent: if the command is killed or loses the
+  // daemon, a --daemon worker is terminated instead of left behind. Inside a worker, the
+  // worker itself is the parent, with the same effect.
+  std::unique_ptr<Session> session;
+  if (client->credentials().key_id == kAdminKeyId) {
+    absl::StatusOr<std::unique_ptr<Session>> opened = client->OpenSession();
+    if (!opened.ok()) return cli.Fail(opened.status());
+    session = *std::move(opened);
+    request.set_session(session->id());
+  }
   absl::StatusOr<v1::Process> started = client->Start(request);
   if (!started.ok()) return cli.Fail(started.status());
   const uint64_t id = started->id();
@@ -605,6 +617,8 @@ int CmdPs(Cli& cli, const Command& command, const Args& args) {
     cli.out() << (objects.empty() ? "[]"
                                   : absl::StrCat("[\n", absl::StrJoin(objects, ",\n"), "\n]"))
               << std::endl;
+  } else if (args.Has("tree")) {
+    cli.out() << ProcessTree(*processes) << std::flush;
   } else {
     cli.out() << ProcessTable(*processes) << std::flush;
   }
@@ -650,7 +664,8 @@ constexpr OptionSpec kStartOptions[] = {
 constexpr OptionSpec kJoinOptions[] = {{"timeout", true}};
 constexpr OptionSpec kTerminateOptions[] = {{"signal", true}, {"grace", true}, {"no-wait", false}};
 constexpr OptionSpec kKillOptions[] = {{"no-wait", false}};
-constexpr OptionSpec kPsOptions[] = {{"all", false}, {"name", true}, {"parent", true}};
+constexpr OptionSpec kPsOptions[] = {
+    {"all", false}, {"name", true}, {"parent", true}, {"tree", false}};
 constexpr OptionSpec kLogsOptions[] = {{"follow", false}, {"stderr", false}, {"tail", true}};
 
 constexpr Command kCommands[] = {
@@ -668,7 +683,7 @@ constexpr Command kCommands[] = {
      kTerminateOptions, Operands::kId, CmdTerminate},
     {"kill", "kill ID [--no-wait]", "terminate with SIGKILL", kKillOptions, Operands::kId, CmdKill},
     {"status", "status ID", "show one process", {}, Operands::kId, CmdStatus},
-    {"ps", "ps [--all] [--name N] [--parent ID]",
+    {"ps", "ps [--all] [--tree] [--name N] [--parent ID]",
      "list processes (only running ones without --all)", kPsOptions, Operands::kNone, CmdPs},
     {"logs", "logs ID [--follow] [--stderr] [--tail BYTES]",
      "print a process's captured stdout (or stderr)", kLogsOptions, Operands::kId, CmdLogs},
@@ -771,6 +786,35 @@ std::string ProcessJson(const v1::Process& p) {
       ",\"system_cpu\":", JsonSeconds(p.has_system_cpu(), p.system_cpu()),
       ",\"max_rss_bytes\":", p.max_rss_bytes(), ",\"stdout_path\":", JsonString(p.stdout_path()),
       ",\"stderr_path\":", JsonString(p.stderr_path()), "}");
+}
+
+std::string ProcessTree(const std::vector<v1::Process>& processes) {
+  absl::flat_hash_map<uint64_t, const v1::Process*> by_id;
+  for (const v1::Process& p : processes) by_id[p.id()] = &p;
+  absl::flat_hash_map<uint64_t, std::vector<const v1::Process*>> children;
+  std::vector<const v1::Process*> roots;
+  for (const v1::Process& p : processes) {
+    if (p.parent_case() == v1::Process::kParentId && by_id.contains(p.parent_id())) {
+      children[p.parent_id()].push_back(&p);
+    } else {
+      roots.push_back(&p);
+    }
+  }
+  std::string out;
+  std::function<void(const v1::Process&, const std::string&, const std::string&)> draw =
+      [&](const v1::Process& p, const std::string& lead, const std::string& indent) {
+        std::string exit = p.has_exitcode() ? absl::StrCat(" exit ", p.exitcode()) : "";
+        absl::StrAppend(&out, lead, p.id(), " ", p.name(), " (pid ", p.pid(), ", ",
+                        p.state() == v1::STATE_RUNNING ? "running" : "exited", exit,
+                        p.daemon() ? ", daemon" : "", ") ", p.target(), "\n");
+        const auto& kids = children[p.id()];
+        for (size_t i = 0; i < kids.size(); ++i) {
+          bool last = i + 1 == kids.size();
+          draw(*kids[i], indent + (last ? "└─ " : "├─ "), indent + (last ? "   " : "│  "));
+        }
+      };
+  for (const v1::Process* root : roots) draw(*root, "", "");
+  return out;
 }
 
 std::string ProcessTable(const std::vector<v1::Process>& processes) {

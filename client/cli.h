@@ -47,6 +47,9 @@ std::string ProcessJson(const v1::Process& process);
 // Records as a table with a header line: ID NAME PID STATE EXITCODE DAEMON PARENT TARGET.
 std::string ProcessTable(const std::vector<v1::Process>& processes);
 
+// Records as a tree: each child below its parent, with its id, name, pid and state.
+std::string ProcessTree(const std::vector<v1::Process>& processes);
+
 // `join`'s exit status for a record: the exit code, 128+N for signal N, 124 while running.
 int JoinExitStatus(const v1::Process& process);
 

@@ -74,6 +74,8 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   const std::string& address() const { return address_; }
+  // The key in use and where it came from (never printed).
+  const Credentials& credentials() const { return auth_.credentials(); }
 
   absl::StatusOr<v1::Process> Start(const v1::StartRequest& request);
   // Waits until the process ends, or `timeout` passes (the record then says running).
