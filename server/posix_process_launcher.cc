@@ -286,25 +286,30 @@ bool PosixProcessLauncher::ProcessExists(pid_t pid) {
 
 namespace {
 
-// The parent of `pid` from /proc/<pid>/stat, or 0 when it is gone or a zombie.
-pid_t LiveParentOf(pid_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  char buf[512];
-  ssize_t n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = '\0';
-  // The command name may hold spaces and parentheses: fields resume after the last ')'.
-  const char* close_paren = std::strrchr(buf, ')');
-  char state = 0;
-  int ppid = 0;
-  if (close_paren == nullptr || std::sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) {
-    return 0;
+// The children of every thread of `pid` (each thread lists the children it made), from
+// /proc/<pid>/task/*/children. Reads only what is asked for, not the whole process table.
+std::vector<pid_t> ChildrenOf(pid_t pid) {
+  std::vector<pid_t> children;
+  std::string task_dir = absl::StrCat("/proc/", pid, "/task");
+  DIR* tasks = opendir(task_dir.c_str());
+  if (tasks == nullptr) return children;
+  while (dirent* task = readdir(tasks)) {
+    if (task->d_name[0] == '.') continue;
+    std::string path = absl::StrCat(task_dir, "/", task->d_name, "/children");
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) text.append(buf, n);
+    close(fd);
+    for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+      pid_t child;
+      if (absl::SimpleAtoi(word, &child)) children.push_back(child);
+    }
   }
-  return state == 'Z' || state == 'X' ? 0 : ppid;
+  closedir(tasks);
+  return children;
 }
 
 // The PROCTOR_ID that `pid`'s environment started with, or 0.
@@ -329,37 +334,28 @@ uint64_t WorkerIdInEnvironment(pid_t pid) {
 
 std::vector<pid_t> PosixProcessLauncher::FindDescendants(const std::vector<pid_t>& roots,
                                                          const std::vector<uint64_t>& tokens) {
-  absl::flat_hash_map<pid_t, std::vector<pid_t>> children;
-  DIR* proc = opendir("/proc");
-  if (proc == nullptr) return {};
-  pid_t self = getpid();
-  absl::flat_hash_set<uint64_t> wanted(tokens.begin(), tokens.end());
   absl::flat_hash_set<pid_t> seen(roots.begin(), roots.end());
   std::vector<pid_t> queue(roots.begin(), roots.end());
+  absl::flat_hash_set<uint64_t> wanted(tokens.begin(), tokens.end());
   absl::flat_hash_set<pid_t> workers;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [pid, worker] : workers_) workers.insert(pid);
   }
-  while (dirent* entry = readdir(proc)) {
-    pid_t pid;
-    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
-    pid_t ppid = LiveParentOf(pid);
-    if (ppid == 0) continue;
-    children[ppid].push_back(pid);
-    // An orphan of one of these workers' trees, reparented to us: escaped by setsid or a
-    // double fork, but its environment still says whose it is.
-    if (ppid == self && !workers.contains(pid) && !seen.contains(pid) &&
-        wanted.contains(WorkerIdInEnvironment(pid))) {
-      seen.insert(pid);
-      queue.push_back(pid);
+  // Orphans of these workers' trees that came to us (escaped by setsid or a double fork)
+  // still carry the worker's id in the environment they started with.
+  for (pid_t child : ChildrenOf(getpid())) {
+    if (!workers.contains(child) && !seen.contains(child) &&
+        wanted.contains(WorkerIdInEnvironment(child))) {
+      seen.insert(child);
+      queue.push_back(child);
     }
   }
-  closedir(proc);
+  size_t first_found = roots.size();
   std::vector<pid_t> found;
   for (size_t i = 0; i < queue.size(); ++i) {
-    if (i >= roots.size()) found.push_back(queue[i]);
-    for (pid_t child : children[queue[i]]) {
+    if (i >= first_found) found.push_back(queue[i]);
+    for (pid_t child : ChildrenOf(queue[i])) {
       if (seen.insert(child).second) queue.push_back(child);
     }
   }

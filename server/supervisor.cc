@@ -350,14 +350,33 @@ std::vector<Supervisor::Record*> Supervisor::SubtreeLocked(Record& root) {
 }
 
 void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace) {
+  SignalTreeGroupsLocked(root, sig, grace);
+  SignalStraysLocked(root, sig);
+}
+
+void Supervisor::SignalTreeGroupsLocked(Record& root, int sig, absl::Duration grace) {
+  for (Record* record : SubtreeLocked(root)) {
+    if (record->info.running || launcher_.GroupExists(record->info.pid)) {
+      SignalLocked(*record, sig, grace);
+    }
+  }
+  root.tree = true;
+  // The root's timer also SIGKILLs the strays, even when the root itself has ended.
+  absl::Time deadline = clock_.Now() + grace;
+  if (sig != kSigkill && deadline < root.kill_deadline) {
+    if (root.kill_timer != 0) timers_.Cancel(root.kill_timer);
+    root.kill_deadline = deadline;
+    uint64_t id = root.info.id;
+    root.kill_timer = timers_.After(grace, [this, id] { OnGraceExpired(id); });
+  }
+}
+
+void Supervisor::SignalStraysLocked(Record& root, int sig) {
   std::vector<pid_t> pids;
   std::vector<uint64_t> ids;
   for (Record* record : SubtreeLocked(root)) {
     ids.push_back(record->info.id);
-    if (record->info.running || launcher_.GroupExists(record->info.pid)) {
-      SignalLocked(*record, sig, grace);
-      pids.push_back(record->info.pid);
-    }
+    if (record->info.running) pids.push_back(record->info.pid);
   }
   // Processes below the workers that left their groups (setsid, double fork) are found by
   // parent chain, or by the worker id in their environment once they have come to us.
@@ -369,15 +388,6 @@ void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace) {
   std::erase_if(root.strays, [&](pid_t stray) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return !launcher_.SignalProcess(stray, sig).ok();
   });
-  root.tree = true;
-  // The root's timer also SIGKILLs the strays, even when the root itself has ended.
-  absl::Time deadline = clock_.Now() + grace;
-  if (sig != kSigkill && deadline < root.kill_deadline) {
-    if (root.kill_timer != 0) timers_.Cancel(root.kill_timer);
-    root.kill_deadline = deadline;
-    uint64_t id = root.info.id;
-    root.kill_timer = timers_.After(grace, [this, id] { OnGraceExpired(id); });
-  }
 }
 
 bool Supervisor::AliveLocked(Record& record) {
@@ -479,12 +489,18 @@ void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usa
                                                    status.core_dumped ? " (core dumped)" : "")
                                     : "");
     // multiprocessing's rule: daemonic children end with their parent, whatever ended it.
+    // Every child's group is signalled before the slower search for strays below them.
+    std::vector<Record*> daemonic;
     for (uint64_t child_id : info.children) {
       auto child = records_.find(child_id);
       if (child != records_.end() && child->second.info.daemon && child->second.info.running) {
-        spdlog::info("parent id={} ended: terminating its daemonic child id={}", id, child_id);
-        SignalTreeLocked(child->second, kSigterm, kDefaultGrace);
+        daemonic.push_back(&child->second);
+        SignalTreeGroupsLocked(child->second, kSigterm, kDefaultGrace);
       }
+    }
+    for (Record* child : daemonic) SignalStraysLocked(*child, kSigterm);
+    if (!daemonic.empty()) {
+      spdlog::info("parent id={} ended: terminated {} daemonic children", id, daemonic.size());
     }
     for (Waiter& w : record.joiners) {
       if (w.timer != 0) timers_.Cancel(w.timer);

@@ -185,6 +185,9 @@ class Supervisor {
   // The same for `root`, every record below it and every stray process below those.
   void SignalTreeLocked(Record& root, int sig, absl::Duration grace)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SignalTreeGroupsLocked(Record& root, int sig, absl::Duration grace)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SignalStraysLocked(Record& root, int sig) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<Record*> SubtreeLocked(Record& root) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether anything of the record (with tree: of its whole tree) is still alive.
   bool AliveLocked(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
