@@ -9,17 +9,8 @@
 #include "spdlog/spdlog.h"
 
 namespace proctor {
-namespace {
-
-constexpr absl::Duration kFirstFailureDelay = absl::Milliseconds(50);
-// A peer's failures are forgotten after this long without one.
-constexpr absl::Duration kFailureMemory = absl::Minutes(1);
-constexpr size_t kMaxPeersTracked = 4096;
-
-}  // namespace
-
 Authenticator::Authenticator(Clock& clock, WorkerKeyLookup worker_key)
-    : clock_(clock), worker_key_(std::move(worker_key)) {}
+    : clock_(clock), worker_key_(std::move(worker_key)), failures_(clock, Backoff::Policy{}) {}
 
 void Authenticator::SetAdminKeys(std::vector<std::string> keys) {
   absl::MutexLock lock(&mu_);
@@ -33,7 +24,7 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     spdlog::warn("{}", absl::StrCat("refused ", method, " from ", peer,
                                     key_id.empty() ? "" : absl::StrCat(" (key id ", key_id, ")"),
                                     ": ", why));
-    RecordFailure(peer);
+    failures_.Refused(peer);
     return absl::UnauthenticatedError(absl::StrCat("authentication failed: ", why));
   };
   if (!credential.has_value()) {
@@ -100,22 +91,8 @@ Authenticator::NonceCheck Authenticator::RememberNonceLocked(const std::string& 
   return NonceCheck::kFresh;
 }
 
-void Authenticator::RecordFailure(absl::string_view peer) {
-  absl::MutexLock lock(&mu_);
-  absl::Time now = clock_.Now();
-  if (failures_.size() >= kMaxPeersTracked) failures_.clear();
-  Failures& f = failures_[peer];
-  if (now - f.last > kFailureMemory) f.count = 0;
-  ++f.count;
-  f.last = now;
-}
-
 absl::Duration Authenticator::FailureDelay(absl::string_view peer) {
-  absl::MutexLock lock(&mu_);
-  auto it = failures_.find(peer);
-  if (it == failures_.end() || it->second.count <= 1) return absl::ZeroDuration();
-  int doublings = std::min(it->second.count - 2, 10);
-  return std::min(kFirstFailureDelay * (1 << doublings), kMaxFailureDelay);
+  return failures_.Current(peer);
 }
 
 }  // namespace proctor

@@ -24,6 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/backoff.h"
 #include "server/clock.h"
 
 namespace proctor {
@@ -41,7 +42,6 @@ class Authenticator {
  public:
   static constexpr absl::Duration kWindow = absl::Minutes(2);
   static constexpr size_t kMaxNonces = 1 << 18;
-  static constexpr absl::Duration kMaxFailureDelay = absl::Seconds(3);
 
   // `worker_key` returns a live record's key, or nothing for an unknown id.
   using WorkerKeyLookup = std::function<std::optional<std::string>(uint64_t id)>;
@@ -63,7 +63,6 @@ class Authenticator {
   enum class NonceCheck { kFresh, kReplayed, kCacheFull };
   NonceCheck RememberNonceLocked(const std::string& nonce, absl::Time expiry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RecordFailure(absl::string_view peer);
 
   Clock& clock_;
   const WorkerKeyLookup worker_key_;
@@ -71,11 +70,7 @@ class Authenticator {
   std::vector<std::string> admin_keys_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, absl::Time> nonces_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<absl::Time, std::string>> nonce_expiry_ ABSL_GUARDED_BY(mu_);
-  struct Failures {
-    int count = 0;
-    absl::Time last;
-  };
-  absl::flat_hash_map<std::string, Failures> failures_ ABSL_GUARDED_BY(mu_);
+  Backoff failures_;  // by peer
 };
 
 }  // namespace proctor

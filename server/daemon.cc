@@ -303,7 +303,7 @@ int RunDaemon(const DaemonOptions& options) {
   Supervisor supervisor(supervisor_options, launcher, clock, **loop, **ids);
   Authenticator authenticator(clock, [&](uint64_t id) { return supervisor.AuthkeyOf(id); });
   authenticator.SetAdminKeys(*std::move(admin_keys));
-  ProctorService service(supervisor, **loop, authenticator);
+  ProctorService service(supervisor, **loop, authenticator, clock);
 
   grpc::ServerBuilder builder;
   std::vector<std::string> socket_paths;

@@ -378,8 +378,14 @@ void ToProto(const ProcessInfo& info, v1::Process* out) {
 }
 
 ProctorService::ProctorService(Supervisor& supervisor, Timers& timers,
-                               Authenticator& authenticator)
-    : supervisor_(supervisor), timers_(timers), authenticator_(authenticator) {}
+                               Authenticator& authenticator, Clock& clock)
+    : supervisor_(supervisor),
+      timers_(timers),
+      authenticator_(authenticator),
+      limit_refusals_(clock, Backoff::Policy{.free_refusals = 0,
+                                             .first = absl::Milliseconds(200),
+                                             .max = absl::Seconds(5),
+                                             .memory = absl::Seconds(30)}) {}
 
 absl::StatusOr<Caller> ProctorService::Authenticate(grpc::CallbackServerContext* context,
                                                     absl::string_view method) {
@@ -406,11 +412,10 @@ absl::Status ProctorService::Authorize(const Caller& caller, uint64_t id) {
 }
 
 grpc::ServerUnaryReactor* ProctorService::Refuse(grpc::CallbackServerContext* context,
-                                                 const absl::Status& status) {
+                                                 const absl::Status& status,
+                                                 absl::Duration delay) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Duration delay = absl::IsUnauthenticated(status)
-                             ? authenticator_.FailureDelay(context->peer())
-                             : absl::ZeroDuration();
+  if (absl::IsUnauthenticated(status)) delay = authenticator_.FailureDelay(context->peer());
   if (delay <= absl::ZeroDuration()) {
     reactor->Finish(ToGrpc(status));
   } else {
@@ -441,6 +446,11 @@ grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* con
   spec.env.assign(request->env().begin(), request->env().end());
   spec.cwd = request->cwd();
   absl::StatusOr<ProcessInfo> started = supervisor_.Start(spec);
+  if (absl::IsResourceExhausted(started.status())) {
+    std::string tree = caller->admin() ? absl::StrCat("admin@", context->peer())
+                                       : absl::StrCat(supervisor_.RootOf(caller->worker_id));
+    return Refuse(context, started.status(), limit_refusals_.Refused(tree));
+  }
   if (started.ok()) ToProto(*started, response);
   return FinishNow(context, started.status());
 }

@@ -7,7 +7,8 @@
 //
 // Every handler first authenticates its call (Authenticator) and puts the daemon's proof in
 // the reply's initial metadata; a refused call gets UNAUTHENTICATED, held back for peers that
-// keep failing. A call made with a worker's key reaches only that worker's subtree: it starts
+// keep failing; so is a Start refused for a limit, per process tree, so that a runaway
+// spawner slows itself down rather than the daemon. A call made with a worker's key reaches only that worker's subtree: it starts
 // children of that worker, lists only its subtree, and gets PERMISSION_DENIED for any other id.
 #ifndef PROCTOR_SERVER_PROCTOR_SERVICE_H_
 #define PROCTOR_SERVER_PROCTOR_SERVICE_H_
@@ -26,7 +27,8 @@ void ToProto(const ProcessInfo& info, v1::Process* out);
 class ProctorService final : public v1::Proctor::CallbackService {
  public:
   // All must outlive the service; `timers` paces Logs follow reads and delayed refusals.
-  ProctorService(Supervisor& supervisor, Timers& timers, Authenticator& authenticator);
+  ProctorService(Supervisor& supervisor, Timers& timers, Authenticator& authenticator,
+                 Clock& clock);
 
   grpc::ServerUnaryReactor* Start(grpc::CallbackServerContext* context,
                                   const v1::StartRequest* request,
@@ -55,11 +57,13 @@ class ProctorService final : public v1::Proctor::CallbackService {
   absl::Status Authorize(const Caller& caller, uint64_t id);
   // Finishes a unary call with an error, after the refusal delay for UNAUTHENTICATED.
   grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
-                                   const absl::Status& status);
+                                   const absl::Status& status,
+                                   absl::Duration delay = absl::ZeroDuration());
 
   Supervisor& supervisor_;
   Timers& timers_;
   Authenticator& authenticator_;
+  Backoff limit_refusals_;  // by the root of the calling tree
 };
 
 }  // namespace proctor

@@ -164,6 +164,10 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
         return absl::FailedPreconditionError(
             absl::StrCat("parent process ", spec.parent_id, " has ended"));
       }
+      if (p.terminating) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("parent process ", spec.parent_id, " is being terminated"));
+      }
       size_t running_children = 0;
       for (uint64_t child : p.info.children) {
         auto c = records_.find(child);
@@ -356,14 +360,19 @@ void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace) {
 
 void Supervisor::SignalTreeGroupsLocked(Record& root, int sig, absl::Duration grace) {
   for (Record* record : SubtreeLocked(root)) {
+    // No new children below a process being terminated: a Start already on its way from
+    // inside the tree must not outlive the signal.
+    record->terminating = true;
     if (record->info.running || launcher_.GroupExists(record->info.pid)) {
       SignalLocked(*record, sig, grace);
     }
   }
   root.tree = true;
-  // The root's timer also SIGKILLs the strays, even when the root itself has ended.
+  // The root's timer also SIGKILLs the strays, even when the root itself has ended; after a
+  // SIGKILL it comes back soon to catch anything that appeared meanwhile.
+  if (sig == kSigkill) grace = kDrainRecheck;
   absl::Time deadline = clock_.Now() + grace;
-  if (sig != kSigkill && deadline < root.kill_deadline) {
+  if (deadline < root.kill_deadline) {
     if (root.kill_timer != 0) timers_.Cancel(root.kill_timer);
     root.kill_deadline = deadline;
     uint64_t id = root.info.id;
@@ -564,6 +573,15 @@ std::optional<std::string> Supervisor::AuthkeyOf(uint64_t id) {
   auto it = records_.find(id);
   if (it == records_.end() || !it->second.launched) return std::nullopt;
   return it->second.authkey;
+}
+
+uint64_t Supervisor::RootOf(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    auto it = records_.find(id);
+    if (it == records_.end() || it->second.info.parent_id == 0) return id;
+    id = it->second.info.parent_id;
+  }
 }
 
 bool Supervisor::InSubtree(uint64_t root, uint64_t id) {

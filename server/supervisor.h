@@ -135,6 +135,8 @@ class Supervisor {
   absl::StatusOr<ProcessInfo> Get(uint64_t id);
   // The worker's authkey, while its record exists. Never part of ProcessInfo.
   std::optional<std::string> AuthkeyOf(uint64_t id);
+  // The top of the tree `id` belongs to (`id` itself at top level).
+  uint64_t RootOf(uint64_t id);
   // Whether `id` is `root` or one of its descendants.
   bool InSubtree(uint64_t root, uint64_t id);
   std::vector<ProcessInfo> List(const ListFilter& filter);
@@ -164,6 +166,7 @@ class Supervisor {
     std::string identity;        // "3:1": the 1st child of the 3rd top-level process
     size_t depth = 1;
     bool tree = false;               // its terminators wait for the whole tree
+    bool terminating = false;        // signalled by a tree terminate: may not have children
     std::vector<pid_t> strays;       // descendants outside any worker's group, once found
     uint64_t children_started = 0;
     std::string authkey;
