@@ -425,12 +425,12 @@ void Supervisor::OnGraceExpired(uint64_t id) {
     if (AliveLocked(record)) {
       spdlog::info("grace expired id={} pid={}: SIGKILL", id, record.info.pid);
       if (record.tree) {
-        SignalTreeLocked(record, kSigkill, absl::ZeroDuration());
+        SignalTreeLocked(record, kSigkill, absl::ZeroDuration());  // re-arms the recheck
       } else {
         launcher_.SignalGroup(record.info.pid, kSigkill).IgnoreError();
+        record.kill_deadline = clock_.Now() + kDrainRecheck;
+        record.kill_timer = timers_.After(kDrainRecheck, [this, id] { OnGraceExpired(id); });
       }
-      record.kill_deadline = clock_.Now() + kDrainRecheck;
-      record.kill_timer = timers_.After(kDrainRecheck, [this, id] { OnGraceExpired(id); });
     }
     SettleDrainsLocked(completions);
     CheckShutdownLocked(completions);
