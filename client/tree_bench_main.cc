@@ -94,6 +94,16 @@ bool WaitForFile(const std::string& path, absl::Duration limit) {
   return true;
 }
 
+// A new directory for probe files, in memory where possible: ten probes creating files on a
+// slow disk at once would delay each other's timestamps, and that delay is not proctord's.
+std::string ProbeDir() {
+  char dir_template[] = "/dev/shm/proctor-tree-bench-XXXXXX";
+  if (access("/dev/shm", W_OK) != 0) {
+    std::snprintf(dir_template, sizeof(dir_template), "%s", "/tmp/proctor-tree-bench-XXXXXX");
+  }
+  return mkdtemp(dir_template);
+}
+
 struct Percentiles {
   double p50, p99, max;
   size_t n;
@@ -128,12 +138,7 @@ absl::Status KillTree(Client& client, uint64_t id) {
 absl::StatusOr<Percentiles> MeasureDaemonicReaping(Client& admin, const Options& options,
                                                    const std::string& self) {
   std::vector<double> latencies;
-  // Probe files live in memory where possible: ten probes creating files on a slow disk at
-  // once would delay each other's timestamps, and that delay is not proctord's.
-  char dir_template[] = "/dev/shm/proctor-tree-bench-XXXXXX";
-  if (access("/dev/shm", W_OK) != 0) std::snprintf(dir_template, sizeof(dir_template), "%s",
-                                                   "/tmp/proctor-tree-bench-XXXXXX");
-  std::string dir = mkdtemp(dir_template);
+  std::string dir = ProbeDir();
   for (int round = 0; round < options.rounds; ++round) {
     std::string key = RandomBytes(kAuthkeyBytes);
     absl::StatusOr<v1::Process> parent = Start(admin, {"sleep", "1000"}, false, key);
@@ -175,10 +180,7 @@ absl::StatusOr<Percentiles> MeasureDaemonicReaping(Client& admin, const Options&
 // the figure above can be read against what waking K processes costs on this machine.
 absl::StatusOr<Percentiles> MeasureBareSignal(const Options& options, const std::string& self) {
   std::vector<double> latencies;
-  char dir_template[] = "/dev/shm/proctor-tree-bench-XXXXXX";
-  if (access("/dev/shm", W_OK) != 0) std::snprintf(dir_template, sizeof(dir_template), "%s",
-                                                   "/tmp/proctor-tree-bench-XXXXXX");
-  std::string dir = mkdtemp(dir_template);
+  std::string dir = ProbeDir();
   for (int round = 0; round < options.rounds; ++round) {
     std::vector<std::string> files;
     std::vector<pid_t> pids;

@@ -708,28 +708,13 @@ uint64_t Supervisor::OpenSession(absl::Duration ttl, std::function<void()> on_ex
   SessionState& state = sessions_[session];
   state.ttl = ttl;
   state.on_expired = std::move(on_expired);
-  state.timer = timers_.After(ttl, [this, session] {
-    std::function<void()> expired;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!sessions_.contains(session)) return;
-      spdlog::info("session {} missed its keep-alive", session);
-      expired = EndSessionLocked(session);
-    }
-    if (expired) expired();
-  });
+  ArmSessionTimerLocked(session);
   spdlog::info("session {} opened, ttl {}", session, absl::FormatDuration(ttl));
   return session;
 }
 
-absl::Status Supervisor::TouchSession(uint64_t session) {
-  absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) {
-    return absl::NotFoundError(absl::StrCat("session ", session, " has ended"));
-  }
-  SessionState& state = it->second;
-  timers_.Cancel(state.timer);
+void Supervisor::ArmSessionTimerLocked(uint64_t session) {
+  SessionState& state = sessions_.at(session);
   state.timer = timers_.After(state.ttl, [this, session] {
     std::function<void()> expired;
     {
@@ -740,6 +725,17 @@ absl::Status Supervisor::TouchSession(uint64_t session) {
     }
     if (expired) expired();
   });
+}
+
+absl::Status Supervisor::TouchSession(uint64_t session) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", session, " has ended"));
+  }
+  SessionState& state = it->second;
+  timers_.Cancel(state.timer);
+  ArmSessionTimerLocked(session);
   return absl::OkStatus();
 }
 

@@ -194,6 +194,8 @@ class Supervisor {
   std::vector<Record*> SubtreeLocked(Record& root) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether anything of the record (with tree: of its whole tree) is still alive.
   bool AliveLocked(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // (Re)starts the session's TTL timer.
+  void ArmSessionTimerLocked(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends a session: its daemonic processes are terminated with their trees.
   std::function<void()> EndSessionLocked(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Completes terminators of records whose worker is reaped and whose group is empty.
