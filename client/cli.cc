@@ -154,6 +154,7 @@ struct Args {
   std::map<std::string, std::vector<std::string>, std::less<>> options;
   std::vector<std::string> operands;
   bool help = false;
+  bool json = false;
 
   bool Has(absl::string_view name) const { return options.find(name) != options.end(); }
   // The last value given for `name` (options given twice: the last one wins).
@@ -189,6 +190,11 @@ absl::StatusOr<Args> ParseArgs(const Command& command, std::span<const std::stri
     }
     if (arg == "-h" || arg == "--help") {
       args.help = true;
+      continue;
+    }
+    // --json is global, but reads naturally after the command too ("proctor ps --json").
+    if (arg == "--json") {
+      args.json = true;
       continue;
     }
     if (arg.size() > 1 && arg[0] == '-') {
@@ -908,6 +914,7 @@ int RunCli(const std::vector<std::string>& argv, std::ostream& out, std::ostream
     out << "usage: proctor " << command->synopsis << "\n  " << command->summary << std::endl;
     return kExitOk;
   }
+  if (parsed->json) cli.set_json(true);
   return command->handler(cli, *command, *parsed);
 }
 

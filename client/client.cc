@@ -192,11 +192,18 @@ absl::Status Client::Logs(const v1::LogsRequest& request,
   std::unique_ptr<grpc::ClientReader<v1::LogChunk>> reader = stub_->Logs(context.get(), request);
   // Nothing reaches the sink before the daemon has proved itself in the reply's headers.
   reader->WaitForInitialMetadata();
+  bool trusted = Finish(*context, "Logs", nonce, grpc::Status::OK).ok();
   v1::LogChunk chunk;
-  if (Finish(*context, "Logs", nonce, grpc::Status::OK).ok()) {
-    while (reader->Read(&chunk)) {
-      if (!chunk.data().empty()) sink(chunk.data());
-    }
+  while (trusted && reader->Read(&chunk)) {
+    if (!chunk.data().empty()) sink(chunk.data());
+  }
+  if (!trusted) {
+    // No proof in the headers: either an error reply (whose proof is in the trailers) or an
+    // impostor streaming, which is stopped rather than waited out.
+    context->TryCancel();
+    grpc::Status status = reader->Finish();
+    if (status.error_code() == grpc::StatusCode::CANCELLED) status = grpc::Status::OK;
+    return Finish(*context, "Logs", nonce, status);
   }
   return Finish(*context, "Logs", nonce, reader->Finish());
 }

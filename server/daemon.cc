@@ -153,9 +153,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
-std::vector<std::string> CurrentEnvironment() {
+// The daemon's environment for its workers, without proctor's own variables: a worker gets
+// its own PROCTOR_ID/PROCTOR_AUTHKEY, and must not find the daemon's admin key file instead.
+std::vector<std::string> WorkerBaseEnvironment() {
   std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (!absl::StartsWith(*e, "PROCTOR_")) env.emplace_back(*e);
+  }
   return env;
 }
 
@@ -293,7 +297,7 @@ int RunDaemon(const DaemonOptions& options) {
   SupervisorOptions supervisor_options{
       .log_dir = log_dir,
       .retain = options.retain,
-      .base_env = CurrentEnvironment(),
+      .base_env = WorkerBaseEnvironment(),
       .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
       .worker_address = worker_address,
       .max_processes = options.max_processes,
@@ -334,6 +338,7 @@ int RunDaemon(const DaemonOptions& options) {
   absl::StatusOr<int> signal_fd = OpenDaemonSignalFd();
   if (!signal_fd.ok()) return fail(signal_fd.status());
   std::thread stopper;
+  int finished = 0;  // of the gRPC server and the supervisor; touched on the loop thread only
   bool stopping = false;
   EventLoop& event_loop = **loop;
   absl::Status watched = event_loop.Watch(*signal_fd, [&] {
@@ -354,8 +359,19 @@ int RunDaemon(const DaemonOptions& options) {
         stopping = true;
         spdlog::info("asked to stop: no new calls; ending workers");
         // Server::Shutdown waits for handlers; it must not run on the loop thread.
-        stopper = std::thread([&] { server->Shutdown(std::chrono::system_clock::now()); });
-        supervisor.Shutdown(options.shutdown_grace, [&] { event_loop.Stop(); });
+        // The loop runs on until both the calls and the workers are done: calls still in
+        // flight may be waiting on its timers (held-back refusals, log follows).
+        stopper = std::thread([&] {
+          server->Shutdown(std::chrono::system_clock::now());
+          event_loop.Post([&] {
+            if (++finished == 2) event_loop.Stop();
+          });
+        });
+        supervisor.Shutdown(options.shutdown_grace, [&] {
+          event_loop.Post([&] {
+            if (++finished == 2) event_loop.Stop();
+          });
+        });
       }
     }
   });

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -36,9 +37,17 @@ std::vector<char*> CStrings(std::vector<std::string>& strings) {
   return out;
 }
 
+// This process's environment with `extra` laid over it (an extra entry replaces the one of
+// the same name: getenv would otherwise find the first).
 std::vector<std::string> Environment(const std::vector<std::string>& extra) {
   std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  auto name = [](const std::string& entry) { return entry.substr(0, entry.find('=')); };
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string entry = *e;
+    bool replaced = std::any_of(extra.begin(), extra.end(),
+                                [&](const std::string& x) { return name(x) == name(entry); });
+    if (!replaced) env.push_back(entry);
+  }
   env.insert(env.end(), extra.begin(), extra.end());
   return env;
 }

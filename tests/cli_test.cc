@@ -1,0 +1,508 @@
+// The `proctor` command line's contract (client/cli.h), checked by running the real binary
+// against a real proctord: what each command prints, and the exit statuses scripts rely on.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_daemon.h"
+
+extern char** environ;
+
+namespace proctor::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// The value of `key` in a one-line JSON object: a string with its quotes, or a bare scalar
+// (number, true, false, null). Empty when the key is absent.
+std::string JsonField(const std::string& json, const std::string& key) {
+  std::string needle = absl::StrCat("\"", key, "\":");
+  size_t start = json.find(needle);
+  if (start == std::string::npos) return "";
+  start += needle.size();
+  size_t end = start;
+  if (json[start] == '"') {
+    for (end = start + 1; end < json.size() && json[end] != '"'; ++end) {
+      if (json[end] == '\\') ++end;
+    }
+    return json.substr(start, end + 1 - start);
+  }
+  while (end < json.size() && json[end] != ',' && json[end] != '}' && json[end] != ']') ++end;
+  return json.substr(start, end - start);
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  return absl::StrSplit(text, '\n', absl::SkipEmpty());
+}
+
+std::vector<std::string> Words(const std::string& line) {
+  return absl::StrSplit(line, ' ', absl::SkipEmpty());
+}
+
+// The ids in the first column of a table, below its header.
+std::vector<uint64_t> TableIds(const std::string& table) {
+  std::vector<uint64_t> ids;
+  std::vector<std::string> lines = Lines(table);
+  for (size_t i = 1; i < lines.size(); ++i) {
+    uint64_t id = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(Words(lines[i]).at(0), &id)) << lines[i];
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  // No shutdown grace: whatever a failed test leaves running ends with the daemon at once.
+  CliTest() : daemon_({"--shutdown-grace", "0"}) {}
+
+  void SetUp() override { ASSERT_GT(daemon_.pid(), 0) << "proctord is not running"; }
+
+  void TearDown() override {
+    if (daemon_.pid() <= 0) return;
+    absl::StatusOr<std::vector<v1::Process>> all = daemon_.client().List(v1::StatusRequest{});
+    ASSERT_TRUE(all.ok()) << all.status();
+    for (const v1::Process& p : *all) {
+      EXPECT_EQ(p.state(), v1::STATE_EXITED) << "process " << p.id() << " (" << p.name()
+                                             << ") is still running";
+    }
+  }
+
+  CommandResult Cli(const std::vector<std::string>& args) { return daemon_.Cli(args); }
+
+  // `proctor start ARGS`, expecting success; returns the printed id.
+  uint64_t Start(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"start"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    CommandResult result = Cli(argv);
+    EXPECT_EQ(result.status, 0) << result.err;
+    uint64_t id = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(absl::StripSuffix(result.out, "\n"), &id)) << result.out;
+    return id;
+  }
+
+  // `proctor ARGS`, expecting exit status 0 and nothing on stderr; returns stdout.
+  std::string CliOk(const std::vector<std::string>& args) {
+    CommandResult result = Cli(args);
+    EXPECT_EQ(result.status, 0) << absl::StrJoin(args, " ") << ": " << result.err;
+    EXPECT_EQ(result.err, "") << absl::StrJoin(args, " ");
+    return result.out;
+  }
+
+  std::string StatusJson(uint64_t id) { return CliOk({"--json", "status", absl::StrCat(id)}); }
+
+  // Waits until the worker has written `text` to its stdout (its capture file).
+  bool WaitForOutput(uint64_t id, const std::string& text) {
+    std::string path = absl::StrCat(daemon_.state_dir(), "/logs/", id, ".out");
+    return WaitFor([&] { return absl::StrContains(ReadFile(path), text); },
+                   absl::Seconds(30));
+  }
+
+  // A worker that ignores SIGTERM (and so does the sleep it becomes), once it runs.
+  uint64_t StartTermIgnoring() {
+    uint64_t id =
+        Start({"--", "/bin/sh", "-c", "trap '' TERM; echo ready; exec /bin/sleep 60"});
+    EXPECT_TRUE(WaitForOutput(id, "ready\n"));
+    return id;
+  }
+
+  TestDaemon daemon_;
+};
+
+TEST_F(CliTest, StartPrintsTheIdAlone) {
+  CommandResult result = Cli({"start", "--", "/bin/sleep", "60"});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_EQ(result.err, "");
+  ASSERT_TRUE(absl::EndsWith(result.out, "\n"));
+  std::string text(absl::StripSuffix(result.out, "\n"));
+  uint64_t id = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(text, &id)) << result.out;
+  EXPECT_EQ(result.out, absl::StrCat(id, "\n"));
+  absl::StatusOr<v1::Process> record = daemon_.client().Status(id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  CliOk({"kill", text});
+}
+
+TEST_F(CliTest, RunStreamsOutputAndExitsLikeTheWorker) {
+  CommandResult result = Cli({"run", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 3"});
+  EXPECT_EQ(result.status, 3);
+  EXPECT_EQ(result.out, "out\n");
+  EXPECT_EQ(result.err, "err\n");
+}
+
+TEST_F(CliTest, RunSucceedsWithTheWorker) {
+  CommandResult result = Cli({"run", "--name", "quick", "--", "/bin/echo", "hello", "world"});
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_EQ(result.out, "hello world\n");
+  EXPECT_EQ(result.err, "");
+}
+
+TEST_F(CliTest, JoinExitsWithTheExitCode) {
+  for (int code : {0, 3, 255}) {
+    uint64_t id = Start({"--", "/bin/sh", "-c", absl::StrCat("exit ", code)});
+    CommandResult joined = Cli({"join", absl::StrCat(id)});
+    EXPECT_EQ(joined.status, code);
+    EXPECT_EQ(joined.out, "");
+    EXPECT_EQ(joined.err, "");
+  }
+}
+
+TEST_F(CliTest, JoinAfterKillExitsWith128Plus9) {
+  uint64_t id = Start({"--", "/bin/sleep", "60"});
+  CommandResult killed = Cli({"kill", absl::StrCat(id)});
+  EXPECT_EQ(killed.status, 0) << killed.err;
+  EXPECT_EQ(killed.out, "");
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 128 + 9);
+  std::string json = StatusJson(id);
+  EXPECT_EQ(JsonField(json, "exitcode"), "-9");
+  EXPECT_EQ(JsonField(json, "signal"), "9");
+}
+
+TEST_F(CliTest, JoinAfterTerminateExitsWith128Plus15) {
+  uint64_t id = Start({"--", "/bin/sleep", "60"});
+  CommandResult terminated = Cli({"terminate", absl::StrCat(id)});
+  EXPECT_EQ(terminated.status, 0) << terminated.err;
+  EXPECT_EQ(terminated.out, "");
+  // Without --no-wait, terminate returns once the process has ended.
+  EXPECT_EQ(JsonField(StatusJson(id), "state"), "\"exited\"");
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 128 + 15);
+  EXPECT_EQ(JsonField(StatusJson(id), "exitcode"), "-15");
+}
+
+TEST_F(CliTest, JoinTimeoutExitsWith124) {
+  uint64_t id = Start({"--", "/bin/sleep", "60"});
+  absl::Time before = absl::Now();
+  CommandResult joined = Cli({"join", absl::StrCat(id), "--timeout", "0.2"});
+  EXPECT_EQ(joined.status, 124);
+  EXPECT_EQ(joined.err, "");
+  EXPECT_GE(absl::Now() - before, absl::Milliseconds(200));
+  EXPECT_EQ(JsonField(StatusJson(id), "state"), "\"running\"");
+  CliOk({"kill", absl::StrCat(id)});
+}
+
+TEST_F(CliTest, JoinWithJsonPrintsTheRecord) {
+  uint64_t id = Start({"--", "/bin/sh", "-c", "exit 7"});
+  CommandResult joined = Cli({"--json", "join", absl::StrCat(id)});
+  EXPECT_EQ(joined.status, 7);
+  EXPECT_EQ(Lines(joined.out).size(), 1u) << joined.out;
+  EXPECT_EQ(JsonField(joined.out, "id"), absl::StrCat(id));
+  EXPECT_EQ(JsonField(joined.out, "exitcode"), "7");
+}
+
+TEST_F(CliTest, TerminateWithSignalKill) {
+  uint64_t id = StartTermIgnoring();
+  CommandResult terminated = Cli({"terminate", absl::StrCat(id), "--signal", "KILL"});
+  EXPECT_EQ(terminated.status, 0) << terminated.err;
+  std::string json = StatusJson(id);
+  EXPECT_EQ(JsonField(json, "state"), "\"exited\"");
+  EXPECT_EQ(JsonField(json, "exitcode"), "-9");
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 128 + 9);
+}
+
+TEST_F(CliTest, TerminateKillsAfterTheGrace) {
+  uint64_t id = StartTermIgnoring();
+  absl::Time before = absl::Now();
+  CommandResult terminated = Cli({"terminate", absl::StrCat(id), "--grace", "0.3"});
+  absl::Duration took = absl::Now() - before;
+  EXPECT_EQ(terminated.status, 0) << terminated.err;
+  // SIGTERM is ignored; SIGKILL follows after 0.3 s, long before the default 10 s.
+  EXPECT_GE(took, absl::Milliseconds(300));
+  EXPECT_LT(took, absl::Seconds(8));
+  EXPECT_EQ(JsonField(StatusJson(id), "exitcode"), "-9");
+}
+
+TEST_F(CliTest, TerminateNoWaitReturnsAtOnce) {
+  uint64_t id = StartTermIgnoring();
+  CommandResult terminated =
+      Cli({"terminate", absl::StrCat(id), "--grace", "60", "--no-wait"});
+  EXPECT_EQ(terminated.status, 0) << terminated.err;
+  // The process ignores SIGTERM and its SIGKILL is a minute away: it still runs.
+  EXPECT_EQ(JsonField(StatusJson(id), "state"), "\"running\"");
+  // A kill overrides the pending grace.
+  CommandResult killed = Cli({"kill", absl::StrCat(id)});
+  EXPECT_EQ(killed.status, 0) << killed.err;
+  EXPECT_EQ(JsonField(StatusJson(id), "exitcode"), "-9");
+}
+
+TEST_F(CliTest, KillNoWait) {
+  uint64_t id = Start({"--", "/bin/sleep", "60"});
+  CommandResult killed = Cli({"kill", absl::StrCat(id), "--no-wait"});
+  EXPECT_EQ(killed.status, 0) << killed.err;
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 128 + 9);
+}
+
+TEST_F(CliTest, StatusTable) {
+  uint64_t id = Start({"--name", "sleeper", "--", "/bin/sleep", "60"});
+  absl::StatusOr<v1::Process> record = daemon_.client().Status(id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  std::vector<std::string> lines = Lines(CliOk({"status", absl::StrCat(id)}));
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_THAT(Words(lines[0]), ElementsAre("ID", "NAME", "PID", "STATE", "EXITCODE", "DAEMON",
+                                           "PARENT", "TARGET"));
+  EXPECT_THAT(Words(lines[1]),
+              ElementsAre(absl::StrCat(id), "sleeper", absl::StrCat(record->pid()), "running",
+                          "-", "no", "-", record->target(), "60"));
+  CliOk({"kill", absl::StrCat(id)});
+  lines = Lines(CliOk({"status", absl::StrCat(id)}));
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_THAT(Words(lines[1]), ElementsAre(absl::StrCat(id), "sleeper",
+                                           absl::StrCat(record->pid()), "exited", "-9", "no",
+                                           "-", record->target(), "60"));
+}
+
+TEST_F(CliTest, StatusJsonIsOneObject) {
+  uint64_t id = Start({"--", "/bin/sleep", "60"});
+  absl::StatusOr<v1::Process> record = daemon_.client().Status(id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  std::string json = StatusJson(id);
+  EXPECT_THAT(json, StartsWith("{"));
+  EXPECT_EQ(json.back(), '\n');
+  EXPECT_EQ(Lines(json).size(), 1u) << json;
+  EXPECT_EQ(JsonField(json, "id"), absl::StrCat(id));
+  EXPECT_EQ(JsonField(json, "name"), "\"Process-1\"");
+  EXPECT_EQ(JsonField(json, "pid"), absl::StrCat(record->pid()));
+  EXPECT_EQ(JsonField(json, "state"), "\"running\"");
+  EXPECT_EQ(JsonField(json, "exitcode"), "null");
+  EXPECT_EQ(JsonField(json, "daemon"), "false");
+  EXPECT_EQ(JsonField(json, "parent"), "null");
+
+  CliOk({"kill", absl::StrCat(id)});
+  json = StatusJson(id);
+  EXPECT_EQ(JsonField(json, "state"), "\"exited\"");
+  EXPECT_EQ(JsonField(json, "exitcode"), "-9");
+}
+
+TEST_F(CliTest, StatusJsonOfADaemonicProcessAndOfAChild) {
+  uint64_t daemonic = Start({"--daemon", "--", "/bin/sleep", "60"});
+  EXPECT_EQ(JsonField(StatusJson(daemonic), "daemon"), "true");
+  CliOk({"kill", absl::StrCat(daemonic)});
+
+  // A worker runs the CLI itself: its own key (from its environment) makes it the parent.
+  uint64_t parent = Start({"--", "/bin/sh", "-c",
+                           "\"$0\" start -- /bin/sleep 60 && exec /bin/sleep 60",
+                           PROCTOR_CLI_PATH});
+  ASSERT_TRUE(WaitForOutput(parent, "\n"));
+  std::string path = absl::StrCat(daemon_.state_dir(), "/logs/", parent, ".out");
+  uint64_t child = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripSuffix(ReadFile(path), "\n"), &child))
+      << ReadFile(path) << ReadFile(absl::StrCat(daemon_.state_dir(), "/logs/", parent, ".err"));
+  std::string json = StatusJson(child);
+  EXPECT_EQ(JsonField(json, "parent"), absl::StrCat(parent));
+  EXPECT_EQ(JsonField(json, "name"), "\"Process-2:1\"");
+  EXPECT_EQ(JsonField(StatusJson(parent), "children"), absl::StrCat("[", child));
+  // Terminating the parent ends what runs below it.
+  CliOk({"terminate", absl::StrCat(parent)});
+  EXPECT_EQ(JsonField(StatusJson(child), "state"), "\"exited\"");
+}
+
+TEST_F(CliTest, Ps) {
+  uint64_t alpha = Start({"--name", "alpha", "--", "/bin/sleep", "60"});
+  uint64_t beta = Start({"--name", "beta", "--", "/bin/sleep", "60"});
+  uint64_t done = Start({"--name", "alpha", "--", "/bin/true"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(done)}).status, 0);
+
+  std::string table = CliOk({"ps"});
+  EXPECT_THAT(Words(Lines(table).at(0)), ElementsAre("ID", "NAME", "PID", "STATE", "EXITCODE",
+                                                     "DAEMON", "PARENT", "TARGET"));
+  EXPECT_THAT(TableIds(table), ElementsAre(alpha, beta));
+  EXPECT_THAT(TableIds(CliOk({"ps", "--all"})), ElementsAre(alpha, beta, done));
+  EXPECT_THAT(TableIds(CliOk({"ps", "--name", "alpha"})), ElementsAre(alpha));
+  EXPECT_THAT(TableIds(CliOk({"ps", "--all", "--name", "alpha"})), ElementsAre(alpha, done));
+  EXPECT_THAT(TableIds(CliOk({"ps", "--name", "gamma"})), ::testing::IsEmpty());
+
+  std::string json = CliOk({"--json", "ps"});
+  EXPECT_THAT(json, StartsWith("["));
+  EXPECT_TRUE(absl::EndsWith(json, "]\n")) << json;
+  std::vector<std::string> objects;
+  for (const std::string& line : Lines(json)) {
+    if (absl::StartsWith(line, "{")) objects.push_back(line);
+  }
+  ASSERT_EQ(objects.size(), 2u) << json;
+  EXPECT_EQ(JsonField(objects[0], "id"), absl::StrCat(alpha));
+  EXPECT_EQ(JsonField(objects[0], "name"), "\"alpha\"");
+  EXPECT_EQ(JsonField(objects[1], "id"), absl::StrCat(beta));
+  EXPECT_EQ(JsonField(objects[1], "state"), "\"running\"");
+  EXPECT_EQ(CliOk({"--json", "ps", "--name", "gamma"}), "[]\n");
+
+  CliOk({"kill", absl::StrCat(alpha)});
+  CliOk({"kill", absl::StrCat(beta)});
+  EXPECT_THAT(TableIds(CliOk({"ps"})), ::testing::IsEmpty());
+}
+
+TEST_F(CliTest, Logs) {
+  uint64_t id = Start({"--", "/bin/sh", "-c", "echo one; echo two >&2; echo three"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 0);
+  EXPECT_EQ(CliOk({"logs", absl::StrCat(id)}), "one\nthree\n");
+  EXPECT_EQ(CliOk({"logs", absl::StrCat(id), "--stderr"}), "two\n");
+  EXPECT_EQ(CliOk({"logs", absl::StrCat(id), "--tail", "6"}), "three\n");
+}
+
+TEST_F(CliTest, LogsFollowReturnsWhenTheProcessEnds) {
+  uint64_t id = Start({"--", "/bin/sh", "-c", "echo a; sleep 0.5; echo b; sleep 0.5; echo c"});
+  EXPECT_EQ(CliOk({"logs", absl::StrCat(id), "--follow"}), "a\nb\nc\n");
+  absl::StatusOr<v1::Process> record = daemon_.client().Status(id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_EXITED);
+}
+
+TEST_F(CliTest, Release) {
+  uint64_t running = Start({"--", "/bin/sleep", "60"});
+  CommandResult refused = Cli({"release", absl::StrCat(running)});
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_THAT(refused.err, HasSubstr("still running"));
+  CliOk({"kill", absl::StrCat(running)});
+
+  uint64_t id = Start({"--", "/bin/echo", "bye"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 0);
+  std::string out_path = absl::StrCat(daemon_.state_dir(), "/logs/", id, ".out");
+  EXPECT_EQ(ReadFile(out_path), "bye\n");
+  EXPECT_EQ(CliOk({"release", absl::StrCat(id)}), "");
+  CommandResult gone = Cli({"status", absl::StrCat(id)});
+  EXPECT_EQ(gone.status, 1);
+  EXPECT_EQ(gone.err, absl::StrCat("proctor: no process with id ", id, "\n"));
+  EXPECT_NE(access(out_path.c_str(), F_OK), 0) << "captured output outlived the release";
+  CliOk({"release", absl::StrCat(running)});
+}
+
+TEST_F(CliTest, UnknownIdIsOneLine) {
+  for (const char* command : {"status", "join", "terminate", "kill", "logs", "release"}) {
+    CommandResult result = Cli({command, "42"});
+    EXPECT_EQ(result.status, 1) << command;
+    EXPECT_EQ(result.out, "") << command;
+    EXPECT_EQ(result.err, "proctor: no process with id 42\n") << command;
+  }
+}
+
+TEST_F(CliTest, UnreachableDaemonIsOneLine) {
+  // The later --address wins over the test daemon's.
+  for (const char* command : {"status", "join", "logs"}) {
+    CommandResult result = Cli({"--address", "unix:/nonexistent/s.sock", command, "1"});
+    EXPECT_NE(result.status, 0) << command;
+    EXPECT_EQ(result.out, "") << command;
+    EXPECT_THAT(result.err,
+                StartsWith("proctor: cannot reach proctord at unix:/nonexistent/s.sock: "))
+        << command;
+    EXPECT_EQ(Lines(result.err).size(), 1u) << result.err;
+    EXPECT_TRUE(absl::EndsWith(result.err, "\n")) << result.err;
+  }
+  CommandResult start =
+      Cli({"--address", "unix:/nonexistent/s.sock", "start", "--", "/bin/true"});
+  EXPECT_NE(start.status, 0);
+  EXPECT_THAT(start.err, StartsWith("proctor: cannot reach proctord at unix:/nonexistent/s.sock: "));
+}
+
+TEST_F(CliTest, InterruptedRunTerminatesTheWorker) {
+  std::string out_path = daemon_.dir() + "/run.out";
+  std::string err_path = daemon_.dir() + "/run.err";
+  std::vector<std::string> args = {PROCTOR_CLI_PATH, "--address", daemon_.address(), "run",
+                                   "--name",         "interrupted", "--", "/bin/sh", "-c",
+                                   "echo ready; exec /bin/sleep 60"};
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  env.push_back("PROCTOR_AUTHKEY_FILE=" + daemon_.authkey_path());
+  std::vector<char*> c_args, c_env;
+  for (std::string& s : args) c_args.push_back(s.data());
+  for (std::string& s : env) c_env.push_back(s.data());
+  c_args.push_back(nullptr);
+  c_env.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  pid_t cli = -1;
+  int rc = posix_spawn(&cli, c_args[0], &actions, nullptr, c_args.data(), c_env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  ASSERT_EQ(rc, 0) << std::strerror(rc);
+
+  // The CLI blocks its signals before it starts the worker, so once the worker is listed
+  // the SIGINT reaches the CLI's watcher. Waiting for the worker's first line as well lets
+  // the test check that the CLI passed on all of its output.
+  v1::StatusRequest filter;
+  filter.set_name("interrupted");
+  v1::Process worker;
+  bool running = WaitFor(
+      [&] {
+        absl::StatusOr<std::vector<v1::Process>> found = daemon_.client().List(filter);
+        if (!found.ok() || found->empty()) return false;
+        worker = found->front();
+        return true;
+      },
+      absl::Seconds(30));
+  running = running && WaitForOutput(worker.id(), "ready\n");
+  EXPECT_TRUE(running);
+  if (running) {
+    EXPECT_EQ(worker.state(), v1::STATE_RUNNING);
+    EXPECT_EQ(kill(cli, SIGINT), 0);
+  }
+  int raw = 0;
+  bool exited = WaitFor([&] { return waitpid(cli, &raw, WNOHANG) == cli; }, absl::Seconds(30));
+  if (!exited) {
+    kill(cli, SIGKILL);
+    waitpid(cli, &raw, 0);
+  }
+  ASSERT_TRUE(exited) << "the CLI did not exit after SIGINT";
+  ASSERT_TRUE(running);
+  ASSERT_TRUE(WIFEXITED(raw)) << "the CLI died of signal " << WTERMSIG(raw);
+  EXPECT_THAT(WEXITSTATUS(raw), ::testing::AnyOf(130, 143)) << ReadFile(err_path);
+
+  absl::StatusOr<v1::Process> ended = daemon_.client().Status(worker.id());
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->state(), v1::STATE_EXITED);
+  EXPECT_EQ(ended->signal(), SIGTERM);
+  EXPECT_FALSE(IsAlive(worker.pid()));
+  EXPECT_EQ(ReadFile(out_path), "ready\n");
+}
+
+// The source's first example: four processes started from one function, and the main program
+// printing 主线程 ("main thread") right after starting them, before they finish.
+TEST_F(CliTest, SeedExample) {
+  const std::string script =
+      "for x in A B C D; do\n"
+      "  \"$0\" start --name $x -- /bin/sh -c \\\n"
+      "    \"echo $x piaoing; sleep 0.$(shuf -i 1-4 -n 1); echo $x piao end\"\n"
+      "done\n"
+      "echo 主线程\n";
+  CommandResult result =
+      RunCommand({"/bin/sh", "-c", script, PROCTOR_CLI_PATH},
+                 {"PROCTOR_ADDRESS=" + daemon_.address(),
+                  "PROCTOR_AUTHKEY_FILE=" + daemon_.authkey_path()});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_EQ(result.err, "");
+  std::vector<std::string> lines = Lines(result.out);
+  ASSERT_EQ(lines.size(), 5u) << result.out;
+  EXPECT_EQ(lines[4], "主线程");
+  const char* names[] = {"A", "B", "C", "D"};
+  for (int i = 0; i < 4; ++i) {
+    const std::string& id = lines[i];
+    EXPECT_EQ(Cli({"join", id}).status, 0);
+    EXPECT_EQ(CliOk({"logs", id}), absl::StrCat(names[i], " piaoing\n", names[i], " piao end\n"));
+    EXPECT_EQ(JsonField(StatusJson(std::stoull(id)), "name"), absl::StrCat("\"", names[i], "\""));
+  }
+  EXPECT_THAT(TableIds(CliOk({"ps", "--all", "--name", "C"})),
+              ElementsAre(std::stoull(lines[2])));
+}
+
+}  // namespace
+}  // namespace proctor::testing
