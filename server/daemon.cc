@@ -20,6 +20,7 @@
 #include "common/default_paths.h"
 #include "grpcpp/grpcpp.h"
 #include "server/authenticator.h"
+#include "server/capture_files.h"
 #include "server/event_loop.h"
 #include "server/id_allocator.h"
 #include "server/posix_process_launcher.h"
@@ -43,6 +44,7 @@ constexpr char kUsage[] =
     "  --max-processes N      live processes in the whole daemon (4096)\n"
     "  --max-children N       live children of one worker (512)\n"
     "  --max-depth N          depth of a process tree; top level is 1 (16)\n"
+    "  --capture-spares N     capture files made ahead of time, off the start path (512)\n"
     "  --shutdown-grace SECS  on SIGTERM, how long non-daemonic workers may run on (10)\n"
     "  --log-level LEVEL      trace, debug, info, warn, error, off (info)\n"
     "  --authkey-file PATH    an admin key; repeatable, reloaded on SIGHUP (default "
@@ -209,6 +211,12 @@ absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& a
       (flag == "--max-processes"  ? options.max_processes
        : flag == "--max-children" ? options.max_children
                                   : options.max_depth) = limit;
+    } else if (flag == "--capture-spares") {
+      if (!(v = take()).ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &options.capture_spares)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--capture-spares wants a count, not \"", *v, "\""));
+      }
     } else if (flag == "--shutdown-grace") {
       if (!(v = take()).ok()) return v.status();
       double seconds;
@@ -292,6 +300,7 @@ int RunDaemon(const DaemonOptions& options) {
     }
   }
 
+  CaptureFiles capture_files(log_dir, options.capture_spares);
   PosixProcessLauncher launcher(**loop);
   RealClock clock;
   SupervisorOptions supervisor_options{
@@ -300,6 +309,7 @@ int RunDaemon(const DaemonOptions& options) {
       .base_env = WorkerBaseEnvironment(),
       .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
       .worker_address = worker_address,
+      .capture_files = &capture_files,
       .max_processes = options.max_processes,
       .max_children = options.max_children,
       .max_depth = options.max_depth,

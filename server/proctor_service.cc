@@ -106,7 +106,10 @@ class LogStream final : public grpc::ServerWriteReactor<v1::LogChunk> {
     PumpLocked();
   }
 
-  ~LogStream() override { close(fd_); }
+  ~LogStream() override {
+    close(fd_);
+    supervisor_.CloseLogs(id_);
+  }
 
   void OnWriteDone(bool ok) override {
     absl::MutexLock lock(&mu_);
@@ -522,17 +525,19 @@ grpc::ServerWriteReactor<v1::LogChunk>* ProctorService::Logs(
   if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) {
     return new Failed(ToGrpc(s), timers_);
   }
-  absl::StatusOr<ProcessInfo> info = supervisor_.Get(request->id());
-  if (!info.ok()) return new Failed(ToGrpc(info.status()), timers_);
   if (request->tail_bytes() < 0) {
     return new Failed(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                    "tail_bytes is negative; give 0 or more"),
                       timers_);
   }
+  // From here until the LogStream is destroyed, the record's files are not recycled.
+  absl::StatusOr<ProcessInfo> info = supervisor_.OpenLogs(request->id());
+  if (!info.ok()) return new Failed(ToGrpc(info.status()), timers_);
   const std::string& path =
       request->stream() == v1::STREAM_STDERR ? info->stderr_path : info->stdout_path;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
+    supervisor_.CloseLogs(request->id());
     return new Failed(grpc::Status(grpc::StatusCode::INTERNAL,
                                    absl::StrCat("cannot open captured output ", path, ": ",
                                                 std::strerror(errno))),

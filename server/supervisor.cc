@@ -223,23 +223,29 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     ++live_count_;
   }
 
+  if (options_.capture_files != nullptr) {
+    options_.capture_files->Prepare(launch.stdout_path);
+    options_.capture_files->Prepare(launch.stderr_path);
+  }
   absl::StatusOr<Launched> launched = launcher_.Launch(launch, id);
 
-  absl::MutexLock lock(&mu_);
-  Record& record = records_.at(id);
-  if (!launched.ok()) {
+  FilesToDrop files;
+  {
+    absl::MutexLock lock(&mu_);
+    Record& record = records_.at(id);
+    if (launched.ok()) {
+      record.launched = true;
+      record.info.pid = launched->pid;
+      record.info.target = launched->path;
+      spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, record.info.name,
+                   launched->pid, launched->path, spec.daemon ? " daemon" : "");
+      return record.info;
+    }
     if (record.info.running) --live_count_;
-    EraseLocked(id);
-    unlink(launch.stdout_path.c_str());
-    unlink(launch.stderr_path.c_str());
-    return launched.status();
+    EraseLocked(id, files);
   }
-  record.launched = true;
-  record.info.pid = launched->pid;
-  record.info.target = launched->path;
-  spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, record.info.name,
-               launched->pid, launched->path, spec.daemon ? " daemon" : "");
-  return record.info;
+  Drop(files);
+  return launched.status();
 }
 
 Supervisor::WaiterId Supervisor::Join(uint64_t id, std::optional<absl::Duration> timeout,
@@ -480,7 +486,7 @@ void Supervisor::CancelWait(WaiterId waiter) {
 
 void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage) {
   Completions completions;
-  std::vector<std::string> unlink_paths;
+  FilesToDrop dropped;
   {
     absl::MutexLock lock(&mu_);
     auto it = records_.find(id);
@@ -520,11 +526,11 @@ void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usa
     SettleDrainsLocked(completions);
     ended_order_.push_back(id);
     ++ended_count_;
-    EvictLocked(unlink_paths);
+    EvictLocked(dropped);
     CheckShutdownLocked(completions);
   }
   for (auto& c : completions) c();
-  for (const std::string& path : unlink_paths) unlink(path.c_str());
+  Drop(dropped);
 }
 
 void Supervisor::OnOrphanReaped() {
@@ -538,23 +544,24 @@ void Supervisor::OnOrphanReaped() {
   for (auto& c : completions) c();
 }
 
-void Supervisor::EvictLocked(std::vector<std::string>& unlink_paths) {
+void Supervisor::EvictLocked(FilesToDrop& files) {
   while (ended_count_ > options_.retain && !ended_order_.empty()) {
     uint64_t oldest = ended_order_.front();
     auto it = records_.find(oldest);
     if (it != records_.end() && draining_.contains(oldest)) break;  // still being terminated
     ended_order_.pop_front();
     if (it == records_.end()) continue;  // released already
-    unlink_paths.push_back(it->second.info.stdout_path);
-    unlink_paths.push_back(it->second.info.stderr_path);
-    EraseLocked(oldest);
+    EraseLocked(oldest, files);
     --ended_count_;
   }
 }
 
-void Supervisor::EraseLocked(uint64_t id) {
+void Supervisor::EraseLocked(uint64_t id, FilesToDrop& files) {
   auto it = records_.find(id);
   if (it == records_.end()) return;
+  auto& into = it->second.log_readers > 0 ? files.remove : files.recycle;
+  into.push_back(it->second.info.stdout_path);
+  into.push_back(it->second.info.stderr_path);
   if (uint64_t parent_id = it->second.info.parent_id; parent_id != 0) {
     if (auto parent = records_.find(parent_id); parent != records_.end()) {
       std::erase(parent->second.info.children, id);
@@ -566,6 +573,30 @@ void Supervisor::EraseLocked(uint64_t id) {
     }
   }
   records_.erase(it);
+}
+
+void Supervisor::Drop(const FilesToDrop& files) {
+  for (const std::string& path : files.remove) unlink(path.c_str());
+  for (const std::string& path : files.recycle) {
+    if (options_.capture_files != nullptr) {
+      options_.capture_files->Recycle(path);
+    } else {
+      unlink(path.c_str());
+    }
+  }
+}
+
+absl::StatusOr<ProcessInfo> Supervisor::OpenLogs(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = records_.find(id);
+  if (it == records_.end() || !it->second.launched) return NoSuchProcess(id);
+  ++it->second.log_readers;
+  return it->second.info;
+}
+
+void Supervisor::CloseLogs(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = records_.find(id); it != records_.end()) --it->second.log_readers;
 }
 
 std::optional<std::string> Supervisor::AuthkeyOf(uint64_t id) {
@@ -630,7 +661,7 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
 }
 
 absl::Status Supervisor::Release(uint64_t id) {
-  std::string out_path, err_path;
+  FilesToDrop files;
   {
     absl::MutexLock lock(&mu_);
     auto it = records_.find(id);
@@ -639,9 +670,7 @@ absl::Status Supervisor::Release(uint64_t id) {
       return absl::FailedPreconditionError(absl::StrCat(
           "process ", id, " is still running; join or terminate it before releasing it"));
     }
-    out_path = it->second.info.stdout_path;
-    err_path = it->second.info.stderr_path;
-    EraseLocked(id);
+    EraseLocked(id, files);
     --ended_count_;
     // Keep the eviction queue from filling with released ids.
     if (!ended_order_.empty() && ended_order_.front() == id) ended_order_.pop_front();
@@ -651,8 +680,7 @@ absl::Status Supervisor::Release(uint64_t id) {
       });
     }
   }
-  unlink(out_path.c_str());
-  unlink(err_path.c_str());
+  Drop(files);
   return absl::OkStatus();
 }
 

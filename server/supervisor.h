@@ -44,6 +44,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/wait_status.h"
+#include "server/capture_files.h"
 #include "server/clock.h"
 #include "server/id_allocator.h"
 #include "server/process_launcher.h"
@@ -98,6 +99,7 @@ struct SupervisorOptions {
   std::vector<std::string> base_env;  // KEY=VALUE every worker starts from
   size_t arg_max = 2 * 1024 * 1024;   // the system's ARG_MAX: argv + envp must fit
   std::string worker_address;         // PROCTOR_ADDRESS as workers see it
+  CaptureFiles* capture_files = nullptr;  // spares for capture files; null: made at spawn
   // Limits against runaway spawning; past one, Start is RESOURCE_EXHAUSTED naming it.
   size_t max_processes = 4096;  // live, in the whole daemon
   size_t max_children = 512;    // live children of one parent worker
@@ -133,6 +135,11 @@ class Supervisor {
   void CancelWait(WaiterId waiter);
 
   absl::StatusOr<ProcessInfo> Get(uint64_t id);
+  // A Logs reader holds the record's capture files open from OpenLogs to CloseLogs: while it
+  // does, a forgotten record's files are removed rather than recycled for another worker.
+  absl::StatusOr<ProcessInfo> OpenLogs(uint64_t id);
+  void CloseLogs(uint64_t id);
+
   // The worker's authkey, while its record exists. Never part of ProcessInfo.
   std::optional<std::string> AuthkeyOf(uint64_t id);
   // The top of the tree `id` belongs to (`id` itself at top level).
@@ -167,6 +174,7 @@ class Supervisor {
     size_t depth = 1;
     bool tree = false;               // its terminators wait for the whole tree
     bool terminating = false;        // signalled by a tree terminate: may not have children
+    int log_readers = 0;             // Logs streams open on its capture files
     std::vector<pid_t> strays;       // descendants outside any worker's group, once found
     uint64_t children_started = 0;
     std::string authkey;
@@ -176,6 +184,10 @@ class Supervisor {
     absl::Time kill_deadline = absl::InfiniteFuture();
   };
   using Completions = std::vector<std::function<void()>>;
+  struct FilesToDrop {
+    std::vector<std::string> recycle;
+    std::vector<std::string> remove;  // still open in a Logs reader
+  };
 
   void OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage);
   void OnOrphanReaped();
@@ -201,9 +213,11 @@ class Supervisor {
   // Completes terminators of records whose worker is reaped and whose group is empty.
   void SettleDrainsLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckShutdownLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EvictLocked(std::vector<std::string>& unlink_paths) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Removes a record and its id from its parent's children.
-  void EraseLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvictLocked(FilesToDrop& files) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a record and its id from its parent's children; its capture files go to `files`.
+  void EraseLocked(uint64_t id, FilesToDrop& files) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Recycles (or removes) dropped capture files; call without the lock.
+  void Drop(const FilesToDrop& files);
   bool InSubtreeLocked(uint64_t root, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SupervisorOptions options_;

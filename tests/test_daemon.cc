@@ -140,7 +140,9 @@ TestDaemon::TestDaemon(std::vector<std::string> flags) {
   }
   log_path_ = dir_.path() + "/proctord.log";
   std::vector<std::string> args = {PROCTORD_PATH, "--listen",    address_,
-                                   "--state-dir",  state_dir_, "--log-level", "debug"};
+                                   "--state-dir",  state_dir_, "--log-level", "debug",
+                                   // A small stock: each test's daemon is short-lived.
+                                   "--capture-spares", "16"};
   args.insert(args.end(), flags.begin(), flags.end());
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);

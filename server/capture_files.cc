@@ -1,0 +1,107 @@
+#include "server/capture_files.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace proctor {
+
+CaptureFiles::CaptureFiles(std::string dir, size_t stock)
+    : spare_dir_(dir + "/spare"), stock_(stock) {
+  mkdir(spare_dir_.c_str(), 0700);
+  // Spares from an earlier run are used, but only plain empty files.
+  if (DIR* d = opendir(spare_dir_.c_str())) {
+    absl::MutexLock lock(&mu_);
+    while (dirent* entry = readdir(d)) {
+      if (entry->d_name[0] == '.') continue;
+      std::string path = absl::StrCat(spare_dir_, "/", entry->d_name);
+      struct stat st;
+      if (lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) {
+        spares_.push_back(path);
+      } else {
+        unlink(path.c_str());
+      }
+    }
+    closedir(d);
+    next_name_ = spares_.size();
+  }
+  refill_ = std::thread([this] { Refill(); });
+}
+
+CaptureFiles::~CaptureFiles() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  refill_.join();
+}
+
+void CaptureFiles::Refill() {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    // Wakes when the stock falls below half, to make the slow creations in bulk.
+    mu_.Await(absl::Condition(
+        +[](CaptureFiles* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return self->stopping_ || self->spares_.size() < self->stock_ / 2 + 1;
+        },
+        this));
+    while (!stopping_ && spares_.size() < stock_) {
+      std::string path;
+      // Unique names even across runs: the counter goes on from the spares found at start.
+      do {
+        path = absl::StrCat(spare_dir_, "/", next_name_++);
+      } while (access(path.c_str(), F_OK) == 0);
+      mu_.Unlock();
+      int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd >= 0) close(fd);
+      mu_.Lock();
+      if (fd < 0) break;  // a full or read-only disk: spawning will say so itself
+      spares_.push_back(std::move(path));
+    }
+    if (stopping_) return;
+    if (spares_.size() < stock_) {
+      // Creation failed: try again later rather than spin.
+      mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+      if (stopping_) return;
+    }
+  }
+}
+
+void CaptureFiles::Prepare(const std::string& path) {
+  std::string spare;
+  {
+    absl::MutexLock lock(&mu_);
+    if (spares_.empty()) return;
+    spare = std::move(spares_.back());
+    spares_.pop_back();
+  }
+  rename(spare.c_str(), path.c_str());
+}
+
+void CaptureFiles::Recycle(const std::string& path) {
+  std::string spare;
+  {
+    absl::MutexLock lock(&mu_);
+    if (spares_.size() < stock_) spare = absl::StrCat(spare_dir_, "/", next_name_++);
+  }
+  // Emptied first: a spare must never show a previous worker's output.
+  if (spare.empty() || truncate(path.c_str(), 0) != 0 ||
+      rename(path.c_str(), spare.c_str()) != 0) {
+    unlink(path.c_str());
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  spares_.push_back(std::move(spare));
+}
+
+size_t CaptureFiles::spares() {
+  absl::MutexLock lock(&mu_);
+  return spares_.size();
+}
+
+}  // namespace proctor
