@@ -44,7 +44,7 @@ constexpr char kUsage[] =
     "  --max-processes N      live processes in the whole daemon (4096)\n"
     "  --max-children N       live children of one worker (512)\n"
     "  --max-depth N          depth of a process tree; top level is 1 (16)\n"
-    "  --capture-spares N     capture files made ahead of time, off the start path (512)\n"
+    "  --capture-spares N     capture files made ahead of time, off the start path (4096)\n"
     "  --shutdown-grace SECS  on SIGTERM, how long non-daemonic workers may run on (10)\n"
     "  --log-level LEVEL      trace, debug, info, warn, error, off (info)\n"
     "  --authkey-file PATH    an admin key; repeatable, reloaded on SIGHUP (default "

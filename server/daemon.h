@@ -20,7 +20,7 @@ struct DaemonOptions {
   size_t max_processes = 4096;
   size_t max_children = 512;
   size_t max_depth = 16;
-  size_t capture_spares = 512;  // capture files made ahead of time (see CaptureFiles)
+  size_t capture_spares = 4096;  // capture files made ahead of time (see CaptureFiles)
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::string log_level = "info";
   // Admin keys; empty: <state-dir>/authkey, created (32 random bytes, mode 0600) if missing.
