@@ -32,8 +32,16 @@ class TreeTest : public ::testing::Test {
   explicit TreeTest(std::vector<std::string> flags = {}) : daemon_(std::move(flags)) {}
 
   void TearDown() override {
-    // Nothing the daemon started may be left a zombie.
+    // Nothing the daemon started may be left a zombie, nor running unaccounted for: once
+    // every record still running is killed with its tree, no process is left below proctord.
     EXPECT_TRUE(WaitFor([&] { return Zombies().empty(); })) << Zombies().size() << " zombies";
+    v1::StatusRequest running;
+    running.set_state(v1::STATE_RUNNING);
+    for (const v1::Process& p : client_.List(running).value_or(std::vector<v1::Process>{})) {
+      Terminate(p.id(), /*tree=*/true, SIGKILL);
+    }
+    EXPECT_TRUE(WaitFor([&] { return Descendants(daemon_.pid()).empty(); }))
+        << Descendants(daemon_.pid()).size() << " strays";
   }
 
   std::vector<pid_t> Zombies() {
@@ -262,7 +270,7 @@ TEST_F(TreeTest, TerminateReachesEscapedAndDaemonStartedDescendants) {
     return absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(escaped_file)), &escaped) &&
            escaped > 0;
   }));
-  ASSERT_TRUE(IsAlive(escaped));
+  ASSERT_TRUE(WaitFor([&] { return getpgid(escaped) == escaped; })) << "setsid has run";
   std::vector<pid_t> before = Descendants(child.pid());
   v1::Process ended = Terminate(root.record.id());
   EXPECT_EQ(ended.state(), v1::STATE_EXITED);
@@ -282,6 +290,8 @@ TEST_F(TreeTest, NarrowTerminateLeavesEscapeesAndChildren) {
     return absl::SimpleAtoi(absl::StripAsciiWhitespace(ReadFile(escaped_file)), &escaped) &&
            escaped > 0;
   }));
+  // Until setsid has run, the escapee is still in the worker's group.
+  ASSERT_TRUE(WaitFor([&] { return getpgid(escaped) == escaped; }));
   Terminate(root.record.id(), /*tree=*/false);
   EXPECT_TRUE(IsAlive(escaped));
   EXPECT_EQ(client_.Status(child.id())->state(), v1::STATE_RUNNING);
