@@ -4,27 +4,17 @@
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
-#include <random>
 #include <string>
 #include <thread>
 
+#include "client/examples/example_support.h"
 #include "client/process.h"
 
 namespace {
 
-// random.randrange(start, stop): start <= n < stop.
-int RandRange(int start, int stop) {
-  std::random_device seed;
-  std::mt19937 engine(seed());
-  return std::uniform_int_distribution<int>(start, stop - 1)(engine);
-}
+using proctor::examples::RandRange;
 
-// The examples have nothing better to do with a failed call than say so and stop.
-void Check(const absl::Status& status) {
-  if (status.ok()) return;
-  std::cerr << "piao_function: " << status << std::endl;
-  std::exit(1);
-}
+void Check(const absl::Status& status) { proctor::examples::Check(status, "piao_function"); }
 
 }  // namespace
 
