@@ -47,7 +47,7 @@ void CaptureFiles::Refill() {
     // Wakes when the stock falls below half, to make the slow creations in bulk.
     mu_.Await(absl::Condition(
         +[](CaptureFiles* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          return self->stopping_ || self->spares_.size() < self->stock_ / 2 + 1;
+          return self->stopping_ || self->spares_.size() < (self->stock_ + 1) / 2;
         },
         this));
     while (!stopping_ && spares_.size() < stock_) {

@@ -301,7 +301,7 @@ int RunDaemon(const DaemonOptions& options) {
   }
 
   CaptureFiles capture_files(log_dir, options.capture_spares);
-  PosixProcessLauncher launcher(**loop);
+  PosixProcessLauncher launcher(**loop, options.worker_nice);
   RealClock clock;
   SupervisorOptions supervisor_options{
       .log_dir = log_dir,

@@ -4,6 +4,7 @@
 #ifndef PROCTOR_SERVER_DAEMON_H_
 #define PROCTOR_SERVER_DAEMON_H_
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@ struct DaemonOptions {
   std::string tls_key;
   std::string tls_client_ca;  // set: clients must present a certificate it signed
   bool insecure_tcp = false;
+  // Set by main() from RaiseDaemonPriority(): the nice value workers get back.
+  std::optional<int> worker_nice;
 };
 
 // Parses proctord's command line. INVALID_ARGUMENT names the offending flag; the text of

@@ -119,7 +119,16 @@ absl::StatusOr<std::string> ResolveExecutable(const std::string& target,
       absl::StrCat("target ", target, " not found on PATH (", path_env, ")"));
 }
 
-PosixProcessLauncher::PosixProcessLauncher(EventLoop& loop) : loop_(loop) {
+std::optional<int> RaiseDaemonPriority() {
+  constexpr int kBoost = 5;
+  errno = 0;
+  int nice = getpriority(PRIO_PROCESS, 0);
+  if (errno != 0 || setpriority(PRIO_PROCESS, 0, nice - kBoost) != 0) return std::nullopt;
+  return nice;
+}
+
+PosixProcessLauncher::PosixProcessLauncher(EventLoop& loop, std::optional<int> worker_nice)
+    : loop_(loop), worker_nice_(worker_nice) {
   // Grandchildren whose parent dies come to us and are reaped, instead of to init.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
 }
@@ -186,6 +195,11 @@ absl::StatusOr<Launched> PosixProcessLauncher::Launch(const LaunchSpec& spec,
   posix_spawnattr_destroy(&attr);
 
   int pidfd = -1;
+  if (rc == 0 && worker_nice_.has_value()) {
+    // posix_spawn cannot set a nice value: the worker inherited the daemon's raised priority
+    // and gets its own back at once, before it has run more than its first instructions.
+    setpriority(PRIO_PROCESS, pid, *worker_nice_);
+  }
   if (rc == 0) {
     // The pid cannot be reused before we reap it, so opening its pidfd now is race-free.
     pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -24,8 +25,9 @@ namespace proctor {
 
 class PosixProcessLauncher final : public ProcessLauncher {
  public:
-  // Makes the calling process a child subreaper. `loop` must outlive the launcher.
-  explicit PosixProcessLauncher(EventLoop& loop);
+  // Makes the calling process a child subreaper. `loop` must outlive the launcher. With
+  // `worker_nice`, each worker is set to that nice value right after its exec.
+  explicit PosixProcessLauncher(EventLoop& loop, std::optional<int> worker_nice = std::nullopt);
 
   void SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) override;
   absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) override;
@@ -48,6 +50,7 @@ class PosixProcessLauncher final : public ProcessLauncher {
   void ReapWorker(pid_t pid);
 
   EventLoop& loop_;
+  const std::optional<int> worker_nice_;
   ExitListener on_exit_;
   OrphanListener on_orphan_reaped_;
 
@@ -58,6 +61,13 @@ class PosixProcessLauncher final : public ProcessLauncher {
   int spawning_ ABSL_GUARDED_BY(mu_) = 0;
   bool recheck_after_spawn_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+// Raises the calling thread's scheduling priority (nice −5 below where it started) when the
+// system allows it, so that every thread started afterwards, i.e. all of the daemon's, keeps
+// answering while its workers load the machine. Returns the nice value workers should run at
+// (the one the daemon started with), or nothing when the priority was left alone. Call first
+// thing in main(), before any thread exists.
+std::optional<int> RaiseDaemonPriority();
 
 // Finds what `target` names: a path with a slash (relative ones against `cwd`), or a bare name
 // looked up on `path_env` (a PATH value). Errors say what is wrong with the target:

@@ -137,13 +137,14 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
                      " bytes, more than the system's ARG_MAX of ", options_.arg_max));
   }
 
-  uint64_t id;
+  // Taken outside the lock: now and then it writes (and syncs) the id counter to disk, and
+  // that must not hold up every other call. An id of a refused start is simply never used.
+  absl::StatusOr<uint64_t> next = ids_.Next();
+  if (!next.ok()) return next.status();
+  const uint64_t id = *next;
   {
     absl::MutexLock lock(&mu_);
     if (shutting_down_) return absl::UnavailableError("proctord is shutting down");
-    absl::StatusOr<uint64_t> next = ids_.Next();
-    if (!next.ok()) return next.status();
-    id = *next;
     std::string identity;
     std::string authkey = spec.authkey;
     size_t depth = 1;
