@@ -1,5 +1,6 @@
 // The process lifecycle against a real proctord, with real processes and real signals.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -242,6 +243,26 @@ TEST_F(LifecycleTest, WorkerStartsWithCleanSignalStateAndOwnGroup) {
   constexpr uint64_t kLibcSignals = (uint64_t{1} << 31) | (uint64_t{1} << 32);
   EXPECT_EQ(ignored & ~kLibcSignals, 0u) << lines[1];
   EXPECT_EQ(lines[2], absl::StrCat(started.pid()));
+}
+
+// The nice value of `pid` (field 19 of /proc/<pid>/stat).
+int NiceOf(pid_t pid) {
+  std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+  std::vector<std::string> fields = absl::StrSplit(stat.substr(stat.rfind(')') + 2), ' ');
+  int nice = 0;
+  EXPECT_TRUE(fields.size() > 16 && absl::SimpleAtoi(fields[16], &nice));
+  return nice;
+}
+
+TEST_F(LifecycleTest, DaemonOutranksItsWorkersWhichKeepTheirPriority) {
+  errno = 0;
+  int ours = getpriority(PRIO_PROCESS, 0);  // the daemon was started with ours
+  v1::Process worker = StartOk(client_, {"sleep", "100"});
+  EXPECT_EQ(NiceOf(worker.pid()), ours);
+  if (geteuid() == 0) {
+    EXPECT_EQ(NiceOf(daemon_.pid()), ours - 5);
+  }
+  TerminateOk(client_, worker.id(), SIGKILL, absl::Seconds(1));
 }
 
 TEST_F(LifecycleTest, KwargsEnvCwdAndNameReachTheWorker) {
