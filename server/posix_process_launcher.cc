@@ -127,10 +127,47 @@ std::optional<int> RaiseDaemonPriority() {
   return nice;
 }
 
+namespace {
+
+bool WriteText(const std::string& path, const std::string& text) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
+int OpenWorkerCpuGroup() {
+  struct Layout {
+    const char* dir;
+    const char* weight_file;
+    const char* weight;
+  };
+  static constexpr Layout kLayouts[] = {
+      {"/sys/fs/cgroup/cpu/proctor-workers", "cpu.shares", "128"},
+      {"/sys/fs/cgroup/proctor-workers", "cpu.weight", "10"},
+  };
+  for (const Layout& layout : kLayouts) {
+    std::string parent(layout.dir, std::strrchr(layout.dir, '/'));
+    if (access((parent + "/cgroup.procs").c_str(), F_OK) != 0) continue;
+    if (mkdir(layout.dir, 0755) != 0 && errno != EEXIST) continue;
+    if (!WriteText(absl::StrCat(layout.dir, "/", layout.weight_file), layout.weight)) continue;
+    int fd = open(absl::StrCat(layout.dir, "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) return fd;
+  }
+  return -1;
+}
+
 PosixProcessLauncher::PosixProcessLauncher(EventLoop& loop, std::optional<int> worker_nice)
-    : loop_(loop), worker_nice_(worker_nice) {
+    : loop_(loop), worker_nice_(worker_nice), cpu_group_procs_(OpenWorkerCpuGroup()) {
   // Grandchildren whose parent dies come to us and are reaped, instead of to init.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
+}
+
+PosixProcessLauncher::~PosixProcessLauncher() {
+  if (cpu_group_procs_ >= 0) close(cpu_group_procs_);
 }
 
 void PosixProcessLauncher::SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) {
@@ -195,11 +232,6 @@ absl::StatusOr<Launched> PosixProcessLauncher::Launch(const LaunchSpec& spec,
   posix_spawnattr_destroy(&attr);
 
   int pidfd = -1;
-  if (rc == 0 && worker_nice_.has_value()) {
-    // posix_spawn cannot set a nice value: the worker inherited the daemon's raised priority
-    // and gets its own back at once, before it has run more than its first instructions.
-    setpriority(PRIO_PROCESS, pid, *worker_nice_);
-  }
   if (rc == 0) {
     // The pid cannot be reused before we reap it, so opening its pidfd now is race-free.
     pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
@@ -284,6 +316,16 @@ absl::Status PosixProcessLauncher::SignalGroup(pid_t pgid, int sig) {
 
 bool PosixProcessLauncher::GroupExists(pid_t pgid) {
   return kill(-pgid, 0) == 0 || errno == EPERM;
+}
+
+void PosixProcessLauncher::Confine(pid_t pid) {
+  // posix_spawn can set neither: the worker inherited the daemon's raised priority and CPU
+  // group, and leaves both right after it is recorded, usually before its first fork.
+  if (cpu_group_procs_ >= 0) {
+    std::string text = absl::StrCat(pid);
+    (void)!write(cpu_group_procs_, text.data(), text.size());
+  }
+  if (worker_nice_.has_value()) setpriority(PRIO_PROCESS, pid, *worker_nice_);
 }
 
 absl::Status PosixProcessLauncher::SignalProcess(pid_t pid, int sig) {

@@ -26,13 +26,16 @@ namespace proctor {
 class PosixProcessLauncher final : public ProcessLauncher {
  public:
   // Makes the calling process a child subreaper. `loop` must outlive the launcher. With
-  // `worker_nice`, each worker is set to that nice value right after its exec.
+  // `worker_nice`, Confine() gives each worker that nice value; it also moves each worker into
+  // the workers' CPU group where there is one (OpenWorkerCpuGroup).
   explicit PosixProcessLauncher(EventLoop& loop, std::optional<int> worker_nice = std::nullopt);
+  ~PosixProcessLauncher() override;
 
   void SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) override;
   absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) override;
   absl::Status SignalGroup(pid_t pgid, int sig) override;
   bool GroupExists(pid_t pgid) override;
+  void Confine(pid_t pid) override;
   absl::Status SignalProcess(pid_t pid, int sig) override;
   bool ProcessExists(pid_t pid) override;
   std::vector<pid_t> FindDescendants(const std::vector<pid_t>& roots,
@@ -51,6 +54,8 @@ class PosixProcessLauncher final : public ProcessLauncher {
 
   EventLoop& loop_;
   const std::optional<int> worker_nice_;
+  // cgroup.procs of the CPU cgroup workers are moved into, or -1 where there is none.
+  const int cpu_group_procs_;
   ExitListener on_exit_;
   OrphanListener on_orphan_reaped_;
 
@@ -61,6 +66,13 @@ class PosixProcessLauncher final : public ProcessLauncher {
   int spawning_ ABSL_GUARDED_BY(mu_) = 0;
   bool recheck_after_spawn_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+// Opens (making it if needed) a CPU cgroup for workers with a low weight, so that however
+// many of them are runnable, the daemon keeps most of the CPU it asks for; returns its
+// cgroup.procs, or -1 where the kernel or the permissions do not allow it. cgroup v1's `cpu`
+// hierarchy (cpu.shares 128 against the default 1024) or, from the root of cgroup v2,
+// cpu.weight 10 against 100.
+int OpenWorkerCpuGroup();
 
 // Raises the calling thread's scheduling priority (nice −5 below where it started) when the
 // system allows it, so that every thread started afterwards, i.e. all of the daemon's, keeps

@@ -66,6 +66,10 @@ class ProcessLauncher {
   // True while any process (zombies included) is in group `pgid`.
   virtual bool GroupExists(pid_t pgid) = 0;
 
+  // Puts a launched worker where workers belong (priority, CPU group), once the caller has
+  // recorded it: the worker may already be calling back, so this comes after the record.
+  virtual void Confine(pid_t pid) = 0;
+
   // Sends `sig` to one process; NOT_FOUND when it is gone.
   virtual absl::Status SignalProcess(pid_t pid, int sig) = 0;
   // True while `pid` exists (zombies included).

@@ -155,7 +155,8 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     }
     if (spec.parent_id != 0) {
       auto parent = records_.find(spec.parent_id);
-      if (parent == records_.end() || !parent->second.launched) return NoSuchProcess(spec.parent_id);
+      // A parent still being launched counts: it is running, and may be calling already.
+      if (parent == records_.end()) return NoSuchProcess(spec.parent_id);
       Record& p = parent->second;
       if (p.info.daemon) {
         return absl::FailedPreconditionError(
@@ -230,19 +231,25 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
   }
   absl::StatusOr<Launched> launched = launcher_.Launch(launch, id);
 
-  FilesToDrop files;
-  {
-    absl::MutexLock lock(&mu_);
-    Record& record = records_.at(id);
-    if (launched.ok()) {
+  if (launched.ok()) {
+    ProcessInfo info;
+    {
+      absl::MutexLock lock(&mu_);
+      Record& record = records_.at(id);
       record.launched = true;
       record.info.pid = launched->pid;
       record.info.target = launched->path;
       spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, record.info.name,
                    launched->pid, launched->path, spec.daemon ? " daemon" : "");
-      return record.info;
+      info = record.info;
     }
-    if (record.info.running) --live_count_;
+    launcher_.Confine(launched->pid);
+    return info;
+  }
+  FilesToDrop files;
+  {
+    absl::MutexLock lock(&mu_);
+    if (records_.at(id).info.running) --live_count_;
     EraseLocked(id, files);
   }
   Drop(files);
@@ -414,10 +421,19 @@ bool Supervisor::AliveLocked(Record& record) {
     return !launcher_.ProcessExists(pid);
   });
   if (!record.strays.empty()) return true;
+  std::vector<uint64_t> ids;
   for (Record* r : SubtreeLocked(record)) {
     if (r->info.running || launcher_.GroupExists(r->info.pid)) return true;
+    ids.push_back(r->info.id);
   }
-  return false;
+  // Everything known is gone. One last look for escapees that were between parents when the
+  // tree was searched (their parent died and they had not yet come to us): the tree is being
+  // ended, so they get SIGKILL.
+  for (pid_t late : launcher_.FindDescendants({}, ids)) {
+    spdlog::info("terminate id={}: SIGKILL to escaped pid={}", record.info.id, late);
+    if (launcher_.SignalProcess(late, kSigkill).ok()) record.strays.push_back(late);
+  }
+  return !record.strays.empty();
 }
 
 void Supervisor::OnGraceExpired(uint64_t id) {
@@ -603,7 +619,8 @@ void Supervisor::CloseLogs(uint64_t id) {
 std::optional<std::string> Supervisor::AuthkeyOf(uint64_t id) {
   absl::MutexLock lock(&mu_);
   auto it = records_.find(id);
-  if (it == records_.end() || !it->second.launched) return std::nullopt;
+  // Also while its launch is finishing: the worker may call back before Start has returned.
+  if (it == records_.end()) return std::nullopt;
   return it->second.authkey;
 }
 

@@ -20,7 +20,8 @@ using testing::WriteFile;
 TEST(CaptureFilesTest, PreparesEmptyFilesFromTheStockAndRefillsIt) {
   TempDir dir;
   CaptureFiles files(dir.path(), 4);
-  ASSERT_TRUE(WaitFor([&] { return files.spares() == 4; }));
+  // Generous: creating files is what is slow on a busy disk, and that is the point here.
+  ASSERT_TRUE(WaitFor([&] { return files.spares() == 4; }, absl::Seconds(30)));
   std::string path = dir.path() + "/1.out";
   files.Prepare(path);
   struct stat st;
@@ -28,13 +29,14 @@ TEST(CaptureFilesTest, PreparesEmptyFilesFromTheStockAndRefillsIt) {
   EXPECT_EQ(st.st_size, 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   for (int i = 2; i < 5; ++i) files.Prepare(dir.path() + "/" + std::to_string(i) + ".out");
-  EXPECT_TRUE(WaitFor([&] { return files.spares() == 4; })) << "refilled in the background";
+  EXPECT_TRUE(WaitFor([&] { return files.spares() == 4; }, absl::Seconds(30)))
+      << "refilled in the background";
 }
 
 TEST(CaptureFilesTest, RecycledFilesComeBackEmpty) {
   TempDir dir;
   CaptureFiles files(dir.path(), 1);
-  ASSERT_TRUE(WaitFor([&] { return files.spares() == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return files.spares() == 1; }, absl::Seconds(30)));
   std::string old_path = dir.path() + "/old.out";
   ASSERT_TRUE(WriteFile(old_path, "a previous worker's secret output"));
   files.Prepare(dir.path() + "/taken.out");  // the stock is empty now...

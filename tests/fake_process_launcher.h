@@ -37,6 +37,7 @@ class FakeProcessLauncher final : public ProcessLauncher {
   }
 
   bool GroupExists(pid_t pgid) override { return groups_.contains(pgid); }
+  void Confine(pid_t) override {}
 
   absl::Status SignalProcess(pid_t pid, int sig) override {
     if (!strays_.contains(pid)) return absl::NotFoundError(absl::StrCat("no process ", pid));

@@ -23,6 +23,7 @@ namespace {
 using ::google::protobuf::util::TimeUtil;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 v1::Process JoinOk(Client& client, uint64_t id,
                    std::optional<absl::Duration> timeout = std::nullopt) {
@@ -262,6 +263,25 @@ TEST_F(LifecycleTest, DaemonOutranksItsWorkersWhichKeepTheirPriority) {
   if (geteuid() == 0) {
     EXPECT_EQ(NiceOf(daemon_.pid()), ours - 5);
   }
+  TerminateOk(client_, worker.id(), SIGKILL, absl::Seconds(1));
+}
+
+TEST_F(LifecycleTest, WorkersShareALowWeightCpuGroupWhereTheHostAllowsIt) {
+  v1::Process worker = StartOk(client_, {"sleep", "100"});
+  std::string v1_group = "/sys/fs/cgroup/cpu/proctor-workers";
+  std::string v2_group = "/sys/fs/cgroup/proctor-workers";
+  bool v1 = access(v1_group.c_str(), F_OK) == 0;
+  if (!v1 && access(v2_group.c_str(), F_OK) != 0) {
+    TerminateOk(client_, worker.id(), SIGKILL, absl::Seconds(1));
+    GTEST_SKIP() << "no CPU cgroup for workers on this host";
+  }
+  EXPECT_THAT(ReadFile(absl::StrCat("/proc/", worker.pid(), "/cgroup")),
+              HasSubstr("/proctor-workers"));
+  EXPECT_THAT(ReadFile(absl::StrCat("/proc/", daemon_.pid(), "/cgroup")),
+              Not(HasSubstr("/proctor-workers")));
+  std::string weight =
+      ReadFile(v1 ? v1_group + "/cpu.shares" : v2_group + "/cpu.weight");
+  EXPECT_EQ(weight, v1 ? "128\n" : "10\n");
   TerminateOk(client_, worker.id(), SIGKILL, absl::Seconds(1));
 }
 
