@@ -1,6 +1,7 @@
 // The process lifecycle against a real proctord, with real processes and real signals.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -302,6 +303,20 @@ TEST_F(LifecycleTest, KwargsEnvCwdAndNameReachTheWorker) {
   JoinOk(client_, started->id());
   EXPECT_EQ(Logs(client_, started->id()),
             absl::StrCat("--age=18 --name=egon  hello ", cwd.path(), "\n"));
+}
+
+// The permissions of the daemon's socket file.
+unsigned SocketMode(const TestDaemon& daemon) {
+  struct stat st;
+  EXPECT_EQ(stat(daemon.address().substr(5).c_str(), &st), 0);
+  return st.st_mode & 0777;
+}
+
+TEST(SocketTest, UnixSocketIsPrivateUnlessWidened) {
+  TestDaemon private_daemon;
+  EXPECT_EQ(SocketMode(private_daemon), 0600u);
+  TestDaemon shared_daemon({"--socket-mode", "0660"});
+  EXPECT_EQ(SocketMode(shared_daemon), 0660u);
 }
 
 TEST(EnvironmentTest, WorkersDoNotInheritTheDaemonsProctorVariables) {
