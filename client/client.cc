@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/default_paths.h"
+#include "common/environment_names.h"
 
 namespace proctor {
 namespace {
@@ -19,7 +20,7 @@ namespace {
 std::string ResolveAddress(const std::string& given) {
   std::string address = given;
   if (address.empty()) {
-    const char* env = std::getenv("PROCTOR_ADDRESS");
+    const char* env = std::getenv(kAddressEnv);
     address = env != nullptr && env[0] != '\0' ? std::string(env) : DefaultAddress();
   }
   // gRPC would read a bare path as a host name; a path can only mean a Unix socket.
@@ -59,9 +60,9 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     std::string path;
     std::string* into;
   } files[] = {
-      {FileOrEnv(options.tls_ca_file, "PROCTOR_TLS_CA"), &ssl.pem_root_certs},
-      {FileOrEnv(options.tls_cert_file, "PROCTOR_TLS_CERT"), &ssl.pem_cert_chain},
-      {FileOrEnv(options.tls_key_file, "PROCTOR_TLS_KEY"), &ssl.pem_private_key},
+      {FileOrEnv(options.tls_ca_file, kTlsCaEnv), &ssl.pem_root_certs},
+      {FileOrEnv(options.tls_cert_file, kTlsCertEnv), &ssl.pem_cert_chain},
+      {FileOrEnv(options.tls_key_file, kTlsKeyEnv), &ssl.pem_private_key},
   };
   for (auto& file : files) {
     if (file.path.empty()) continue;

@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "common/authkey.h"
 #include "common/default_paths.h"
+#include "common/environment_names.h"
 
 namespace proctor {
 namespace {
@@ -32,11 +33,11 @@ absl::Status Refusal(absl::string_view message) {
 
 absl::StatusOr<Credentials> FindCredentials(const std::string& explicit_file) {
   if (!explicit_file.empty()) return FromFile(explicit_file, "");
-  if (std::string file = Env("PROCTOR_AUTHKEY_FILE"); !file.empty()) {
+  if (std::string file = Env(kAuthkeyFileEnv); !file.empty()) {
     return FromFile(file, " (from $PROCTOR_AUTHKEY_FILE)");
   }
-  if (std::string hex = Env("PROCTOR_AUTHKEY"); !hex.empty()) {
-    std::string id = Env("PROCTOR_ID");
+  if (std::string hex = Env(kAuthkeyEnv); !hex.empty()) {
+    std::string id = Env(kIdEnv);
     absl::StatusOr<std::string> key = HexDecode(hex);
     if (!key.ok() || key->empty() || id.empty()) {
       return absl::InvalidArgumentError(

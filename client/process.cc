@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/credentials.h"
 #include "common/authkey.h"
+#include "common/environment_names.h"
 
 namespace proctor {
 namespace {
@@ -51,8 +52,8 @@ const WorkerIdentity& Worker() {
   static const WorkerIdentity* identity = [] {
     auto* found = new WorkerIdentity;
     uint64_t id = 0;
-    absl::StatusOr<std::string> key = HexDecode(Env("PROCTOR_AUTHKEY"));
-    if (absl::SimpleAtoi(Env("PROCTOR_ID"), &id) && id != 0 && key.ok() && !key->empty()) {
+    absl::StatusOr<std::string> key = HexDecode(Env(kAuthkeyEnv));
+    if (absl::SimpleAtoi(Env(kIdEnv), &id) && id != 0 && key.ok() && !key->empty()) {
       found->id = id;
       found->key = *std::move(key);
     }

@@ -12,7 +12,7 @@ absl::Duration Backoff::DelayFor(int count) const {
 
 absl::Duration Backoff::Refused(absl::string_view key) {
   absl::MutexLock lock(&mu_);
-  absl::Time now = clock_.Now();
+  absl::Duration now = clock_.MonotonicNow();
   // Crude but bounded: a flood of distinct keys resets everyone's count.
   if (entries_.size() >= kMaxKeys && !entries_.contains(key)) entries_.clear();
   Entry& entry = entries_[key];
@@ -25,7 +25,7 @@ absl::Duration Backoff::Refused(absl::string_view key) {
 absl::Duration Backoff::Current(absl::string_view key) {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(key);
-  if (it == entries_.end() || clock_.Now() - it->second.last > policy_.memory) {
+  if (it == entries_.end() || clock_.MonotonicNow() - it->second.last > policy_.memory) {
     return absl::ZeroDuration();
   }
   return DelayFor(it->second.count);

@@ -41,7 +41,7 @@ class Backoff {
   absl::Mutex mu_;
   struct Entry {
     int count = 0;
-    absl::Time last;
+    absl::Duration last;  // monotonic
   };
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
 };

@@ -18,12 +18,13 @@
 #include "absl/strings/str_join.h"
 #include "common/authkey.h"
 #include "common/default_paths.h"
+#include "common/environment_names.h"
 #include "grpcpp/grpcpp.h"
 #include "server/authenticator.h"
 #include "server/capture_files.h"
 #include "server/event_loop.h"
 #include "server/id_allocator.h"
-#include "server/posix_process_launcher.h"
+#include "server/posix_process_os.h"
 #include "server/proctor_service.h"
 #include "server/supervisor.h"
 #include "spdlog/sinks/stdout_sinks.h"
@@ -160,7 +161,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
 std::vector<std::string> WorkerBaseEnvironment() {
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, "PROCTOR_")) env.emplace_back(*e);
+    if (!absl::StartsWith(*e, kEnvPrefix)) env.emplace_back(*e);
   }
   return env;
 }
@@ -301,7 +302,7 @@ int RunDaemon(const DaemonOptions& options) {
   }
 
   CaptureFiles capture_files(log_dir, options.capture_spares);
-  PosixProcessLauncher launcher(**loop, options.worker_nice);
+  PosixProcessOs os(**loop, options.worker_nice);
   RealClock clock;
   SupervisorOptions supervisor_options{
       .log_dir = log_dir,
@@ -314,7 +315,7 @@ int RunDaemon(const DaemonOptions& options) {
       .max_children = options.max_children,
       .max_depth = options.max_depth,
   };
-  Supervisor supervisor(supervisor_options, launcher, clock, **loop, **ids);
+  Supervisor supervisor(supervisor_options, os, clock, **loop, **ids);
   Authenticator authenticator(clock, [&](uint64_t id) { return supervisor.AuthkeyOf(id); });
   authenticator.SetAdminKeys(*std::move(admin_keys));
   ProctorService service(supervisor, **loop, authenticator, clock);
@@ -354,7 +355,7 @@ int RunDaemon(const DaemonOptions& options) {
   absl::Status watched = event_loop.Watch(*signal_fd, [&] {
     for (DaemonSignal sig : ReadSignals(*signal_fd)) {
       if (sig == DaemonSignal::kChildExited) {
-        launcher.OnSigchld();
+        os.OnSigchld();
       } else if (sig == DaemonSignal::kReload) {
         // A bad file keeps the keys in force: a typo must not lock everyone out.
         absl::StatusOr<std::vector<std::string>> keys = LoadAdminKeys(options);

@@ -1,5 +1,5 @@
 // The proctord program as a library: its options, how they are parsed from the command line,
-// and RunDaemon, which wires the event loop, launcher, supervisor and gRPC server together and
+// and RunDaemon, which wires the event loop, os, supervisor and gRPC server together and
 // runs until SIGTERM or SIGINT has ended every worker.
 #ifndef PROCTOR_SERVER_DAEMON_H_
 #define PROCTOR_SERVER_DAEMON_H_

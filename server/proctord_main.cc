@@ -5,7 +5,7 @@
 
 #include "server/daemon.h"
 #include "server/event_loop.h"
-#include "server/posix_process_launcher.h"
+#include "server/posix_process_os.h"
 
 int main(int argc, char** argv) {
   // Before any thread exists, so every thread inherits the mask and signals reach the

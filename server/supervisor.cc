@@ -101,14 +101,14 @@ size_t ExecSize(const std::vector<std::string>& argv, const std::vector<std::str
 
 }  // namespace
 
-Supervisor::Supervisor(SupervisorOptions options, ProcessLauncher& launcher, Clock& clock,
+Supervisor::Supervisor(SupervisorOptions options, ProcessOs& os, Clock& clock,
                        Timers& timers, IdAllocator& ids)
     : options_(std::move(options)),
-      launcher_(launcher),
+      os_(os),
       clock_(clock),
       timers_(timers),
       ids_(ids) {
-  launcher_.SetListeners(
+  os_.SetListeners(
       [this](uint64_t id, WaitStatus status, const ResourceUsage& usage) {
         OnExit(id, status, usage);
       },
@@ -229,7 +229,7 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     options_.capture_files->Prepare(launch.stdout_path);
     options_.capture_files->Prepare(launch.stderr_path);
   }
-  absl::StatusOr<Launched> launched = launcher_.Launch(launch, id);
+  absl::StatusOr<Launched> launched = os_.Launch(launch, id);
 
   if (launched.ok()) {
     ProcessInfo info;
@@ -243,7 +243,7 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
                    launched->pid, launched->path, spec.daemon ? " daemon" : "");
       info = record.info;
     }
-    launcher_.Confine(launched->pid);
+    os_.Confine(launched->pid);
     return info;
   }
   FilesToDrop files;
@@ -345,7 +345,7 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, int sig, absl::Duration 
 
 void Supervisor::SignalLocked(Record& record, int sig, absl::Duration grace) {
   const ProcessInfo& info = record.info;
-  absl::Status sent = launcher_.SignalGroup(info.pid, sig);
+  absl::Status sent = os_.SignalGroup(info.pid, sig);
   spdlog::info("terminate id={} pid={} signal={} grace={}{}", info.id, info.pid,
                SignalName(sig), absl::FormatDuration(grace),
                sent.ok() ? "" : absl::StrCat(" (", sent.message(), ")"));
@@ -377,7 +377,7 @@ void Supervisor::SignalTreeGroupsLocked(Record& root, int sig, absl::Duration gr
     // No new children below a process being terminated: a Start already on its way from
     // inside the tree must not outlive the signal.
     record->terminating = true;
-    if (record->info.running || launcher_.GroupExists(record->info.pid)) {
+    if (record->info.running || os_.GroupExists(record->info.pid)) {
       SignalLocked(*record, sig, grace);
     }
   }
@@ -403,35 +403,35 @@ void Supervisor::SignalStraysLocked(Record& root, int sig) {
   }
   // Processes below the workers that left their groups (setsid, double fork) are found by
   // parent chain, or by the worker id in their environment once they have come to us.
-  for (pid_t stray : launcher_.FindDescendants(pids, ids)) {
+  for (pid_t stray : os_.FindDescendants(pids, ids)) {
     if (std::find(root.strays.begin(), root.strays.end(), stray) == root.strays.end()) {
       root.strays.push_back(stray);
     }
   }
   std::erase_if(root.strays, [&](pid_t stray) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    return !launcher_.SignalProcess(stray, sig).ok();
+    return !os_.SignalProcess(stray, sig).ok();
   });
 }
 
 bool Supervisor::AliveLocked(Record& record) {
   if (!record.tree) {
-    return record.info.running || launcher_.GroupExists(record.info.pid);
+    return record.info.running || os_.GroupExists(record.info.pid);
   }
   std::erase_if(record.strays, [this](pid_t pid) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    return !launcher_.ProcessExists(pid);
+    return !os_.ProcessExists(pid);
   });
   if (!record.strays.empty()) return true;
   std::vector<uint64_t> ids;
   for (Record* r : SubtreeLocked(record)) {
-    if (r->info.running || launcher_.GroupExists(r->info.pid)) return true;
+    if (r->info.running || os_.GroupExists(r->info.pid)) return true;
     ids.push_back(r->info.id);
   }
   // Everything known is gone. One last look for escapees that were between parents when the
   // tree was searched (their parent died and they had not yet come to us): the tree is being
   // ended, so they get SIGKILL.
-  for (pid_t late : launcher_.FindDescendants({}, ids)) {
+  for (pid_t late : os_.FindDescendants({}, ids)) {
     spdlog::info("terminate id={}: SIGKILL to escaped pid={}", record.info.id, late);
-    if (launcher_.SignalProcess(late, kSigkill).ok()) record.strays.push_back(late);
+    if (os_.SignalProcess(late, kSigkill).ok()) record.strays.push_back(late);
   }
   return !record.strays.empty();
 }
@@ -450,7 +450,7 @@ void Supervisor::OnGraceExpired(uint64_t id) {
       if (record.tree) {
         SignalTreeLocked(record, kSigkill, absl::ZeroDuration());  // re-arms the recheck
       } else {
-        launcher_.SignalGroup(record.info.pid, kSigkill).IgnoreError();
+        os_.SignalGroup(record.info.pid, kSigkill).IgnoreError();
         record.kill_deadline = clock_.Now() + kDrainRecheck;
         record.kill_timer = timers_.After(kDrainRecheck, [this, id] { OnGraceExpired(id); });
       }
@@ -713,7 +713,7 @@ void Supervisor::Shutdown(absl::Duration grace, std::function<void()> all_done) 
                  absl::FormatDuration(grace));
     for (auto& [id, record] : records_) {
       if (!record.launched) continue;
-      if (!record.info.running && !launcher_.GroupExists(record.info.pid)) continue;
+      if (!record.info.running && !os_.GroupExists(record.info.pid)) continue;
       draining_.insert(id);
       if (record.info.daemon) SignalLocked(record, kSigterm, grace);
     }

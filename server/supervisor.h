@@ -43,11 +43,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/environment_names.h"
 #include "common/wait_status.h"
 #include "server/capture_files.h"
 #include "server/clock.h"
 #include "server/id_allocator.h"
-#include "server/process_launcher.h"
+#include "server/process_os.h"
 
 namespace proctor {
 
@@ -106,11 +107,6 @@ struct SupervisorOptions {
   size_t max_depth = 16;        // top-level processes are at depth 1
 };
 
-// What a worker finds in its environment to call back into proctord as itself.
-inline constexpr char kAddressEnv[] = "PROCTOR_ADDRESS";
-inline constexpr char kIdEnv[] = "PROCTOR_ID";
-inline constexpr char kAuthkeyEnv[] = "PROCTOR_AUTHKEY";  // hex
-
 class Supervisor {
  public:
   using Done = std::function<void(absl::StatusOr<ProcessInfo>)>;
@@ -119,8 +115,8 @@ class Supervisor {
   static constexpr size_t kMaxNameBytes = 256;
   static constexpr absl::Duration kDefaultGrace = absl::Seconds(10);
 
-  // All references must outlive the supervisor. Registers itself as the launcher's listener.
-  Supervisor(SupervisorOptions options, ProcessLauncher& launcher, Clock& clock, Timers& timers,
+  // All references must outlive the supervisor. Registers itself as the os's listener.
+  Supervisor(SupervisorOptions options, ProcessOs& os, Clock& clock, Timers& timers,
              IdAllocator& ids);
 
   absl::StatusOr<ProcessInfo> Start(const StartSpec& spec);
@@ -221,7 +217,7 @@ class Supervisor {
   bool InSubtreeLocked(uint64_t root, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SupervisorOptions options_;
-  ProcessLauncher& launcher_;
+  ProcessOs& os_;
   Clock& clock_;
   Timers& timers_;
   IdAllocator& ids_;

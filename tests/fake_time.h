@@ -1,4 +1,5 @@
-// FakeTime: a Clock and Timers that move only when a test calls Advance().
+// FakeTime: a Clock and Timers that move only when a test calls Advance() (both clocks) or
+// StepWallClock() (the wall clock alone).
 #ifndef PROCTOR_TESTS_FAKE_TIME_H_
 #define PROCTOR_TESTS_FAKE_TIME_H_
 
@@ -15,7 +16,16 @@ class FakeTime final : public Clock, public Timers {
  public:
   absl::Time Now() override {
     absl::MutexLock lock(&mu_);
-    return now_;
+    return now_ + wall_offset_;
+  }
+  absl::Duration MonotonicNow() override {
+    absl::MutexLock lock(&mu_);
+    return now_ - kStart;
+  }
+  // Steps the wall clock alone, as an administrator or NTP would; timers do not move.
+  void StepWallClock(absl::Duration by) {
+    absl::MutexLock lock(&mu_);
+    wall_offset_ += by;
   }
 
   TimerId After(absl::Duration delay, std::function<void()> callback) override {
@@ -65,7 +75,9 @@ class FakeTime final : public Clock, public Timers {
 
  private:
   absl::Mutex mu_;
-  absl::Time now_ = absl::FromUnixSeconds(1'700'000'000);
+  static constexpr absl::Time kStart = absl::FromUnixSeconds(1'700'000'000);
+  absl::Time now_ = kStart;
+  absl::Duration wall_offset_;
   TimerId next_ = 1;
   std::map<std::pair<absl::Time, TimerId>, std::function<void()>> timers_;
 };

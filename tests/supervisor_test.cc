@@ -1,4 +1,4 @@
-// The supervision rules, driven by a fake launcher and fake time: no real process here.
+// The supervision rules, driven by a fake os and fake time: no real process here.
 #include "server/supervisor.h"
 
 #include <memory>
@@ -9,7 +9,7 @@
 #include "common/authkey.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/fake_process_launcher.h"
+#include "tests/fake_process_os.h"
 #include "tests/fake_time.h"
 
 namespace proctor {
@@ -33,7 +33,7 @@ class SupervisorTest : public ::testing::Test {
   void Make(SupervisorOptions options) {
     options.log_dir = "/nonexistent/logs";
     if (options.base_env.empty()) options.base_env = {"PATH=/usr/bin", "HOME=/root"};
-    supervisor_ = std::make_unique<Supervisor>(options, launcher_, time_, time_, *ids_);
+    supervisor_ = std::make_unique<Supervisor>(options, os_, time_, time_, *ids_);
   }
 
   ProcessInfo StartOk(StartSpec spec) {
@@ -54,7 +54,7 @@ class SupervisorTest : public ::testing::Test {
     }
   };
 
-  FakeProcessLauncher launcher_;
+  FakeProcessOs os_;
   FakeTime time_;
   std::unique_ptr<IdAllocator> ids_;
   std::unique_ptr<Supervisor> supervisor_;
@@ -75,13 +75,13 @@ TEST_F(SupervisorTest, KwargsFollowArgsSortedByKey) {
   ProcessInfo info = StartOk(StartSpec{
       .target = "/bin/echo", .args = {"a", "b"}, .kwargs = {{"name", "egon"}, {"age", "18"}}});
   EXPECT_THAT(info.args, ElementsAre("a", "b", "--age=18", "--name=egon"));
-  EXPECT_THAT(launcher_.launches.back().argv,
+  EXPECT_THAT(os_.launches.back().argv,
               ElementsAre("/bin/echo", "a", "b", "--age=18", "--name=egon"));
 }
 
 TEST_F(SupervisorTest, RequestEnvironmentOverridesTheBase) {
   StartOk(StartSpec{.target = "/bin/true", .env = {"HOME=/tmp", "EXTRA=1"}});
-  const std::vector<std::string>& envp = launcher_.launches.back().envp;
+  const std::vector<std::string>& envp = os_.launches.back().envp;
   ASSERT_EQ(envp.size(), 6u);
   EXPECT_THAT(std::vector<std::string>(envp.begin(), envp.begin() + 3),
               ElementsAre("PATH=/usr/bin", "HOME=/tmp", "EXTRA=1"));
@@ -92,7 +92,7 @@ TEST_F(SupervisorTest, WorkerFindsItsIdAndKeyInItsEnvironment) {
   std::optional<std::string> key = supervisor_->AuthkeyOf(info.id);
   ASSERT_TRUE(key.has_value());
   EXPECT_EQ(key->size(), 32u);
-  const std::vector<std::string>& envp = launcher_.launches.back().envp;
+  const std::vector<std::string>& envp = os_.launches.back().envp;
   EXPECT_THAT(envp, Contains(absl::StrCat("PROCTOR_ID=", info.id)));
   EXPECT_THAT(envp, Contains("PROCTOR_AUTHKEY=" + HexEncode(*key)));
   EXPECT_THAT(envp, Not(Contains("PROCTOR_ID=forged")));
@@ -135,7 +135,7 @@ TEST_F(SupervisorTest, DaemonicProcessesMayNotHaveChildren) {
 }
 
 TEST_F(SupervisorTest, FailedLaunchLeavesNoRecord) {
-  launcher_.FailNextLaunch(absl::NotFoundError("target /nope: No such file or directory"));
+  os_.FailNextLaunch(absl::NotFoundError("target /nope: No such file or directory"));
   absl::StatusOr<ProcessInfo> info = supervisor_->Start(StartSpec{.target = "/nope"});
   EXPECT_EQ(info.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(supervisor_->List(ListFilter{}), IsEmpty());
@@ -164,7 +164,7 @@ TEST_F(SupervisorTest, BadStartRequestsAreInvalidArguments) {
     EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
     EXPECT_THAT(info.status().message(), HasSubstr(c.message));
   }
-  EXPECT_THAT(launcher_.launches, IsEmpty());
+  EXPECT_THAT(os_.launches, IsEmpty());
 }
 
 TEST_F(SupervisorTest, ArgumentsBeyondArgMaxAreRefused) {
@@ -180,7 +180,7 @@ TEST_F(SupervisorTest, JoinCompletesAtExitWithTheExitCode) {
   Result joined;
   supervisor_->Join(info.id, std::nullopt, joined.Callback());
   EXPECT_FALSE(joined.value.has_value());
-  launcher_.Exit(info.pid, WaitStatus::Exited(3));
+  os_.Exit(info.pid, WaitStatus::Exited(3));
   ASSERT_TRUE(joined.value.has_value());
   ASSERT_TRUE(joined.value->ok());
   EXPECT_FALSE((*joined.value)->running);
@@ -196,12 +196,12 @@ TEST_F(SupervisorTest, JoinTimeoutReturnsTheRunningRecord) {
   time_.Advance(absl::Seconds(1));
   ASSERT_TRUE(joined.value.has_value());
   EXPECT_TRUE((*joined.value)->running);
-  launcher_.Exit(info.pid, WaitStatus::Exited(0));  // the finished waiter is not called again
+  os_.Exit(info.pid, WaitStatus::Exited(0));  // the finished waiter is not called again
 }
 
 TEST_F(SupervisorTest, JoinOfAnEndedProcessAnswersAtOnce) {
   ProcessInfo info = StartTrue();
-  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigkill));
+  os_.Exit(info.pid, WaitStatus::Signaled(kSigkill));
   Result joined;
   supervisor_->Join(info.id, std::nullopt, joined.Callback());
   ASSERT_TRUE(joined.value.has_value());
@@ -224,7 +224,7 @@ TEST_F(SupervisorTest, CancelledJoinIsNeverAnswered) {
   Supervisor::WaiterId waiter = supervisor_->Join(info.id, absl::Seconds(5), joined.Callback());
   supervisor_->CancelWait(waiter);
   time_.Advance(absl::Seconds(10));
-  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  os_.Exit(info.pid, WaitStatus::Exited(0));
   EXPECT_FALSE(joined.value.has_value());
   EXPECT_EQ(time_.pending(), 0u);
 }
@@ -233,13 +233,13 @@ TEST_F(SupervisorTest, TerminateSignalsTheGroupThenKillsAfterGrace) {
   ProcessInfo info = StartTrue();
   Result terminated;
   supervisor_->Terminate(info.id, kSigterm, absl::Seconds(10), true, terminated.Callback());
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(info.pid, kSigterm)));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, kSigterm)));
   time_.Advance(absl::Seconds(9));
-  EXPECT_EQ(launcher_.signals.size(), 1u);
+  EXPECT_EQ(os_.signals.size(), 1u);
   time_.Advance(absl::Seconds(1));
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(info.pid, kSigterm), Pair(info.pid, kSigkill)));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, kSigterm), Pair(info.pid, kSigkill)));
   EXPECT_FALSE(terminated.value.has_value());
-  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigkill));
+  os_.Exit(info.pid, WaitStatus::Signaled(kSigkill));
   ASSERT_TRUE(terminated.value.has_value());
   EXPECT_EQ((*terminated.value)->status->exitcode(), -9);
   EXPECT_EQ(time_.pending(), 0u);
@@ -249,10 +249,10 @@ TEST_F(SupervisorTest, TerminateWaitsForTheWholeGroupToGo) {
   ProcessInfo info = StartTrue();
   Result terminated;
   supervisor_->Terminate(info.id, kSigint, absl::Seconds(1), true, terminated.Callback());
-  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigint), /*group_empties=*/false);
+  os_.Exit(info.pid, WaitStatus::Signaled(kSigint), /*group_empties=*/false);
   EXPECT_FALSE(terminated.value.has_value()) << "a grandchild is still in the group";
   EXPECT_EQ(supervisor_->Release(info.id).code(), absl::StatusCode::kFailedPrecondition);
-  launcher_.DrainGroup(info.pid);
+  os_.DrainGroup(info.pid);
   ASSERT_TRUE(terminated.value.has_value());
   EXPECT_EQ((*terminated.value)->status->exitcode(), -2);
 }
@@ -261,10 +261,10 @@ TEST_F(SupervisorTest, LeftoverGroupIsKilledAfterGrace) {
   ProcessInfo info = StartTrue();
   Result terminated;
   supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
-  launcher_.Exit(info.pid, WaitStatus::Signaled(kSigterm), /*group_empties=*/false);
+  os_.Exit(info.pid, WaitStatus::Signaled(kSigterm), /*group_empties=*/false);
   time_.Advance(absl::Seconds(1));
-  EXPECT_THAT(launcher_.signals.back(), Pair(info.pid, kSigkill));
-  launcher_.DrainGroup(info.pid);
+  EXPECT_THAT(os_.signals.back(), Pair(info.pid, kSigkill));
+  os_.DrainGroup(info.pid);
   EXPECT_TRUE(terminated.value.has_value());
 }
 
@@ -278,12 +278,12 @@ TEST_F(SupervisorTest, TerminateWithoutWaitAnswersAtOnce) {
 
 TEST_F(SupervisorTest, TerminateOfAnEndedProcessReturnsItsRecord) {
   ProcessInfo info = StartTrue();
-  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  os_.Exit(info.pid, WaitStatus::Exited(0));
   Result terminated;
   supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
   ASSERT_TRUE(terminated.value.has_value());
   EXPECT_EQ((*terminated.value)->status->exitcode(), 0);
-  EXPECT_THAT(launcher_.signals, IsEmpty());
+  EXPECT_THAT(os_.signals, IsEmpty());
 }
 
 TEST_F(SupervisorTest, TerminateErrors) {
@@ -308,7 +308,7 @@ TEST_F(SupervisorTest, TerminateErrors) {
     EXPECT_EQ(r.value->status().code(), c.code) << c.message;
     EXPECT_THAT(r.value->status().message(), HasSubstr(c.message));
   }
-  EXPECT_THAT(launcher_.signals, IsEmpty());
+  EXPECT_THAT(os_.signals, IsEmpty());
 }
 
 TEST_F(SupervisorTest, ReleaseForgetsEndedRecordsOnly) {
@@ -316,7 +316,7 @@ TEST_F(SupervisorTest, ReleaseForgetsEndedRecordsOnly) {
   absl::Status running = supervisor_->Release(info.id);
   EXPECT_EQ(running.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(running.message(), HasSubstr("still running"));
-  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  os_.Exit(info.pid, WaitStatus::Exited(0));
   EXPECT_TRUE(supervisor_->Release(info.id).ok());
   EXPECT_EQ(supervisor_->Get(info.id).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(supervisor_->Release(info.id).code(), absl::StatusCode::kNotFound);
@@ -328,7 +328,7 @@ TEST_F(SupervisorTest, RetentionEvictsTheOldestEndedRecords) {
   std::vector<ProcessInfo> ended;
   for (int i = 0; i < 4; ++i) {
     ended.push_back(StartTrue());
-    launcher_.Exit(ended.back().pid, WaitStatus::Exited(i));
+    os_.Exit(ended.back().pid, WaitStatus::Exited(i));
   }
   std::vector<uint64_t> kept;
   for (const ProcessInfo& p : supervisor_->List(ListFilter{})) kept.push_back(p.id);
@@ -337,7 +337,7 @@ TEST_F(SupervisorTest, RetentionEvictsTheOldestEndedRecords) {
 
 TEST_F(SupervisorTest, IdsAreNeverReused) {
   ProcessInfo a = StartTrue();
-  launcher_.Exit(a.pid, WaitStatus::Exited(0));
+  os_.Exit(a.pid, WaitStatus::Exited(0));
   ASSERT_TRUE(supervisor_->Release(a.id).ok());
   EXPECT_GT(StartTrue().id, a.id);
 }
@@ -345,7 +345,7 @@ TEST_F(SupervisorTest, IdsAreNeverReused) {
 TEST_F(SupervisorTest, ListFilters) {
   ProcessInfo a = StartOk(StartSpec{.target = "/bin/true", .name = "web"});
   ProcessInfo b = StartOk(StartSpec{.target = "/bin/true", .name = "db"});
-  launcher_.Exit(b.pid, WaitStatus::Exited(0));
+  os_.Exit(b.pid, WaitStatus::Exited(0));
   auto ids = [&](ListFilter f) {
     std::vector<uint64_t> out;
     for (const ProcessInfo& p : supervisor_->List(f)) out.push_back(p.id);
@@ -363,22 +363,22 @@ TEST_F(SupervisorTest, ShutdownEndsDaemonsAtOnceAndOthersAfterGrace) {
   ProcessInfo worker = StartTrue();
   bool done = false;
   supervisor_->Shutdown(absl::Seconds(10), [&] { done = true; });
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemon.pid, kSigterm)));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(daemon.pid, kSigterm)));
   EXPECT_EQ(supervisor_->Start(StartSpec{.target = "/bin/true"}).status().code(),
             absl::StatusCode::kUnavailable);
-  launcher_.Exit(daemon.pid, WaitStatus::Signaled(kSigterm));
+  os_.Exit(daemon.pid, WaitStatus::Signaled(kSigterm));
   time_.Advance(absl::Seconds(10));
-  EXPECT_THAT(launcher_.signals.back(), Pair(worker.pid, kSigterm));
+  EXPECT_THAT(os_.signals.back(), Pair(worker.pid, kSigterm));
   EXPECT_FALSE(done);
   time_.Advance(absl::Seconds(10));
-  EXPECT_THAT(launcher_.signals.back(), Pair(worker.pid, kSigkill));
-  launcher_.Exit(worker.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_THAT(os_.signals.back(), Pair(worker.pid, kSigkill));
+  os_.Exit(worker.pid, WaitStatus::Signaled(kSigkill));
   EXPECT_TRUE(done);
 }
 
 TEST_F(SupervisorTest, ShutdownWithNothingRunningIsDoneAtOnce) {
   ProcessInfo info = StartTrue();
-  launcher_.Exit(info.pid, WaitStatus::Exited(0));
+  os_.Exit(info.pid, WaitStatus::Exited(0));
   bool done = false;
   supervisor_->Shutdown(absl::Seconds(10), [&] { done = true; });
   EXPECT_TRUE(done);
@@ -389,11 +389,11 @@ TEST_F(SupervisorTest, DaemonicChildrenEndWithTheirParentOthersLiveOn) {
   ProcessInfo daemonic =
       StartOk(StartSpec{.target = "/bin/true", .daemon = true, .parent_id = parent.id});
   ProcessInfo ordinary = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
-  launcher_.Exit(parent.pid, WaitStatus::Signaled(kSigkill));
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+  os_.Exit(parent.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
   time_.Advance(Supervisor::kDefaultGrace);
-  EXPECT_THAT(launcher_.signals.back(), Pair(daemonic.pid, kSigkill));
-  launcher_.Exit(daemonic.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_THAT(os_.signals.back(), Pair(daemonic.pid, kSigkill));
+  os_.Exit(daemonic.pid, WaitStatus::Signaled(kSigkill));
   EXPECT_TRUE(supervisor_->Get(ordinary.id)->running);
   EXPECT_EQ(supervisor_->Get(ordinary.id)->parent_id, parent.id);
 }
@@ -401,17 +401,17 @@ TEST_F(SupervisorTest, DaemonicChildrenEndWithTheirParentOthersLiveOn) {
 TEST_F(SupervisorTest, TreeTerminateReachesChildrenAndStrays) {
   ProcessInfo root = StartTrue();
   ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
-  launcher_.AddStray(4242, root.pid);
+  os_.AddStray(4242, root.pid);
   Result terminated;
   supervisor_->Terminate(root.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(root.pid, kSigterm), Pair(child.pid, kSigterm),
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(root.pid, kSigterm), Pair(child.pid, kSigterm),
                                              Pair(4242, kSigterm)));
-  launcher_.Exit(root.pid, WaitStatus::Signaled(kSigterm));
-  launcher_.Exit(child.pid, WaitStatus::Signaled(kSigterm));
+  os_.Exit(root.pid, WaitStatus::Signaled(kSigterm));
+  os_.Exit(child.pid, WaitStatus::Signaled(kSigterm));
   EXPECT_FALSE(terminated.value.has_value()) << "the stray still lives";
   time_.Advance(absl::Seconds(1));
-  EXPECT_THAT(launcher_.signals.back(), Pair(4242, kSigkill));
-  launcher_.ReapStray(4242);
+  EXPECT_THAT(os_.signals.back(), Pair(4242, kSigkill));
+  os_.ReapStray(4242);
   EXPECT_TRUE(terminated.value.has_value());
 }
 
@@ -421,7 +421,7 @@ TEST_F(SupervisorTest, NarrowTerminateSignalsOnlyTheGroup) {
   Result terminated;
   supervisor_->Terminate(root.id, kSigterm, absl::Seconds(1), false, terminated.Callback(),
                          /*tree=*/false);
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(root.pid, kSigterm)));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(root.pid, kSigterm)));
   EXPECT_TRUE(supervisor_->Get(child.id)->running);
 }
 
@@ -431,7 +431,7 @@ TEST_F(SupervisorTest, SessionEndTerminatesItsDaemonicProcesses) {
   ProcessInfo ordinary = StartOk(StartSpec{.target = "/bin/true", .session = session});
   EXPECT_EQ(daemonic.parent_session, session);
   supervisor_->CloseSession(session);
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
   EXPECT_EQ(supervisor_->TouchSession(session).code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(supervisor_->Start(StartSpec{.target = "/bin/true", .session = session}).status().code(),
             absl::StatusCode::kNotFound);
@@ -448,7 +448,7 @@ TEST_F(SupervisorTest, SessionExpiresWithoutKeepAlives) {
   EXPECT_FALSE(expired) << "the keep-alive restarted the lease";
   time_.Advance(absl::Seconds(1));
   EXPECT_TRUE(expired);
-  EXPECT_THAT(launcher_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
 }
 
 TEST_F(SupervisorTest, LimitsAreResourceExhaustedNamingTheLimit) {
@@ -467,7 +467,7 @@ TEST_F(SupervisorTest, LimitsAreResourceExhaustedNamingTheLimit) {
   absl::Status total = supervisor_->Start(StartSpec{.target = "/bin/true"}).status();
   EXPECT_EQ(total.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(total.message(), HasSubstr("--max-processes=5"));
-  launcher_.Exit(deep.pid, WaitStatus::Exited(0));
+  os_.Exit(deep.pid, WaitStatus::Exited(0));
   EXPECT_TRUE(supervisor_->Start(StartSpec{.target = "/bin/true"}).ok()) << "room again";
 }
 

@@ -1,4 +1,4 @@
-#include "server/posix_process_launcher.h"
+#include "server/posix_process_os.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -160,22 +160,22 @@ int OpenWorkerCpuGroup() {
   return -1;
 }
 
-PosixProcessLauncher::PosixProcessLauncher(EventLoop& loop, std::optional<int> worker_nice)
+PosixProcessOs::PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice)
     : loop_(loop), worker_nice_(worker_nice), cpu_group_procs_(OpenWorkerCpuGroup()) {
   // Grandchildren whose parent dies come to us and are reaped, instead of to init.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
 }
 
-PosixProcessLauncher::~PosixProcessLauncher() {
+PosixProcessOs::~PosixProcessOs() {
   if (cpu_group_procs_ >= 0) close(cpu_group_procs_);
 }
 
-void PosixProcessLauncher::SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) {
+void PosixProcessOs::SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) {
   on_exit_ = std::move(on_exit);
   on_orphan_reaped_ = std::move(on_orphan_reaped);
 }
 
-absl::StatusOr<Launched> PosixProcessLauncher::Launch(const LaunchSpec& spec,
+absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec,
                                                       uint64_t token) {
   if (!spec.cwd.empty()) {
     struct stat st;
@@ -264,7 +264,7 @@ absl::StatusOr<Launched> PosixProcessLauncher::Launch(const LaunchSpec& spec,
   return Launched{pid, *std::move(path)};
 }
 
-void PosixProcessLauncher::ReapWorker(pid_t pid) {
+void PosixProcessOs::ReapWorker(pid_t pid) {
   int status = 0;
   rusage ru{};
   uint64_t token;
@@ -282,7 +282,7 @@ void PosixProcessLauncher::ReapWorker(pid_t pid) {
   on_exit_(token, FromRaw(status), ToUsage(ru));
 }
 
-void PosixProcessLauncher::OnSigchld() {
+void PosixProcessOs::OnSigchld() {
   bool reaped_orphan = false;
   for (;;) {
     siginfo_t info{};
@@ -306,7 +306,7 @@ void PosixProcessLauncher::OnSigchld() {
   if (reaped_orphan && on_orphan_reaped_) on_orphan_reaped_();
 }
 
-absl::Status PosixProcessLauncher::SignalGroup(pid_t pgid, int sig) {
+absl::Status PosixProcessOs::SignalGroup(pid_t pgid, int sig) {
   if (kill(-pgid, sig) != 0) {
     if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("no process in group ", pgid));
     return PosixError(absl::StrCat("kill(-", pgid, ")"), errno);
@@ -314,11 +314,11 @@ absl::Status PosixProcessLauncher::SignalGroup(pid_t pgid, int sig) {
   return absl::OkStatus();
 }
 
-bool PosixProcessLauncher::GroupExists(pid_t pgid) {
+bool PosixProcessOs::GroupExists(pid_t pgid) {
   return kill(-pgid, 0) == 0 || errno == EPERM;
 }
 
-void PosixProcessLauncher::Confine(pid_t pid) {
+void PosixProcessOs::Confine(pid_t pid) {
   // posix_spawn can set neither: the worker inherited the daemon's raised priority and CPU
   // group, and leaves both right after it is recorded, usually before its first fork.
   if (cpu_group_procs_ >= 0) {
@@ -328,7 +328,7 @@ void PosixProcessLauncher::Confine(pid_t pid) {
   if (worker_nice_.has_value()) setpriority(PRIO_PROCESS, pid, *worker_nice_);
 }
 
-absl::Status PosixProcessLauncher::SignalProcess(pid_t pid, int sig) {
+absl::Status PosixProcessOs::SignalProcess(pid_t pid, int sig) {
   if (kill(pid, sig) != 0) {
     if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("no process ", pid));
     return PosixError(absl::StrCat("kill(", pid, ")"), errno);
@@ -336,7 +336,7 @@ absl::Status PosixProcessLauncher::SignalProcess(pid_t pid, int sig) {
   return absl::OkStatus();
 }
 
-bool PosixProcessLauncher::ProcessExists(pid_t pid) {
+bool PosixProcessOs::ProcessExists(pid_t pid) {
   return kill(pid, 0) == 0 || errno == EPERM;
 }
 
@@ -388,7 +388,7 @@ uint64_t WorkerIdInEnvironment(pid_t pid) {
 
 }  // namespace
 
-std::vector<pid_t> PosixProcessLauncher::FindDescendants(const std::vector<pid_t>& roots,
+std::vector<pid_t> PosixProcessOs::FindDescendants(const std::vector<pid_t>& roots,
                                                          const std::vector<uint64_t>& tokens) {
   absl::flat_hash_set<pid_t> seen(roots.begin(), roots.end());
   std::vector<pid_t> queue(roots.begin(), roots.end());

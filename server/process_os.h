@@ -1,4 +1,4 @@
-// ProcessLauncher: every process syscall the supervisor needs (spawn, signal, reap), behind one
+// ProcessOs: every process syscall the supervisor needs (spawn, signal, reap), behind one
 // small interface with a POSIX implementation and a fake for unit tests.
 //
 // Contract:
@@ -10,8 +10,8 @@
 //   It may be called before Launch() has returned to its caller.
 // - Processes that are not ours but were reparented to us (we are a child subreaper) are
 //   reaped too; the orphan listener is called after each, so group drains can be noticed.
-#ifndef PROCTOR_SERVER_PROCESS_LAUNCHER_H_
-#define PROCTOR_SERVER_PROCESS_LAUNCHER_H_
+#ifndef PROCTOR_SERVER_PROCESS_OS_H_
+#define PROCTOR_SERVER_PROCESS_OS_H_
 
 #include <sys/types.h>
 
@@ -48,12 +48,12 @@ struct ResourceUsage {
   int64_t max_rss_bytes = 0;
 };
 
-class ProcessLauncher {
+class ProcessOs {
  public:
   using ExitListener = std::function<void(uint64_t token, WaitStatus, const ResourceUsage&)>;
   using OrphanListener = std::function<void()>;
 
-  virtual ~ProcessLauncher() = default;
+  virtual ~ProcessOs() = default;
 
   // Set once, before the first Launch().
   virtual void SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) = 0;
@@ -84,4 +84,4 @@ class ProcessLauncher {
 
 }  // namespace proctor
 
-#endif  // PROCTOR_SERVER_PROCESS_LAUNCHER_H_
+#endif  // PROCTOR_SERVER_PROCESS_OS_H_

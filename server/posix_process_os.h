@@ -1,4 +1,4 @@
-// PosixProcessLauncher: ProcessLauncher on Linux.
+// PosixProcessOs: ProcessOs on Linux.
 //
 // Spawns with posix_spawn (vfork-style; the multithreaded daemon never forks): the child leads
 // a new process group, starts with an empty signal mask and default dispositions, stdin from
@@ -6,8 +6,8 @@
 // Each worker's exit is seen through its pidfd in the event loop, so one exit costs the same
 // however many workers live. SIGCHLD (read from the daemon's signalfd and handed to
 // OnSigchld) reaps the orphans that come to us as child subreaper.
-#ifndef PROCTOR_SERVER_POSIX_PROCESS_LAUNCHER_H_
-#define PROCTOR_SERVER_POSIX_PROCESS_LAUNCHER_H_
+#ifndef PROCTOR_SERVER_POSIX_PROCESS_OS_H_
+#define PROCTOR_SERVER_POSIX_PROCESS_OS_H_
 
 #include <sys/types.h>
 
@@ -19,17 +19,17 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "server/event_loop.h"
-#include "server/process_launcher.h"
+#include "server/process_os.h"
 
 namespace proctor {
 
-class PosixProcessLauncher final : public ProcessLauncher {
+class PosixProcessOs final : public ProcessOs {
  public:
-  // Makes the calling process a child subreaper. `loop` must outlive the launcher. With
+  // Makes the calling process a child subreaper. `loop` must outlive the os. With
   // `worker_nice`, Confine() gives each worker that nice value; it also moves each worker into
   // the workers' CPU group where there is one (OpenWorkerCpuGroup).
-  explicit PosixProcessLauncher(EventLoop& loop, std::optional<int> worker_nice = std::nullopt);
-  ~PosixProcessLauncher() override;
+  explicit PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice = std::nullopt);
+  ~PosixProcessOs() override;
 
   void SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) override;
   absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) override;
@@ -90,4 +90,4 @@ absl::StatusOr<std::string> ResolveExecutable(const std::string& target,
 
 }  // namespace proctor
 
-#endif  // PROCTOR_SERVER_POSIX_PROCESS_LAUNCHER_H_
+#endif  // PROCTOR_SERVER_POSIX_PROCESS_OS_H_

@@ -1,7 +1,7 @@
-// FakeProcessLauncher: a ProcessLauncher with no processes. Tests decide when each "process"
+// FakeProcessOs: a ProcessOs with no processes. Tests decide when each "process"
 // exits and which process groups still have members, and read back what was signalled.
-#ifndef PROCTOR_TESTS_FAKE_PROCESS_LAUNCHER_H_
-#define PROCTOR_TESTS_FAKE_PROCESS_LAUNCHER_H_
+#ifndef PROCTOR_TESTS_FAKE_PROCESS_OS_H_
+#define PROCTOR_TESTS_FAKE_PROCESS_OS_H_
 
 #include <algorithm>
 #include <map>
@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "server/process_launcher.h"
+#include "server/process_os.h"
 
 namespace proctor {
 
-class FakeProcessLauncher final : public ProcessLauncher {
+class FakeProcessOs final : public ProcessOs {
  public:
   void SetListeners(ExitListener on_exit, OrphanListener on_orphan) override {
     on_exit_ = std::move(on_exit);
@@ -88,4 +88,4 @@ class FakeProcessLauncher final : public ProcessLauncher {
 
 }  // namespace proctor
 
-#endif  // PROCTOR_TESTS_FAKE_PROCESS_LAUNCHER_H_
+#endif  // PROCTOR_TESTS_FAKE_PROCESS_OS_H_
