@@ -302,7 +302,10 @@ int RunDaemon(const DaemonOptions& options) {
   }
 
   CaptureFiles capture_files(log_dir, options.capture_spares);
-  PosixProcessOs os(**loop, options.worker_nice);
+  absl::StatusOr<std::unique_ptr<PosixProcessOs>> posix_os =
+      PosixProcessOs::Create(**loop, options.worker_nice);
+  if (!posix_os.ok()) return fail(posix_os.status());
+  PosixProcessOs& os = **posix_os;
   RealClock clock;
   SupervisorOptions supervisor_options{
       .log_dir = log_dir,

@@ -160,11 +160,20 @@ int OpenWorkerCpuGroup() {
   return -1;
 }
 
-PosixProcessOs::PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice)
-    : loop_(loop), worker_nice_(worker_nice), cpu_group_procs_(OpenWorkerCpuGroup()) {
+absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
+    EventLoop& loop, std::optional<int> worker_nice) {
   // Grandchildren whose parent dies come to us and are reaped, instead of to init.
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) {
+    int err = errno;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER: ", std::strerror(err),
+        "); without it the orphans of workers would escape to init"));
+  }
+  return std::unique_ptr<PosixProcessOs>(new PosixProcessOs(loop, worker_nice));
 }
+
+PosixProcessOs::PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice)
+    : loop_(loop), worker_nice_(worker_nice), cpu_group_procs_(OpenWorkerCpuGroup()) {}
 
 PosixProcessOs::~PosixProcessOs() {
   if (cpu_group_procs_ >= 0) close(cpu_group_procs_);

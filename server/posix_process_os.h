@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -25,10 +26,12 @@ namespace proctor {
 
 class PosixProcessOs final : public ProcessOs {
  public:
-  // Makes the calling process a child subreaper. `loop` must outlive the os. With
-  // `worker_nice`, Confine() gives each worker that nice value; it also moves each worker into
-  // the workers' CPU group where there is one (OpenWorkerCpuGroup).
-  explicit PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice = std::nullopt);
+  // Makes the calling process a child subreaper; FAILED_PRECONDITION when the kernel refuses
+  // (without it, workers' orphans would go to init and escape). `loop` must outlive the os.
+  // With `worker_nice`, Confine() gives each worker that nice value; it also moves each worker
+  // into the workers' CPU group where there is one (OpenWorkerCpuGroup).
+  static absl::StatusOr<std::unique_ptr<PosixProcessOs>> Create(
+      EventLoop& loop, std::optional<int> worker_nice = std::nullopt);
   ~PosixProcessOs() override;
 
   void SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) override;
@@ -50,6 +53,7 @@ class PosixProcessOs final : public ProcessOs {
     uint64_t token;
     int pidfd;
   };
+  PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice);
   void ReapWorker(pid_t pid);
 
   EventLoop& loop_;
