@@ -2,15 +2,20 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <memory>
+#include <sstream>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "common/default_paths.h"
 #include "common/environment_names.h"
 
@@ -74,12 +79,60 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
   return grpc::SslCredentials(ssl);
 }
 
+// A call's own deadline passing: the message names the call and how long it had.
+absl::Status DidNotAnswer(absl::string_view method, absl::Duration timeout) {
+  return absl::DeadlineExceededError(
+      absl::StrCat(method, " did not answer within ",
+                   absl::FormatDuration(absl::Trunc(timeout, absl::Milliseconds(1)))));
+}
+
+// A deadline for one step of a stream, which as a whole has none: cancels the call unless
+// the step is over (the object destroyed) within `limit`. An infinite limit does nothing.
+class StepDeadline {
+ public:
+  StepDeadline(grpc::ClientContext& context, absl::Duration limit) {
+    if (limit == absl::InfiniteDuration()) return;
+    watcher_ = std::thread([this, &context, limit] {
+      absl::MutexLock lock(&mu_);
+      if (!mu_.AwaitWithTimeout(absl::Condition(&over_), limit)) {
+        passed_ = true;
+        context.TryCancel();
+      }
+    });
+  }
+  ~StepDeadline() {
+    {
+      absl::MutexLock lock(&mu_);
+      over_ = true;
+    }
+    if (watcher_.joinable()) watcher_.join();
+  }
+  StepDeadline(const StepDeadline&) = delete;
+  StepDeadline& operator=(const StepDeadline&) = delete;
+
+  // Whether the limit passed and the call was cancelled.
+  bool passed() {
+    absl::MutexLock lock(&mu_);
+    return passed_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool over_ ABSL_GUARDED_BY(mu_) = false;
+  bool passed_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watcher_;
+};
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   std::string address = ResolveAddress(options.address);
   if (address.empty() || address == "unix:") {
     return absl::InvalidArgumentError("empty proctord address");
+  }
+  if (options.call_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the call timeout must be positive, not ", absl::FormatDuration(options.call_timeout)));
   }
   absl::StatusOr<Credentials> credentials =
       options.credentials.has_value() ? *options.credentials
@@ -95,75 +148,116 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(address, *channel_credentials, args);
   return std::unique_ptr<Client>(new Client(std::move(address), std::move(channel),
-                                            CallAuth(*std::move(credentials))));
+                                            CallAuth(*std::move(credentials)),
+                                            options.call_timeout));
 }
 
-Client::Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth)
+Client::Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth,
+               absl::Duration call_timeout)
     : address_(std::move(address)),
       channel_(std::move(channel)),
       stub_(v1::Proctor::NewStub(channel_)),
-      auth_(std::move(auth)) {}
+      auth_(std::move(auth)),
+      call_timeout_(call_timeout) {}
 
 std::unique_ptr<grpc::ClientContext> Client::NewContext(absl::string_view method,
-                                                        std::string* nonce) const {
-  // No deadline: a Join or a followed Logs stream may rightly last as long as the process.
+                                                        std::string* nonce,
+                                                        absl::Duration timeout) const {
   auto context = std::make_unique<grpc::ClientContext>();
+  if (timeout != absl::InfiniteDuration()) {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  }
   *nonce = auth_.Sign(*context, method);
   return context;
 }
 
 absl::Status Client::Finish(const grpc::ClientContext& context, absl::string_view method,
-                            absl::string_view nonce, const grpc::Status& status) const {
+                            absl::string_view nonce, const grpc::Status& status,
+                            absl::Duration timeout) const {
   absl::Status checked = auth_.CheckReply(context, method, nonce, status, address_);
   if (absl::IsUnavailable(checked)) {
     return absl::UnavailableError(
         absl::StrCat("cannot reach proctord at ", address_, ": ", checked.message()));
   }
+  // Ours only once our deadline has passed: the daemon has DEADLINE_EXCEEDED of its own.
+  if (absl::IsDeadlineExceeded(checked) && timeout != absl::InfiniteDuration() &&
+      absl::FromChrono(context.deadline()) <= absl::Now()) {
+    return DidNotAnswer(method, timeout);
+  }
   return checked;
 }
 
-absl::StatusOr<v1::Process> Client::Start(const v1::StartRequest& request) {
+template <typename Request, typename Response>
+absl::Status Client::Unary(absl::string_view method,
+                           grpc::Status (v1::Proctor::Stub::*rpc)(grpc::ClientContext*,
+                                                                  const Request&, Response*),
+                           const Request& request, Response* response, absl::Duration timeout) {
   std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Start", &nonce);
+  std::unique_ptr<grpc::ClientContext> context = NewContext(method, &nonce, timeout);
+  grpc::Status status = (stub_.get()->*rpc)(context.get(), request, response);
+  return Finish(*context, method, nonce, status, timeout);
+}
+
+absl::StatusOr<v1::Process> Client::Start(const v1::StartRequest& request) {
   v1::Process process;
-  grpc::Status status = stub_->Start(context.get(), request, &process);
-  if (absl::Status s = Finish(*context, "Start", nonce, status); !s.ok()) return s;
+  if (absl::Status s = Unary("Start", &v1::Proctor::Stub::Start, request, &process,
+                             call_timeout_);
+      !s.ok()) {
+    return s;
+  }
   return process;
 }
 
 absl::StatusOr<v1::Process> Client::Join(uint64_t id, std::optional<absl::Duration> timeout) {
+  // The daemon answers each poll at its timeout with the still-running record; the poll's
+  // deadline gives it one call timeout more for that. Negative timeouts go through as they
+  // are, once, for the daemon to refuse.
+  const bool forever = !timeout.has_value() || *timeout == absl::InfiniteDuration();
+  const bool refused = !forever && *timeout < absl::ZeroDuration();
+  const absl::Time end = forever ? absl::InfiniteFuture() : absl::Now() + *timeout;
+  absl::Duration left = forever ? absl::InfiniteDuration() : *timeout;
   v1::JoinRequest request;
   request.set_id(id);
-  // The timeout travels in the request and the daemon answers when it passes; a client-side
-  // deadline would only turn that answer into DEADLINE_EXCEEDED.
-  if (timeout.has_value() && *timeout != absl::InfiniteDuration()) {
-    *request.mutable_timeout() = ToProto(*timeout);
+  for (;; left = end - absl::Now()) {
+    const absl::Duration poll =
+        refused ? *timeout : std::clamp(left, absl::ZeroDuration(), call_timeout_);
+    if (poll == absl::InfiniteDuration()) {
+      request.clear_timeout();  // no call timeout either: one call, as long as it takes
+    } else {
+      *request.mutable_timeout() = ToProto(poll);
+    }
+    v1::Process process;
+    if (absl::Status s = Unary("Join", &v1::Proctor::Stub::Join, request, &process,
+                               std::max(poll, absl::ZeroDuration()) + call_timeout_);
+        !s.ok()) {
+      return s;
+    }
+    if (process.state() != v1::STATE_RUNNING || poll == absl::InfiniteDuration() || refused ||
+        absl::Now() >= end) {
+      return process;
+    }
   }
-  std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Join", &nonce);
-  v1::Process process;
-  grpc::Status status = stub_->Join(context.get(), request, &process);
-  if (absl::Status s = Finish(*context, "Join", nonce, status); !s.ok()) return s;
-  return process;
 }
 
 absl::StatusOr<v1::Process> Client::Terminate(const v1::TerminateRequest& request) {
-  std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Terminate", &nonce);
   v1::Process process;
-  grpc::Status status = stub_->Terminate(context.get(), request, &process);
-  if (absl::Status s = Finish(*context, "Terminate", nonce, status); !s.ok()) return s;
+  if (absl::Status s = Unary("Terminate", &v1::Proctor::Stub::Terminate, request, &process,
+                             call_timeout_);
+      !s.ok()) {
+    return s;
+  }
   return process;
 }
 
 absl::StatusOr<v1::Process> Client::Status(uint64_t id) {
   v1::StatusRequest request;
   request.set_id(id);
-  std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Status", &nonce);
   v1::StatusResponse response;
-  grpc::Status status = stub_->Status(context.get(), request, &response);
-  if (absl::Status s = Finish(*context, "Status", nonce, status); !s.ok()) return s;
+  if (absl::Status s = Unary("Status", &v1::Proctor::Stub::Status, request, &response,
+                             call_timeout_);
+      !s.ok()) {
+    return s;
+  }
   if (response.processes_size() != 1) {
     return absl::NotFoundError(absl::StrCat("no process with id ", id));
   }
@@ -173,11 +267,12 @@ absl::StatusOr<v1::Process> Client::Status(uint64_t id) {
 absl::StatusOr<std::vector<v1::Process>> Client::List(const v1::StatusRequest& filter) {
   v1::StatusRequest request = filter;
   request.clear_id();
-  std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Status", &nonce);
   v1::StatusResponse response;
-  grpc::Status status = stub_->Status(context.get(), request, &response);
-  if (absl::Status s = Finish(*context, "Status", nonce, status); !s.ok()) return s;
+  if (absl::Status s = Unary("Status", &v1::Proctor::Stub::Status, request, &response,
+                             call_timeout_);
+      !s.ok()) {
+    return s;
+  }
   std::vector<v1::Process> processes;
   processes.reserve(response.processes_size());
   for (v1::Process& process : *response.mutable_processes()) {
@@ -187,10 +282,34 @@ absl::StatusOr<std::vector<v1::Process>> Client::List(const v1::StatusRequest& f
 }
 
 absl::Status Client::Logs(const v1::LogsRequest& request,
-                          const std::function<void(std::string_view)>& sink) {
+                          const std::function<void(std::string_view)>& sink,
+                          std::stop_token stop) {
+  // Without follow the answer is what has been captured so far, due within the call timeout
+  // like a unary call's; a followed stream lasts as long as the process, so it has no
+  // deadline and ends early only when the caller stops it.
+  const absl::Duration timeout = request.follow() ? absl::InfiniteDuration() : call_timeout_;
   std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Logs", &nonce);
-  std::unique_ptr<grpc::ClientReader<v1::LogChunk>> reader = stub_->Logs(context.get(), request);
+  std::unique_ptr<grpc::ClientContext> context = NewContext("Logs", &nonce, timeout);
+  std::stop_callback cancel(stop, [&context] { context->TryCancel(); });
+  auto finish = [&](const grpc::Status& status) {
+    if (status.error_code() == grpc::StatusCode::CANCELLED && stop.stop_requested()) {
+      return absl::CancelledError("Logs stopped by its caller");
+    }
+    return Finish(*context, "Logs", nonce, status, timeout);
+  };
+  std::unique_ptr<grpc::ClientReader<v1::LogChunk>> reader;
+  bool late = false;
+  {
+    // Even a followed stream must be sent within the call timeout: sending waits for a
+    // connection, which a daemon that does not answer never completes.
+    StepDeadline sending(*context, request.follow() ? call_timeout_ : absl::InfiniteDuration());
+    reader = stub_->Logs(context.get(), request);
+    late = sending.passed();
+  }
+  if (late) {
+    reader->Finish();
+    return DidNotAnswer("Logs", call_timeout_);
+  }
   // Nothing reaches the sink before the daemon has proved itself in the reply's headers.
   reader->WaitForInitialMetadata();
   bool trusted = Finish(*context, "Logs", nonce, grpc::Status::OK).ok();
@@ -203,41 +322,50 @@ absl::Status Client::Logs(const v1::LogsRequest& request,
     // impostor streaming, which is stopped rather than waited out.
     context->TryCancel();
     grpc::Status status = reader->Finish();
-    if (status.error_code() == grpc::StatusCode::CANCELLED) status = grpc::Status::OK;
-    return Finish(*context, "Logs", nonce, status);
+    if (status.error_code() == grpc::StatusCode::CANCELLED && !stop.stop_requested()) {
+      status = grpc::Status::OK;
+    }
+    return finish(status);
   }
-  return Finish(*context, "Logs", nonce, reader->Finish());
+  return finish(reader->Finish());
 }
 
 absl::Status Client::Release(uint64_t id) {
   v1::ReleaseRequest request;
   request.set_id(id);
-  std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Release", &nonce);
   v1::ReleaseResponse response;
-  grpc::Status status = stub_->Release(context.get(), request, &response);
-  return Finish(*context, "Release", nonce, status);
+  return Unary("Release", &v1::Proctor::Stub::Release, request, &response, call_timeout_);
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(absl::Duration ttl) {
   std::unique_ptr<Session> session(new Session());
+  session->close_timeout_ = call_timeout_;
   std::string nonce;
-  session->context_ = NewContext("Session", &nonce);
-  session->stream_ = stub_->Session(session->context_.get());
+  // A stream: no deadline as a whole, but the daemon must acknowledge the opening in time.
+  session->context_ = NewContext("Session", &nonce, absl::InfiniteDuration());
   v1::SessionRequest open;
   *open.mutable_ttl() = ToProto(ttl);
   v1::SessionEvent opened;
-  if (!session->stream_->Write(open) || !session->stream_->Read(&opened)) {
-    session->stream_->WritesDone();
-    grpc::Status status = session->stream_->Finish();
-    absl::Status s = Finish(*session->context_, "Session", nonce, status);
-    session->stream_.reset();
-    return s.ok() ? absl::UnavailableError("proctord closed the session at once") : s;
+  bool answered = false;
+  absl::Status s;
+  {
+    StepDeadline deadline(*session->context_, call_timeout_);
+    session->stream_ = stub_->Session(session->context_.get());
+    answered = session->stream_->Write(open) && session->stream_->Read(&opened);
+    if (answered) {
+      s = Finish(*session->context_, "Session", nonce, grpc::Status::OK);
+    } else {
+      session->stream_->WritesDone();
+      s = Finish(*session->context_, "Session", nonce, session->stream_->Finish());
+      if (s.ok()) s = absl::UnavailableError("proctord closed the session at once");
+    }
+    if (deadline.passed()) s = DidNotAnswer("Session", call_timeout_);
   }
-  if (absl::Status s = Finish(*session->context_, "Session", nonce, grpc::Status::OK);
-      !s.ok()) {
-    session->context_->TryCancel();
-    session->stream_->Finish();
+  if (!s.ok()) {
+    if (answered) {
+      session->context_->TryCancel();
+      session->stream_->Finish();
+    }
     session->stream_.reset();
     return s;
   }
@@ -247,17 +375,25 @@ absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(absl::Duration ttl)
 }
 
 void Session::KeepAlive(absl::Duration every) {
-  absl::MutexLock lock(&mu_);
   for (;;) {
-    // Wakes early when the session is being closed.
-    mu_.AwaitWithTimeout(absl::Condition(&closing_), every);
-    if (closing_) return;
+    {
+      absl::MutexLock lock(&mu_);
+      // Wakes early when the session is being closed.
+      mu_.AwaitWithTimeout(absl::Condition(&closing_), every);
+      if (closing_) return;
+    }
+    // Unlocked: a write held up by a daemon that stopped reading must not hold up the close,
+    // which cancels it.
     if (!stream_->Write(v1::SessionRequest{})) return;
   }
 }
 
 Session::~Session() {
   if (stream_ == nullptr) return;
+  // A clean end (no more keep-alives, writes closed, the daemon's answer awaited) if the
+  // daemon answers within a call timeout; otherwise the call is cancelled, which proctord
+  // takes for a client gone, ending the session all the same.
+  StepDeadline deadline(*context_, close_timeout_);
   {
     absl::MutexLock lock(&mu_);
     closing_ = true;

@@ -3,9 +3,15 @@
 // One Client holds one gRPC channel with a connection of its own (not shared with other
 // Clients in the process); it is thread-safe and meant to be shared and kept for the life of
 // the program (the connection is made lazily and re-made by gRPC as needed).
-// Calls carry no deadline: Join and Logs with follow may legitimately wait for a long time.
+// Deadlines: every unary call (and Logs without follow) must be answered within
+// ClientOptions::call_timeout, else it fails DEADLINE_EXCEEDED "Status did not answer within
+// 30s". Join waits as long as it is asked to in polls of at most the call timeout, each given
+// the call timeout again to be answered, so a stopped or wedged daemon is noticed within two
+// call timeouts while the Join itself can last for ever. Streams (Logs with follow, Session)
+// have no deadline: Logs stops when its caller asks, a Session when it is destroyed.
 // Every call returns absl::Status with the daemon's status code and message unchanged, except
-// UNAVAILABLE, whose message names the address: "cannot reach proctord at unix:/…: …".
+// UNAVAILABLE, whose message names the address: "cannot reach proctord at unix:/…: …", and
+// the client's own DEADLINE_EXCEEDED above.
 #ifndef PROCTOR_CLIENT_CLIENT_H_
 #define PROCTOR_CLIENT_CLIENT_H_
 
@@ -13,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -41,6 +48,9 @@ struct ClientOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   bool insecure_tcp = false;
+  // How long the daemon has to answer a call (see above); absl::InfiniteDuration() sets no
+  // deadline. Connect refuses one that is not positive.
+  absl::Duration call_timeout = absl::Seconds(30);
 };
 
 class Client;
@@ -60,6 +70,8 @@ class Session {
   void KeepAlive(absl::Duration every);
 
   uint64_t id_ = 0;
+  // How long the daemon has to acknowledge the end before the call is cancelled.
+  absl::Duration close_timeout_ = absl::InfiniteDuration();
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionEvent>> stream_;
   absl::Mutex mu_;
@@ -70,16 +82,18 @@ class Session {
 class Client {
  public:
   // Finds the key and makes the channel; does not contact the daemon (the first call does).
-  // INVALID_ARGUMENT when the resolved address is empty; NOT_FOUND when there is no key.
+  // INVALID_ARGUMENT when the resolved address is empty or the call timeout not positive;
+  // NOT_FOUND when there is no key.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
 
   const std::string& address() const { return address_; }
-  // The key in use and where it came from (never printed).
+  // The key in use and where it came from (never printed), and warnings about its file.
   const Credentials& credentials() const { return auth_.credentials(); }
 
   absl::StatusOr<v1::Process> Start(const v1::StartRequest& request);
   // Waits until the process ends, or `timeout` passes (the record then says running).
   // No timeout (or an infinite one) waits as long as it takes; a negative one is refused.
+  // Made of polls of at most the call timeout each (see above).
   absl::StatusOr<v1::Process> Join(uint64_t id,
                                    std::optional<absl::Duration> timeout = std::nullopt);
   absl::StatusOr<v1::Process> Terminate(const v1::TerminateRequest& request);
@@ -89,25 +103,39 @@ class Client {
   absl::StatusOr<std::vector<v1::Process>> List(const v1::StatusRequest& filter);
   // Calls `sink` with each chunk of output as it arrives; returns when the stream ends
   // (at once without follow; when the process has ended and all is read, with follow).
+  // Requesting `stop` (from any thread) cancels the call: Logs then returns CANCELLED without
+  // waiting for the daemon; a chunk being passed to `sink` at that moment is passed whole.
   absl::Status Logs(const v1::LogsRequest& request,
-                    const std::function<void(std::string_view)>& sink);
+                    const std::function<void(std::string_view)>& sink,
+                    std::stop_token stop = {});
   absl::Status Release(uint64_t id);
   // Opens a session whose lease lasts `ttl` without a keep-alive.
   absl::StatusOr<std::unique_ptr<Session>> OpenSession(absl::Duration ttl = absl::Seconds(10));
 
  private:
-  Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth);
-  // A signed context for one call of `method`; `nonce` receives what the reply must answer.
-  std::unique_ptr<grpc::ClientContext> NewContext(absl::string_view method,
-                                                  std::string* nonce) const;
-  // The call's outcome as the caller sees it, after the reply's proof is checked.
+  Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth,
+         absl::Duration call_timeout);
+  // A signed context for one call of `method`, with a deadline `timeout` from now (none when
+  // infinite); `nonce` receives what the reply must answer.
+  std::unique_ptr<grpc::ClientContext> NewContext(absl::string_view method, std::string* nonce,
+                                                  absl::Duration timeout) const;
+  // The call's outcome as the caller sees it, after the reply's proof is checked; `timeout`
+  // is the one NewContext was given, for the message when it passed.
   absl::Status Finish(const grpc::ClientContext& context, absl::string_view method,
-                      absl::string_view nonce, const grpc::Status& status) const;
+                      absl::string_view nonce, const grpc::Status& status,
+                      absl::Duration timeout = absl::InfiniteDuration()) const;
+  // One unary call of `method` through `rpc`, answered within `timeout`.
+  template <typename Request, typename Response>
+  absl::Status Unary(absl::string_view method,
+                     grpc::Status (v1::Proctor::Stub::*rpc)(grpc::ClientContext*,
+                                                            const Request&, Response*),
+                     const Request& request, Response* response, absl::Duration timeout);
 
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Proctor::Stub> stub_;
   CallAuth auth_;
+  const absl::Duration call_timeout_;
 };
 
 }  // namespace proctor

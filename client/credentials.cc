@@ -1,9 +1,12 @@
 #include "client/credentials.h"
 
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/authkey.h"
 #include "common/default_paths.h"
@@ -12,12 +15,22 @@
 namespace proctor {
 namespace {
 
+// What is wrong with the mode of the key file at `path`, if anything.
+std::vector<std::string> ModeWarnings(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0 || (st.st_mode & 077) == 0) return {};
+  return {absl::StrFormat("key file %s is %s by others (mode %04o); chmod 600 %s", path,
+                          (st.st_mode & 044) != 0 ? "readable" : "accessible",
+                          st.st_mode & 07777, path)};
+}
+
 absl::StatusOr<Credentials> FromFile(const std::string& path, absl::string_view how) {
-  // Clients read keys they are given without the daemon's mode check: the daemon guards its
-  // own files, and a client key file's mode is its owner's business.
+  // Clients do not refuse a key file others can reach, as the daemon does its own: the key
+  // may be the only way in, and refusing it would not make it secret again. They warn.
   absl::StatusOr<std::string> key = ReadKeyFile(path, /*private_only=*/false);
   if (!key.ok()) return key.status();
-  return Credentials{*std::move(key), kAdminKeyId, absl::StrCat("authkey file ", path, how)};
+  return Credentials{*std::move(key), kAdminKeyId, absl::StrCat("authkey file ", path, how),
+                     ModeWarnings(path)};
 }
 
 std::string Env(const char* name) {
@@ -43,7 +56,7 @@ absl::StatusOr<Credentials> FindCredentials(const std::string& explicit_file) {
       return absl::InvalidArgumentError(
           "$PROCTOR_AUTHKEY must be hex and come with $PROCTOR_ID (as proctord sets them)");
     }
-    return Credentials{*std::move(key), id, absl::StrCat("$PROCTOR_AUTHKEY of process ", id)};
+    return Credentials{*std::move(key), id, absl::StrCat("$PROCTOR_AUTHKEY of process ", id), {}};
   }
   std::string path = DefaultStateDir() + "/authkey";
   absl::StatusOr<Credentials> found = FromFile(path, " (the daemon's default)");

@@ -6,11 +6,13 @@
 //   3. $PROCTOR_AUTHKEY (hex) with $PROCTOR_ID: a worker's own key, which proctord puts in
 //      every worker's environment; calls made with it reach only that worker's subtree;
 //   4. the daemon's default key file, <default state dir>/authkey.
-// Key files are admin keys. Messages name where the key came from, never the key.
+// Key files are admin keys. Messages name where the key came from, never the key. A key file
+// that group or others can reach is used, with a warning (the daemon refuses its own).
 #ifndef PROCTOR_CLIENT_CREDENTIALS_H_
 #define PROCTOR_CLIENT_CREDENTIALS_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -23,6 +25,9 @@ struct Credentials {
   std::string key;
   std::string key_id;  // "admin", or the worker's process id
   std::string source;  // "authkey file /x", "$PROCTOR_AUTHKEY": for messages
+  // Problems worth telling the user that did not stop the key from being used, one line each
+  // without a prefix: "key file /x is readable by others (mode 0644); chmod 600 /x".
+  std::vector<std::string> warnings;
 };
 
 // Finds the key as above. `explicit_file` empty: start the search at step 2. NOT_FOUND

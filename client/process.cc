@@ -11,6 +11,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <stop_token>
 #include <string_view>
 #include <thread>
 
@@ -42,20 +43,21 @@ std::string Env(const char* name) {
   return value == nullptr ? "" : value;
 }
 
-// What proctord put in a worker's environment; empty key and 0 id outside workers.
+// What proctord put in a worker's environment; 0 id and an empty authkey outside workers.
+// (The worker's credential, PROCTOR_AUTHKEY, is found by FindCredentials for the calls.)
 struct WorkerIdentity {
   uint64_t id = 0;
-  std::string key;
+  std::string authkey;  // multiprocessing's attribute, inherited from the parent
 };
 
 const WorkerIdentity& Worker() {
   static const WorkerIdentity* identity = [] {
     auto* found = new WorkerIdentity;
     uint64_t id = 0;
-    absl::StatusOr<std::string> key = HexDecode(Env(kAuthkeyEnv));
-    if (absl::SimpleAtoi(Env(kIdEnv), &id) && id != 0 && key.ok() && !key->empty()) {
+    absl::StatusOr<std::string> authkey = HexDecode(Env(kProcessAuthkeyEnv));
+    if (absl::SimpleAtoi(Env(kIdEnv), &id) && id != 0 && authkey.ok() && !authkey->empty()) {
       found->id = id;
-      found->key = *std::move(key);
+      found->authkey = *std::move(authkey);
     }
     return found;
   }();
@@ -176,6 +178,8 @@ struct ChildState {
   std::atomic<int> forwarding = 0;
   absl::Mutex join_mu;
   std::vector<std::thread> forwarders;  // set once, before anyone joins
+  // Stops the forwarders' streams early, when the daemon is not answering.
+  std::stop_source stop_forwarding;
 };
 
 class Runtime {
@@ -295,13 +299,16 @@ void Forward(ChildState& child, v1::Stream stream, FILE* out) {
     std::fwrite(text.data(), 1, text.size(), out);
     std::fflush(out);
   };
-  absl::Status status = child.runtime.client().Logs(request, [&](std::string_view chunk) {
-    pending.append(chunk);
-    size_t end = pending.rfind('\n');
-    if (end == std::string::npos) return;
-    emit(absl::string_view(pending).substr(0, end + 1));
-    pending.erase(0, end + 1);
-  });
+  absl::Status status = child.runtime.client().Logs(
+      request,
+      [&](std::string_view chunk) {
+        pending.append(chunk);
+        size_t end = pending.rfind('\n');
+        if (end == std::string::npos) return;
+        emit(absl::string_view(pending).substr(0, end + 1));
+        pending.erase(0, end + 1);
+      },
+      child.stop_forwarding.get_token());
   if (!pending.empty()) emit(pending);
   // A followed stream ends without error only once the process has ended.
   if (status.ok()) child.ended = true;
@@ -336,6 +343,8 @@ void ExitHandler() {
       if (!child->ended) {
         absl::StatusOr<v1::Process> joined = runtime->client().Join(child->id);
         if (joined.ok() && joined->state() == v1::STATE_EXITED) child->ended = true;
+        // The daemon gone or not answering: its streams would not end either.
+        if (!joined.ok()) child->stop_forwarding.request_stop();
       }
       child->WaitForwarders();
     }
@@ -398,7 +407,7 @@ absl::StatusOr<std::string> ResolveCwd(const std::string& given) {
 Process::Process(ProcessOptions options) : options_(std::move(options)) {
   authkey_ = options_.authkey;
   if (authkey_.empty()) {
-    authkey_ = Worker().id != 0 ? Worker().key : RandomBytes(kAuthkeyBytes);
+    authkey_ = Worker().id != 0 ? Worker().authkey : RandomBytes(kAuthkeyBytes);
   }
 }
 
@@ -411,7 +420,7 @@ Process::Process(Self, uint64_t id) {
     options_.name = "MainProcess";
     authkey_ = RandomBytes(kAuthkeyBytes);
   } else {
-    authkey_ = Worker().key;
+    authkey_ = Worker().authkey;
   }
 }
 
@@ -714,7 +723,7 @@ int internal::RunChild(int argc, char** argv) {
       self->id_ = Worker().id;
       self->pid_ = getpid();
       if (Worker().id != 0) {
-        self->authkey_ = Worker().key;
+        self->authkey_ = Worker().authkey;
         if (self->name().empty()) self->Refresh().IgnoreError();
       }
       {

@@ -332,8 +332,10 @@ struct ProcessOptions {
   std::vector<std::string> env;
   // Relative to this program's working directory; empty: this program's working directory.
   std::string cwd;
-  // Empty: inside a worker, the worker's own key (as proctord would give); elsewhere 32 fresh
-  // random bytes for each process, as proctord gives top-level processes.
+  // multiprocessing's authkey, for the program's own use. Empty: inside a worker, the
+  // worker's own (children inherit it, as in Python); elsewhere 32 fresh random bytes for
+  // each process, as proctord gives top-level processes. It is not the credential proctord
+  // checks: each worker has one of its own, which a child never shares.
   std::string authkey;
 };
 

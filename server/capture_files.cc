@@ -83,22 +83,6 @@ void CaptureFiles::Prepare(const std::string& path) {
   rename(spare.c_str(), path.c_str());
 }
 
-void CaptureFiles::Recycle(const std::string& path) {
-  std::string spare;
-  {
-    absl::MutexLock lock(&mu_);
-    if (spares_.size() < stock_) spare = absl::StrCat(spare_dir_, "/", next_name_++);
-  }
-  // Emptied first: a spare must never show a previous worker's output.
-  if (spare.empty() || truncate(path.c_str(), 0) != 0 ||
-      rename(path.c_str(), spare.c_str()) != 0) {
-    unlink(path.c_str());
-    return;
-  }
-  absl::MutexLock lock(&mu_);
-  spares_.push_back(std::move(spare));
-}
-
 size_t CaptureFiles::spares() {
   absl::MutexLock lock(&mu_);
   return spares_.size();

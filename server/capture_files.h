@@ -2,10 +2,13 @@
 //
 // Creating a file is the slowest step of a start on some filesystems (ext4 on a virtual disk:
 // about 0.9 ms, against about 20 µs to rename one), and every worker needs two. So a
-// background thread keeps a stock of empty spare files in <dir>/spare, Prepare() renames a
-// spare to where a new worker's output goes, and Recycle() empties the files of forgotten
-// records and puts them back in stock. When the stock is empty, Prepare() does nothing and
-// the file is created at spawn as usual. Thread-safe.
+// background thread keeps a stock of empty spare files in <dir>/spare, and Prepare() renames
+// a spare to where a new worker's output goes. When the stock is empty, Prepare() does
+// nothing and the file is created at spawn as usual. Thread-safe.
+//
+// A spare is always a new file, never one a worker wrote: a process that escaped its tree
+// may still hold an old capture file open, and what it writes must never show up in the
+// output of another record. Files of forgotten records are removed, not reused.
 #ifndef PROCTOR_SERVER_CAPTURE_FILES_H_
 #define PROCTOR_SERVER_CAPTURE_FILES_H_
 
@@ -26,10 +29,8 @@ class CaptureFiles {
   CaptureFiles(std::string dir, size_t stock);
   ~CaptureFiles();
 
-  // Puts an empty file at `path` if a spare is at hand.
+  // Puts a new, empty file at `path` if a spare is at hand.
   void Prepare(const std::string& path);
-  // Takes back a capture file no longer needed: emptied into the stock, or removed.
-  void Recycle(const std::string& path);
 
   size_t spares();
 

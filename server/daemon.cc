@@ -1,32 +1,35 @@
 #include "server/daemon.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
-#include <memory>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <sstream>
-#include <thread>
+#include <utility>
 
+#include "CLI/CLI.hpp"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/authkey.h"
 #include "common/default_paths.h"
 #include "common/environment_names.h"
 #include "grpcpp/grpcpp.h"
-#include "server/authenticator.h"
-#include "server/capture_files.h"
-#include "server/event_loop.h"
-#include "server/id_allocator.h"
-#include "server/posix_process_os.h"
-#include "server/proctor_service.h"
-#include "server/supervisor.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -35,26 +38,161 @@ extern char** environ;
 namespace proctor {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: proctord [flags]\n"
-    "  --listen ADDR          unix:/path or host:port; repeatable (default unix:<runtime "
-    "dir>/proctor/proctord.sock)\n"
-    "  --state-dir DIR        ids and captured output (default $XDG_STATE_HOME/proctor, "
-    "/var/lib/proctor as root)\n"
-    "  --retain N             ended records kept before the oldest are forgotten (10000)\n"
-    "  --max-processes N      live processes in the whole daemon (4096)\n"
-    "  --max-children N       live children of one worker (512)\n"
-    "  --max-depth N          depth of a process tree; top level is 1 (16)\n"
-    "  --capture-spares N     capture files made ahead of time, off the start path (4096)\n"
-    "  --shutdown-grace SECS  on SIGTERM, how long non-daemonic workers may run on (10)\n"
-    "  --log-level LEVEL      trace, debug, info, warn, error, off (info)\n"
-    "  --authkey-file PATH    an admin key; repeatable, reloaded on SIGHUP (default "
-    "<state-dir>/authkey, made if missing)\n"
-    "  --socket-mode MODE     permissions of Unix sockets, octal (0600)\n"
-    "  --tls-cert PATH        PEM certificate for TCP listeners (with --tls-key)\n"
-    "  --tls-key PATH         PEM private key for TCP listeners\n"
-    "  --tls-client-ca PATH   require client certificates signed by this CA (mutual TLS)\n"
-    "  --insecure-tcp         allow TCP listeners without TLS (the authkey still applies)\n";
+constexpr char kSeeHelp[] = " (see proctord --help)";
+
+// How long connections wait in the backlog, when descriptors ran short, before accept is tried
+// again; and how many are accepted at one wakeup of the loop (epoll calls again while more wait).
+constexpr absl::Duration kAcceptRetry = absl::Milliseconds(100);
+constexpr int kAcceptBatch = 64;
+
+// Adds a flag taking a value that `store` parses into the options; when it cannot, the value
+// is refused as `<flag> wants <wanted>, not "<value>"`. Every occurrence is checked as it is
+// parsed, so a bad value is refused even when a later one would do.
+void AddParsedFlag(CLI::App& app, const std::string& flag, const std::string& value_name,
+                   const std::string& help, const std::string& wanted,
+                   std::function<bool(const std::string&)> store) {
+  app.add_option_function<std::string>(
+         flag,
+         [flag, wanted, store = std::move(store)](const std::string& value) {
+           if (!store(value)) {
+             throw CLI::ValidationError(
+                 absl::StrCat(flag, " wants ", wanted, ", not \"", value, "\""));
+           }
+         },
+         help)
+      ->type_name(value_name)
+      ->trigger_on_parse();
+}
+
+bool ParseCount(const std::string& text, size_t min, size_t* count) {
+  size_t value;
+  if (!absl::SimpleAtoi(text, &value) || value < min) return false;
+  *count = value;
+  return true;
+}
+
+// A flag for a count of `min` or more, described as `what`; its help shows the default,
+// `count` as it stands. Decimal only: CLI11's own integer conversion (strtoull, base 0) would
+// take "-1" (wrapping around) and read "010" as octal.
+void AddCountFlag(CLI::App& app, const std::string& flag, size_t min, const std::string& what,
+                  size_t& count) {
+  AddParsedFlag(app, flag, "N", absl::StrCat(what, " (default ", count, ")"),
+                min == 0 ? "a count" : absl::StrCat("a count of ", min, " or more"),
+                [min, &count](const std::string& v) { return ParseCount(v, min, &count); });
+}
+
+bool ParseSeconds(const std::string& text, absl::Duration* duration) {
+  double seconds;
+  // Written so that NaN is refused too.
+  if (!absl::SimpleAtod(text, &seconds) || !(seconds >= 0)) return false;
+  *duration = absl::Seconds(seconds);
+  return true;
+}
+
+bool ParseOctalMode(const std::string& text, unsigned* mode) {
+  if (text.empty() || text.find_first_not_of("01234567") != std::string::npos) return false;
+  unsigned long value = std::strtoul(text.c_str(), nullptr, 8);
+  if (value > 0777) return false;
+  *mode = static_cast<unsigned>(value);
+  return true;
+}
+
+bool ParseLogLevel(const std::string& text, std::string* level) {
+  // from_str answers `off` for any name it does not know.
+  if (spdlog::level::from_str(text) == spdlog::level::off && text != "off") return false;
+  *level = text;
+  return true;
+}
+
+// Declares proctord's flags, storing into `options`; the help shows the defaults `options`
+// holds, and the default paths as they are for this user.
+void DeclareFlags(CLI::App& app, DaemonOptions& options) {
+  app.set_help_flag("-h,--help", "print this help and exit");
+  // Other flags given twice keep the last value, as they always have.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  // Left over arguments are reported by ParseDaemonFlags, in its own words.
+  app.allow_extras();
+
+  app.add_option("--listen", options.listen,
+                 absl::StrCat("unix:/path or host:port; repeatable (default ", DefaultAddress(),
+                              ")"))
+      ->type_name("ADDR")
+      ->allow_extra_args(false)  // one address per --listen
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--state-dir", options.state_dir,
+                 absl::StrCat("ids and captured output (default ", DefaultStateDir(), ")"))
+      ->type_name("DIR");
+  AddCountFlag(app, "--retain", 0, "ended records kept before the oldest are forgotten",
+               options.retain);
+  AddCountFlag(app, "--max-processes", 1, "live processes in the whole daemon",
+               options.max_processes);
+  AddCountFlag(app, "--max-children", 1, "live children of one worker", options.max_children);
+  AddCountFlag(app, "--max-depth", 1, "depth of a process tree; top level is 1", options.max_depth);
+  AddCountFlag(app, "--capture-spares", 0, "capture files made ahead of time, off the start path",
+               options.capture_spares);
+  AddParsedFlag(app, "--shutdown-grace", "SECS",
+                absl::StrCat("on SIGTERM, how long non-daemonic workers may run on (default ",
+                             absl::FDivDuration(options.shutdown_grace, absl::Seconds(1)), ")"),
+                "seconds (0 or more)", [&options](const std::string& v) {
+                  return ParseSeconds(v, &options.shutdown_grace);
+                });
+  AddParsedFlag(app, "--log-level", "LEVEL",
+                absl::StrCat("trace, debug, info, warn, error, critical or off (default ",
+                             options.log_level, ")"),
+                "one of trace, debug, info, warn, error, critical, off",
+                [&options](const std::string& v) { return ParseLogLevel(v, &options.log_level); });
+  app.add_option("--authkey-file", options.authkey_files,
+                 "an admin key; repeatable, reloaded on SIGHUP (default <state-dir>/authkey, "
+                 "made if missing)")
+      ->type_name("PATH")
+      ->allow_extra_args(false)  // one file per --authkey-file
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  AddParsedFlag(
+      app, "--socket-mode", "MODE",
+      absl::StrFormat("permissions of Unix sockets, octal (default %04o)", options.socket_mode),
+      "octal permissions such as 0660",
+      [&options](const std::string& v) { return ParseOctalMode(v, &options.socket_mode); });
+  app.add_option("--tls-cert", options.tls_cert,
+                 "PEM certificate for TCP listeners (with --tls-key)")
+      ->type_name("PATH");
+  app.add_option("--tls-key", options.tls_key, "PEM private key for TCP listeners")
+      ->type_name("PATH");
+  app.add_option("--tls-client-ca", options.tls_client_ca,
+                 "require client certificates signed by this CA (mutual TLS)")
+      ->type_name("PATH");
+  app.add_flag("--insecure-tcp", options.insecure_tcp,
+               "allow TCP listeners without TLS (the authkey still applies)");
+  app.add_option("--worker-user", options.worker_user,
+                 "run workers whose Start names no user as this user (root daemons only)")
+      ->type_name("USER");
+  app.add_flag("!--no-worker-cgroups", options.worker_cgroups,
+               "do not give each worker a cgroup of its own (escapees are then found in /proc)");
+}
+
+// What needs more than one flag to judge, and the defaults that depend on the user.
+absl::Status FinishOptions(const CLI::App& app, DaemonOptions& options) {
+  std::vector<std::string> extras = app.remaining();
+  if (!extras.empty()) {
+    const std::string& first = extras.front();
+    if (absl::StartsWith(first, "-")) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag \"", first, "\"", kSeeHelp));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument \"", first, "\": proctord takes flags only", kSeeHelp));
+  }
+  for (const std::string& address : options.listen) {
+    if (address.empty()) return absl::InvalidArgumentError("--listen needs an address");
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+  }
+  if (options.listen.empty()) options.listen.push_back(DefaultAddress());
+  if (options.state_dir.empty()) options.state_dir = DefaultStateDir();
+  return absl::OkStatus();
+}
 
 std::string ReadWholeFile(const std::string& path) {
   std::ifstream in(path);
@@ -67,12 +205,23 @@ absl::Status MakeDirs(const std::string& path) {
   for (size_t pos = 1; pos != std::string::npos;) {
     pos = path.find('/', pos + 1);
     std::string prefix = path.substr(0, pos);
-    if (mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST) {
-      return absl::InternalError(absl::StrCat("cannot create ", prefix, ": ",
-                                              std::strerror(errno)));
+    if (mkdir(prefix.c_str(), 0700) != 0) {
+      int err = errno;
+      if (err != EEXIST) {
+        return absl::InternalError(
+            absl::StrCat("cannot create ", prefix, ": ", std::strerror(err)));
+      }
     }
   }
   return absl::OkStatus();
+}
+
+// REQUIRES: `path` fits (PrepareSocketPath checks).
+sockaddr_un UnixAddress(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  return addr;
 }
 
 // A socket file left by a daemon that died is removed; one a live daemon answers on is not.
@@ -82,23 +231,237 @@ absl::Status PrepareSocketPath(const std::string& path) {
   }
   if (absl::Status s = MakeDirs(path.substr(0, path.rfind('/'))); !s.ok()) return s;
   struct stat st;
-  if (lstat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (lstat(path.c_str(), &st) != 0) {
+    int err = errno;
+    if (err == ENOENT) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("cannot look at ", path, ": ", std::strerror(err)));
+  }
   if (!S_ISSOCK(st.st_mode)) {
     return absl::FailedPreconditionError(
         absl::StrCat(path, " exists and is not a socket; not replacing it"));
   }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  if (fd < 0) {
+    int err = errno;
+    return absl::InternalError(
+        absl::StrCat("socket(AF_UNIX) to probe ", path, ": ", std::strerror(err)));
+  }
+  sockaddr_un addr = UnixAddress(path);
+  // Any failure to connect (ECONNREFUSED above all) means nobody answers there.
   bool live = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
   close(fd);
   if (live) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("another proctord is listening on ", path));
+    return absl::FailedPreconditionError(absl::StrCat("another proctord is listening on ", path));
   }
-  unlink(path.c_str());
+  if (unlink(path.c_str()) != 0) {
+    int err = errno;
+    return absl::InternalError(
+        absl::StrCat("cannot remove the stale socket ", path, ": ", std::strerror(err)));
+  }
   return absl::OkStatus();
+}
+
+// A listening Unix socket at `path` (prepared by PrepareSocketPath), non-blocking and
+// close-on-exec, its file made with `mode`.
+absl::StatusOr<int> ListenUnix(const std::string& path, unsigned mode) {
+  const std::string where = absl::StrCat("cannot listen on unix:", path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    int err = errno;
+    return absl::InternalError(absl::StrCat(where, ": socket: ", std::strerror(err)));
+  }
+  sockaddr_un addr = UnixAddress(path);
+  // bind() creates the socket file; the umask gives it its mode from the first instant rather
+  // than after a chmod.
+  mode_t old_umask = umask(~mode & 0777);
+  int bound = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  int err = errno;
+  umask(old_umask);
+  if (bound != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat(where, ": bind: ", std::strerror(err)));
+  }
+  if (listen(fd, SOMAXCONN) != 0) {
+    err = errno;
+    close(fd);
+    unlink(path.c_str());
+    return absl::UnavailableError(absl::StrCat(where, ": listen: ", std::strerror(err)));
+  }
+  return fd;
+}
+
+// "host:port" or "[host]:port", the port decimal.
+bool SplitHostPort(const std::string& address, std::string& host, std::string& port) {
+  size_t colon;
+  if (absl::StartsWith(address, "[")) {
+    size_t close_bracket = address.find(']');
+    if (close_bracket == std::string::npos) return false;
+    host = address.substr(1, close_bracket - 1);
+    colon = close_bracket + 1;
+    if (colon >= address.size() || address[colon] != ':') return false;
+  } else {
+    colon = address.rfind(':');
+    if (colon == std::string::npos) return false;
+    host = address.substr(0, colon);
+    if (host.find(':') != std::string::npos) return false;  // IPv6 wants brackets
+  }
+  port = address.substr(colon + 1);
+  int number;
+  return !port.empty() && port.find_first_not_of("0123456789") == std::string::npos &&
+         absl::SimpleAtoi(port, &number) && number <= 65535;
+}
+
+std::string SocketAddressText(const sockaddr* addr) {
+  char text[INET6_ADDRSTRLEN] = "?";
+  if (addr->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(addr);
+    inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+    return absl::StrCat("[", text, "]:", ntohs(in6->sin6_port));
+  }
+  const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
+  inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+  return absl::StrCat(text, ":", ntohs(in->sin_port));
+}
+
+void SetPort(sockaddr* addr, uint16_t port) {
+  if (addr->sa_family == AF_INET6) {
+    reinterpret_cast<sockaddr_in6*>(addr)->sin6_port = htons(port);
+  } else {
+    reinterpret_cast<sockaddr_in*>(addr)->sin_port = htons(port);
+  }
+}
+
+// One listening TCP socket on `addr`, non-blocking and close-on-exec; an IPv6 one takes IPv6
+// only, its IPv4 twin (if any) being another socket. Errors name the syscall.
+absl::StatusOr<int> ListenTcpSocket(const sockaddr* addr, socklen_t length) {
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    int err = errno;
+    return absl::UnavailableError(absl::StrCat("socket: ", std::strerror(err)));
+  }
+  auto fail = [fd](const char* call) {
+    int err = errno;
+    close(fd);
+    return absl::UnavailableError(absl::StrCat(call, ": ", std::strerror(err)));
+  };
+  const int one = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
+    return fail("setsockopt(SO_REUSEADDR)");
+  }
+  if (addr->sa_family == AF_INET6 &&
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) {
+    return fail("setsockopt(IPV6_V6ONLY)");
+  }
+  if (bind(fd, addr, length) != 0) return fail("bind");
+  if (listen(fd, SOMAXCONN) != 0) return fail("listen");
+  return fd;
+}
+
+// Listening sockets for a TCP --listen, "host:port" or "[host]:port": one for each address
+// the host resolves to, all on one port (the first one's, for port 0). A wildcard host (empty,
+// 0.0.0.0 or ::) takes every address of both families, as gRPC's own listener did. Addresses
+// that cannot be bound are logged and skipped, as long as one can be.
+absl::StatusOr<std::vector<int>> ListenTcp(const std::string& address) {
+  std::string host, port;
+  if (!SplitHostPort(address, host, port)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen wants unix:/path or host:port, not \"", address, "\""));
+  }
+  const bool wildcard = host.empty() || host == "0.0.0.0" || host == "::";
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  int rc = getaddrinfo(wildcard ? nullptr : host.c_str(), port.c_str(), &hints, &found);
+  int err = errno;
+  if (rc != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, ": cannot resolve ", host, ": ",
+                     rc == EAI_SYSTEM ? std::strerror(err) : gai_strerror(rc)));
+  }
+  std::vector<int> fds;
+  std::vector<std::string> bound, failed;
+  uint16_t chosen_port = 0;
+  for (const addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
+    sockaddr_storage addr{};
+    std::memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
+    auto* sa = reinterpret_cast<sockaddr*>(&addr);
+    if (chosen_port != 0) SetPort(sa, chosen_port);
+    std::string text = SocketAddressText(sa);
+    if (std::find(bound.begin(), bound.end(), text) != bound.end()) continue;  // listed twice
+    absl::StatusOr<int> fd = ListenTcpSocket(sa, ai->ai_addrlen);
+    if (!fd.ok()) {
+      failed.push_back(absl::StrCat(text, " (", fd.status().message(), ")"));
+      continue;
+    }
+    if (chosen_port == 0) {
+      socklen_t length = sizeof(addr);
+      if (getsockname(*fd, sa, &length) == 0) {
+        chosen_port = ntohs(sa->sa_family == AF_INET6
+                                ? reinterpret_cast<sockaddr_in6*>(sa)->sin6_port
+                                : reinterpret_cast<sockaddr_in*>(sa)->sin_port);
+        text = SocketAddressText(sa);
+      }
+    }
+    bound.push_back(text);
+    fds.push_back(*fd);
+  }
+  freeaddrinfo(found);
+  if (fds.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, ": ", absl::StrJoin(failed, ", ")));
+  }
+  if (!failed.empty()) {
+    spdlog::warn("{}: listening on {} only; cannot listen on {}", address,
+                 absl::StrJoin(bound, ", "), absl::StrJoin(failed, ", "));
+  }
+  spdlog::debug("{}: listening on {}", address, absl::StrJoin(bound, ", "));
+  return fds;
+}
+
+// Raises the soft RLIMIT_NOFILE to the hard limit, and logs the figure; returns the limit in
+// force, and in `original` the one proctord started with (workers get it back). A limit that
+// cannot be raised is kept, with a warning.
+absl::StatusOr<size_t> RaiseDescriptorLimit(rlimit& original) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    int err = errno;
+    return absl::InternalError(absl::StrCat("getrlimit(RLIMIT_NOFILE): ", std::strerror(err)));
+  }
+  original = limit;
+  const rlim_t was = limit.rlim_cur;
+  if (was >= limit.rlim_max) {
+    spdlog::info("descriptors: {} (the hard limit)", was);
+    return static_cast<size_t>(was);
+  }
+  rlimit raised{.rlim_cur = limit.rlim_max, .rlim_max = limit.rlim_max};
+  if (setrlimit(RLIMIT_NOFILE, &raised) != 0) {
+    int err = errno;
+    spdlog::warn("descriptors: {} (cannot raise the soft limit to the hard limit {}: {})", was,
+                 limit.rlim_max, std::strerror(err));
+    return static_cast<size_t>(was);
+  }
+  spdlog::info("descriptors: {} (soft limit raised from {})", raised.rlim_cur, was);
+  return static_cast<size_t>(raised.rlim_cur);
+}
+
+// Lowers `max_processes` to what the descriptor budget allows, saying why; returns what the
+// supervisor's refusal is to name instead of --max-processes (empty: nothing lowered).
+std::string CapWorkers(const DescriptorBudget& budget, size_t& max_processes) {
+  if (budget.workers >= max_processes) return "";
+  spdlog::warn(
+      "--max-processes lowered from {} to {}: the descriptor limit (RLIMIT_NOFILE {}) allows "
+      "no more, as each worker holds a descriptor until it is reaped and {} are kept for "
+      "connections and proctord's own files; raise LimitNOFILE= (systemd) or ulimit -n, or "
+      "lower --max-processes",
+      max_processes, budget.workers, budget.limit, budget.reserve);
+  max_processes = budget.workers;
+  return absl::StrCat("limit of ", budget.workers,
+                      " processes that the descriptor limit allows (RLIMIT_NOFILE ", budget.limit,
+                      ", less ", budget.reserve,
+                      " kept for connections; raise LimitNOFILE= or ulimit -n)");
 }
 
 // The admin keys, all of them or an error naming the file at fault.
@@ -127,13 +490,14 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
     const DaemonOptions& options, const std::string& address) {
   if (options.tls_cert.empty()) {
     if (!options.insecure_tcp) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TCP listener ", address,
-          " needs --tls-cert and --tls-key (or --insecure-tcp to accept plain TCP)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("TCP listener ", address,
+                       " needs --tls-cert and --tls-key (or --insecure-tcp to accept plain TCP)"));
     }
-    spdlog::warn("listening on {} without TLS (--insecure-tcp): calls and replies cross the "
-                 "network in the clear; only the authkey protects them",
-                 address);
+    spdlog::warn(
+        "listening on {} without TLS (--insecure-tcp): calls and replies cross the "
+        "network in the clear; only the authkey protects them",
+        address);
     return grpc::InsecureServerCredentials();
   }
   grpc::SslServerCredentialsOptions ssl(
@@ -166,242 +530,339 @@ std::vector<std::string> WorkerBaseEnvironment() {
   return env;
 }
 
+// Workers call back on the first Unix socket (or else the first address) we listen on.
+std::string WorkerAddress(const std::vector<std::string>& listen) {
+  auto unix_socket = std::find_if(listen.begin(), listen.end(), [](const std::string& address) {
+    return absl::StartsWith(address, "unix:");
+  });
+  return unix_socket != listen.end() ? *unix_socket : listen.front();
+}
+
+void SetUpLogging(const std::string& level) {
+  // Not spdlog::stderr_logger_mt: that registers the name, and a second daemon in one process
+  // (tests) would throw.
+  auto logger = std::make_shared<spdlog::logger>("proctord",
+                                                 std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  logger->set_level(spdlog::level::from_str(level));
+  spdlog::set_default_logger(std::move(logger));
+}
+
 }  // namespace
 
-absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& args) {
+absl::StatusOr<DaemonCommandLine> ParseDaemonFlags(const std::vector<std::string>& args) {
   DaemonOptions options;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i];
-    std::string value;
-    bool has_value = false;
-    if (size_t eq = flag.find('='); absl::StartsWith(flag, "--") && eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-      has_value = true;
-    }
-    if (flag == "--help" || flag == "-h") return absl::CancelledError(kUsage);
-    auto take = [&]() -> absl::StatusOr<std::string> {
-      if (has_value) return value;
-      if (i + 1 >= args.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(flag, " needs a value"));
-      }
-      return args[++i];
-    };
-    absl::StatusOr<std::string> v;
-    if (flag == "--listen") {
-      if (!(v = take()).ok()) return v.status();
-      if (v->empty()) return absl::InvalidArgumentError("--listen needs an address");
-      options.listen.push_back(*v);
-    } else if (flag == "--state-dir") {
-      if (!(v = take()).ok()) return v.status();
-      options.state_dir = *v;
-    } else if (flag == "--retain") {
-      if (!(v = take()).ok()) return v.status();
-      if (!absl::SimpleAtoi(*v, &options.retain)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--retain wants a count, not \"", *v, "\""));
-      }
-    } else if (flag == "--max-processes" || flag == "--max-children" ||
-               flag == "--max-depth") {
-      if (!(v = take()).ok()) return v.status();
-      size_t limit = 0;
-      if (!absl::SimpleAtoi(*v, &limit) || limit == 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(flag, " wants a count of 1 or more, not \"", *v, "\""));
-      }
-      (flag == "--max-processes"  ? options.max_processes
-       : flag == "--max-children" ? options.max_children
-                                  : options.max_depth) = limit;
-    } else if (flag == "--capture-spares") {
-      if (!(v = take()).ok()) return v.status();
-      if (!absl::SimpleAtoi(*v, &options.capture_spares)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--capture-spares wants a count, not \"", *v, "\""));
-      }
-    } else if (flag == "--shutdown-grace") {
-      if (!(v = take()).ok()) return v.status();
-      double seconds;
-      if (!absl::SimpleAtod(*v, &seconds) || seconds < 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--shutdown-grace wants seconds (0 or more), not \"", *v, "\""));
-      }
-      options.shutdown_grace = absl::Seconds(seconds);
-    } else if (flag == "--authkey-file") {
-      if (!(v = take()).ok()) return v.status();
-      options.authkey_files.push_back(*v);
-    } else if (flag == "--socket-mode") {
-      if (!(v = take()).ok()) return v.status();
-      char* end = nullptr;
-      unsigned long mode = std::strtoul(v->c_str(), &end, 8);
-      if (v->empty() || *end != '\0' || mode > 0777) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--socket-mode wants octal permissions such as 0660, not \"", *v, "\""));
-      }
-      options.socket_mode = static_cast<unsigned>(mode);
-    } else if (flag == "--tls-cert") {
-      if (!(v = take()).ok()) return v.status();
-      options.tls_cert = *v;
-    } else if (flag == "--tls-key") {
-      if (!(v = take()).ok()) return v.status();
-      options.tls_key = *v;
-    } else if (flag == "--tls-client-ca") {
-      if (!(v = take()).ok()) return v.status();
-      options.tls_client_ca = *v;
-    } else if (flag == "--insecure-tcp") {
-      options.insecure_tcp = true;
-    } else if (flag == "--log-level") {
-      if (!(v = take()).ok()) return v.status();
-      if (spdlog::level::from_str(*v) == spdlog::level::off && *v != "off") {
-        return absl::InvalidArgumentError(absl::StrCat("unknown --log-level \"", *v, "\""));
-      }
-      options.log_level = *v;
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown flag \"", args[i], "\" (see proctord --help)"));
-    }
+  CLI::App app("proctord: supervises the processes its clients start through its gRPC API.",
+               "proctord");
+  try {
+    DeclareFlags(app, options);
+    // CLI11 takes its arguments last first.
+    std::vector<std::string> reversed(args.rbegin(), args.rend());
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    return DaemonHelp{app.help()};
+  } catch (const CLI::ValidationError& e) {
+    return absl::InvalidArgumentError(e.what());  // our own words, from AddParsedFlag
+  } catch (const CLI::ParseError& e) {
+    // CLI11's own, e.g. "--retain: 1 required N missing".
+    return absl::InvalidArgumentError(absl::StrCat(e.what(), kSeeHelp));
+  } catch (const CLI::Error& e) {
+    // A flag declared wrongly: a bug here, not in the command line.
+    return absl::InternalError(absl::StrCat("proctord's flags: ", e.what()));
   }
-  if (options.listen.empty()) options.listen.push_back(DefaultAddress());
-  if (options.state_dir.empty()) options.state_dir = DefaultStateDir();
-  if (options.tls_cert.empty() != options.tls_key.empty()) {
-    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
-  }
-  if (!options.tls_client_ca.empty() && options.tls_cert.empty()) {
-    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
-  }
+  if (absl::Status s = FinishOptions(app, options); !s.ok()) return s;
   return options;
 }
 
-int RunDaemon(const DaemonOptions& options) {
-  auto logger = spdlog::stderr_logger_mt("proctord");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  logger->set_level(spdlog::level::from_str(options.log_level));
-  spdlog::set_default_logger(logger);
+DescriptorBudget BudgetDescriptors(size_t limit) {
+  DescriptorBudget budget{.limit = limit, .reserve = std::max(kMinDescriptorReserve, limit / 2)};
+  budget.workers = limit > budget.reserve ? limit - budget.reserve : 0;
+  return budget;
+}
 
-  auto fail = [](const absl::Status& status) {
-    spdlog::error("{}", std::string(status.message()));
-    return 1;
-  };
-  std::string log_dir = options.state_dir + "/logs";
-  if (absl::Status s = MakeDirs(log_dir); !s.ok()) return fail(s);
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Create(const DaemonOptions& options) {
+  std::unique_ptr<Daemon> daemon(new Daemon(options));
+  if (absl::Status s = daemon->Init(); !s.ok()) return s;
+  return daemon;
+}
+
+Daemon::Daemon(const DaemonOptions& options)
+    : options_(options), log_dir_(options.state_dir + "/logs") {}
+
+absl::Status Daemon::Init() {
+  SetUpLogging(options_.log_level);
+  rlimit original_descriptors{};
+  absl::StatusOr<size_t> descriptor_limit = RaiseDescriptorLimit(original_descriptors);
+  if (!descriptor_limit.ok()) return descriptor_limit.status();
+  descriptors_ = BudgetDescriptors(*descriptor_limit);
+  if (absl::Status s = MakeDirs(log_dir_); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<IdAllocator>> ids =
-      IdAllocator::Open(options.state_dir + "/next-id");
-  if (!ids.ok()) return fail(ids.status());
+      IdAllocator::Open(options_.state_dir + "/next-id");
+  if (!ids.ok()) return ids.status();
+  ids_ = *std::move(ids);
   absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
-  if (!loop.ok()) return fail(loop.status());
+  if (!loop.ok()) return loop.status();
+  loop_ = *std::move(loop);
+  absl::StatusOr<std::vector<std::string>> admin_keys = LoadAdminKeys(options_);
+  if (!admin_keys.ok()) return admin_keys.status();
 
-  absl::StatusOr<std::vector<std::string>> admin_keys = LoadAdminKeys(options);
-  if (!admin_keys.ok()) return fail(admin_keys.status());
-
-  // Workers call back on the first Unix socket (or else the first address) we listen on.
-  std::string worker_address = options.listen.front();
-  for (const std::string& address : options.listen) {
-    if (absl::StartsWith(address, "unix:")) {
-      worker_address = address;
-      break;
-    }
-  }
-
-  CaptureFiles capture_files(log_dir, options.capture_spares);
-  absl::StatusOr<std::unique_ptr<PosixProcessOs>> posix_os =
-      PosixProcessOs::Create(**loop, options.worker_nice);
-  if (!posix_os.ok()) return fail(posix_os.status());
-  PosixProcessOs& os = **posix_os;
-  RealClock clock;
+  capture_files_ = std::make_unique<CaptureFiles>(log_dir_, options_.capture_spares);
+  absl::StatusOr<std::unique_ptr<PosixProcessOs>> os = PosixProcessOs::Create(
+      *loop_, PosixProcessOs::Options{.worker_nice = options_.worker_nice,
+                                      .worker_cgroups = options_.worker_cgroups,
+                                      .worker_descriptors = original_descriptors});
+  if (!os.ok()) return os.status();
+  os_ = *std::move(os);
+  size_t max_processes = options_.max_processes;
+  std::string max_processes_reason = CapWorkers(descriptors_, max_processes);
   SupervisorOptions supervisor_options{
-      .log_dir = log_dir,
-      .retain = options.retain,
+      .log_dir = log_dir_,
+      .retain = options_.retain,
       .base_env = WorkerBaseEnvironment(),
       .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
-      .worker_address = worker_address,
-      .capture_files = &capture_files,
-      .max_processes = options.max_processes,
-      .max_children = options.max_children,
-      .max_depth = options.max_depth,
+      .worker_address = WorkerAddress(options_.listen),
+      .capture_files = capture_files_.get(),
+      .worker_user = options_.worker_user,
+      .max_processes = max_processes,
+      .max_children = options_.max_children,
+      .max_depth = options_.max_depth,
+      .max_processes_reason = std::move(max_processes_reason),
   };
-  Supervisor supervisor(supervisor_options, os, clock, **loop, **ids);
-  Authenticator authenticator(clock, [&](uint64_t id) { return supervisor.AuthkeyOf(id); });
-  authenticator.SetAdminKeys(*std::move(admin_keys));
-  ProctorService service(supervisor, **loop, authenticator, clock);
+  supervisor_ = std::make_unique<Supervisor>(supervisor_options, *os_, clock_, *loop_, *ids_);
+  authenticator_ = std::make_unique<Authenticator>(
+      clock_, [supervisor = supervisor_.get()](uint64_t id) {
+        return supervisor->CredentialOf(id);
+      });
+  authenticator_->SetAdminKeys(*std::move(admin_keys));
+  service_ = std::make_unique<ProctorService>(*supervisor_, *loop_, *authenticator_, clock_);
 
-  grpc::ServerBuilder builder;
-  std::vector<std::string> socket_paths;
-  for (const std::string& address : options.listen) {
-    if (absl::StartsWith(address, "unix:")) {
-      std::string path = address.substr(5);
-      if (absl::Status s = PrepareSocketPath(path); !s.ok()) return fail(s);
-      socket_paths.push_back(path);
-      builder.AddListeningPort(address, grpc::InsecureServerCredentials());
-    } else {
-      absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-          TcpCredentials(options, address);
-      if (!credentials.ok()) return fail(credentials.status());
-      builder.AddListeningPort(address, *credentials);
-    }
-  }
-  builder.RegisterService(&service);
-  // The socket is created by bind() inside BuildAndStart; the umask gives it its mode from
-  // the first instant rather than after a chmod.
-  mode_t old_umask = umask(~options.socket_mode & 0777);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  umask(old_umask);
-  if (server == nullptr) {
-    return fail(absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", absl::StrJoin(options.listen, ", "), " (see the log above)")));
-  }
-
+  // Before the server, which comes last so that a failure leaves no socket behind (the
+  // destructor closes and removes those bound before it). The callback runs only once Run()
+  // runs the loop.
   absl::StatusOr<int> signal_fd = OpenDaemonSignalFd();
-  if (!signal_fd.ok()) return fail(signal_fd.status());
-  std::thread stopper;
-  int finished = 0;  // of the gRPC server and the supervisor; touched on the loop thread only
-  bool stopping = false;
-  EventLoop& event_loop = **loop;
-  absl::Status watched = event_loop.Watch(*signal_fd, [&] {
-    for (DaemonSignal sig : ReadSignals(*signal_fd)) {
-      if (sig == DaemonSignal::kChildExited) {
-        os.OnSigchld();
-      } else if (sig == DaemonSignal::kReload) {
-        // A bad file keeps the keys in force: a typo must not lock everyone out.
-        absl::StatusOr<std::vector<std::string>> keys = LoadAdminKeys(options);
-        if (keys.ok()) {
-          spdlog::info("reloaded {} admin authkey(s)", keys->size());
-          authenticator.SetAdminKeys(*std::move(keys));
-        } else {
-          spdlog::error("authkeys not reloaded, the old ones stay: {}",
-                        std::string(keys.status().message()));
-        }
-      } else if (sig == DaemonSignal::kStop && !stopping) {
-        stopping = true;
-        spdlog::info("asked to stop: no new calls; ending workers");
-        // Server::Shutdown waits for handlers; it must not run on the loop thread.
-        // The loop runs on until both the calls and the workers are done: calls still in
-        // flight may be waiting on its timers (held-back refusals, log follows).
-        stopper = std::thread([&] {
-          server->Shutdown(std::chrono::system_clock::now());
-          event_loop.Post([&] {
-            if (++finished == 2) event_loop.Stop();
-          });
-        });
-        supervisor.Shutdown(options.shutdown_grace, [&] {
-          event_loop.Post([&] {
-            if (++finished == 2) event_loop.Stop();
-          });
-        });
+  if (!signal_fd.ok()) return signal_fd.status();
+  if (absl::Status s = loop_->Watch(*signal_fd, [this] { OnSignals(); }); !s.ok()) {
+    close(*signal_fd);
+    return s;
+  }
+  signal_fd_ = *signal_fd;
+  return StartServer();
+}
+
+absl::Status Daemon::StartServer() {
+  grpc::ServerBuilder builder;
+  for (const std::string& address : options_.listen) {
+    if (absl::Status s = Listen(address, builder); !s.ok()) return s;
+  }
+  builder.RegisterService(service_.get());
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr) {
+    return absl::UnavailableError("cannot start the gRPC server (see the log above)");
+  }
+  // The callbacks run once Run() runs the loop; until then connections wait in the backlog.
+  return WatchListeners();
+}
+
+absl::Status Daemon::Listen(const std::string& address, grpc::ServerBuilder& builder) {
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  std::vector<int> fds;
+  const bool tcp = !absl::StartsWith(address, "unix:");
+  if (tcp) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        TcpCredentials(options_, address);
+    if (!tls.ok()) return tls.status();
+    credentials = *std::move(tls);
+    absl::StatusOr<std::vector<int>> bound = ListenTcp(address);
+    if (!bound.ok()) return bound.status();
+    fds = *std::move(bound);
+  } else {
+    std::string path = address.substr(5);
+    if (absl::Status s = PrepareSocketPath(path); !s.ok()) return s;
+    absl::StatusOr<int> fd = ListenUnix(path, options_.socket_mode);
+    if (!fd.ok()) return fd.status();
+    socket_paths_.push_back(path);
+    fds.push_back(*fd);
+    credentials = grpc::InsecureServerCredentials();
+  }
+  acceptors_.push_back(builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, credentials));
+  for (int fd : fds) {
+    listeners_.push_back(
+        Listener{.address = address, .fd = fd, .tcp = tcp, .acceptor = acceptors_.back().get()});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::WatchListeners() {
+  for (size_t i = 0; i < listeners_.size(); ++i) {
+    Listener& listener = listeners_[i];
+    if (listener.watched) continue;
+    if (absl::Status s = loop_->Watch(listener.fd, [this, i] { OnAcceptable(i); }); !s.ok()) {
+      return s;
+    }
+    listener.watched = true;
+  }
+  return absl::OkStatus();
+}
+
+void Daemon::UnwatchListeners() {
+  for (Listener& listener : listeners_) {
+    if (listener.watched) loop_->Unwatch(listener.fd);
+    listener.watched = false;
+  }
+}
+
+void Daemon::CloseListeners() {
+  if (accept_retry_ != 0) loop_->Cancel(accept_retry_);
+  accept_retry_ = 0;
+  UnwatchListeners();
+  for (const Listener& listener : listeners_) close(listener.fd);
+  listeners_.clear();
+}
+
+void Daemon::OnAcceptable(size_t index) {
+  const Listener& listener = listeners_[index];
+  for (int n = 0; n < kAcceptBatch; ++n) {
+    int fd = accept4(listener.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;
+      // That connection's trouble (gone before it was taken, refused by a security module...),
+      // not the listener's.
+      if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM) continue;
+      // EMFILE, ENFILE, ENOBUFS, ENOMEM: wait for resources. Anything else is a bug, but a
+      // listener given up on would be worse.
+      PauseAccepting(listener, err);
+      return;
+    }
+    if (accept_paused_since_.has_value()) {
+      spdlog::info("accepting connections again, after {}",
+                   absl::FormatDuration(absl::Trunc(absl::Now() - *accept_paused_since_,
+                                                    absl::Milliseconds(1))));
+      accept_paused_since_.reset();
+    }
+    if (listener.tcp) {
+      // As gRPC's own listener does: replies are small and must not wait for Nagle.
+      const int one = 1;
+      if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
+        int err = errno;
+        spdlog::debug("setsockopt(TCP_NODELAY) on a connection to {}: {}", listener.address,
+                      std::strerror(err));
       }
     }
-  });
-  if (!watched.ok()) return fail(watched);
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters connection;
+    connection.listener_fd = listener.fd;
+    connection.fd = fd;  // gRPC's from here on
+    listener.acceptor->HandleNewConnection(&connection);
+  }
+}
 
-  spdlog::info("proctord listening on {}; state in {}", absl::StrJoin(options.listen, ", "),
-               options.state_dir);
-  event_loop.Run();
+void Daemon::PauseAccepting(const Listener& listener, int err) {
+  if (!accept_paused_since_.has_value()) {
+    accept_paused_since_ = absl::Now();
+    auto log = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM
+                   ? spdlog::level::warn
+                   : spdlog::level::err;
+    spdlog::log(log,
+                "accept on {}: {}; new connections wait in the listen backlog, accept is tried "
+                "again every {} (descriptor limit {}, {} for workers)",
+                listener.address, std::strerror(err), absl::FormatDuration(kAcceptRetry),
+                descriptors_.limit, descriptors_.workers);
+  }
+  // Every listener: descriptors are the whole process's. Unwatched, since the loop's epoll is
+  // level-triggered and the connection left waiting would wake it at once, again and again.
+  UnwatchListeners();
+  accept_retry_ = loop_->After(kAcceptRetry, [this] { ResumeAccepting(); });
+}
 
-  if (stopper.joinable()) stopper.join();
-  server->Wait();
-  event_loop.Unwatch(*signal_fd);
-  close(*signal_fd);
-  for (const std::string& path : socket_paths) unlink(path.c_str());
+void Daemon::ResumeAccepting() {
+  accept_retry_ = 0;
+  if (stopping_) return;
+  if (absl::Status s = WatchListeners(); !s.ok()) {
+    spdlog::error("cannot watch the listeners again, retrying: {}", std::string(s.message()));
+    UnwatchListeners();
+    accept_retry_ = loop_->After(kAcceptRetry, [this] { ResumeAccepting(); });
+  }
+}
+
+Daemon::~Daemon() {
+  // Before the server: nothing may be handed to it once it is shut down.
+  if (loop_ != nullptr) CloseListeners();
+  if (server_ != nullptr) {
+    // After Run(), a no-op. Before, no connection was ever taken (the loop takes them).
+    server_->Shutdown(std::chrono::system_clock::now());
+    server_->Wait();
+  }
+  RemoveSocketFiles();
+  if (signal_fd_ >= 0) {
+    loop_->Unwatch(signal_fd_);
+    close(signal_fd_);
+  }
+}
+
+int Daemon::Run() {
+  spdlog::info("proctord listening on {}; state in {}", absl::StrJoin(options_.listen, ", "),
+               options_.state_dir);
+  loop_->Run();
+  if (stopper_.joinable()) stopper_.join();
+  server_->Wait();
+  RemoveSocketFiles();
   spdlog::info("proctord stopped");
   return 0;
+}
+
+void Daemon::RemoveSocketFiles() {
+  for (const std::string& path : socket_paths_) unlink(path.c_str());
+  // Forgotten, so that the destructor does not remove a socket another daemon has bound since.
+  socket_paths_.clear();
+}
+
+void Daemon::OnSignals() {
+  for (DaemonSignal sig : ReadSignals(signal_fd_)) {
+    switch (sig) {
+      case DaemonSignal::kChildExited:
+        os_->OnSigchld();
+        break;
+      case DaemonSignal::kReload:
+        ReloadAdminKeys();
+        break;
+      case DaemonSignal::kStop:
+        if (!stopping_) BeginStop();
+        break;
+    }
+  }
+}
+
+void Daemon::ReloadAdminKeys() {
+  // A bad file keeps the keys in force: a typo must not lock everyone out.
+  absl::StatusOr<std::vector<std::string>> keys = LoadAdminKeys(options_);
+  if (keys.ok()) {
+    spdlog::info("reloaded {} admin authkey(s)", keys->size());
+    authenticator_->SetAdminKeys(*std::move(keys));
+  } else {
+    spdlog::error("authkeys not reloaded, the old ones stay: {}",
+                  std::string(keys.status().message()));
+  }
+}
+
+void Daemon::BeginStop() {
+  stopping_ = true;
+  spdlog::info("asked to stop: no new calls; ending workers");
+  // On the loop thread, before the server's shutdown starts: no connection is handed to it
+  // afterwards.
+  CloseListeners();
+  // Server::Shutdown waits for handlers; it must not run on the loop thread. The loop runs on
+  // until both the calls and the workers are done: calls still in flight may be waiting on
+  // its timers (held-back refusals, log follows).
+  stopper_ = std::thread([this] {
+    server_->Shutdown(std::chrono::system_clock::now());
+    loop_->Post([this] { OnStopped(); });
+  });
+  supervisor_->Shutdown(options_.shutdown_grace, [this] { loop_->Post([this] { OnStopped(); }); });
+}
+
+void Daemon::OnStopped() {
+  if (++stopped_parts_ == 2) loop_->Stop();
 }
 
 }  // namespace proctor

@@ -1,15 +1,29 @@
 // The proctord program as a library: its options, how they are parsed from the command line,
-// and RunDaemon, which wires the event loop, os, supervisor and gRPC server together and
-// runs until SIGTERM or SIGINT has ended every worker.
+// and Daemon, which wires the event loop, os, supervisor, authenticator and gRPC server
+// together and runs until SIGTERM or SIGINT has ended every worker.
 #ifndef PROCTOR_SERVER_DAEMON_H_
 #define PROCTOR_SERVER_DAEMON_H_
 
+#include <memory>
 #include <optional>
 #include <string>
+#include <thread>
+#include <variant>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "server/authenticator.h"
+#include "server/capture_files.h"
+#include "server/clock.h"
+#include "server/event_loop.h"
+#include "server/id_allocator.h"
+#include "server/posix_process_os.h"
+#include "server/proctor_service.h"
+#include "server/supervisor.h"
 
 namespace proctor {
 
@@ -32,17 +46,141 @@ struct DaemonOptions {
   std::string tls_key;
   std::string tls_client_ca;  // set: clients must present a certificate it signed
   bool insecure_tcp = false;
+  std::string worker_user;     // empty: workers run as proctord's user unless Start says
+  bool worker_cgroups = true;  // a cgroup per worker where cgroup v2 allows
   // Set by main() from RaiseDaemonPriority(): the nice value workers get back.
   std::optional<int> worker_nice;
 };
 
-// Parses proctord's command line. INVALID_ARGUMENT names the offending flag; the text of
-// --help is returned as the status message of a CANCELLED status (print it, exit 0).
-absl::StatusOr<DaemonOptions> ParseDaemonFlags(const std::vector<std::string>& args);
+// -h or --help was given: print `text` to stdout and exit 0.
+struct DaemonHelp {
+  std::string text;
+};
 
-// Runs the daemon; returns the process exit status. Call BlockDaemonSignals() first, before
-// any thread starts.
-int RunDaemon(const DaemonOptions& options);
+// What proctord's command line asks for: run with these options, or show the help.
+using DaemonCommandLine = std::variant<DaemonOptions, DaemonHelp>;
+
+// Parses proctord's arguments (argv without argv[0]). "--flag value" and "--flag=value" both
+// work; --listen and --authkey-file may be repeated, and any other flag given twice keeps its
+// last value. Without --listen or --state-dir, the defaults of common/default_paths.h are
+// filled in. INVALID_ARGUMENT names the flag or argument at fault and what it wants instead;
+// never throws.
+absl::StatusOr<DaemonCommandLine> ParseDaemonFlags(const std::vector<std::string>& args);
+
+// How proctord shares out its descriptors (RLIMIT_NOFILE; the soft limit is raised to the hard
+// one at start). Each live worker holds one, its pidfd, until it is reaped; `reserve` is kept
+// for everything else: connections (one per client, and one per worker that calls back), the
+// listeners, the event loop's and gRPC's own descriptors, capture and key files, Logs streams.
+// So no more than `workers` may run at once, whatever --max-processes says.
+struct DescriptorBudget {
+  size_t limit = 0;
+  size_t reserve = 0;
+  size_t workers = 0;
+};
+
+// The reserve is half the limit, and never less than this.
+inline constexpr size_t kMinDescriptorReserve = 128;
+
+DescriptorBudget BudgetDescriptors(size_t limit);
+
+// A running proctord: the log, the state directory, the event loop, the process os, the
+// supervisor, the authenticator and the gRPC service, listening on every --listen address.
+//
+// Lifetime: Create() sets everything up, binds the listening sockets and starts the gRPC
+// server; connections are taken by the event loop, so they wait in the listen backlog until
+// Run(): call it right after. Run() runs the event loop on the calling thread until SIGTERM or
+// SIGINT, on which the listeners close, the server stops taking calls and every worker is
+// ended (daemonic ones at once, the others after --shutdown-grace). Destroying a Daemon that
+// never ran closes its listeners and removes its sockets.
+//
+// Descriptors: Create() raises the soft RLIMIT_NOFILE to the hard limit and caps the workers at
+// what BudgetDescriptors() allows (below --max-processes: logged, and Start's refusal names the
+// descriptor limit). The daemon binds its sockets itself and hands each connection it accepts
+// to gRPC: gRPC 1.51's own listener stops for good on the first EMFILE from accept4. When
+// descriptors run short, connections wait in the listen backlog and accept is retried every
+// 100 ms until they can be taken.
+//
+// Threads: Create, Run and the destructor are for one thread (main's). The daemon starts its
+// own (gRPC's, CaptureFiles', one to stop the server) and joins them by the time Run returns
+// or the destructor does.
+//
+// SIGCHLD, SIGTERM, SIGINT and SIGHUP are read from a signalfd, so REQUIRES:
+// BlockDaemonSignals() was called before any thread of the process was started. SIGHUP
+// reloads the admin keys (a file that fails to load leaves the old keys in force).
+class Daemon {
+ public:
+  // Errors say what could not be set up: the state directory, the ids, the admin keys, a
+  // socket path in use, a TCP listener without TLS, a port that cannot be bound...
+  static absl::StatusOr<std::unique_ptr<Daemon>> Create(const DaemonOptions& options);
+  ~Daemon();
+
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Runs until the daemon has been asked to stop and everything has ended; the Unix socket
+  // files are then removed. Returns the process exit status: 0. Call once.
+  int Run();
+
+ private:
+  explicit Daemon(const DaemonOptions& options);
+  absl::Status Init();
+  absl::Status StartServer();
+
+  // A socket proctord listens on; what it accepts goes to gRPC through `acceptor`.
+  struct Listener {
+    std::string address;  // the --listen it serves
+    int fd = -1;
+    bool tcp = false;
+    bool watched = false;
+    grpc::experimental::ExternalConnectionAcceptor* acceptor = nullptr;
+  };
+  // Binds one --listen address: its sockets are added to listeners_ (a Unix socket file also
+  // to socket_paths_) as they are made, so that the destructor undoes a failure half-way.
+  absl::Status Listen(const std::string& address, grpc::ServerBuilder& builder);
+  // On the loop thread (or before Run): accepting starts, stops.
+  absl::Status WatchListeners();
+  void UnwatchListeners();
+  void CloseListeners();
+  void OnAcceptable(size_t index);
+  // Out of descriptors (or another error of the listener, not of one connection): connections
+  // wait in the backlog; accept is tried again after kAcceptRetry.
+  void PauseAccepting(const Listener& listener, int err);
+  void ResumeAccepting();
+  // On the loop thread: what the signalfd says.
+  void OnSignals();
+  void ReloadAdminKeys();
+  void BeginStop();
+  // On the loop thread, once each for the gRPC server and the supervisor.
+  void OnStopped();
+  void RemoveSocketFiles();
+
+  const DaemonOptions options_;
+  const std::string log_dir_;
+  std::vector<std::string> socket_paths_;  // Unix sockets we bound; removed at the end
+  DescriptorBudget descriptors_;
+
+  // Declared in the order they are made; each may use those above it.
+  std::unique_ptr<IdAllocator> ids_;
+  std::unique_ptr<EventLoop> loop_;
+  std::unique_ptr<CaptureFiles> capture_files_;
+  std::unique_ptr<PosixProcessOs> os_;
+  RealClock clock_;
+  std::unique_ptr<Supervisor> supervisor_;
+  std::unique_ptr<Authenticator> authenticator_;
+  std::unique_ptr<ProctorService> service_;
+  std::vector<std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>> acceptors_;
+  std::vector<Listener> listeners_;
+  std::unique_ptr<grpc::Server> server_;
+  int signal_fd_ = -1;
+
+  // Runs Server::Shutdown, which waits for handlers and so must not run on the loop thread.
+  std::thread stopper_;
+  // Loop thread only.
+  bool stopping_ = false;
+  int stopped_parts_ = 0;  // of the gRPC server and the supervisor
+  TimerId accept_retry_ = 0;
+  std::optional<absl::Time> accept_paused_since_;  // set from a pause to the next accept
+};
 
 }  // namespace proctor
 

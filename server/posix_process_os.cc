@@ -2,8 +2,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -14,6 +17,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -22,6 +27,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "spdlog/spdlog.h"
 
 namespace proctor {
 namespace {
@@ -51,6 +57,14 @@ absl::Status PosixError(const std::string& context, int err) {
     default:
       return absl::InternalError(message);
   }
+}
+
+// kill(2) reads 0 as "my own group", -1 as "every process" and 1 is init: none of them is
+// ever a worker's.
+absl::Status RequireOwnPid(absl::string_view call, pid_t pid) {
+  if (pid > 1) return absl::OkStatus();
+  spdlog::error("{}: refusing pid {} (only a worker's pid, > 1, may be signalled)", std::string(call), pid);
+  return absl::InternalError(absl::StrCat(call, ": refusing pid ", pid));
 }
 
 absl::Status CheckExecutable(const std::string& path) {
@@ -129,11 +143,14 @@ std::optional<int> RaiseDaemonPriority() {
 
 namespace {
 
+// On failure errno says why (the close of a descriptor opened for writing keeps it).
 bool WriteText(const std::string& path, const std::string& text) {
   int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
   if (fd < 0) return false;
   bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  int err = errno;
   close(fd);
+  errno = err;
   return ok;
 }
 
@@ -149,19 +166,220 @@ int OpenWorkerCpuGroup() {
       {"/sys/fs/cgroup/cpu/proctor-workers", "cpu.shares", "128"},
       {"/sys/fs/cgroup/proctor-workers", "cpu.weight", "10"},
   };
+  std::string why = "no cgroup hierarchy with a cpu controller";
   for (const Layout& layout : kLayouts) {
     std::string parent(layout.dir, std::strrchr(layout.dir, '/'));
     if (access((parent + "/cgroup.procs").c_str(), F_OK) != 0) continue;
-    if (mkdir(layout.dir, 0755) != 0 && errno != EEXIST) continue;
-    if (!WriteText(absl::StrCat(layout.dir, "/", layout.weight_file), layout.weight)) continue;
+    if (mkdir(layout.dir, 0755) != 0 && errno != EEXIST) {
+      why = absl::StrCat("mkdir ", layout.dir, ": ", std::strerror(errno));
+      continue;
+    }
+    if (!WriteText(absl::StrCat(layout.dir, "/", layout.weight_file), layout.weight)) {
+      why = absl::StrCat("cannot write ", layout.dir, "/", layout.weight_file, ": ",
+                         std::strerror(errno));
+      continue;
+    }
     int fd = open(absl::StrCat(layout.dir, "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) return fd;
+    if (fd >= 0) {
+      spdlog::info("workers run in the CPU cgroup {}", layout.dir);
+      return fd;
+    }
+    why = absl::StrCat("cannot open ", layout.dir, "/cgroup.procs: ", std::strerror(errno));
   }
+  // Said once, at start: workers then share the daemon's CPU weight.
+  spdlog::warn("no CPU cgroup for workers ({}); they share the daemon's CPU weight", why);
   return -1;
 }
 
-absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
-    EventLoop& loop, std::optional<int> worker_nice) {
+namespace {
+
+constexpr size_t kChildStackBytes = 64 * 1024;
+
+// Everything the child needs, prepared by the parent: between clone() and exec the child
+// shares the parent's memory and may only make syscalls (no allocation, no locks).
+struct ChildPlan {
+  const char* path;
+  char* const* argv;
+  char* const* envp;
+  const char* cwd;  // null: the daemon's
+  const char* stdout_path;
+  const char* stderr_path;
+  int cgroup_procs = -1;  // the worker's cgroup.procs, or -1
+  const rlimit* descriptors = nullptr;  // RLIMIT_NOFILE to give back, or null
+  bool switch_user = false;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  const gid_t* groups = nullptr;
+  size_t group_count = 0;
+  // Written by a child whose step failed; read by the parent once clone() has returned,
+  // which with CLONE_VFORK is after the child's exec or exit.
+  int error = 0;
+  const char* failed_step = nullptr;
+};
+
+[[noreturn]] void ChildFailed(ChildPlan* plan, const char* step) {
+  plan->error = errno;
+  plan->failed_step = step;
+  _exit(127);
+}
+
+// Opens `path` as descriptor `target` of the child.
+bool OpenAs(int target, const char* path, int flags) {
+  int fd = open(path, flags, 0600);
+  if (fd < 0) return false;
+  if (fd == target) return true;
+  bool ok = dup2(fd, target) == target;
+  close(fd);
+  return ok;
+}
+
+int ChildMain(void* arg) {
+  ChildPlan* plan = static_cast<ChildPlan*>(arg);
+  // Handlers and ignored signals of the daemon must not reach the worker (SIG_IGN survives
+  // exec). Without CLONE_SIGHAND this changes only the child's own table.
+  for (int sig = 1; sig < NSIG; ++sig) {
+    struct sigaction old;
+    if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, nullptr, &old) != 0) continue;
+    if (old.sa_handler == SIG_DFL) continue;
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, nullptr);
+  }
+  if (setpgid(0, 0) != 0) ChildFailed(plan, "setpgid");
+  // The descriptor limit proctord started with, not the one it raised for itself: some
+  // programs size tables by it or misbehave with a very high one.
+  if (plan->descriptors != nullptr && setrlimit(RLIMIT_NOFILE, plan->descriptors) != 0) {
+    ChildFailed(plan, "setrlimit(RLIMIT_NOFILE)");
+  }
+  // Into the worker's cgroup before exec: nothing the worker runs is ever outside it.
+  if (plan->cgroup_procs >= 0 && write(plan->cgroup_procs, "0", 1) != 1) {
+    ChildFailed(plan, "entering its cgroup");
+  }
+  if (!OpenAs(0, "/dev/null", O_RDONLY)) ChildFailed(plan, "open /dev/null");
+  constexpr int kCapture = O_WRONLY | O_CREAT | O_TRUNC | O_APPEND;
+  if (!OpenAs(1, plan->stdout_path, kCapture)) ChildFailed(plan, plan->stdout_path);
+  if (!OpenAs(2, plan->stderr_path, kCapture)) ChildFailed(plan, plan->stderr_path);
+  // Raw syscalls: glibc's wrappers would make every thread of the daemon (whose memory the
+  // child shares) change its ids. Groups first, while we may still change them.
+  if (plan->switch_user) {
+    if (syscall(SYS_setgroups, plan->group_count, plan->groups) != 0) {
+      ChildFailed(plan, "setgroups");
+    }
+    if (syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid) != 0) {
+      ChildFailed(plan, "setresgid");
+    }
+    if (syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid) != 0) {
+      ChildFailed(plan, "setresuid");
+    }
+  }
+  // After the switch, so the worker's user is the one that must be allowed there.
+  if (plan->cwd != nullptr && chdir(plan->cwd) != 0) ChildFailed(plan, plan->cwd);
+  // Our descriptors are all close-on-exec, but libraries' may not be.
+  syscall(SYS_close_range, 3U, ~0U, 0U);
+  sigset_t empty;
+  sigemptyset(&empty);
+  if (sigprocmask(SIG_SETMASK, &empty, nullptr) != 0) ChildFailed(plan, "sigprocmask");
+  execve(plan->path, plan->argv, plan->envp);
+  ChildFailed(plan, nullptr);  // the exec itself
+}
+
+std::string ReadSmallFile(int dir_fd, const std::string& path) {
+  int fd = openat(dir_fd, path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) text.append(buf, n);
+  close(fd);
+  return text;
+}
+
+// The parent pid in /proc/<pid>/stat (after the command name, which may hold anything).
+pid_t ParentOf(pid_t pid) {
+  std::string stat = ReadSmallFile(AT_FDCWD, absl::StrCat("/proc/", pid, "/stat"));
+  size_t close_paren = stat.rfind(')');
+  if (close_paren == std::string::npos) return 0;
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(stat).substr(close_paren + 2), ' ');
+  pid_t ppid = 0;
+  if (fields.size() < 2 || !absl::SimpleAtoi(fields[1], &ppid)) return 0;
+  return ppid;
+}
+
+// The cgroup v2 path of `pid` ("/a/b"), from /proc/<pid>/cgroup's "0::" line.
+std::string CgroupOf(pid_t pid) {
+  std::string text =
+      ReadSmallFile(AT_FDCWD, pid == 0 ? "/proc/self/cgroup" : absl::StrCat("/proc/", pid, "/cgroup"));
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::ConsumePrefix(&line, "0::")) return std::string(line);
+  }
+  return "";
+}
+
+// Where the cgroup v2 hierarchy is mounted (the unified one of a hybrid setup too), or "".
+std::string CgroupV2Mount() {
+  std::string text = ReadSmallFile(AT_FDCWD, "/proc/self/mountinfo");
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    // "... mount-point options - fstype source super-options"
+    size_t dash = line.find(" - ");
+    if (dash == absl::string_view::npos || !absl::StartsWith(line.substr(dash + 3), "cgroup2 ")) {
+      continue;
+    }
+    std::vector<absl::string_view> fields = absl::StrSplit(line.substr(0, dash), ' ');
+    if (fields.size() >= 5) return std::string(fields[4]);
+  }
+  return "";
+}
+
+int OpenPidfd(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+bool PidfdExited(int pidfd) {
+  pollfd p{.fd = pidfd, .events = POLLIN};
+  return poll(&p, 1, 0) > 0;
+}
+
+absl::Status PidfdSignal(int pidfd, pid_t pid, int sig) {
+  if (syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) != 0) {
+    int err = errno;
+    if (err == ESRCH) return absl::NotFoundError(absl::StrCat("process ", pid, " has ended"));
+    return PosixError(absl::StrCat("pidfd_send_signal(", pid, ")"), err);
+  }
+  return absl::OkStatus();
+}
+
+// The children of every thread of `pid` (each thread lists the children it made), from
+// /proc/<pid>/task/*/children. Reads only what is asked for, not the whole process table.
+std::vector<pid_t> ChildrenOf(pid_t pid) {
+  std::vector<pid_t> children;
+  std::string task_dir = absl::StrCat("/proc/", pid, "/task");
+  DIR* tasks = opendir(task_dir.c_str());
+  if (tasks == nullptr) return children;
+  while (dirent* task = readdir(tasks)) {
+    if (task->d_name[0] == '.') continue;
+    std::string text = ReadSmallFile(AT_FDCWD, absl::StrCat(task_dir, "/", task->d_name, "/children"));
+    for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+      pid_t child;
+      if (absl::SimpleAtoi(word, &child)) children.push_back(child);
+    }
+  }
+  closedir(tasks);
+  return children;
+}
+
+// The PROCTOR_ID that `pid`'s environment started with, or 0.
+uint64_t WorkerIdInEnvironment(pid_t pid) {
+  std::string environ = ReadSmallFile(AT_FDCWD, absl::StrCat("/proc/", pid, "/environ"));
+  for (absl::string_view entry : absl::StrSplit(environ, '\0')) {
+    uint64_t id = 0;
+    if (absl::ConsumePrefix(&entry, "PROCTOR_ID=") && absl::SimpleAtoi(entry, &id)) return id;
+  }
+  return 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(EventLoop& loop,
+                                                                       Options options) {
   // Grandchildren whose parent dies come to us and are reaped, instead of to init.
   if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) {
     int err = errno;
@@ -169,14 +387,97 @@ absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
         "cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER: ", std::strerror(err),
         "); without it the orphans of workers would escape to init"));
   }
-  return std::unique_ptr<PosixProcessOs>(new PosixProcessOs(loop, worker_nice));
+  std::unique_ptr<PosixProcessOs> os(new PosixProcessOs(loop, std::move(options)));
+  if (os->options_.worker_cgroups) {
+    os->SetUpCgroups();
+  } else {
+    spdlog::info("workers get no cgroups of their own (--no-worker-cgroups)");
+  }
+  // A CPU group in cgroup v2 would take workers out of their own cgroups; v1's may stay.
+  if (os->cgroup_base_fd_ < 0 || CgroupV2Mount() != "/sys/fs/cgroup") {
+    os->cpu_group_procs_ = OpenWorkerCpuGroup();
+  }
+  return os;
 }
 
-PosixProcessOs::PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice)
-    : loop_(loop), worker_nice_(worker_nice), cpu_group_procs_(OpenWorkerCpuGroup()) {}
+PosixProcessOs::PosixProcessOs(EventLoop& loop, Options options)
+    : loop_(loop), options_(std::move(options)) {}
+
+void PosixProcessOs::SetUpCgroups() {
+  std::string mount = CgroupV2Mount();
+  std::string own = CgroupOf(0);
+  if (mount.empty() || own.empty()) {
+    spdlog::warn("no cgroup v2 hierarchy: a worker's escaped descendants are found in /proc");
+    return;
+  }
+  std::string parent_relative = own == "/" ? "" : own;
+  std::string parent = mount + parent_relative;
+  // Worker cgroups of daemons that died before removing them: empty ones go.
+  if (DIR* dir = opendir(parent.c_str()); dir != nullptr) {
+    while (dirent* entry = readdir(dir)) {
+      pid_t owner = 0;
+      absl::string_view name = entry->d_name;
+      if (!absl::ConsumePrefix(&name, "proctord-") || !absl::SimpleAtoi(name, &owner) ||
+          owner <= 1 || kill(owner, 0) == 0 || errno != ESRCH) {
+        continue;
+      }
+      std::string stale = absl::StrCat(parent, "/", entry->d_name);
+      if (DIR* inner = opendir(stale.c_str()); inner != nullptr) {
+        while (dirent* worker = readdir(inner)) {
+          if (worker->d_name[0] != '.') rmdir(absl::StrCat(stale, "/", worker->d_name).c_str());
+        }
+        closedir(inner);
+      }
+      rmdir(stale.c_str());
+    }
+    closedir(dir);
+  }
+  std::string name = absl::StrCat("proctord-", getpid());
+  cgroup_base_path_ = absl::StrCat(parent, "/", name);
+  cgroup_base_relative_ = absl::StrCat(parent_relative, "/", name);
+  auto give_up = [&](absl::string_view why) {
+    int err = errno;
+    spdlog::warn("no cgroups for workers ({} {}: {}): a worker's escaped descendants are found "
+                 "in /proc",
+                 std::string(why), cgroup_base_path_, std::strerror(err));
+    if (cgroup_base_fd_ >= 0) close(cgroup_base_fd_);
+    cgroup_base_fd_ = -1;
+    rmdir(cgroup_base_path_.c_str());
+  };
+  if (mkdir(cgroup_base_path_.c_str(), 0755) != 0 && errno != EEXIST) return give_up("mkdir");
+  cgroup_base_fd_ = open(cgroup_base_path_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (cgroup_base_fd_ < 0) return give_up("open");
+  if (faccessat(cgroup_base_fd_, "cgroup.kill", W_OK, 0) != 0) return give_up("cgroup.kill in");
+  inotify_fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (inotify_fd_ < 0) return give_up("inotify for");
+  if (absl::Status watched = loop_.Watch(inotify_fd_, [this] { OnCgroupEvents(); });
+      !watched.ok()) {
+    errno = EINVAL;
+    close(inotify_fd_);
+    inotify_fd_ = -1;
+    return give_up("watching");
+  }
+  spdlog::info("each worker gets its own cgroup below {}", cgroup_base_path_);
+}
 
 PosixProcessOs::~PosixProcessOs() {
+  absl::MutexLock lock(&mu_);
+  if (inotify_fd_ >= 0) {
+    loop_.Unwatch(inotify_fd_);
+    close(inotify_fd_);
+  }
+  if (cgroup_base_fd_ >= 0) {
+    for (const auto& [token, cgroup] : cgroups_) {
+      unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
+    }
+    close(cgroup_base_fd_);
+    rmdir(cgroup_base_path_.c_str());
+  }
+  for (const auto& [pid, pidfd] : strays_) close(pidfd);
   if (cpu_group_procs_ >= 0) close(cpu_group_procs_);
+  if (unknown_orphans_ > 0) {
+    spdlog::info("reaped {} orphans that belonged to no worker", unknown_orphans_);
+  }
 }
 
 void PosixProcessOs::SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) {
@@ -184,19 +485,17 @@ void PosixProcessOs::SetListeners(ExitListener on_exit, OrphanListener on_orphan
   on_orphan_reaped_ = std::move(on_orphan_reaped);
 }
 
-absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec,
-                                                      uint64_t token) {
+absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t token) {
   if (!spec.cwd.empty()) {
     struct stat st;
     if (stat(spec.cwd.c_str(), &st) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cwd ", spec.cwd, ": ", std::strerror(errno)));
+      int err = errno;
+      return absl::InvalidArgumentError(absl::StrCat("cwd ", spec.cwd, ": ", std::strerror(err)));
     }
     if (!S_ISDIR(st.st_mode)) {
       return absl::InvalidArgumentError(absl::StrCat("cwd ", spec.cwd, " is not a directory"));
     }
   }
-
   std::string path_env = "/usr/local/bin:/usr/bin:/bin";
   for (const std::string& entry : spec.envp) {
     if (entry.starts_with("PATH=")) path_env = entry.substr(5);
@@ -204,57 +503,107 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec,
   absl::StatusOr<std::string> path = ResolveExecutable(spec.path, path_env, spec.cwd);
   if (!path.ok()) return path.status();
 
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t empty, all;
-  sigemptyset(&empty);
-  sigfillset(&all);
-  // Own process group; the daemon's blocked mask and ignored signals (SIG_IGN survives exec)
-  // must not leak into the worker.
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setsigmask(&attr, &empty);
-  posix_spawnattr_setsigdefault(&attr, &all);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, spec.stdout_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, spec.stderr_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
-  if (!spec.cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, spec.cwd.c_str());
-  // Belt and braces: our descriptors are all O_CLOEXEC, but libraries' may not be.
-  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+  // The worker's own cgroup, made before it exists so that it is born into it.
+  WorkerCgroup cgroup{.name = absl::StrCat(token)};
+  int cgroup_procs = -1;
+  if (cgroup_base_fd_ >= 0) {
+    if (mkdirat(cgroup_base_fd_, cgroup.name.c_str(), 0755) != 0 && errno != EEXIST) {
+      int err = errno;
+      return PosixError(absl::StrCat("mkdir ", cgroup_base_path_, "/", cgroup.name), err);
+    }
+    cgroup_procs = openat(cgroup_base_fd_, (cgroup.name + "/cgroup.procs").c_str(),
+                          O_WRONLY | O_CLOEXEC);
+    int err = errno;
+    if (cgroup_procs >= 0) {
+      cgroup.watch = inotify_add_watch(
+          inotify_fd_, absl::StrCat(cgroup_base_path_, "/", cgroup.name, "/cgroup.events").c_str(),
+          IN_MODIFY);
+      err = errno;
+    }
+    if (cgroup_procs < 0 || cgroup.watch < 0) {
+      if (cgroup_procs >= 0) close(cgroup_procs);
+      unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
+      return PosixError(absl::StrCat("cgroup ", cgroup_base_path_, "/", cgroup.name), err);
+    }
+  }
+  auto drop_cgroup = [&] {
+    if (cgroup_procs < 0) return;
+    close(cgroup_procs);
+    cgroup_procs = -1;
+    inotify_rm_watch(inotify_fd_, cgroup.watch);
+    unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
+  };
 
   std::vector<char*> argv = CStrings(spec.argv);
   std::vector<char*> envp = CStrings(spec.envp);
+  ChildPlan plan{
+      .path = path->c_str(),
+      .argv = argv.data(),
+      .envp = envp.data(),
+      .cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str(),
+      .stdout_path = spec.stdout_path.c_str(),
+      .stderr_path = spec.stderr_path.c_str(),
+      .cgroup_procs = cgroup_procs,
+  };
+  if (options_.worker_descriptors.has_value()) plan.descriptors = &*options_.worker_descriptors;
+  if (spec.identity.has_value()) {
+    plan.switch_user = true;
+    plan.uid = spec.identity->uid;
+    plan.gid = spec.identity->gid;
+    plan.groups = spec.identity->groups.data();
+    plan.group_count = spec.identity->groups.size();
+  }
+  auto stack = std::make_unique<char[]>(kChildStackBytes);
   {
     absl::MutexLock lock(&mu_);
     ++spawning_;
   }
-  pid_t pid = -1;
-  // glibc's posix_spawn reports a failed exec (and failed file actions) as its result.
-  int rc = posix_spawn(&pid, path->c_str(), &actions, &attr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-
+  // No signal handler may run in the child, which shares our memory until it execs.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   int pidfd = -1;
-  if (rc == 0) {
-    // The pid cannot be reused before we reap it, so opening its pidfd now is race-free.
-    pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  pid_t pid = clone(ChildMain, stack.get() + kChildStackBytes,
+                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+  int clone_error = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+
+  absl::Status failed;
+  if (pid < 0) {
+    failed = PosixError("clone", clone_error);
+  } else if (plan.error != 0) {
+    // It never ran the target; reaped here, before the SIGCHLD reaper may take it.
+    waitpid(pid, nullptr, 0);
+    close(pidfd);
+    failed = plan.failed_step == nullptr
+                 ? PosixError(absl::StrCat("cannot start ", *path), plan.error)
+                 : PosixError(absl::StrCat("cannot start ", *path, ": ", plan.failed_step),
+                              plan.error);
+  }
+  if (cgroup_procs >= 0) {
+    close(cgroup_procs);
+    if (!failed.ok()) {
+      cgroup_procs = 0;  // not -1: drop the cgroup too
+      drop_cgroup();
+    }
   }
   bool recheck = false;
   absl::Status watched;
   {
     absl::MutexLock lock(&mu_);
-    if (rc == 0 && pidfd >= 0) {
+    if (failed.ok()) {
       // Watched and registered under the lock, so the reaping side cannot see the pid
       // half-registered (nor close the pidfd before it is watched). A pidfd that is already
       // readable fires as soon as the loop looks.
       watched = loop_.Watch(pidfd, [this, pid] { ReapWorker(pid); });
-      if (watched.ok()) workers_[pid] = Worker{token, pidfd};
+      if (watched.ok()) {
+        workers_[pid] = Worker{token, pidfd};
+        tokens_[token] = pid;
+        if (cgroup_base_fd_ >= 0) {
+          cgroup_watches_[cgroup.watch] = token;
+          cgroups_[token] = cgroup;
+        }
+      }
     }
     if (--spawning_ == 0 && recheck_after_spawn_) {
       recheck_after_spawn_ = false;
@@ -262,13 +611,17 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec,
     }
   }
   if (recheck) loop_.Post([this] { OnSigchld(); });
-  if (rc != 0) return PosixError(absl::StrCat("cannot start ", *path), rc);
-  if (pidfd < 0 || !watched.ok()) {
-    int err = errno;
-    // Not registered: it is reaped as an orphan through SIGCHLD.
-    kill(pid, SIGKILL);
-    if (pidfd >= 0) close(pidfd);
-    return pidfd < 0 ? PosixError("pidfd_open", err) : watched;
+  if (!failed.ok()) return failed;
+  if (!watched.ok()) {
+    // Not registered: it is reaped as an orphan through SIGCHLD. The pidfd names it.
+    PidfdSignal(pidfd, pid, SIGKILL).IgnoreError();
+    close(pidfd);
+    if (cgroup_base_fd_ >= 0) {
+      inotify_rm_watch(inotify_fd_, cgroup.watch);
+      // Removed once empty by the stale-cgroup sweep of the next start, if not before.
+      unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
+    }
+    return watched;
   }
   return Launched{pid, *std::move(path)};
 }
@@ -282,13 +635,69 @@ void PosixProcessOs::ReapWorker(pid_t pid) {
     auto it = workers_.find(pid);
     if (it == workers_.end()) return;
     // wait4 on one pid only looks at that child, whatever the number of others.
-    if (wait4(pid, &status, WNOHANG, &ru) <= 0) return;
+    pid_t reaped = wait4(pid, &status, WNOHANG, &ru);
+    if (reaped < 0) {
+      int err = errno;
+      spdlog::error("wait4({}): {}", pid, std::strerror(err));
+    }
+    if (reaped <= 0) return;
     token = it->second.token;
     loop_.Unwatch(it->second.pidfd);
     close(it->second.pidfd);
     workers_.erase(it);
+    tokens_.erase(token);
+    // Members of its group may outlive it; the group is remembered until found empty.
+    if (kill(-pid, 0) == 0 || errno == EPERM) leftover_groups_[token] = pid;
+    MaybeRemoveCgroupLocked(token);
   }
   on_exit_(token, FromRaw(status), ToUsage(ru));
+}
+
+void PosixProcessOs::OnCgroupEvents() {
+  alignas(inotify_event) char buf[4096];
+  std::vector<int> changed;
+  ssize_t n;
+  while ((n = read(inotify_fd_, buf, sizeof(buf))) > 0) {
+    for (char* p = buf; p < buf + n;) {
+      auto* event = reinterpret_cast<inotify_event*>(p);
+      changed.push_back(event->wd);
+      p += sizeof(inotify_event) + event->len;
+    }
+  }
+  bool emptied = false;
+  for (int watch : changed) {
+    std::string name;
+    {
+      absl::MutexLock lock(&mu_);
+      auto w = cgroup_watches_.find(watch);
+      if (w == cgroup_watches_.end()) continue;
+      name = cgroups_.at(w->second).name;
+    }
+    // Read without the lock: GroupExists() answers from memory meanwhile.
+    bool populated =
+        absl::StrContains(ReadSmallFile(cgroup_base_fd_, name + "/cgroup.events"), "populated 1");
+    absl::MutexLock lock(&mu_);
+    auto w = cgroup_watches_.find(watch);
+    if (w == cgroup_watches_.end()) continue;
+    uint64_t token = w->second;
+    WorkerCgroup& cgroup = cgroups_.at(token);
+    if (cgroup.populated && !populated) emptied = true;
+    cgroup.populated = populated;
+    MaybeRemoveCgroupLocked(token);
+  }
+  // A worker's last process ended: terminations waiting for it may be done.
+  if (emptied && on_orphan_reaped_) on_orphan_reaped_();
+}
+
+void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
+  auto it = cgroups_.find(token);
+  if (it == cgroups_.end() || it->second.populated || tokens_.contains(token)) return;
+  // EBUSY if something entered meanwhile: then the next event removes it.
+  if (unlinkat(cgroup_base_fd_, it->second.name.c_str(), AT_REMOVEDIR) != 0) return;
+  leftover_groups_.erase(token);  // its members were all in the cgroup
+  inotify_rm_watch(inotify_fd_, it->second.watch);
+  cgroup_watches_.erase(it->second.watch);
+  cgroups_.erase(it);
 }
 
 void PosixProcessOs::OnSigchld() {
@@ -298,130 +707,272 @@ void PosixProcessOs::OnSigchld() {
     // Peek first (WNOWAIT): a worker found here is reaped through ReapWorker for its rusage.
     if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) break;
     pid_t pid = info.si_pid;
+    bool worker = false;
+    bool known = false;
     {
       absl::MutexLock lock(&mu_);
-      if (!workers_.contains(pid)) {
-        if (spawning_ > 0) {
-          recheck_after_spawn_ = true;
-          break;
-        }
-        waitpid(pid, nullptr, WNOHANG);
-        reaped_orphan = true;
-        continue;
+      if (workers_.contains(pid)) {
+        worker = true;
+      } else if (spawning_ > 0) {
+        recheck_after_spawn_ = true;
+        break;
+      } else if (auto stray = strays_.find(pid); stray != strays_.end()) {
+        known = true;
+        close(stray->second);
+        strays_.erase(stray);
       }
     }
-    ReapWorker(pid);
+    if (worker) {
+      ReapWorker(pid);
+      continue;
+    }
+    // A zombie still shows the cgroup it died in.
+    if (!known && cgroup_base_fd_ >= 0) {
+      known = absl::StartsWith(CgroupOf(pid), cgroup_base_relative_ + "/");
+    }
+    if (waitpid(pid, nullptr, WNOHANG) != pid) break;
+    reaped_orphan = true;
+    if (!known) {
+      ++unknown_orphans_;
+      spdlog::info("reaped orphan pid={} that no worker is known to own ({} so far)", pid,
+                   unknown_orphans_);
+    }
   }
   if (reaped_orphan && on_orphan_reaped_) on_orphan_reaped_();
 }
 
-absl::Status PosixProcessOs::SignalGroup(pid_t pgid, int sig) {
-  if (kill(-pgid, sig) != 0) {
-    if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("no process in group ", pgid));
-    return PosixError(absl::StrCat("kill(-", pgid, ")"), errno);
+absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {
+  absl::MutexLock lock(&mu_);
+  pid_t pgid = 0;
+  bool provably_ours = false;
+  if (auto leader = tokens_.find(token); leader != tokens_.end()) {
+    // Unreaped (its reaper takes the lock we hold): the group id cannot be anyone else's.
+    pgid = leader->second;
+    provably_ours = true;
+  } else if (auto group = leftover_groups_.find(token); group != leftover_groups_.end()) {
+    pgid = group->second;
+    // An unreaped child of ours in the group keeps its id from being reused just as well;
+    // orphans of the group come to us, so one usually is. Our reaper waits for the lock.
+    for (pid_t child : ChildrenOf(getpid())) {
+      if (getpgid(child) == pgid) {
+        provably_ours = true;
+        break;
+      }
+    }
   }
-  return absl::OkStatus();
+  if (pgid == 0) return absl::NotFoundError(absl::StrCat("nothing of worker ", token, " is left"));
+  if (absl::Status s = RequireOwnPid("SignalGroup", pgid); !s.ok()) return s;
+  if (provably_ours) {
+    if (kill(-pgid, sig) != 0) {
+      int err = errno;
+      if (err == ESRCH) return absl::NotFoundError(absl::StrCat("no process in group ", pgid));
+      return PosixError(absl::StrCat("kill(-", pgid, ")"), err);
+    }
+    return absl::OkStatus();
+  }
+  if (cgroups_.contains(token)) {
+    SignalGroupInCgroupLocked(token, pgid, sig);
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(absl::StrCat("group ", pgid, " of ended worker ", token,
+                                          " can no longer be told apart from others"));
 }
 
-bool PosixProcessOs::GroupExists(pid_t pgid) {
-  return kill(-pgid, 0) == 0 || errno == EPERM;
+void PosixProcessOs::SignalGroupInCgroupLocked(uint64_t token, pid_t pgid, int sig) {
+  for (auto [pid, pidfd] : CgroupMembersLocked(cgroups_.at(token).name)) {
+    // The pidfd pins the process; its group is read after, so a reused number cannot pass.
+    if (getpgid(pid) == pgid) PidfdSignal(pidfd, pid, sig).IgnoreError();
+    close(pidfd);
+  }
 }
 
-void PosixProcessOs::Confine(pid_t pid) {
-  // posix_spawn can set neither: the worker inherited the daemon's raised priority and CPU
+absl::Status PosixProcessOs::KillCgroup(uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  auto cgroup = cgroups_.find(token);
+  if (cgroup == cgroups_.end()) {
+    return cgroup_base_fd_ < 0
+               ? absl::UnimplementedError("workers get no cgroups here")
+               : absl::NotFoundError(absl::StrCat("worker ", token, " has no cgroup left"));
+  }
+  if (!cgroup->second.populated) return absl::OkStatus();
+  int fd = openat(cgroup_base_fd_, (cgroup->second.name + "/cgroup.kill").c_str(),
+                  O_WRONLY | O_CLOEXEC);
+  int err = errno;
+  if (fd >= 0) {
+    bool written = write(fd, "1", 1) == 1;
+    err = errno;
+    close(fd);
+    if (written) return absl::OkStatus();
+  }
+  return PosixError(
+      absl::StrCat("cgroup.kill of ", cgroup_base_path_, "/", cgroup->second.name), err);
+}
+
+std::vector<std::pair<pid_t, int>> PosixProcessOs::CgroupMembersLocked(const std::string& name) {
+  std::vector<std::pair<pid_t, int>> members;
+  const std::string expected = absl::StrCat(cgroup_base_relative_, "/", name);
+  std::string procs = ReadSmallFile(cgroup_base_fd_, name + "/cgroup.procs");
+  for (absl::string_view line : absl::StrSplit(procs, '\n', absl::SkipEmpty())) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(line, &pid) || pid <= 1) continue;
+    int pidfd = OpenPidfd(pid);
+    if (pidfd < 0) continue;  // ended meanwhile
+    // The pidfd is taken first and the membership checked after: if the number was given to
+    // another process in between, that process is not in this cgroup and is left alone.
+    if (CgroupOf(pid) != expected) {
+      close(pidfd);
+      continue;
+    }
+    members.emplace_back(pid, pidfd);
+  }
+  return members;
+}
+
+bool PosixProcessOs::GroupExists(uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  if (tokens_.contains(token)) return true;  // the leader, unreaped
+  auto group = leftover_groups_.find(token);
+  if (group == leftover_groups_.end()) return false;
+  if (!RequireOwnPid("GroupExists", group->second).ok()) return false;
+  // Every member of the group is in the worker's cgroup (a process can only join a group
+  // from the parent's side), so an empty cgroup settles it; the kill(0) below could be
+  // fooled by a new group that was given the same number.
+  auto cgroup = cgroups_.find(token);
+  bool maybe = cgroup_base_fd_ < 0 || (cgroup != cgroups_.end() && cgroup->second.populated);
+  // Signal 0 only asks. Once the group is found empty it is forgotten for good.
+  if (maybe && (kill(-group->second, 0) == 0 || errno == EPERM)) return true;
+  leftover_groups_.erase(group);
+  return false;
+}
+
+bool PosixProcessOs::AnythingAlive(uint64_t token) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto cgroup = cgroups_.find(token); cgroup != cgroups_.end()) {
+      if (cgroup->second.populated) return true;
+    }
+  }
+  return GroupExists(token);
+}
+
+absl::Status PosixProcessOs::Confine(uint64_t token) {
+  pid_t pid;
+  {
+    absl::MutexLock lock(&mu_);
+    auto leader = tokens_.find(token);
+    if (leader == tokens_.end()) return absl::OkStatus();  // ended already
+    pid = leader->second;
+  }
+  if (absl::Status s = RequireOwnPid("Confine", pid); !s.ok()) return s;
+  // The clone could set neither: the worker inherited the daemon's raised priority and CPU
   // group, and leaves both right after it is recorded, usually before its first fork.
   if (cpu_group_procs_ >= 0) {
     std::string text = absl::StrCat(pid);
-    (void)!write(cpu_group_procs_, text.data(), text.size());
+    if (write(cpu_group_procs_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+      int err = errno;
+      // A worker that exited at once is not an error; anything else is worth saying once.
+      if (err != ESRCH && !cpu_group_failure_logged_.exchange(true)) {
+        spdlog::warn("cannot move workers into their CPU cgroup: {}; they keep the daemon's",
+                     std::strerror(err));
+      }
+    }
   }
-  if (worker_nice_.has_value()) setpriority(PRIO_PROCESS, pid, *worker_nice_);
-}
-
-absl::Status PosixProcessOs::SignalProcess(pid_t pid, int sig) {
-  if (kill(pid, sig) != 0) {
-    if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("no process ", pid));
-    return PosixError(absl::StrCat("kill(", pid, ")"), errno);
+  if (options_.worker_nice.has_value() &&
+      setpriority(PRIO_PROCESS, pid, *options_.worker_nice) != 0) {
+    int err = errno;
+    if (err != ESRCH) return PosixError(absl::StrCat("setpriority(", pid, ")"), err);
   }
   return absl::OkStatus();
 }
 
-bool PosixProcessOs::ProcessExists(pid_t pid) {
-  return kill(pid, 0) == 0 || errno == EPERM;
+absl::Status PosixProcessOs::SignalProcess(pid_t pid, int sig) {
+  if (absl::Status s = RequireOwnPid("SignalProcess", pid); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  auto stray = strays_.find(pid);
+  if (stray == strays_.end()) {
+    return absl::NotFoundError(absl::StrCat("pid ", pid, " is not a process proctord holds"));
+  }
+  absl::Status sent = PidfdSignal(stray->second, pid, sig);
+  if (absl::IsNotFound(sent)) {
+    close(stray->second);
+    strays_.erase(stray);
+  }
+  return sent;
 }
 
-namespace {
+bool PosixProcessOs::ProcessExists(pid_t pid) {
+  if (!RequireOwnPid("ProcessExists", pid).ok()) return false;
+  absl::MutexLock lock(&mu_);
+  auto stray = strays_.find(pid);
+  if (stray == strays_.end()) return false;
+  if (!PidfdExited(stray->second)) return true;
+  close(stray->second);
+  strays_.erase(stray);
+  return false;
+}
 
-// The children of every thread of `pid` (each thread lists the children it made), from
-// /proc/<pid>/task/*/children. Reads only what is asked for, not the whole process table.
-std::vector<pid_t> ChildrenOf(pid_t pid) {
-  std::vector<pid_t> children;
-  std::string task_dir = absl::StrCat("/proc/", pid, "/task");
-  DIR* tasks = opendir(task_dir.c_str());
-  if (tasks == nullptr) return children;
-  while (dirent* task = readdir(tasks)) {
-    if (task->d_name[0] == '.') continue;
-    std::string path = absl::StrCat(task_dir, "/", task->d_name, "/children");
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    std::string text;
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0) text.append(buf, n);
-    close(fd);
-    for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
-      pid_t child;
-      if (absl::SimpleAtoi(word, &child)) children.push_back(child);
+void PosixProcessOs::HoldStrayLocked(pid_t pid, int pidfd) {
+  auto [it, inserted] = strays_.emplace(pid, pidfd);
+  if (inserted) return;
+  if (PidfdExited(it->second)) {
+    // The number now names a new process of the tree; the old one is gone.
+    close(it->second);
+    it->second = pidfd;
+  } else {
+    close(pidfd);
+  }
+}
+
+std::vector<pid_t> PosixProcessOs::FindDescendants(const std::vector<uint64_t>& tokens) {
+  absl::flat_hash_set<uint64_t> wanted(tokens.begin(), tokens.end());
+  std::vector<pid_t> found;
+  // Held for the whole search: a leader cannot be reaped (and its pid reused) meanwhile.
+  absl::MutexLock lock(&mu_);
+  absl::flat_hash_set<pid_t> seen;
+  std::vector<pid_t> queue;
+  for (uint64_t token : tokens) {
+    if (auto leader = tokens_.find(token); leader != tokens_.end()) {
+      seen.insert(leader->second);
+      queue.push_back(leader->second);
     }
   }
-  closedir(tasks);
-  return children;
-}
-
-// The PROCTOR_ID that `pid`'s environment started with, or 0.
-uint64_t WorkerIdInEnvironment(pid_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof(path), "/proc/%d/environ", pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  std::string environ;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) environ.append(buf, n);
-  close(fd);
-  for (absl::string_view entry : absl::StrSplit(environ, '\0')) {
-    uint64_t id = 0;
-    if (absl::ConsumePrefix(&entry, "PROCTOR_ID=") && absl::SimpleAtoi(entry, &id)) return id;
-  }
-  return 0;
-}
-
-}  // namespace
-
-std::vector<pid_t> PosixProcessOs::FindDescendants(const std::vector<pid_t>& roots,
-                                                         const std::vector<uint64_t>& tokens) {
-  absl::flat_hash_set<pid_t> seen(roots.begin(), roots.end());
-  std::vector<pid_t> queue(roots.begin(), roots.end());
-  absl::flat_hash_set<uint64_t> wanted(tokens.begin(), tokens.end());
-  absl::flat_hash_set<pid_t> workers;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const auto& [pid, worker] : workers_) workers.insert(pid);
-  }
+  // A process found below `parent` is taken as a pidfd first, and kept only if it is still
+  // `parent`'s child after that: a reused number never passes for a descendant.
+  auto take = [&](pid_t pid, pid_t parent) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (pid <= 1 || workers_.contains(pid) || !seen.insert(pid).second) return;
+    int pidfd = OpenPidfd(pid);
+    if (pidfd < 0) return;
+    if (ParentOf(pid) != parent) {
+      close(pidfd);
+      return;
+    }
+    HoldStrayLocked(pid, pidfd);
+    found.push_back(pid);
+    queue.push_back(pid);
+  };
   // Orphans of these workers' trees that came to us (escaped by setsid or a double fork)
   // still carry the worker's id in the environment they started with.
-  for (pid_t child : ChildrenOf(getpid())) {
-    if (!workers.contains(child) && !seen.contains(child) &&
-        wanted.contains(WorkerIdInEnvironment(child))) {
-      seen.insert(child);
-      queue.push_back(child);
+  const pid_t self = getpid();
+  for (pid_t child : ChildrenOf(self)) {
+    if (!workers_.contains(child) && wanted.contains(WorkerIdInEnvironment(child))) {
+      take(child, self);
     }
   }
-  size_t first_found = roots.size();
-  std::vector<pid_t> found;
   for (size_t i = 0; i < queue.size(); ++i) {
-    if (i >= first_found) found.push_back(queue[i]);
-    for (pid_t child : ChildrenOf(queue[i])) {
-      if (seen.insert(child).second) queue.push_back(child);
+    pid_t parent = queue[i];
+    for (pid_t child : ChildrenOf(parent)) take(child, parent);
+  }
+  // Whatever is in the workers' cgroups belongs to them, whatever it did to its environment.
+  for (uint64_t token : tokens) {
+    auto cgroup = cgroups_.find(token);
+    if (cgroup == cgroups_.end() || !cgroup->second.populated) continue;
+    for (auto [pid, pidfd] : CgroupMembersLocked(cgroup->second.name)) {
+      if (workers_.contains(pid) || !seen.insert(pid).second) {
+        close(pidfd);
+        continue;
+      }
+      HoldStrayLocked(pid, pidfd);
+      found.push_back(pid);
     }
   }
   return found;

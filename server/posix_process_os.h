@@ -1,20 +1,41 @@
 // PosixProcessOs: ProcessOs on Linux.
 //
-// Spawns with posix_spawn (vfork-style; the multithreaded daemon never forks): the child leads
-// a new process group, starts with an empty signal mask and default dispositions, stdin from
-// /dev/null, stdout/stderr to the capture files, and no other descriptor of the daemon's.
+// Spawning: clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD), as posix_spawn does (the
+// multithreaded daemon never forks), with a child that only makes syscalls: it leads a new
+// process group, enters its own cgroup (below), gets default signal dispositions and an empty
+// mask, stdin from /dev/null, stdout/stderr to the capture files, optionally another user,
+// and no descriptor of the daemon's. A failed step before exec is the Launch() error, with
+// its errno. The pidfd comes with the process, so it always names this worker.
+//
+// Ownership, so that a signal only ever reaches a process proctord provably owns:
+// - A worker's group is signalled with kill(-pgid) while its leader is unreaped (an unreaped
+//   process keeps its pid, and so its group id), or while an unreaped child of ours is in
+//   it (it keeps the group id just the same). Otherwise only members of the worker's cgroup
+//   that are checked to be in the group are signalled, each through a pidfd.
+// - With cgroup v2 (also the unified hierarchy of a hybrid setup), each worker gets its own
+//   cgroup, entered by the child before exec, so nothing the worker runs is ever outside it.
+//   Its members are found there whatever they did to their group, session or environment,
+//   and SIGKILLed at once through cgroup.kill. Whether anything of the worker is alive comes
+//   from cgroup.events (watched with inotify), not from a scan. Without cgroup v2, strays
+//   are found in /proc.
+// - Strays (descendants found by FindDescendants) are held as pidfds, opened and then checked
+//   to still be where they were found; SignalProcess works only on those and on workers.
+//
 // Each worker's exit is seen through its pidfd in the event loop, so one exit costs the same
 // however many workers live. SIGCHLD (read from the daemon's signalfd and handed to
-// OnSigchld) reaps the orphans that come to us as child subreaper.
+// OnSigchld) reaps the orphans that come to us as child subreaper; each is logged and counted.
 #ifndef PROCTOR_SERVER_POSIX_PROCESS_OS_H_
 #define PROCTOR_SERVER_POSIX_PROCESS_OS_H_
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -29,43 +50,93 @@ class PosixProcessOs final : public ProcessOs {
   // Makes the calling process a child subreaper; FAILED_PRECONDITION when the kernel refuses
   // (without it, workers' orphans would go to init and escape). `loop` must outlive the os.
   // With `worker_nice`, Confine() gives each worker that nice value; it also moves each worker
-  // into the workers' CPU group where there is one (OpenWorkerCpuGroup).
-  static absl::StatusOr<std::unique_ptr<PosixProcessOs>> Create(
-      EventLoop& loop, std::optional<int> worker_nice = std::nullopt);
+  // into the workers' CPU group where there is one (OpenWorkerCpuGroup). Per-worker cgroups
+  // are made below the daemon's own cgroup v2 where that is writable (unless turned off);
+  // the choice is logged.
+  struct Options {
+    std::optional<int> worker_nice;
+    bool worker_cgroups = true;  // false: no per-worker cgroups even where possible
+    // RLIMIT_NOFILE for workers (the one proctord started with, before it raised its own);
+    // unset: they inherit proctord's.
+    std::optional<rlimit> worker_descriptors;
+  };
+  static absl::StatusOr<std::unique_ptr<PosixProcessOs>> Create(EventLoop& loop,
+                                                                Options options);
   ~PosixProcessOs() override;
 
   void SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) override;
   absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) override;
-  absl::Status SignalGroup(pid_t pgid, int sig) override;
-  bool GroupExists(pid_t pgid) override;
-  void Confine(pid_t pid) override;
+  absl::Status SignalGroup(uint64_t token, int sig) override;
+  bool GroupExists(uint64_t token) override;
+  bool AnythingAlive(uint64_t token) override;
+  absl::Status KillCgroup(uint64_t token) override;
+  absl::Status Confine(uint64_t token) override;
   absl::Status SignalProcess(pid_t pid, int sig) override;
   bool ProcessExists(pid_t pid) override;
-  std::vector<pid_t> FindDescendants(const std::vector<pid_t>& roots,
-                                     const std::vector<uint64_t>& tokens) override;
+  std::vector<pid_t> FindDescendants(const std::vector<uint64_t>& tokens) override;
 
   // Reaps every exited child that is not a worker (workers are reaped through their pidfd,
   // or here when found first). Call on SIGCHLD, from the loop thread.
   void OnSigchld();
 
  private:
+  // One worker's cgroup, from its launch until it is empty and its leader is reaped.
+  struct WorkerCgroup {
+    std::string name;  // directory below the base, the worker's token
+    int watch = -1;    // inotify watch on its cgroup.events
+    bool populated = true;
+  };
   struct Worker {
     uint64_t token;
     int pidfd;
   };
-  PosixProcessOs(EventLoop& loop, std::optional<int> worker_nice);
+
+  PosixProcessOs(EventLoop& loop, Options options);
+  // Finds cgroup v2 and makes the daemon's directory of worker cgroups; logs the outcome.
+  void SetUpCgroups();
   void ReapWorker(pid_t pid);
+  // Reads the inotify descriptor and refreshes `populated` of the cgroups that changed.
+  void OnCgroupEvents();
+  // Removes the worker's cgroup when it is empty and its leader reaped.
+  void MaybeRemoveCgroupLocked(uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Signals the members of the worker's cgroup that are in process group `pgid`.
+  // REQUIRES: the worker has a cgroup.
+  void SignalGroupInCgroupLocked(uint64_t token, pid_t pgid, int sig)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Members of a worker's cgroup, as verified pidfds keyed by pid (caller closes them).
+  std::vector<std::pair<pid_t, int>> CgroupMembersLocked(const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Remembers a verified stray's pidfd (or closes it when the pid is known already).
+  void HoldStrayLocked(pid_t pid, int pidfd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   EventLoop& loop_;
-  const std::optional<int> worker_nice_;
+  const Options options_;
   // cgroup.procs of the CPU cgroup workers are moved into, or -1 where there is none.
-  const int cpu_group_procs_;
+  int cpu_group_procs_ = -1;  // set once, by Create()
+  std::atomic<bool> cpu_group_failure_logged_ = false;
+  // The directory of worker cgroups (O_PATH) and its path relative to the cgroup v2 root as
+  // /proc/PID/cgroup shows it; -1 when workers get no cgroups.
+  int cgroup_base_fd_ = -1;
+  std::string cgroup_base_path_;
+  std::string cgroup_base_relative_;
+  int inotify_fd_ = -1;
   ExitListener on_exit_;
   OrphanListener on_orphan_reaped_;
+  // Orphans reaped that belonged to no worker (neither in its cgroup nor a stray found before);
+  // touched on the loop thread only.
+  uint64_t unknown_orphans_ = 0;
 
   absl::Mutex mu_;
+  // Unreaped workers, by leader pid and by token.
   absl::flat_hash_map<pid_t, Worker> workers_ ABSL_GUARDED_BY(mu_);
-  // Spawns between posix_spawn() and the registration of their pid. An unknown zombie seen
+  absl::flat_hash_map<uint64_t, pid_t> tokens_ ABSL_GUARDED_BY(mu_);
+  // The group ids of reaped workers whose groups may still have members, by token.
+  absl::flat_hash_map<uint64_t, pid_t> leftover_groups_ ABSL_GUARDED_BY(mu_);
+  // Workers' cgroups, by token, until empty and their leader reaped.
+  absl::flat_hash_map<uint64_t, WorkerCgroup> cgroups_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<int, uint64_t> cgroup_watches_ ABSL_GUARDED_BY(mu_);  // watch → token
+  absl::flat_hash_map<pid_t, int> strays_ ABSL_GUARDED_BY(mu_);            // pid → pidfd
+  // Spawns between clone() and the registration of their pid. An unknown zombie seen
   // while this is non-zero may be one of them, so it is left for a later look.
   int spawning_ ABSL_GUARDED_BY(mu_) = 0;
   bool recheck_after_spawn_ ABSL_GUARDED_BY(mu_) = false;

@@ -9,7 +9,13 @@
 //   the `token` given to Launch(), from the thread that reaps (never under the caller's locks).
 //   It may be called before Launch() has returned to its caller.
 // - Processes that are not ours but were reparented to us (we are a child subreaper) are
-//   reaped too; the orphan listener is called after each, so group drains can be noticed.
+//   reaped too; the orphan listener is called after each, and whenever a worker's group
+//   empties, so that drains can be noticed.
+// - Every call that takes a pid REQUIRES: pid > 1. Given 0, 1 or a negative number (kill(2)
+//   would read them as "my own group", "init" or "every process"), it signals nothing, logs,
+//   and returns INTERNAL (the predicates return false).
+// - Nothing is ever signalled by a number remembered from before: workers through their
+//   pidfd or their unreaped leader's group, strays through the pidfd taken when found.
 #ifndef PROCTOR_SERVER_PROCESS_OS_H_
 #define PROCTOR_SERVER_PROCESS_OS_H_
 
@@ -17,6 +23,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +34,13 @@
 
 namespace proctor {
 
+// Who a worker runs as, when not as the daemon's user.
+struct WorkerIdentity {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary
+};
+
 struct LaunchSpec {
   std::string path;                // a path (relative ones against cwd) or a bare name,
                                    // looked up on the PATH in envp
@@ -35,6 +49,7 @@ struct LaunchSpec {
   std::string cwd;                 // empty: the daemon's
   std::string stdout_path;         // created (mode 0600) or truncated
   std::string stderr_path;
+  std::optional<WorkerIdentity> identity;  // unset: the daemon's user
 };
 
 struct Launched {
@@ -60,26 +75,44 @@ class ProcessOs {
 
   virtual absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) = 0;
 
-  // Sends `sig` to every process in group `pgid`. NOT_FOUND when the group is empty.
-  virtual absl::Status SignalGroup(pid_t pgid, int sig) = 0;
+  // A worker is named by its launch token, never by a pid that may since have been reused.
+  // Its group is its process group (pgid == its pid); children started through proctord are
+  // workers of their own.
 
-  // True while any process (zombies included) is in group `pgid`.
-  virtual bool GroupExists(pid_t pgid) = 0;
+  // Sends `sig` to the worker's process group: while its leader is unreaped (so the group id
+  // is still its own), or afterwards while a member is provably still there (an unreaped
+  // child of ours in it, or a member of the worker's cgroup). NOT_FOUND when nothing of the
+  // group is left or can be proven to be.
+  virtual absl::Status SignalGroup(uint64_t token, int sig) = 0;
+
+  // True while the worker's group may have members (its leader unreaped included).
+  virtual bool GroupExists(uint64_t token) = 0;
+
+  // True while anything the worker started may be alive: its group, or anything in its
+  // cgroup (what left the group too). Without cgroups, the same as GroupExists.
+  virtual bool AnythingAlive(uint64_t token) = 0;
+
+  // SIGKILLs everything in the worker's cgroup at once (cgroup.kill), whatever it did to its
+  // group, session or environment. UNIMPLEMENTED where workers get no cgroups.
+  virtual absl::Status KillCgroup(uint64_t token) = 0;
 
   // Puts a launched worker where workers belong (priority, CPU group), once the caller has
   // recorded it: the worker may already be calling back, so this comes after the record.
-  virtual void Confine(pid_t pid) = 0;
+  // An error says what could not be done; the worker runs on regardless.
+  virtual absl::Status Confine(uint64_t token) = 0;
 
-  // Sends `sig` to one process; NOT_FOUND when it is gone.
+  // Sends `sig` to a process FindDescendants returned, through the handle taken when it was
+  // found; NOT_FOUND when it is gone or was never found. REQUIRES: pid > 1.
   virtual absl::Status SignalProcess(pid_t pid, int sig) = 0;
-  // True while `pid` exists (zombies included).
+  // True while such a process is alive. REQUIRES: pid > 1.
   virtual bool ProcessExists(pid_t pid) = 0;
 
-  // Every live process below `roots` that is not itself a root: descendants by parent chain,
-  // and orphans that came to us (child subreaper) from the workers whose launch tokens are in
-  // `tokens` (recognised by the PROCTOR_ID their environment started with), with theirs.
-  virtual std::vector<pid_t> FindDescendants(const std::vector<pid_t>& roots,
-                                             const std::vector<uint64_t>& tokens) = 0;
+  // Every live process below the workers `tokens` that is not itself a worker: descendants by
+  // parent chain, orphans that came to us (child subreaper) from their trees (recognised by
+  // the PROCTOR_ID their environment started with), and the members of their cgroups. Each
+  // is held (a pidfd) from then on, so SignalProcess reaches that process and no other.
+  // Reads /proc: never call it under a lock that others wait on.
+  virtual std::vector<pid_t> FindDescendants(const std::vector<uint64_t>& tokens) = 0;
 };
 
 }  // namespace proctor

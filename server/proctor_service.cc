@@ -11,13 +11,18 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/authkey.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/duration.pb.h"
 #include "google/protobuf/util/time_util.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 
 namespace proctor {
 namespace {
 
+using google::protobuf::FieldDescriptor;
 using google::protobuf::util::TimeUtil;
 
 constexpr int kSigterm = 15;
@@ -39,8 +44,103 @@ google::protobuf::Duration ToDurationProto(absl::Duration d) {
   return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
 }
 
+// REQUIRES: ValidateRequest passed on the message that holds `d`.
 absl::Duration FromDurationProto(const google::protobuf::Duration& d) {
   return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+// The rules google/protobuf/duration.proto sets: about ±10,000 years, nanos below one second
+// and of the seconds' sign.
+absl::Status ValidateDuration(const google::protobuf::Duration& d, absl::string_view field) {
+  constexpr int64_t kMaxSeconds = 315'576'000'000;
+  constexpr int32_t kMaxNanos = 999'999'999;
+  auto invalid = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " is not a valid google.protobuf.Duration: ", why, " (seconds ",
+                     d.seconds(), ", nanos ", d.nanos(), ")"));
+  };
+  if (d.seconds() < -kMaxSeconds || d.seconds() > kMaxSeconds) {
+    return invalid(absl::StrCat("seconds is outside -", kMaxSeconds, "..", kMaxSeconds));
+  }
+  if (d.nanos() < -kMaxNanos || d.nanos() > kMaxNanos) {
+    return invalid(absl::StrCat("nanos is outside -", kMaxNanos, "..", kMaxNanos));
+  }
+  if ((d.seconds() > 0 && d.nanos() < 0) || (d.seconds() < 0 && d.nanos() > 0)) {
+    return invalid("seconds and nanos have different signs");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateEnum(const FieldDescriptor& field, int value, absl::string_view name) {
+  const google::protobuf::EnumDescriptor& type = *field.enum_type();
+  if (type.FindValueByNumber(value) != nullptr) return absl::OkStatus();
+  std::vector<std::string> known;
+  for (int i = 0; i < type.value_count(); ++i) {
+    known.push_back(absl::StrCat(type.value(i)->name(), " (", type.value(i)->number(), ")"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(name, " ", value, " is not a ", type.full_name(),
+                                                 "; give one of ", absl::StrJoin(known, ", ")));
+}
+
+// ValidateRequest for the fields of `message`, named after `prefix`.
+absl::Status ValidateFields(const google::protobuf::Message& message, absl::string_view prefix) {
+  const google::protobuf::Reflection& reflection = *message.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  // Set fields only: an unset enum is its zero value and an unset Duration means the default.
+  reflection.ListFields(message, &fields);
+  for (const FieldDescriptor* field : fields) {
+    int count = field->is_repeated() ? reflection.FieldSize(message, field) : 1;
+    for (int i = 0; i < count; ++i) {
+      std::string name = field->is_repeated() ? absl::StrCat(prefix, field->name(), "[", i, "]")
+                                              : absl::StrCat(prefix, field->name());
+      absl::Status valid;
+      if (field->type() == FieldDescriptor::TYPE_ENUM) {
+        // proto3 enums are open: the parser keeps a number it does not know in the field.
+        valid =
+            ValidateEnum(*field,
+                         field->is_repeated() ? reflection.GetRepeatedEnumValue(message, field, i)
+                                              : reflection.GetEnumValue(message, field),
+                         name);
+      } else if (field->type() == FieldDescriptor::TYPE_MESSAGE) {
+        const google::protobuf::Message& nested =
+            field->is_repeated() ? reflection.GetRepeatedMessage(message, field, i)
+                                 : reflection.GetMessage(message, field);
+        if (const auto* duration =
+                google::protobuf::DynamicCastToGenerated<google::protobuf::Duration>(&nested)) {
+          valid = ValidateDuration(*duration, name);
+        } else {
+          valid = ValidateFields(nested, absl::StrCat(name, "."));
+        }
+      }
+      if (!valid.ok()) return valid;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Parses a request body into `request` and validates it.
+absl::Status ParseRequest(const grpc::ByteBuffer& raw, google::protobuf::Message& request) {
+  if (!raw.Valid()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the call carries no ", request.GetDescriptor()->full_name()));
+  }
+  grpc::ByteBuffer copy(raw);  // parsing consumes its buffer; this shares the slices
+  if (!grpc::SerializationTraits<google::protobuf::Message>::Deserialize(&copy, &request).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body (", raw.Length(), " bytes) is not a valid ",
+                     request.GetDescriptor()->full_name(),
+                     " message: it does not parse as protobuf, or a string field is not UTF-8"));
+  }
+  return ValidateRequest(request);
+}
+
+// Replaces what `out` held (the serializer refuses a buffer that holds something).
+void SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer* out) {
+  out->Clear();
+  bool own_buffer;
+  // Only fails for a message over 2 GiB, which no reply of ours comes near.
+  grpc::SerializationTraits<google::protobuf::Message>::Serialize(reply, out, &own_buffer)
+      .IgnoreError();
 }
 
 // A unary call answered later by a supervisor callback. The shared state lets whichever of
@@ -49,7 +149,7 @@ class ParkedCall final : public grpc::ServerUnaryReactor {
  public:
   using Park = std::function<Supervisor::WaiterId(Supervisor::Done)>;
 
-  ParkedCall(Supervisor& supervisor, v1::Process* response, const Park& park)
+  ParkedCall(Supervisor& supervisor, grpc::ByteBuffer* response, const Park& park)
       : supervisor_(supervisor), state_(std::make_shared<State>()) {
     state_->call = this;
     std::shared_ptr<State> state = state_;
@@ -57,7 +157,11 @@ class ParkedCall final : public grpc::ServerUnaryReactor {
       absl::MutexLock lock(&state->mu);
       if (state->finished) return;
       state->finished = true;
-      if (result.ok()) ToProto(*result, response);
+      if (result.ok()) {
+        v1::Process process;
+        ToProto(*result, &process);
+        SerializeReply(process, response);
+      }
       state->call->Finish(ToGrpc(result.status()));
     });
     absl::MutexLock lock(&state_->mu);
@@ -92,7 +196,7 @@ class ParkedCall final : public grpc::ServerUnaryReactor {
 
 // Streams one capture file. Reads happen on gRPC's threads (after each write) and on the
 // timer thread (while following an idle file); the mutex keeps them one at a time.
-class LogStream final : public grpc::ServerWriteReactor<v1::LogChunk> {
+class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   LogStream(Supervisor& supervisor, Timers& timers, uint64_t id, int fd, int64_t offset,
             bool follow)
@@ -153,8 +257,9 @@ class LogStream final : public grpc::ServerWriteReactor<v1::LogChunk> {
       chunk_.mutable_data()->resize(n);
       chunk_.set_offset(offset_);
       offset_ += n;
+      SerializeReply(chunk_, &out_);
       writing_ = true;
-      StartWrite(&chunk_);
+      StartWrite(&out_);
       return;
     }
     if (ended) {
@@ -194,22 +299,22 @@ class LogStream final : public grpc::ServerWriteReactor<v1::LogChunk> {
   int64_t offset_ ABSL_GUARDED_BY(mu_);
   const bool follow_;
   v1::LogChunk chunk_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);  // chunk_, serialized; alive until written
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   TimerId timer_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-template <typename Response>
-class FailedStream final : public grpc::ServerWriteReactor<Response> {
+class FailedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // Finishes with `status`, at once or after `delay`.
-  FailedStream(const grpc::Status& status, Timers& timers,
+  FailedStream(const absl::Status& status, Timers& timers,
                absl::Duration delay = absl::ZeroDuration()) {
     if (delay <= absl::ZeroDuration()) {
-      this->Finish(status);
+      Finish(ToGrpc(status));
     } else {
-      timers.After(delay, [this, status] { this->Finish(status); });
+      timers.After(delay, [this, status] { Finish(ToGrpc(status)); });
     }
   }
   void OnDone() override { delete this; }
@@ -218,8 +323,7 @@ class FailedStream final : public grpc::ServerWriteReactor<Response> {
 // One session: open on the first request, touch on each later one, close when the client
 // closes or goes away. The session's expiry may come from the timer thread at any moment,
 // so the shared state lets it finish the stream only while the reactor is alive.
-class SessionStream final
-    : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionEvent> {
+class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   static constexpr absl::Duration kDefaultTtl = absl::Seconds(10);
 
@@ -246,9 +350,14 @@ class SessionStream final
       state_->FinishOnce(grpc::Status::OK);
       return;
     }
+    v1::SessionRequest request;
+    if (absl::Status parsed = ParseRequest(request_, request); !parsed.ok()) {
+      state_->FinishOnce(ToGrpc(parsed));
+      return;
+    }
     if (session_ == 0) {
       absl::Duration ttl = kDefaultTtl;
-      if (request_.has_ttl()) ttl = FromDurationProto(request_.ttl());
+      if (request.has_ttl()) ttl = FromDurationProto(request.ttl());
       if (ttl <= absl::ZeroDuration()) {
         state_->FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                         "session ttl must be positive"));
@@ -264,7 +373,9 @@ class SessionStream final
       {
         absl::MutexLock lock(&state_->mu);
         session_ = session;
-        event_.set_session(session);
+        v1::SessionEvent event;
+        event.set_session(session);
+        SerializeReply(event, &event_);
         state_->writing = true;
       }
       StartWrite(&event_);
@@ -335,10 +446,17 @@ class SessionStream final
 
   Supervisor& supervisor_;
   std::shared_ptr<State> state_;
-  v1::SessionRequest request_;
-  v1::SessionEvent event_;
+  grpc::ByteBuffer request_;
+  grpc::ByteBuffer event_;  // a SessionEvent, serialized
   uint64_t session_ = 0;  // guarded by state_->mu once reads and timers run
 };
+
+std::optional<std::string> CredentialOf(grpc::CallbackServerContext* context) {
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find(kAuthMetadataKey);
+  if (it == metadata.end()) return std::nullopt;
+  return std::string(it->second.data(), it->second.size());
+}
 
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                     const absl::Status& status) {
@@ -380,6 +498,10 @@ void ToProto(const ProcessInfo& info, v1::Process* out) {
   out->set_cwd(info.cwd);
 }
 
+absl::Status ValidateRequest(const google::protobuf::Message& request) {
+  return ValidateFields(request, "");
+}
+
 ProctorService::ProctorService(Supervisor& supervisor, Timers& timers,
                                Authenticator& authenticator, Clock& clock)
     : supervisor_(supervisor),
@@ -392,17 +514,33 @@ ProctorService::ProctorService(Supervisor& supervisor, Timers& timers,
 
 absl::StatusOr<Caller> ProctorService::Authenticate(grpc::CallbackServerContext* context,
                                                     absl::string_view method) {
-  std::optional<std::string> credential;
-  const auto& metadata = context->client_metadata();
-  if (auto it = metadata.find(kAuthMetadataKey); it != metadata.end()) {
-    credential = std::string(it->second.data(), it->second.size());
-  }
-  absl::StatusOr<Caller> caller = authenticator_.Verify(credential, method, context->peer());
+  absl::StatusOr<Caller> caller =
+      authenticator_.Verify(CredentialOf(context), method, context->peer());
   if (caller.ok()) {
     context->AddInitialMetadata(kServerProofMetadataKey,
                                 ServerProof(caller->key, method, caller->nonce_hex));
   }
   return caller;
+}
+
+absl::StatusOr<Caller> ProctorService::Admit(grpc::CallbackServerContext* context,
+                                             absl::string_view method, const grpc::ByteBuffer& raw,
+                                             google::protobuf::Message& request) {
+  // Authentication first: a caller without a key learns nothing, not even what is wrong
+  // with its request.
+  absl::StatusOr<Caller> caller = Authenticate(context, method);
+  if (!caller.ok()) return caller;
+  if (absl::Status parsed = ParseRequest(raw, request); !parsed.ok()) return parsed;
+  return caller;
+}
+
+absl::Duration ProctorService::HoldBack(grpc::CallbackServerContext* context,
+                                        const absl::Status& refused) {
+  // Admit's RESOURCE_EXHAUSTED can only be the authenticator's (a key over its rate).
+  if (!absl::IsUnauthenticated(refused) && !absl::IsResourceExhausted(refused)) {
+    return absl::ZeroDuration();
+  }
+  return authenticator_.FailureDelay(CredentialOf(context), context->peer());
 }
 
 absl::Status ProctorService::Authorize(const Caller& caller, uint64_t id) {
@@ -418,7 +556,6 @@ grpc::ServerUnaryReactor* ProctorService::Refuse(grpc::CallbackServerContext* co
                                                  const absl::Status& status,
                                                  absl::Duration delay) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (absl::IsUnauthenticated(status)) delay = authenticator_.FailureDelay(context->peer());
   if (delay <= absl::ZeroDuration()) {
     reactor->Finish(ToGrpc(status));
   } else {
@@ -427,145 +564,161 @@ grpc::ServerUnaryReactor* ProctorService::Refuse(grpc::CallbackServerContext* co
   return reactor;
 }
 
+grpc::ServerUnaryReactor* ProctorService::Deny(grpc::CallbackServerContext* context,
+                                               const absl::Status& refused) {
+  return Refuse(context, refused, HoldBack(context, refused));
+}
+
 grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* context,
-                                                const v1::StartRequest* request,
-                                                v1::Process* response) {
-  absl::StatusOr<Caller> caller = Authenticate(context, "Start");
-  if (!caller.ok()) return Refuse(context, caller.status());
+                                                const grpc::ByteBuffer* raw,
+                                                grpc::ByteBuffer* response) {
+  v1::StartRequest request;
+  absl::StatusOr<Caller> caller = Admit(context, "Start", *raw, request);
+  if (!caller.ok()) return Deny(context, caller.status());
   StartSpec spec;
   spec.parent_id = caller->worker_id;
-  spec.authkey = request->authkey();
-  spec.session = request->session();
+  spec.authkey = request.authkey();
+  spec.session = request.session();
   if (spec.session != 0 && !caller->admin()) {
     return Refuse(context, absl::FailedPreconditionError(
                                "sessions are for clients that are not workers; a worker's "
                                "key makes the worker itself the parent"));
   }
-  spec.target = request->target();
-  spec.args.assign(request->args().begin(), request->args().end());
-  spec.kwargs.insert(request->kwargs().begin(), request->kwargs().end());
-  spec.name = request->name();
-  spec.daemon = request->daemon();
-  spec.env.assign(request->env().begin(), request->env().end());
-  spec.cwd = request->cwd();
+  spec.target = request.target();
+  spec.args.assign(request.args().begin(), request.args().end());
+  spec.kwargs.insert(request.kwargs().begin(), request.kwargs().end());
+  spec.name = request.name();
+  spec.daemon = request.daemon();
+  spec.env.assign(request.env().begin(), request.env().end());
+  spec.cwd = request.cwd();
+  spec.user = request.user();
+  spec.group = request.group();
   absl::StatusOr<ProcessInfo> started = supervisor_.Start(spec);
   if (absl::IsResourceExhausted(started.status())) {
     std::string tree = caller->admin() ? absl::StrCat("admin@", context->peer())
                                        : absl::StrCat(supervisor_.RootOf(caller->worker_id));
     return Refuse(context, started.status(), limit_refusals_.Refused(tree));
   }
-  if (started.ok()) ToProto(*started, response);
+  if (started.ok()) {
+    v1::Process process;
+    ToProto(*started, &process);
+    SerializeReply(process, response);
+  }
   return FinishNow(context, started.status());
 }
 
 grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext* context,
-                                               const v1::JoinRequest* request,
-                                               v1::Process* response) {
-  absl::StatusOr<Caller> caller = Authenticate(context, "Join");
-  if (!caller.ok()) return Refuse(context, caller.status());
-  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
+                                               const grpc::ByteBuffer* raw,
+                                               grpc::ByteBuffer* response) {
+  v1::JoinRequest request;
+  absl::StatusOr<Caller> caller = Admit(context, "Join", *raw, request);
+  if (!caller.ok()) return Deny(context, caller.status());
+  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
   std::optional<absl::Duration> timeout;
-  if (request->has_timeout()) timeout = FromDurationProto(request->timeout());
-  uint64_t id = request->id();
+  if (request.has_timeout()) timeout = FromDurationProto(request.timeout());
+  uint64_t id = request.id();
   return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
     return supervisor_.Join(id, timeout, std::move(done));
   });
 }
 
 grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext* context,
-                                                    const v1::TerminateRequest* request,
-                                                    v1::Process* response) {
-  absl::StatusOr<Caller> caller = Authenticate(context, "Terminate");
-  if (!caller.ok()) return Refuse(context, caller.status());
-  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
-  int sig = request->signal() == 0 ? kSigterm : request->signal();
-  absl::Duration grace =
-      request->has_grace() ? FromDurationProto(request->grace()) : Supervisor::kDefaultGrace;
-  bool wait = !request->has_wait() || request->wait();
-  bool tree = !request->has_tree() || request->tree();
-  uint64_t id = request->id();
+                                                    const grpc::ByteBuffer* raw,
+                                                    grpc::ByteBuffer* response) {
+  v1::TerminateRequest request;
+  absl::StatusOr<Caller> caller = Admit(context, "Terminate", *raw, request);
+  if (!caller.ok()) return Deny(context, caller.status());
+  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
+  TerminateOptions options{
+      .signal = request.signal() == 0 ? kSigterm : request.signal(),
+      .grace = request.has_grace() ? FromDurationProto(request.grace()) : Supervisor::kDefaultGrace,
+      .wait = !request.has_wait() || request.wait(),
+      .tree = !request.has_tree() || request.tree(),
+  };
+  uint64_t id = request.id();
   return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
-    return supervisor_.Terminate(id, sig, grace, wait, std::move(done), tree);
+    return supervisor_.Terminate(id, options, std::move(done));
   });
 }
 
 grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* context,
-                                                 const v1::StatusRequest* request,
-                                                 v1::StatusResponse* response) {
-  absl::StatusOr<Caller> caller = Authenticate(context, "Status");
-  if (!caller.ok()) return Refuse(context, caller.status());
-  if (request->has_id()) {
-    if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
-    absl::StatusOr<ProcessInfo> info = supervisor_.Get(request->id());
-    if (info.ok()) ToProto(*info, response->add_processes());
+                                                 const grpc::ByteBuffer* raw,
+                                                 grpc::ByteBuffer* response) {
+  v1::StatusRequest request;
+  absl::StatusOr<Caller> caller = Admit(context, "Status", *raw, request);
+  if (!caller.ok()) return Deny(context, caller.status());
+  v1::StatusResponse reply;
+  if (request.has_id()) {
+    if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
+    absl::StatusOr<ProcessInfo> info = supervisor_.Get(request.id());
+    if (info.ok()) ToProto(*info, reply.add_processes());
+    SerializeReply(reply, response);
     return FinishNow(context, info.status());
   }
   ListFilter filter;
-  if (request->state() != v1::STATE_UNSPECIFIED) {
-    filter.running = request->state() == v1::STATE_RUNNING;
+  if (request.state() != v1::STATE_UNSPECIFIED) {
+    filter.running = request.state() == v1::STATE_RUNNING;
   }
-  filter.name = request->name();
-  if (request->has_parent_id()) filter.parent_id = request->parent_id();
-  if (request->has_parent_session()) filter.parent_session = request->parent_session();
+  filter.name = request.name();
+  if (request.has_parent_id()) filter.parent_id = request.parent_id();
+  if (request.has_parent_session()) filter.parent_session = request.parent_session();
   filter.subtree_of = caller->worker_id;
   for (const ProcessInfo& info : supervisor_.List(filter)) {
-    ToProto(info, response->add_processes());
+    ToProto(info, reply.add_processes());
   }
+  SerializeReply(reply, response);
   return FinishNow(context, absl::OkStatus());
 }
 
-grpc::ServerWriteReactor<v1::LogChunk>* ProctorService::Logs(
-    grpc::CallbackServerContext* context, const v1::LogsRequest* request) {
-  using Failed = FailedStream<v1::LogChunk>;
-  absl::StatusOr<Caller> caller = Authenticate(context, "Logs");
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ProctorService::Logs(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  v1::LogsRequest request;
+  absl::StatusOr<Caller> caller = Admit(context, "Logs", *raw, request);
   if (!caller.ok()) {
-    return new Failed(ToGrpc(caller.status()), timers_,
-                      authenticator_.FailureDelay(context->peer()));
+    return new FailedStream(caller.status(), timers_, HoldBack(context, caller.status()));
   }
-  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) {
-    return new Failed(ToGrpc(s), timers_);
+  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) {
+    return new FailedStream(s, timers_);
   }
-  if (request->tail_bytes() < 0) {
-    return new Failed(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   "tail_bytes is negative; give 0 or more"),
-                      timers_);
+  if (request.tail_bytes() < 0) {
+    return new FailedStream(absl::InvalidArgumentError("tail_bytes is negative; give 0 or more"),
+                            timers_);
   }
   // From here until the LogStream is destroyed, the record's files are not recycled.
-  absl::StatusOr<ProcessInfo> info = supervisor_.OpenLogs(request->id());
-  if (!info.ok()) return new Failed(ToGrpc(info.status()), timers_);
+  absl::StatusOr<ProcessInfo> info = supervisor_.OpenLogs(request.id());
+  if (!info.ok()) return new FailedStream(info.status(), timers_);
   const std::string& path =
-      request->stream() == v1::STREAM_STDERR ? info->stderr_path : info->stdout_path;
+      request.stream() == v1::STREAM_STDERR ? info->stderr_path : info->stdout_path;
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    supervisor_.CloseLogs(request->id());
-    return new Failed(grpc::Status(grpc::StatusCode::INTERNAL,
-                                   absl::StrCat("cannot open captured output ", path, ": ",
-                                                std::strerror(errno))),
-                      timers_);
+    supervisor_.CloseLogs(request.id());
+    return new FailedStream(absl::InternalError(absl::StrCat("cannot open captured output ", path,
+                                                             ": ", std::strerror(errno))),
+                            timers_);
   }
   int64_t offset = 0;
   struct stat st;
-  if (request->tail_bytes() > 0 && fstat(fd, &st) == 0) {
-    offset = std::max<int64_t>(0, st.st_size - request->tail_bytes());
+  if (request.tail_bytes() > 0 && fstat(fd, &st) == 0) {
+    offset = std::max<int64_t>(0, st.st_size - request.tail_bytes());
   }
-  return new LogStream(supervisor_, timers_, request->id(), fd, offset, request->follow());
+  return new LogStream(supervisor_, timers_, request.id(), fd, offset, request.follow());
 }
 
 grpc::ServerUnaryReactor* ProctorService::Release(grpc::CallbackServerContext* context,
-                                                  const v1::ReleaseRequest* request,
-                                                  v1::ReleaseResponse*) {
-  absl::StatusOr<Caller> caller = Authenticate(context, "Release");
-  if (!caller.ok()) return Refuse(context, caller.status());
-  if (absl::Status s = Authorize(*caller, request->id()); !s.ok()) return Refuse(context, s);
-  return FinishNow(context, supervisor_.Release(request->id()));
+                                                  const grpc::ByteBuffer* raw,
+                                                  grpc::ByteBuffer* response) {
+  v1::ReleaseRequest request;
+  absl::StatusOr<Caller> caller = Admit(context, "Release", *raw, request);
+  if (!caller.ok()) return Deny(context, caller.status());
+  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
+  absl::Status released = supervisor_.Release(request.id());
+  SerializeReply(v1::ReleaseResponse(), response);
+  return FinishNow(context, released);
 }
 
-}  // namespace proctor
-
-namespace proctor {
-
-grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionEvent>* ProctorService::Session(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ProctorService::Session(
     grpc::CallbackServerContext* context) {
+  // Its requests come later, on the stream; SessionStream parses each.
   absl::StatusOr<Caller> caller = Authenticate(context, "Session");
   absl::Status refused = caller.status();
   if (caller.ok() && !caller->admin()) {
@@ -573,10 +726,7 @@ grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionEvent>* ProctorService::S
         "sessions are for clients that are not workers; a worker is the parent of what it "
         "starts");
   }
-  absl::Duration delay = absl::IsUnauthenticated(refused)
-                             ? authenticator_.FailureDelay(context->peer())
-                             : absl::ZeroDuration();
-  return new SessionStream(supervisor_, timers_, refused, delay);
+  return new SessionStream(supervisor_, timers_, refused, HoldBack(context, refused));
 }
 
 }  // namespace proctor

@@ -6,14 +6,23 @@
 // and its output is drained. Statuses cross this layer unchanged (code and message).
 //
 // Every handler first authenticates its call (Authenticator) and puts the daemon's proof in
-// the reply's initial metadata; a refused call gets UNAUTHENTICATED, held back for peers that
-// keep failing; so is a Start refused for a limit, per process tree, so that a runaway
-// spawner slows itself down rather than the daemon. A call made with a worker's key reaches only that worker's subtree: it starts
+// the reply's initial metadata; a refused call gets UNAUTHENTICATED (or RESOURCE_EXHAUSTED
+// for a key over its rate), held back for keys that keep failing; so is a Start refused for
+// a limit, per process tree, so that a runaway spawner slows itself down rather than the
+// daemon. A call made with a worker's key reaches only that worker's subtree: it starts
 // children of that worker, lists only its subtree, and gets PERMISSION_DENIED for any other id.
+//
+// Requests arrive as bytes and are parsed here, after authentication: a body that is not the
+// method's request message, a google.protobuf.Duration outside its own rules, or a number
+// that names no value of its enum gets INVALID_ARGUMENT naming the message or field (gRPC's
+// own parsing would answer UNIMPLEMENTED with no message, and give the service no say).
 #ifndef PROCTOR_SERVER_PROCTOR_SERVICE_H_
 #define PROCTOR_SERVER_PROCTOR_SERVICE_H_
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/message.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "proctor/v1/proctor.grpc.pb.h"
 #include "server/authenticator.h"
 #include "server/clock.h"
@@ -24,41 +33,64 @@ namespace proctor {
 // The record as the API shows it.
 void ToProto(const ProcessInfo& info, v1::Process* out);
 
-class ProctorService final : public v1::Proctor::CallbackService {
+// OK when every field of `request`, nested messages included, holds a value the API defines:
+// each enum field one of its enum's values, each google.protobuf.Duration within that type's
+// rules. Otherwise INVALID_ARGUMENT naming the field.
+absl::Status ValidateRequest(const google::protobuf::Message& request);
+
+// The generated service with every method taking and giving bytes.
+using RawProctorService =
+    v1::Proctor::WithRawCallbackMethod_Start<v1::Proctor::WithRawCallbackMethod_Join<
+        v1::Proctor::WithRawCallbackMethod_Terminate<v1::Proctor::WithRawCallbackMethod_Status<
+            v1::Proctor::WithRawCallbackMethod_Logs<v1::Proctor::WithRawCallbackMethod_Release<
+                v1::Proctor::WithRawCallbackMethod_Session<v1::Proctor::Service>>>>>>>;
+
+class ProctorService final : public RawProctorService {
  public:
   // All must outlive the service; `timers` paces Logs follow reads and delayed refusals.
   ProctorService(Supervisor& supervisor, Timers& timers, Authenticator& authenticator,
                  Clock& clock);
 
+  // Each handler reads its request as proctor.v1.<Method>Request and answers with the reply
+  // message the proto names.
   grpc::ServerUnaryReactor* Start(grpc::CallbackServerContext* context,
-                                  const v1::StartRequest* request,
-                                  v1::Process* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
-                                 const v1::JoinRequest* request, v1::Process* response) override;
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Terminate(grpc::CallbackServerContext* context,
-                                      const v1::TerminateRequest* request,
-                                      v1::Process* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
-                                   const v1::StatusRequest* request,
-                                   v1::StatusResponse* response) override;
-  grpc::ServerWriteReactor<v1::LogChunk>* Logs(grpc::CallbackServerContext* context,
-                                               const v1::LogsRequest* request) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Logs(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
-                                    const v1::ReleaseRequest* request,
-                                    v1::ReleaseResponse* response) override;
-  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionEvent>* Session(
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
       grpc::CallbackServerContext* context) override;
 
  private:
-  // The caller, with the daemon's proof added to the reply; or why the call is refused.
+  // The caller, with the daemon's proof added to the reply, and its request parsed into
+  // `request`; or why the call is refused.
+  absl::StatusOr<Caller> Admit(grpc::CallbackServerContext* context, absl::string_view method,
+                               const grpc::ByteBuffer& raw, google::protobuf::Message& request);
   absl::StatusOr<Caller> Authenticate(grpc::CallbackServerContext* context,
                                       absl::string_view method);
+  // How long to hold back `refused`, an answer of Admit: the authenticator's delay for its
+  // own refusals, none for a bad request.
+  absl::Duration HoldBack(grpc::CallbackServerContext* context, const absl::Status& refused);
   // OK when `caller` may act on process `id`.
   absl::Status Authorize(const Caller& caller, uint64_t id);
-  // Finishes a unary call with an error, after the refusal delay for UNAUTHENTICATED.
+  // Finishes a unary call with an error, after `delay`.
   grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
                                    const absl::Status& status,
                                    absl::Duration delay = absl::ZeroDuration());
+  // Refuse() with HoldBack(): for a call Admit turned away.
+  grpc::ServerUnaryReactor* Deny(grpc::CallbackServerContext* context, const absl::Status& refused);
 
   Supervisor& supervisor_;
   Timers& timers_;

@@ -1,27 +1,45 @@
 // proctord: flags, wiring, run. Everything else lives in the proctor_server library.
 #include <cstdio>
+#include <memory>
+#include <optional>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "server/daemon.h"
 #include "server/event_loop.h"
 #include "server/posix_process_os.h"
+#include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
   // Before any thread exists, so every thread inherits the mask and signals reach the
   // signalfd only.
-  proctor::BlockDaemonSignals();
+  if (absl::Status blocked = proctor::BlockDaemonSignals(); !blocked.ok()) {
+    std::fprintf(stderr, "proctord: %s\n", std::string(blocked.message()).c_str());
+    return 1;
+  }
   // Also before any thread: the daemon's threads outrank its workers, so a runaway tree of
   // workers cannot starve the calls that would stop it.
   std::optional<int> worker_nice = proctor::RaiseDaemonPriority();
-  absl::StatusOr<proctor::DaemonOptions> options =
+
+  absl::StatusOr<proctor::DaemonCommandLine> command_line =
       proctor::ParseDaemonFlags(std::vector<std::string>(argv + 1, argv + argc));
-  if (!options.ok()) {
-    bool help = absl::IsCancelled(options.status());
-    std::fprintf(help ? stdout : stderr, "%s%s\n", help ? "" : "proctord: ",
-                 std::string(options.status().message()).c_str());
-    return help ? 0 : 2;
+  if (!command_line.ok()) {
+    std::fprintf(stderr, "proctord: %s\n", std::string(command_line.status().message()).c_str());
+    return 2;
   }
-  options->worker_nice = worker_nice;
-  return proctor::RunDaemon(*options);
+  if (const auto* help = std::get_if<proctor::DaemonHelp>(&*command_line)) {
+    std::fputs(help->text.c_str(), stdout);
+    return 0;
+  }
+  proctor::DaemonOptions& options = std::get<proctor::DaemonOptions>(*command_line);
+  options.worker_nice = worker_nice;
+
+  absl::StatusOr<std::unique_ptr<proctor::Daemon>> daemon = proctor::Daemon::Create(options);
+  if (!daemon.ok()) {
+    // Create sets up the log before anything that can fail: the error goes there.
+    spdlog::error("{}", std::string(daemon.status().message()));
+    return 1;
+  }
+  return (*daemon)->Run();
 }

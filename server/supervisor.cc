@@ -59,6 +59,8 @@ absl::Status Validate(const StartSpec& spec) {
     }
   }
   if (absl::Status s = CheckNoNul("cwd", spec.cwd); !s.ok()) return s;
+  if (absl::Status s = CheckNoNul("user", spec.user); !s.ok()) return s;
+  if (absl::Status s = CheckNoNul("group", spec.group); !s.ok()) return s;
   if (!spec.cwd.empty() && spec.cwd[0] != '/') {
     return absl::InvalidArgumentError(
         absl::StrCat("cwd \"", spec.cwd, "\" must be an absolute path"));
@@ -115,9 +117,8 @@ Supervisor::Supervisor(SupervisorOptions options, ProcessOs& os, Clock& clock,
       [this] { OnOrphanReaped(); });
 }
 
-absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
-  if (absl::Status s = Validate(spec); !s.ok()) return s;
-
+absl::StatusOr<LaunchSpec> Supervisor::BuildLaunchSpec(const StartSpec& spec,
+                                                       WorkerUser user) const {
   LaunchSpec launch;
   launch.path = spec.target;
   launch.argv.reserve(1 + spec.args.size() + spec.kwargs.size());
@@ -126,8 +127,9 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
   for (const auto& [key, value] : spec.kwargs) {
     launch.argv.push_back(absl::StrCat("--", key, "=", value));
   }
-  launch.envp = BuildEnv(options_.base_env, spec.env);
+  launch.envp = BuildEnv(BuildEnv(options_.base_env, user.env), spec.env);
   launch.cwd = spec.cwd;
+  launch.identity = std::move(user.identity);
   // Room for the PROCTOR_* entries added once the id is known.
   constexpr size_t kProctorEnvBytes = 512;
   if (size_t size = ExecSize(launch.argv, launch.envp) + kProctorEnvBytes;
@@ -136,6 +138,17 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
         absl::StrCat("arguments and environment take ", size,
                      " bytes, more than the system's ARG_MAX of ", options_.arg_max));
   }
+  return launch;
+}
+
+absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
+  if (absl::Status s = Validate(spec); !s.ok()) return s;
+  // Reads the user database: before the lock.
+  absl::StatusOr<WorkerUser> user =
+      ResolveWorkerUser(spec.user.empty() ? options_.worker_user : spec.user, spec.group);
+  if (!user.ok()) return user.status();
+  absl::StatusOr<LaunchSpec> launch = BuildLaunchSpec(spec, *std::move(user));
+  if (!launch.ok()) return launch.status();
 
   // Taken outside the lock: now and then it writes (and syncs) the id counter to disk, and
   // that must not hold up every other call. An id of a refused start is simply never used.
@@ -144,355 +157,460 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
   const uint64_t id = *next;
   {
     absl::MutexLock lock(&mu_);
-    if (shutting_down_) return absl::UnavailableError("proctord is shutting down");
-    std::string identity;
-    std::string authkey = spec.authkey;
-    size_t depth = 1;
-    if (live_count_ >= options_.max_processes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("limit --max-processes=", options_.max_processes, " reached (",
-                       live_count_, " processes are running)"));
-    }
-    if (spec.parent_id != 0) {
-      auto parent = records_.find(spec.parent_id);
-      // A parent still being launched counts: it is running, and may be calling already.
-      if (parent == records_.end()) return NoSuchProcess(spec.parent_id);
-      Record& p = parent->second;
-      if (p.info.daemon) {
-        return absl::FailedPreconditionError(
-            "daemonic processes are not allowed to have children");
-      }
-      if (!p.info.running) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("parent process ", spec.parent_id, " has ended"));
-      }
-      if (p.terminating) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("parent process ", spec.parent_id, " is being terminated"));
-      }
-      size_t running_children = 0;
-      for (uint64_t child : p.info.children) {
-        auto c = records_.find(child);
-        if (c != records_.end() && c->second.info.running) ++running_children;
-      }
-      if (running_children >= options_.max_children) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("limit --max-children=", options_.max_children, " reached (process ",
-                         spec.parent_id, " has ", running_children, " running children)"));
-      }
-      depth = p.depth + 1;
-      if (depth > options_.max_depth) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("limit --max-depth=", options_.max_depth, " reached (process ",
-                         spec.parent_id, " is at depth ", p.depth, ")"));
-      }
-      identity = absl::StrCat(p.identity, ":", ++p.children_started);
-      if (authkey.empty()) authkey = p.authkey;
-      p.info.children.push_back(id);
-    } else {
-      if (spec.session != 0) {
-        auto session = sessions_.find(spec.session);
-        if (session == sessions_.end()) {
-          return absl::NotFoundError(absl::StrCat("no open session ", spec.session));
-        }
-        session->second.processes.push_back(id);
-      }
-      identity = absl::StrCat(++top_level_started_);
-    }
-    if (authkey.empty()) authkey = RandomBytes(kAuthkeyBytes);
-    Record& record = records_[id];
-    record.identity = identity;
-    record.depth = depth;
-    ProcessInfo& info = record.info;
-    info.id = id;
-    info.name = spec.name.empty() ? absl::StrCat("Process-", identity) : spec.name;
-    info.running = true;
-    info.daemon = spec.daemon;
-    info.parent_id = spec.parent_id;
-    info.parent_session = spec.session;
-    info.args.assign(launch.argv.begin() + 1, launch.argv.end());
-    info.cwd = spec.cwd;
-    info.start_time = clock_.Now();
-    info.end_time = absl::InfinitePast();
-    info.stdout_path = absl::StrCat(options_.log_dir, "/", id, ".out");
-    info.stderr_path = absl::StrCat(options_.log_dir, "/", id, ".err");
-    launch.stdout_path = info.stdout_path;
-    launch.stderr_path = info.stderr_path;
-    launch.envp = BuildEnv(launch.envp, {absl::StrCat(kAddressEnv, "=", options_.worker_address),
-                                         absl::StrCat(kIdEnv, "=", id),
-                                         absl::StrCat(kAuthkeyEnv, "=", HexEncode(authkey))});
-    record.authkey = std::move(authkey);
-    ++live_count_;
+    if (absl::Status admitted = AdmitLocked(spec, id, *launch); !admitted.ok()) return admitted;
   }
 
   if (options_.capture_files != nullptr) {
-    options_.capture_files->Prepare(launch.stdout_path);
-    options_.capture_files->Prepare(launch.stderr_path);
+    options_.capture_files->Prepare(launch->stdout_path);
+    options_.capture_files->Prepare(launch->stderr_path);
   }
-  absl::StatusOr<Launched> launched = os_.Launch(launch, id);
+  absl::StatusOr<Launched> launched = os_.Launch(*launch, id);
 
-  if (launched.ok()) {
-    ProcessInfo info;
-    {
-      absl::MutexLock lock(&mu_);
-      Record& record = records_.at(id);
-      record.launched = true;
-      record.info.pid = launched->pid;
-      record.info.target = launched->path;
-      spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, record.info.name,
-                   launched->pid, launched->path, spec.daemon ? " daemon" : "");
-      info = record.info;
-    }
-    os_.Confine(launched->pid);
-    return info;
-  }
-  FilesToDrop files;
+  ProcessInfo info;
   {
+    Outbox out(*this);
     absl::MutexLock lock(&mu_);
-    if (records_.at(id).info.running) --live_count_;
-    EraseLocked(id, files);
+    if (!launched.ok()) {
+      RollBackLocked(id, out);
+      return launched.status();
+    }
+    info = CommitLocked(id, *launched, out);
   }
-  Drop(files);
-  return launched.status();
+  // After the record: the worker may already be calling back, and must find itself.
+  if (absl::Status confined = os_.Confine(id); !confined.ok()) {
+    spdlog::warn("id={} pid={}: {}", id, info.pid, std::string(confined.message()));
+  }
+  return info;
+}
+
+absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchSpec& launch) {
+  if (shutting_down_) return absl::UnavailableError("proctord is shutting down");
+  if (size_t live = live_count_ + starting_.size(); live >= options_.max_processes) {
+    std::string limit = options_.max_processes_reason.empty()
+                            ? absl::StrCat("limit --max-processes=", options_.max_processes)
+                            : options_.max_processes_reason;
+    return absl::ResourceExhaustedError(
+        absl::StrCat(limit, " reached (", live, " processes are running)"));
+  }
+  Record record;
+  std::string authkey = spec.authkey;
+  if (spec.parent_id != 0) {
+    // A parent whose own launch is in flight counts: it runs, and may be calling already.
+    Record* parent = FindAnyLocked(spec.parent_id);
+    if (parent == nullptr) return NoSuchProcess(spec.parent_id);
+    if (parent->info.daemon) {
+      return absl::FailedPreconditionError("daemonic processes are not allowed to have children");
+    }
+    if (!parent->info.running) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("parent process ", spec.parent_id, " has ended"));
+    }
+    if (parent->terminating) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("parent process ", spec.parent_id, " is being terminated"));
+    }
+    size_t running_children = parent->children_starting;
+    for (uint64_t child : parent->info.children) {
+      if (Record* c = FindLocked(child); c != nullptr && c->info.running) ++running_children;
+    }
+    if (running_children >= options_.max_children) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("limit --max-children=", options_.max_children, " reached (process ",
+                       spec.parent_id, " has ", running_children, " running children)"));
+    }
+    if (parent->depth + 1 > options_.max_depth) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("limit --max-depth=", options_.max_depth, " reached (process ",
+                       spec.parent_id, " is at depth ", parent->depth, ")"));
+    }
+    record.depth = parent->depth + 1;
+    record.parent_identity = parent->identity;
+    if (authkey.empty()) authkey = parent->authkey;
+    ++parent->children_starting;
+  } else if (spec.session != 0 && !sessions_.contains(spec.session)) {
+    return absl::NotFoundError(absl::StrCat("no open session ", spec.session));
+  }
+  if (authkey.empty()) authkey = RandomBytes(kAuthkeyBytes);
+
+  ProcessInfo& info = record.info;
+  info.id = id;
+  info.name = spec.name;  // a default name is given at commit, so a failed start uses none
+  info.running = true;
+  info.daemon = spec.daemon;
+  info.parent_id = spec.parent_id;
+  info.parent_session = spec.session;
+  info.args.assign(launch.argv.begin() + 1, launch.argv.end());
+  info.cwd = spec.cwd;
+  info.start_time = clock_.Now();
+  info.end_time = absl::InfinitePast();
+  info.stdout_path = absl::StrCat(options_.log_dir, "/", id, ".out");
+  info.stderr_path = absl::StrCat(options_.log_dir, "/", id, ".err");
+  launch.stdout_path = info.stdout_path;
+  launch.stderr_path = info.stderr_path;
+  // Its own credential, never its parent's: a child must not be able to act as its parent.
+  record.credential = RandomBytes(kAuthkeyBytes);
+  launch.envp = BuildEnv(launch.envp,
+                         {absl::StrCat(kAddressEnv, "=", options_.worker_address),
+                          absl::StrCat(kIdEnv, "=", id),
+                          absl::StrCat(kAuthkeyEnv, "=", HexEncode(record.credential)),
+                          absl::StrCat(kProcessAuthkeyEnv, "=", HexEncode(authkey))});
+  record.authkey = std::move(authkey);
+  starting_.emplace(id, std::move(record));
+  return absl::OkStatus();
+}
+
+ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outbox& out) {
+  auto node = starting_.extract(id);
+  Record& record = records_.emplace(id, std::move(node.mapped())).first->second;
+  ProcessInfo& info = record.info;
+  info.pid = launched.pid;
+  info.target = launched.path;
+  ++live_count_;
+
+  // What changed while the launch was in flight decides whether it may run on.
+  bool end_now = false;
+  if (info.parent_id != 0) {
+    Record* parent = FindAnyLocked(info.parent_id);
+    if (parent != nullptr) {
+      --parent->children_starting;
+      record.identity = absl::StrCat(parent->identity, ":", ++parent->children_started);
+      parent->info.children.push_back(id);
+      // A tree being terminated takes its new child with it; a parent that ended takes its
+      // daemonic children. (A parent still starting applies its own early exit at commit.)
+      end_now = parent->terminating || (info.daemon && !parent->info.running);
+    } else {
+      // The parent ended and was forgotten meanwhile.
+      record.identity = absl::StrCat(record.parent_identity, ":?", id);
+      end_now = info.daemon;
+    }
+  } else {
+    record.identity = absl::StrCat(++top_level_started_);
+    if (info.parent_session != 0) {
+      auto session = sessions_.find(info.parent_session);
+      if (session != sessions_.end()) {
+        session->second.processes.push_back(id);
+      } else {
+        end_now = info.daemon;  // its session ended meanwhile
+      }
+    }
+  }
+  if (info.name.empty()) info.name = absl::StrCat("Process-", record.identity);
+  spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, info.name, info.pid,
+               info.target, info.daemon ? " daemon" : "");
+
+  absl::Duration grace = kDefaultGrace;
+  if (shutting_down_) {
+    draining_.insert(id);
+    if (info.daemon || shutdown_grace_over_) {
+      end_now = true;
+      grace = shutdown_grace_;
+    }
+  }
+  if (end_now) {
+    spdlog::info("id={}: its parent, session or the daemon ended while it started", id);
+    SignalTreeLocked(record, kSigterm, grace, out);
+  }
+  if (record.early_exit.has_value()) ExitLocked(record, *record.early_exit, out);
+  return record.info;
+}
+
+void Supervisor::RollBackLocked(uint64_t id, Outbox& out) {
+  auto it = starting_.find(id);
+  Record& record = it->second;
+  if (Record* parent = FindAnyLocked(record.info.parent_id); parent != nullptr) {
+    --parent->children_starting;
+  }
+  out.files().remove.push_back(record.info.stdout_path);
+  out.files().remove.push_back(record.info.stderr_path);
+  starting_.erase(it);
+  CheckShutdownLocked(out);
+}
+
+Supervisor::Record* Supervisor::FindLocked(uint64_t id) {
+  auto it = records_.find(id);
+  return it == records_.end() ? nullptr : &it->second;
+}
+
+Supervisor::Record* Supervisor::FindAnyLocked(uint64_t id) {
+  if (Record* record = FindLocked(id); record != nullptr) return record;
+  auto it = starting_.find(id);
+  return it == starting_.end() ? nullptr : &it->second;
+}
+
+Supervisor::Outbox::~Outbox() {
+  for (const GroupSignal& order : signals_) {
+    absl::Status sent = supervisor_.os_.SignalGroup(order.id, order.signal);
+    spdlog::info("terminate id={} pid={} signal={} grace={}{}", order.id, order.pid,
+                 SignalName(order.signal), absl::FormatDuration(order.grace),
+                 sent.ok() ? "" : absl::StrCat(" (", sent.message(), ")"));
+  }
+  for (uint64_t id : cgroup_kills_) {
+    if (absl::Status killed = supervisor_.os_.KillCgroup(id);
+        !killed.ok() && !absl::IsUnimplemented(killed)) {
+      spdlog::warn("id={}: {}", id, std::string(killed.message()));
+    }
+  }
+  // Strays are signalled before anyone hears that their tree was.
+  for (const Sweep& sweep : sweeps_) supervisor_.SweepStrays(sweep.root, sweep.signal);
+  if (settle_ || !sweeps_.empty()) supervisor_.SettleDrains();
+  for (auto& call : calls_) call();
+  supervisor_.Drop(files_);
+}
+
+void Supervisor::Outbox::Answer(Done done, absl::StatusOr<ProcessInfo> answer) {
+  calls_.push_back([done = std::move(done), answer = std::move(answer)]() mutable {
+    done(std::move(answer));
+  });
 }
 
 Supervisor::WaiterId Supervisor::Join(uint64_t id, std::optional<absl::Duration> timeout,
                                       Done done) {
-  absl::StatusOr<ProcessInfo> answer;
-  WaiterId waiter = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = records_.find(id);
-    if (timeout.has_value() && *timeout < absl::ZeroDuration()) {
-      answer = absl::InvalidArgumentError(absl::StrCat(
-          "timeout ", absl::FormatDuration(*timeout), " is negative; give 0 or more"));
-    } else if (it == records_.end() || !it->second.launched) {
-      answer = NoSuchProcess(id);
-    } else if (!it->second.info.running || timeout == absl::ZeroDuration()) {
-      answer = it->second.info;
-    } else {
-      waiter = next_waiter_++;
-      Waiter w{waiter, std::move(done)};
-      if (timeout.has_value()) {
-        w.timer = timers_.After(*timeout, [this, id, waiter] { OnJoinTimeout(id, waiter); });
-      }
-      it->second.joiners.push_back(std::move(w));
-      waiter_record_[waiter] = id;
-      return waiter;
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (timeout.has_value() && *timeout < absl::ZeroDuration()) {
+    out.Answer(std::move(done), absl::InvalidArgumentError(absl::StrCat(
+                                    "timeout ", absl::FormatDuration(*timeout),
+                                    " is negative; give 0 or more")));
+  } else if (record == nullptr) {
+    out.Answer(std::move(done), NoSuchProcess(id));
+  } else if (!record->info.running || timeout == absl::ZeroDuration()) {
+    out.Answer(std::move(done), record->info);
+  } else {
+    WaiterId waiter = next_waiter_++;
+    Waiter w{waiter, std::move(done)};
+    if (timeout.has_value()) {
+      w.timer = timers_.After(*timeout, [this, id, waiter] { OnJoinTimeout(id, waiter); });
     }
+    record->joiners.push_back(std::move(w));
+    waiter_record_[waiter] = id;
+    return waiter;
   }
-  done(std::move(answer));
   return 0;
 }
 
 void Supervisor::OnJoinTimeout(uint64_t id, WaiterId waiter) {
-  Done done;
-  ProcessInfo info;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = records_.find(id);
-    if (it == records_.end()) return;
-    auto& joiners = it->second.joiners;
-    auto w = std::find_if(joiners.begin(), joiners.end(),
-                          [&](const Waiter& j) { return j.id == waiter; });
-    if (w == joiners.end()) return;
-    done = std::move(w->done);
-    joiners.erase(w);
-    waiter_record_.erase(waiter);
-    info = it->second.info;
-  }
-  done(std::move(info));
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (record == nullptr) return;
+  auto& joiners = record->joiners;
+  auto w = std::find_if(joiners.begin(), joiners.end(),
+                        [&](const Waiter& j) { return j.id == waiter; });
+  if (w == joiners.end()) return;
+  out.Answer(std::move(w->done), record->info);
+  joiners.erase(w);
+  waiter_record_.erase(waiter);
 }
 
-Supervisor::WaiterId Supervisor::Terminate(uint64_t id, int sig, absl::Duration grace, bool wait,
-                                           Done done, bool tree) {
-  absl::StatusOr<ProcessInfo> answer;
-  WaiterId waiter = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = records_.find(id);
-    if (absl::Status s = ValidateSignal(sig); !s.ok()) {
-      answer = s;
-    } else if (grace < absl::ZeroDuration()) {
-      answer = absl::InvalidArgumentError(absl::StrCat(
-          "grace ", absl::FormatDuration(grace), " is negative; give 0 or more"));
-    } else if (it == records_.end() || !it->second.launched) {
-      answer = NoSuchProcess(id);
-    } else {
-      Record& record = it->second;
-      record.tree = record.tree || tree;
-      // An ended worker may still have left processes in its group (or tree): they are its too.
-      bool alive = AliveLocked(record);
-      if (tree) {
-        SignalTreeLocked(record, sig, grace);
-      } else if (alive) {
-        SignalLocked(record, sig, grace);
-      }
-      if (!wait || !AliveLocked(record)) {
-        answer = record.info;
-      } else {
-        waiter = next_waiter_++;
-        record.terminators.push_back(Waiter{waiter, std::move(done)});
-        waiter_record_[waiter] = id;
-        draining_.insert(id);
-        return waiter;
-      }
-    }
+Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& options,
+                                           Done done) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (absl::Status s = ValidateSignal(options.signal); !s.ok()) {
+    out.Answer(std::move(done), s);
+    return 0;
   }
-  done(std::move(answer));
-  return 0;
+  if (options.grace < absl::ZeroDuration()) {
+    out.Answer(std::move(done),
+               absl::InvalidArgumentError(absl::StrCat("grace ", absl::FormatDuration(options.grace),
+                                                       " is negative; give 0 or more")));
+    return 0;
+  }
+  if (record == nullptr) {
+    out.Answer(std::move(done), NoSuchProcess(id));
+    return 0;
+  }
+  record->tree = record->tree || options.tree;
+  // An ended worker may still have left processes in its group (or tree): they are its too.
+  if (options.tree) {
+    SignalTreeLocked(*record, options.signal, options.grace, out);
+  } else {
+    SignalLocked(*record, options.signal, options.grace, out);
+  }
+  if (!options.wait) {
+    out.Answer(std::move(done), record->info);
+    return 0;
+  }
+  // Answered by SettleDrains once nothing of it is left, which may be at once.
+  WaiterId waiter = next_waiter_++;
+  record->terminators.push_back(Waiter{waiter, std::move(done)});
+  waiter_record_[waiter] = id;
+  draining_.insert(id);
+  out.Settle();
+  return waiter;
 }
 
-void Supervisor::SignalLocked(Record& record, int sig, absl::Duration grace) {
+void Supervisor::SignalLocked(Record& record, int sig, absl::Duration grace, Outbox& out) {
   const ProcessInfo& info = record.info;
-  absl::Status sent = os_.SignalGroup(info.pid, sig);
-  spdlog::info("terminate id={} pid={} signal={} grace={}{}", info.id, info.pid,
-               SignalName(sig), absl::FormatDuration(grace),
-               sent.ok() ? "" : absl::StrCat(" (", sent.message(), ")"));
-  absl::Time deadline = clock_.Now() + grace;
-  if (sig == kSigkill || deadline >= record.kill_deadline) return;
+  if (!info.running && !os_.GroupExists(info.id)) return;
+  // Sent once the lock is released: signalling a cgroup reads it.
+  out.SignalGroup(GroupSignal{info.id, info.pid, sig, grace});
+  if (sig != kSigkill) ArmKillTimerLocked(record, grace);
+}
+
+void Supervisor::ArmKillTimerLocked(Record& record, absl::Duration delay) {
+  absl::Duration deadline = clock_.MonotonicNow() + delay;
+  if (deadline >= record.kill_deadline) return;
   if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
   record.kill_deadline = deadline;
-  uint64_t id = info.id;
-  record.kill_timer = timers_.After(grace, [this, id] { OnGraceExpired(id); });
+  uint64_t id = record.info.id;
+  record.kill_timer = timers_.After(delay, [this, id] { OnGraceExpired(id); });
 }
 
 std::vector<Supervisor::Record*> Supervisor::SubtreeLocked(Record& root) {
   std::vector<Record*> subtree = {&root};
   for (size_t i = 0; i < subtree.size(); ++i) {
     for (uint64_t child : subtree[i]->info.children) {
-      if (auto it = records_.find(child); it != records_.end()) subtree.push_back(&it->second);
+      if (Record* c = FindLocked(child); c != nullptr) subtree.push_back(c);
     }
   }
   return subtree;
 }
 
-void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace) {
-  SignalTreeGroupsLocked(root, sig, grace);
-  SignalStraysLocked(root, sig);
-}
-
-void Supervisor::SignalTreeGroupsLocked(Record& root, int sig, absl::Duration grace) {
+void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace, Outbox& out) {
   for (Record* record : SubtreeLocked(root)) {
     // No new children below a process being terminated: a Start already on its way from
-    // inside the tree must not outlive the signal.
+    // inside the tree must not outlive the signal (see CommitLocked).
     record->terminating = true;
-    if (record->info.running || os_.GroupExists(record->info.pid)) {
-      SignalLocked(*record, sig, grace);
-    }
+    SignalLocked(*record, sig, grace, out);
+    // Everything the worker started, whatever it did to leave its group, at once.
+    if (sig == kSigkill && os_.AnythingAlive(record->info.id)) out.KillCgroup(record->info.id);
   }
   root.tree = true;
   // The root's timer also SIGKILLs the strays, even when the root itself has ended; after a
   // SIGKILL it comes back soon to catch anything that appeared meanwhile.
-  if (sig == kSigkill) grace = kDrainRecheck;
-  absl::Time deadline = clock_.Now() + grace;
-  if (deadline < root.kill_deadline) {
-    if (root.kill_timer != 0) timers_.Cancel(root.kill_timer);
-    root.kill_deadline = deadline;
-    uint64_t id = root.info.id;
-    root.kill_timer = timers_.After(grace, [this, id] { OnGraceExpired(id); });
-  }
+  ArmKillTimerLocked(root, sig == kSigkill ? kDrainRecheck : grace);
+  out.SweepTree(root.info.id, sig);
 }
 
-void Supervisor::SignalStraysLocked(Record& root, int sig) {
-  std::vector<pid_t> pids;
+void Supervisor::SweepStrays(uint64_t root_id, int sig) {
   std::vector<uint64_t> ids;
-  for (Record* record : SubtreeLocked(root)) {
-    ids.push_back(record->info.id);
-    if (record->info.running) pids.push_back(record->info.pid);
+  {
+    absl::MutexLock lock(&mu_);
+    Record* root = FindLocked(root_id);
+    if (root == nullptr) return;
+    for (Record* record : SubtreeLocked(*root)) ids.push_back(record->info.id);
   }
-  // Processes below the workers that left their groups (setsid, double fork) are found by
-  // parent chain, or by the worker id in their environment once they have come to us.
-  for (pid_t stray : os_.FindDescendants(pids, ids)) {
-    if (std::find(root.strays.begin(), root.strays.end(), stray) == root.strays.end()) {
-      root.strays.push_back(stray);
+  // Processes below the workers that left their groups (setsid, double fork) are found in
+  // their cgroups, by parent chain, or by the worker id in their environment once they have
+  // come to us. This reads /proc, so it runs without the lock.
+  std::vector<pid_t> found = os_.FindDescendants(ids);
+  absl::MutexLock lock(&mu_);
+  Record* root = FindLocked(root_id);
+  if (root == nullptr) return;
+  for (pid_t stray : found) {
+    if (std::find(root->strays.begin(), root->strays.end(), stray) == root->strays.end()) {
+      root->strays.push_back(stray);
     }
   }
-  std::erase_if(root.strays, [&](pid_t stray) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  std::erase_if(root->strays, [&](pid_t stray) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return !os_.SignalProcess(stray, sig).ok();
   });
 }
 
-bool Supervisor::AliveLocked(Record& record) {
-  if (!record.tree) {
-    return record.info.running || os_.GroupExists(record.info.pid);
+bool Supervisor::AnythingAliveLocked(Record& record) {
+  if (!record.tree) return record.info.running || os_.GroupExists(record.info.id);
+  if (!record.strays.empty()) return true;
+  for (Record* r : SubtreeLocked(record)) {
+    if (r->info.running || os_.AnythingAlive(r->info.id)) return true;
   }
+  return false;
+}
+
+void Supervisor::PruneStraysLocked(Record& record) {
   std::erase_if(record.strays, [this](pid_t pid) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return !os_.ProcessExists(pid);
   });
-  if (!record.strays.empty()) return true;
-  std::vector<uint64_t> ids;
-  for (Record* r : SubtreeLocked(record)) {
-    if (r->info.running || os_.GroupExists(r->info.pid)) return true;
-    ids.push_back(r->info.id);
-  }
-  // Everything known is gone. One last look for escapees that were between parents when the
-  // tree was searched (their parent died and they had not yet come to us): the tree is being
-  // ended, so they get SIGKILL.
-  for (pid_t late : os_.FindDescendants({}, ids)) {
-    spdlog::info("terminate id={}: SIGKILL to escaped pid={}", record.info.id, late);
-    if (os_.SignalProcess(late, kSigkill).ok()) record.strays.push_back(late);
-  }
-  return !record.strays.empty();
 }
 
 void Supervisor::OnGraceExpired(uint64_t id) {
-  Completions completions;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = records_.find(id);
-    if (it == records_.end()) return;
-    Record& record = it->second;
-    record.kill_timer = 0;
-    record.kill_deadline = absl::InfiniteFuture();
-    if (AliveLocked(record)) {
-      spdlog::info("grace expired id={} pid={}: SIGKILL", id, record.info.pid);
-      if (record.tree) {
-        SignalTreeLocked(record, kSigkill, absl::ZeroDuration());  // re-arms the recheck
-      } else {
-        os_.SignalGroup(record.info.pid, kSigkill).IgnoreError();
-        record.kill_deadline = clock_.Now() + kDrainRecheck;
-        record.kill_timer = timers_.After(kDrainRecheck, [this, id] { OnGraceExpired(id); });
-      }
-    }
-    SettleDrainsLocked(completions);
-    CheckShutdownLocked(completions);
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (record == nullptr) return;
+  record->kill_timer = 0;
+  record->kill_deadline = absl::InfiniteDuration();
+  PruneStraysLocked(*record);
+  if (!AnythingAliveLocked(*record)) {
+    // A tree whose known parts are gone still gets its sweep: escapees may remain.
+    if (record->tree) out.SweepTree(id, kSigkill);
+    return;
   }
-  for (auto& c : completions) c();
+  spdlog::info("grace expired id={} pid={}: SIGKILL", id, record->info.pid);
+  if (record->tree) {
+    SignalTreeLocked(*record, kSigkill, absl::ZeroDuration(), out);  // re-arms the recheck
+  } else {
+    SignalLocked(*record, kSigkill, absl::ZeroDuration(), out);
+    ArmKillTimerLocked(*record, kDrainRecheck);
+  }
 }
 
-void Supervisor::SettleDrainsLocked(Completions& out) {
-  for (auto it = draining_.begin(); it != draining_.end();) {
-    auto rec = records_.find(*it);
-    if (rec == records_.end()) {
-      draining_.erase(it++);
-      continue;
+void Supervisor::SettleDrains() {
+  std::vector<std::pair<uint64_t, std::vector<uint64_t>>> quiet_trees;
+  {
+    Outbox out(*this);
+    absl::MutexLock lock(&mu_);
+    for (uint64_t id : std::vector<uint64_t>(draining_.begin(), draining_.end())) {
+      Record* record = FindLocked(id);
+      if (record == nullptr) {
+        draining_.erase(id);
+        continue;
+      }
+      PruneStraysLocked(*record);
+      if (AnythingAliveLocked(*record)) continue;
+      if (!record->tree) {
+        CompleteTerminatorsLocked(*record, out);
+        continue;
+      }
+      std::vector<uint64_t> ids;
+      for (Record* r : SubtreeLocked(*record)) ids.push_back(r->info.id);
+      quiet_trees.emplace_back(id, std::move(ids));
     }
-    Record& record = rec->second;
-    if (AliveLocked(record)) {
-      ++it;
-      continue;
-    }
-    if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
-    record.kill_timer = 0;
-    record.kill_deadline = absl::InfiniteFuture();
-    for (Waiter& w : record.terminators) {
-      waiter_record_.erase(w.id);
-      out.push_back([done = std::move(w.done), info = record.info] { done(info); });
-    }
-    record.terminators.clear();
-    draining_.erase(it++);
+    CheckShutdownLocked(out);
   }
+  if (quiet_trees.empty()) return;
+  // Everything known of these trees is gone. One last look for escapees that were between
+  // parents when the tree was swept (their parent died and they had not yet come to us): the
+  // tree is being ended, so they get SIGKILL. The search reads /proc, outside the lock.
+  std::vector<std::vector<pid_t>> late;
+  for (const auto& [id, ids] : quiet_trees) late.push_back(os_.FindDescendants(ids));
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < quiet_trees.size(); ++i) {
+    Record* record = FindLocked(quiet_trees[i].first);
+    if (record == nullptr || !draining_.contains(record->info.id)) continue;
+    for (pid_t escaped : late[i]) {
+      spdlog::info("terminate id={}: SIGKILL to escaped pid={}", record->info.id, escaped);
+      if (os_.SignalProcess(escaped, kSigkill).ok()) record->strays.push_back(escaped);
+    }
+    // Strays now being killed are reaped as orphans, which settles the drain again.
+    if (!AnythingAliveLocked(*record)) CompleteTerminatorsLocked(*record, out);
+  }
+  CheckShutdownLocked(out);
+}
+
+void Supervisor::CompleteTerminatorsLocked(Record& record, Outbox& out) {
+  if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
+  record.kill_timer = 0;
+  record.kill_deadline = absl::InfiniteDuration();
+  for (Waiter& w : record.terminators) {
+    waiter_record_.erase(w.id);
+    out.Answer(std::move(w.done), record.info);
+  }
+  record.terminators.clear();
+  draining_.erase(record.info.id);
 }
 
 void Supervisor::CancelWait(WaiterId waiter) {
   absl::MutexLock lock(&mu_);
   auto wr = waiter_record_.find(waiter);
   if (wr == waiter_record_.end()) return;
-  auto it = records_.find(wr->second);
+  Record* record = FindLocked(wr->second);
   waiter_record_.erase(wr);
-  if (it == records_.end()) return;
-  for (auto* list : {&it->second.joiners, &it->second.terminators}) {
+  if (record == nullptr) return;
+  for (auto* list : {&record->joiners, &record->terminators}) {
     auto w = std::find_if(list->begin(), list->end(),
                           [&](const Waiter& j) { return j.id == waiter; });
     if (w == list->end()) continue;
@@ -502,63 +620,63 @@ void Supervisor::CancelWait(WaiterId waiter) {
 }
 
 void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage) {
-  Completions completions;
-  FilesToDrop dropped;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = records_.find(id);
-    if (it == records_.end()) return;
-    Record& record = it->second;
-    ProcessInfo& info = record.info;
-    info.running = false;
-    info.status = status;
-    info.usage = usage;
-    info.end_time = clock_.Now();
-    --live_count_;
-    spdlog::info("exited id={} name=\"{}\" pid={} exitcode={}{}", id, info.name, info.pid,
-                 status.exitcode(),
-                 status.signal != 0 ? absl::StrCat(" signal=", SignalName(status.signal),
-                                                   status.core_dumped ? " (core dumped)" : "")
-                                    : "");
-    // multiprocessing's rule: daemonic children end with their parent, whatever ended it.
-    // Every child's group is signalled before the slower search for strays below them.
-    std::vector<Record*> daemonic;
-    for (uint64_t child_id : info.children) {
-      auto child = records_.find(child_id);
-      if (child != records_.end() && child->second.info.daemon && child->second.info.running) {
-        daemonic.push_back(&child->second);
-        SignalTreeGroupsLocked(child->second, kSigterm, kDefaultGrace);
-      }
-    }
-    for (Record* child : daemonic) SignalStraysLocked(*child, kSigterm);
-    if (!daemonic.empty()) {
-      spdlog::info("parent id={} ended: terminated {} daemonic children", id, daemonic.size());
-    }
-    for (Waiter& w : record.joiners) {
-      if (w.timer != 0) timers_.Cancel(w.timer);
-      waiter_record_.erase(w.id);
-      completions.push_back([done = std::move(w.done), info] { done(info); });
-    }
-    record.joiners.clear();
-    SettleDrainsLocked(completions);
-    ended_order_.push_back(id);
-    ++ended_count_;
-    EvictLocked(dropped);
-    CheckShutdownLocked(completions);
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  if (auto starting = starting_.find(id); starting != starting_.end()) {
+    // Reaped before Start committed it: the commit applies the exit.
+    starting->second.early_exit = Exit{status, usage};
+    return;
   }
-  for (auto& c : completions) c();
-  Drop(dropped);
+  if (Record* record = FindLocked(id); record != nullptr) {
+    ExitLocked(*record, Exit{status, usage}, out);
+  }
+}
+
+void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
+  ProcessInfo& info = record.info;
+  const uint64_t id = info.id;
+  info.running = false;
+  info.status = exit.status;
+  info.usage = exit.usage;
+  info.end_time = clock_.Now();
+  --live_count_;
+  spdlog::info("exited id={} name=\"{}\" pid={} exitcode={}{}", id, info.name, info.pid,
+               exit.status.exitcode(),
+               exit.status.signal != 0
+                   ? absl::StrCat(" signal=", SignalName(exit.status.signal),
+                                  exit.status.core_dumped ? " (core dumped)" : "")
+                   : "");
+  // multiprocessing's rule: daemonic children end with their parent, whatever ended it.
+  size_t daemonic = 0;
+  for (uint64_t child_id : info.children) {
+    Record* child = FindLocked(child_id);
+    if (child != nullptr && child->info.daemon && child->info.running) {
+      ++daemonic;
+      SignalTreeLocked(*child, kSigterm, kDefaultGrace, out);
+    }
+  }
+  if (daemonic > 0) {
+    spdlog::info("parent id={} ended: terminated {} daemonic children", id, daemonic);
+  }
+  for (Waiter& w : record.joiners) {
+    if (w.timer != 0) timers_.Cancel(w.timer);
+    waiter_record_.erase(w.id);
+    out.Answer(std::move(w.done), info);
+  }
+  record.joiners.clear();
+  ended_order_.push_back(id);
+  ++ended_count_;
+  out.Settle();
+  // `record` may be evicted here: nothing below may use it.
+  EvictLocked(out.files());
 }
 
 void Supervisor::OnOrphanReaped() {
-  Completions completions;
   {
     absl::MutexLock lock(&mu_);
     if (draining_.empty()) return;
-    SettleDrainsLocked(completions);
-    CheckShutdownLocked(completions);
   }
-  for (auto& c : completions) c();
+  SettleDrains();
 }
 
 void Supervisor::EvictLocked(FilesToDrop& files) {
@@ -576,12 +694,11 @@ void Supervisor::EvictLocked(FilesToDrop& files) {
 void Supervisor::EraseLocked(uint64_t id, FilesToDrop& files) {
   auto it = records_.find(id);
   if (it == records_.end()) return;
-  auto& into = it->second.log_readers > 0 ? files.remove : files.recycle;
-  into.push_back(it->second.info.stdout_path);
-  into.push_back(it->second.info.stderr_path);
+  files.remove.push_back(it->second.info.stdout_path);
+  files.remove.push_back(it->second.info.stderr_path);
   if (uint64_t parent_id = it->second.info.parent_id; parent_id != 0) {
-    if (auto parent = records_.find(parent_id); parent != records_.end()) {
-      std::erase(parent->second.info.children, id);
+    if (Record* parent = FindAnyLocked(parent_id); parent != nullptr) {
+      std::erase(parent->info.children, id);
     }
   }
   if (uint64_t session = it->second.info.parent_session; session != 0) {
@@ -594,42 +711,35 @@ void Supervisor::EraseLocked(uint64_t id, FilesToDrop& files) {
 
 void Supervisor::Drop(const FilesToDrop& files) {
   for (const std::string& path : files.remove) unlink(path.c_str());
-  for (const std::string& path : files.recycle) {
-    if (options_.capture_files != nullptr) {
-      options_.capture_files->Recycle(path);
-    } else {
-      unlink(path.c_str());
-    }
-  }
 }
 
 absl::StatusOr<ProcessInfo> Supervisor::OpenLogs(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  auto it = records_.find(id);
-  if (it == records_.end() || !it->second.launched) return NoSuchProcess(id);
-  ++it->second.log_readers;
-  return it->second.info;
+  Record* record = FindLocked(id);
+  if (record == nullptr) return NoSuchProcess(id);
+  ++record->log_readers;
+  return record->info;
 }
 
 void Supervisor::CloseLogs(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  if (auto it = records_.find(id); it != records_.end()) --it->second.log_readers;
+  if (Record* record = FindLocked(id); record != nullptr) --record->log_readers;
 }
 
-std::optional<std::string> Supervisor::AuthkeyOf(uint64_t id) {
+std::optional<std::string> Supervisor::CredentialOf(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  auto it = records_.find(id);
-  // Also while its launch is finishing: the worker may call back before Start has returned.
-  if (it == records_.end()) return std::nullopt;
-  return it->second.authkey;
+  // Also while its launch is in flight: the worker may call back before Start has returned.
+  Record* record = FindAnyLocked(id);
+  if (record == nullptr) return std::nullopt;
+  return record->credential;
 }
 
 uint64_t Supervisor::RootOf(uint64_t id) {
   absl::MutexLock lock(&mu_);
   for (;;) {
-    auto it = records_.find(id);
-    if (it == records_.end() || it->second.info.parent_id == 0) return id;
-    id = it->second.info.parent_id;
+    Record* record = FindAnyLocked(id);
+    if (record == nullptr || record->info.parent_id == 0) return id;
+    id = record->info.parent_id;
   }
 }
 
@@ -642,18 +752,18 @@ bool Supervisor::InSubtreeLocked(uint64_t root, uint64_t id) {
   // Parents are started before their children, so the chain ends; released ancestors end it too.
   while (id != 0) {
     if (id == root) return true;
-    auto it = records_.find(id);
-    if (it == records_.end()) return false;
-    id = it->second.info.parent_id;
+    Record* record = FindAnyLocked(id);
+    if (record == nullptr) return false;
+    id = record->info.parent_id;
   }
   return false;
 }
 
 absl::StatusOr<ProcessInfo> Supervisor::Get(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  auto it = records_.find(id);
-  if (it == records_.end() || !it->second.launched) return NoSuchProcess(id);
-  return it->second.info;
+  Record* record = FindLocked(id);
+  if (record == nullptr) return NoSuchProcess(id);
+  return record->info;
 }
 
 std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
@@ -662,7 +772,6 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, record] : records_) {
       const ProcessInfo& info = record.info;
-      if (!record.launched) continue;
       if (filter.running.has_value() && info.running != *filter.running) continue;
       if (!filter.name.empty() && info.name != filter.name) continue;
       if (filter.parent_id.has_value() && info.parent_id != *filter.parent_id) continue;
@@ -679,73 +788,72 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
 }
 
 absl::Status Supervisor::Release(uint64_t id) {
-  FilesToDrop files;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = records_.find(id);
-    if (it == records_.end() || !it->second.launched) return NoSuchProcess(id);
-    if (it->second.info.running || draining_.contains(id)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "process ", id, " is still running; join or terminate it before releasing it"));
-    }
-    EraseLocked(id, files);
-    --ended_count_;
-    // Keep the eviction queue from filling with released ids.
-    if (!ended_order_.empty() && ended_order_.front() == id) ended_order_.pop_front();
-    if (ended_order_.size() > 2 * ended_count_ + 64) {
-      std::erase_if(ended_order_, [this](uint64_t e) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return !records_.contains(e);
-      });
-    }
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (record == nullptr) return NoSuchProcess(id);
+  if (record->info.running || draining_.contains(id)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "process ", id, " is still running; join or terminate it before releasing it"));
   }
-  Drop(files);
+  PruneStraysLocked(*record);
+  if (os_.GroupExists(id) || !record->strays.empty()) {
+    // Its captured output is still being written, and nothing else would end them.
+    return absl::FailedPreconditionError(
+        absl::StrCat("process ", id, " has ended but processes it started are still alive; "
+                     "terminate it before releasing it"));
+  }
+  EraseLocked(id, out.files());
+  --ended_count_;
+  // Keep the eviction queue from filling with released ids.
+  if (!ended_order_.empty() && ended_order_.front() == id) ended_order_.pop_front();
+  if (ended_order_.size() > 2 * ended_count_ + 64) {
+    std::erase_if(ended_order_, [this](uint64_t e) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return !records_.contains(e);
+    });
+  }
   return absl::OkStatus();
 }
 
 void Supervisor::Shutdown(absl::Duration grace, std::function<void()> all_done) {
-  Completions completions;
-  {
-    absl::MutexLock lock(&mu_);
-    if (shutting_down_) return;
-    shutting_down_ = true;
-    shutdown_done_ = std::move(all_done);
-    spdlog::info("shutting down: {} live processes, grace {}", live_count_,
-                 absl::FormatDuration(grace));
-    for (auto& [id, record] : records_) {
-      if (!record.launched) continue;
-      if (!record.info.running && !os_.GroupExists(record.info.pid)) continue;
-      draining_.insert(id);
-      if (record.info.daemon) SignalLocked(record, kSigterm, grace);
-    }
-    timers_.After(grace, [this, grace] {
-      Completions late;
-      {
-        absl::MutexLock lock(&mu_);
-        for (uint64_t id : draining_) {
-          Record& record = records_.at(id);
-          if (!record.info.daemon) SignalLocked(record, kSigterm, grace);
-        }
-        SettleDrainsLocked(late);
-        CheckShutdownLocked(late);
-      }
-      for (auto& c : late) c();
-    });
-    SettleDrainsLocked(completions);
-    CheckShutdownLocked(completions);
-  }
-  for (auto& c : completions) c();
-}
-
-void Supervisor::CheckShutdownLocked(Completions& out) {
-  if (!shutting_down_ || !shutdown_done_ || live_count_ > 0 || !draining_.empty()) return;
-  spdlog::info("every process has ended");
-  out.push_back(std::move(shutdown_done_));
-  shutdown_done_ = nullptr;
-}
-
-size_t Supervisor::live_count() {
+  Outbox out(*this);
   absl::MutexLock lock(&mu_);
-  return live_count_;
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  shutdown_grace_ = grace;
+  shutdown_done_ = std::move(all_done);
+  spdlog::info("shutting down: {} live processes, {} starting, grace {}", live_count_,
+               starting_.size(), absl::FormatDuration(grace));
+  for (auto& [id, record] : records_) {
+    if (!record.info.running && !os_.GroupExists(record.info.id)) continue;
+    draining_.insert(id);
+    if (record.info.daemon) SignalLocked(record, kSigterm, grace, out);
+  }
+  timers_.After(grace, [this] { OnShutdownGraceExpired(); });
+  out.Settle();
+}
+
+void Supervisor::OnShutdownGraceExpired() {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  shutdown_grace_over_ = true;
+  for (uint64_t id : draining_) {
+    Record* record = FindLocked(id);
+    if (record != nullptr && !record->info.daemon) {
+      SignalLocked(*record, kSigterm, shutdown_grace_, out);
+    }
+  }
+  out.Settle();
+}
+
+void Supervisor::CheckShutdownLocked(Outbox& out) {
+  if (!shutting_down_ || !shutdown_done_ || live_count_ > 0 || !draining_.empty() ||
+      !starting_.empty()) {
+    return;
+  }
+  spdlog::info("every process has ended");
+  out.Call(std::move(shutdown_done_));
+  shutdown_done_ = nullptr;
 }
 
 uint64_t Supervisor::OpenSession(absl::Duration ttl, std::function<void()> on_expired) {
@@ -762,14 +870,14 @@ uint64_t Supervisor::OpenSession(absl::Duration ttl, std::function<void()> on_ex
 void Supervisor::ArmSessionTimerLocked(uint64_t session) {
   SessionState& state = sessions_.at(session);
   state.timer = timers_.After(state.ttl, [this, session] {
-    std::function<void()> expired;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!sessions_.contains(session)) return;
-      spdlog::info("session {} missed its keep-alive", session);
-      expired = EndSessionLocked(session);
+    Outbox out(*this);
+    absl::MutexLock lock(&mu_);
+    if (!sessions_.contains(session)) return;
+    spdlog::info("session {} missed its keep-alive", session);
+    if (std::function<void()> expired = std::move(sessions_.at(session).on_expired)) {
+      out.Call(std::move(expired));
     }
-    if (expired) expired();
+    EndSessionLocked(session, out);
   });
 }
 
@@ -779,33 +887,31 @@ absl::Status Supervisor::TouchSession(uint64_t session) {
   if (it == sessions_.end()) {
     return absl::NotFoundError(absl::StrCat("session ", session, " has ended"));
   }
-  SessionState& state = it->second;
-  timers_.Cancel(state.timer);
+  timers_.Cancel(it->second.timer);
   ArmSessionTimerLocked(session);
   return absl::OkStatus();
 }
 
 void Supervisor::CloseSession(uint64_t session) {
+  Outbox out(*this);
   absl::MutexLock lock(&mu_);
   if (!sessions_.contains(session)) return;
   spdlog::info("session {} closed", session);
-  EndSessionLocked(session);
+  EndSessionLocked(session, out);
 }
 
-std::function<void()> Supervisor::EndSessionLocked(uint64_t session) {
+void Supervisor::EndSessionLocked(uint64_t session, Outbox& out) {
   auto it = sessions_.find(session);
   SessionState state = std::move(it->second);
   sessions_.erase(it);
   timers_.Cancel(state.timer);
   for (uint64_t id : state.processes) {
-    auto record = records_.find(id);
-    if (record == records_.end()) continue;
-    if (record->second.info.daemon && record->second.info.running) {
+    Record* record = FindLocked(id);
+    if (record != nullptr && record->info.daemon && record->info.running) {
       spdlog::info("session {} ended: terminating its daemonic process id={}", session, id);
-      SignalTreeLocked(record->second, kSigterm, kDefaultGrace);
+      SignalTreeLocked(*record, kSigterm, kDefaultGrace, out);
     }
   }
-  return std::move(state.on_expired);
 }
 
 }  // namespace proctor

@@ -2,19 +2,29 @@
 //
 // It owns all process state behind one mutex. Calls never block on a process: Join and
 // Terminate take a completion callback that runs when the answer is known (at once, at
-// exit, or when a timer fires), on the thread that learned it and outside the lock.
+// exit, or when a timer fires), on the thread that learned it and outside the lock. Nothing
+// that can block (a /proc scan, file I/O, a spawn) runs under the lock.
 //
 // Rules (see README, "Process model"):
 // - Start validates the request, resolves and launches the target, and records it; a failed
 //   launch leaves no record. Names default to Process-N for the N-th top-level start and
 //   Process-N:M for the M-th child of that one. A daemonic process may not have children.
-// - Every worker has an authkey (given, inherited from its parent, or fresh) and finds it,
-//   with its id and the daemon's address, in its environment.
+// - A record is visible (Status, Join, Terminate, tree walks, its parent's children, its
+//   session) only once its process has been launched. While the launch is in flight the
+//   start is only counted against the limits and its worker's key is known (the worker may
+//   call back before Start returns). Whatever happened to its parent, session or the daemon
+//   meanwhile is applied when it becomes visible: a daemonic child of a parent that ended, a
+//   child of a tree being terminated, a daemonic process of an ended session, or any process
+//   started into a shutdown is terminated at once.
+// - Every worker has a credential of its own (fresh random bytes, never inherited: a child
+//   cannot act as its parent) and multiprocessing's authkey attribute (given, inherited from
+//   its parent, or fresh), and finds both, with its id and the daemon's address, in its
+//   environment. It runs as the requested user (or the default --worker-user), if any.
 // - Join completes at exit, or at its timeout with the still-running record.
 // - Terminate signals the worker's process group, and SIGKILLs what is left of the group
 //   after the grace. With wait, it completes once the worker is reaped and its group is empty.
 //   With tree (the default), the same goes for every descendant: its children through the
-//   daemon with their groups, and processes forked below it that left its group.
+//   daemon with their groups, and processes forked below it that left its group (strays).
 // - When a worker ends, by any cause, its daemonic children are terminated with their trees
 //   (SIGTERM, SIGKILL after kDefaultGrace); its other children live on.
 // - Sessions are leases held by clients that are not workers: processes started in one have
@@ -24,6 +34,8 @@
 //   first); their captured output goes with them.
 // - Shutdown refuses new Starts, terminates daemonic workers at once and the others after
 //   the grace, and reports when nothing is left.
+// - Every interval (grace, timeouts, TTLs) is measured on the monotonic clock; the times in
+//   records are wall-clock.
 #ifndef PROCTOR_SERVER_SUPERVISOR_H_
 #define PROCTOR_SERVER_SUPERVISOR_H_
 
@@ -49,6 +61,7 @@
 #include "server/clock.h"
 #include "server/id_allocator.h"
 #include "server/process_os.h"
+#include "server/worker_user.h"
 
 namespace proctor {
 
@@ -83,7 +96,9 @@ struct StartSpec {
   std::string cwd;               // absolute, or empty for the daemon's
   uint64_t parent_id = 0;        // the worker whose key made the call; 0 for an admin key
   uint64_t session = 0;          // an open session to be the parent (admin calls only)
-  std::string authkey;           // empty: the parent's, or fresh random bytes at top level
+  std::string authkey;           // multiprocessing's attribute; empty: the parent's, or fresh
+  std::string user;              // run as this user (see ResolveWorkerUser); empty: default
+  std::string group;
 };
 
 struct ListFilter {
@@ -94,6 +109,14 @@ struct ListFilter {
   uint64_t subtree_of = 0;            // when set, only this process and its descendants
 };
 
+// How Terminate ends a process.
+struct TerminateOptions {
+  int signal = 15;                              // 1..SIGRTMAX
+  absl::Duration grace = absl::Seconds(10);     // then SIGKILL; >= 0
+  bool wait = true;   // complete once it has ended (and its group or tree is empty)
+  bool tree = true;   // reach every descendant, not only the process's own group
+};
+
 struct SupervisorOptions {
   std::string log_dir;                // captured output: <log_dir>/<id>.out and .err
   size_t retain = 10000;              // ended records kept
@@ -101,10 +124,13 @@ struct SupervisorOptions {
   size_t arg_max = 2 * 1024 * 1024;   // the system's ARG_MAX: argv + envp must fit
   std::string worker_address;         // PROCTOR_ADDRESS as workers see it
   CaptureFiles* capture_files = nullptr;  // spares for capture files; null: made at spawn
+  std::string worker_user;                // the user of workers whose Start names none
   // Limits against runaway spawning; past one, Start is RESOURCE_EXHAUSTED naming it.
   size_t max_processes = 4096;  // live, in the whole daemon
   size_t max_children = 512;    // live children of one parent worker
   size_t max_depth = 16;        // top-level processes are at depth 1
+  // What set max_processes, for the refusal to name; empty: "limit --max-processes=N".
+  std::string max_processes_reason;
 };
 
 class Supervisor {
@@ -124,20 +150,21 @@ class Supervisor {
   // `done` runs exactly once (unless the wait is cancelled first). A negative timeout is
   // INVALID_ARGUMENT; no timeout waits until exit.
   WaiterId Join(uint64_t id, std::optional<absl::Duration> timeout, Done done);
-  // `sig` 1..SIGRTMAX; `grace` >= 0. Without `wait`, `done` runs at once after signalling.
-  WaiterId Terminate(uint64_t id, int sig, absl::Duration grace, bool wait, Done done,
-                     bool tree = true);
+  // Without `options.wait`, `done` runs as soon as everything has been signalled. An ended
+  // process whose group and tree are empty is signalled nothing; its record is the answer.
+  WaiterId Terminate(uint64_t id, const TerminateOptions& options, Done done);
   // Forgets a pending Join/Terminate wait (its caller went away); `done` will not run.
   void CancelWait(WaiterId waiter);
 
   absl::StatusOr<ProcessInfo> Get(uint64_t id);
-  // A Logs reader holds the record's capture files open from OpenLogs to CloseLogs: while it
-  // does, a forgotten record's files are removed rather than recycled for another worker.
+  // A Logs reader counts from OpenLogs to CloseLogs (the files it holds open stay readable
+  // after the record is forgotten and its files removed).
   absl::StatusOr<ProcessInfo> OpenLogs(uint64_t id);
   void CloseLogs(uint64_t id);
 
-  // The worker's authkey, while its record exists. Never part of ProcessInfo.
-  std::optional<std::string> AuthkeyOf(uint64_t id);
+  // The credential the worker signs its calls with, while its record exists (also while its
+  // launch is in flight). Never part of ProcessInfo.
+  std::optional<std::string> CredentialOf(uint64_t id);
   // The top of the tree `id` belongs to (`id` itself at top level).
   uint64_t RootOf(uint64_t id);
   // Whether `id` is `root` or one of its descendants.
@@ -145,10 +172,9 @@ class Supervisor {
   std::vector<ProcessInfo> List(const ListFilter& filter);
   absl::Status Release(uint64_t id);
 
-  // `all_done` runs once every worker has been reaped and its group is empty.
+  // `all_done` runs once every worker has been reaped, its group is empty and no launch is
+  // in flight.
   void Shutdown(absl::Duration grace, std::function<void()> all_done);
-
-  size_t live_count();
 
   // Opens a session; `on_expired` runs (outside the lock) if its TTL passes untouched.
   uint64_t OpenSession(absl::Duration ttl, std::function<void()> on_expired);
@@ -163,56 +189,128 @@ class Supervisor {
     Done done;
     TimerId timer = 0;
   };
+  struct Exit {
+    WaitStatus status;
+    ResourceUsage usage;
+  };
   struct Record {
     ProcessInfo info;
-    bool launched = false;       // false between id allocation and a successful launch
     std::string identity;        // "3:1": the 1st child of the 3rd top-level process
+    std::string parent_identity; // while starting: the parent's, for the child's name
     size_t depth = 1;
     bool tree = false;               // its terminators wait for the whole tree
     bool terminating = false;        // signalled by a tree terminate: may not have children
     int log_readers = 0;             // Logs streams open on its capture files
     std::vector<pid_t> strays;       // descendants outside any worker's group, once found
     uint64_t children_started = 0;
-    std::string authkey;
+    size_t children_starting = 0;    // launches in flight with this record as parent
+    std::string credential;  // what proctord checks; the worker's own
+    std::string authkey;     // multiprocessing's attribute, inherited by children
     std::vector<Waiter> joiners;
     std::vector<Waiter> terminators;  // wait for exit and an empty group
     TimerId kill_timer = 0;
-    absl::Time kill_deadline = absl::InfiniteFuture();
+    absl::Duration kill_deadline = absl::InfiniteDuration();  // monotonic
+    std::optional<Exit> early_exit;  // reaped before its launch was committed
   };
-  using Completions = std::vector<std::function<void()>>;
+  // Capture files of forgotten records, removed once the lock is released. Never reused:
+  // an escaped process may still write to one (see CaptureFiles).
   struct FilesToDrop {
-    std::vector<std::string> recycle;
-    std::vector<std::string> remove;  // still open in a Logs reader
+    std::vector<std::string> remove;
   };
+  struct Sweep {
+    uint64_t root;
+    int signal;
+  };
+  struct GroupSignal {
+    uint64_t id;
+    pid_t pid;  // for the log
+    int signal;
+    absl::Duration grace;
+  };
+  // What a call must do once it has let go of the lock: signal groups, sweep trees for
+  // strays, settle drains, answer waiters, drop capture files. Declared before the MutexLock in the same
+  // scope, so that its destructor runs after the lock has been released.
+  class Outbox {
+   public:
+    explicit Outbox(Supervisor& supervisor) : supervisor_(supervisor) {}
+    Outbox(const Outbox&) = delete;
+    Outbox& operator=(const Outbox&) = delete;
+    ~Outbox();
+
+    void Call(std::function<void()> closure) { calls_.push_back(std::move(closure)); }
+    void SignalGroup(GroupSignal signal) { signals_.push_back(signal); }
+    void KillCgroup(uint64_t id) { cgroup_kills_.push_back(id); }
+    void Answer(Done done, absl::StatusOr<ProcessInfo> answer);
+    void SweepTree(uint64_t root, int signal) { sweeps_.push_back(Sweep{root, signal}); }
+    void Settle() { settle_ = true; }
+    FilesToDrop& files() { return files_; }
+
+   private:
+    Supervisor& supervisor_;
+    std::vector<std::function<void()>> calls_;
+    std::vector<GroupSignal> signals_;
+    std::vector<uint64_t> cgroup_kills_;
+    std::vector<Sweep> sweeps_;
+    bool settle_ = false;
+    FilesToDrop files_;
+  };
+
+  // Start's steps: the launch spec (pure), admission under the lock, then commit or roll back.
+  absl::StatusOr<LaunchSpec> BuildLaunchSpec(const StartSpec& spec, WorkerUser user) const;
+  absl::Status AdmitLocked(const StartSpec& spec, uint64_t id, LaunchSpec& launch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ProcessInfo CommitLocked(uint64_t id, const Launched& launched, Outbox& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RollBackLocked(uint64_t id, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage);
   void OnOrphanReaped();
   void OnJoinTimeout(uint64_t id, WaiterId waiter);
   void OnGraceExpired(uint64_t id);
+  void OnShutdownGraceExpired();
+  void ExitLocked(Record& record, const Exit& exit, Outbox& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Signals the group and arms the SIGKILL timer; the caller holds the lock.
-  void SignalLocked(Record& record, int sig, absl::Duration grace)
+  // A committed record, or null.
+  Record* FindLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A committed record or one whose launch is in flight, or null.
+  Record* FindAnyLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Has `out` signal the record's group (if it may still have members) and arms its SIGKILL
+  // timer.
+  void SignalLocked(Record& record, int sig, absl::Duration grace, Outbox& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The same for `root`, every record below it and every stray process below those.
-  void SignalTreeLocked(Record& root, int sig, absl::Duration grace)
+  // (Re)arms the record's kill timer to fire `delay` from now, unless it fires sooner already.
+  void ArmKillTimerLocked(Record& record, absl::Duration delay)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SignalTreeGroupsLocked(Record& root, int sig, absl::Duration grace)
+  // The same as SignalLocked for `root` and every record below it, and asks `out` to sweep
+  // the tree for strays (outside the lock).
+  void SignalTreeLocked(Record& root, int sig, absl::Duration grace, Outbox& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SignalStraysLocked(Record& root, int sig) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Looks for processes below the tree of `root` that left their groups, and signals them
+  // (and those found before). Takes the lock itself; the /proc search runs outside it.
+  void SweepStrays(uint64_t root, int sig);
+  // Completes the terminators of records of which nothing is alive any more; for trees, after
+  // one last search for escapees that were between parents when the tree was swept. Takes
+  // the lock itself.
+  void SettleDrains();
   std::vector<Record*> SubtreeLocked(Record& root) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether anything of the record (with tree: of its whole tree) is still alive.
-  bool AliveLocked(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether anything known of the record may still be alive: its group or, with tree,
+  // anything its tree started. No side effects.
+  bool AnythingAliveLocked(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets strays that are gone.
+  void PruneStraysLocked(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CompleteTerminatorsLocked(Record& record, Outbox& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // (Re)starts the session's TTL timer.
   void ArmSessionTimerLocked(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends a session: its daemonic processes are terminated with their trees.
-  std::function<void()> EndSessionLocked(uint64_t session) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Completes terminators of records whose worker is reaped and whose group is empty.
-  void SettleDrainsLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void CheckShutdownLocked(Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EndSessionLocked(uint64_t session, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CheckShutdownLocked(Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictLocked(FilesToDrop& files) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes a record and its id from its parent's children; its capture files go to `files`.
   void EraseLocked(uint64_t id, FilesToDrop& files) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Recycles (or removes) dropped capture files; call without the lock.
+  // Removes dropped capture files; call without the lock.
   void Drop(const FilesToDrop& files);
   bool InSubtreeLocked(uint64_t root, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -224,6 +322,8 @@ class Supervisor {
 
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Record> records_ ABSL_GUARDED_BY(mu_);
+  // Launches in flight: admitted, not yet visible.
+  absl::flat_hash_map<uint64_t, Record> starting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint64_t> draining_ ABSL_GUARDED_BY(mu_);  // have terminators
   std::deque<uint64_t> ended_order_ ABSL_GUARDED_BY(mu_);        // may hold released ids
   size_t ended_count_ ABSL_GUARDED_BY(mu_) = 0;
@@ -240,6 +340,8 @@ class Supervisor {
   absl::flat_hash_map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutdown_grace_over_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Duration shutdown_grace_ ABSL_GUARDED_BY(mu_);
   std::function<void()> shutdown_done_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -33,18 +33,24 @@ TEST(CaptureFilesTest, PreparesEmptyFilesFromTheStockAndRefillsIt) {
       << "refilled in the background";
 }
 
-TEST(CaptureFilesTest, RecycledFilesComeBackEmpty) {
+TEST(CaptureFilesTest, SparesAreAlwaysNewFiles) {
   TempDir dir;
-  CaptureFiles files(dir.path(), 1);
-  ASSERT_TRUE(WaitFor([&] { return files.spares() == 1; }, absl::Seconds(30)));
-  std::string old_path = dir.path() + "/old.out";
-  ASSERT_TRUE(WriteFile(old_path, "a previous worker's secret output"));
-  files.Prepare(dir.path() + "/taken.out");  // the stock is empty now...
-  files.Recycle(old_path);                    // ...so the old file joins it
-  EXPECT_NE(access(old_path.c_str(), F_OK), 0);
-  std::string fresh = dir.path() + "/fresh.out";
-  files.Prepare(fresh);
-  EXPECT_EQ(ReadFile(fresh), "");
+  CaptureFiles files(dir.path(), 2);
+  ASSERT_TRUE(WaitFor([&] { return files.spares() == 2; }, absl::Seconds(30)));
+  std::string first = dir.path() + "/1.out";
+  files.Prepare(first);
+  ASSERT_TRUE(WriteFile(first, "a worker's output"));
+  unlink(first.c_str());  // the record is forgotten; its file is not taken back
+  files.Prepare(dir.path() + "/0.out");  // the stock runs out and is made anew
+  ASSERT_TRUE(WaitFor([&] { return files.spares() == 2; }, absl::Seconds(30)));
+  for (const char* name : {"/2.out", "/3.out"}) {
+    std::string fresh = dir.path() + name;
+    files.Prepare(fresh);
+    struct stat st;
+    ASSERT_EQ(stat(fresh.c_str(), &st), 0);
+    EXPECT_EQ(st.st_size, 0);
+    EXPECT_EQ(st.st_nlink, 1u);
+  }
 }
 
 TEST(CaptureFilesTest, WithoutStockPrepareLeavesCreationToTheSpawn) {
@@ -52,9 +58,6 @@ TEST(CaptureFilesTest, WithoutStockPrepareLeavesCreationToTheSpawn) {
   CaptureFiles files(dir.path(), 0);
   std::string path = dir.path() + "/1.out";
   files.Prepare(path);
-  EXPECT_NE(access(path.c_str(), F_OK), 0);
-  ASSERT_TRUE(WriteFile(path, "x"));
-  files.Recycle(path);  // no room in a stock of 0: removed
   EXPECT_NE(access(path.c_str(), F_OK), 0);
 }
 

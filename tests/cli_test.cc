@@ -1,14 +1,14 @@
-// The `proctor` command line's contract (client/cli.h), checked by running the real binary
+// The `proctor` command line's contract (client/cli/cli.h), checked by running the real binary
 // against a real proctord: what each command prints, and the exit statuses scripts rely on.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
-#include <cstring>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -21,8 +21,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_daemon.h"
-
-extern char** environ;
 
 namespace proctor::testing {
 namespace {
@@ -108,6 +106,23 @@ class CliTest : public ::testing::Test {
   }
 
   std::string StatusJson(uint64_t id) { return CliOk({"--json", "status", absl::StrCat(id)}); }
+
+  // `proctor ARGS` left to run, given up to `limit` to exit (else killed, and the status is
+  // -1); `took` receives how long it ran.
+  CommandResult CliWithin(const std::vector<std::string>& args, absl::Duration limit,
+                          absl::Duration* took) {
+    std::string out_path = daemon_.dir() + "/within.out";
+    std::string err_path = daemon_.dir() + "/within.err";
+    absl::Time before = absl::Now();
+    pid_t cli = daemon_.StartCli(args, out_path, err_path);
+    std::optional<int> raw = cli > 0 ? WaitForExit(cli, limit) : std::nullopt;
+    *took = absl::Now() - before;
+    CommandResult result;
+    if (raw.has_value() && WIFEXITED(*raw)) result.status = WEXITSTATUS(*raw);
+    result.out = ReadFile(out_path);
+    result.err = ReadFile(err_path);
+    return result;
+  }
 
   // Waits until the worker has written `text` to its stdout (its capture file).
   bool WaitForOutput(uint64_t id, const std::string& text) {
@@ -357,8 +372,23 @@ TEST_F(CliTest, Logs) {
 }
 
 TEST_F(CliTest, LogsFollowReturnsWhenTheProcessEnds) {
-  uint64_t id = Start({"--", "/bin/sh", "-c", "echo a; sleep 0.5; echo b; sleep 0.5; echo c"});
-  EXPECT_EQ(CliOk({"logs", absl::StrCat(id), "--follow"}), "a\nb\nc\n");
+  // The worker goes on only once the following CLI has passed on its first line.
+  Gate gate(daemon_.dir() + "/gate");
+  uint64_t id = Start({"--", "/bin/sh", "-c",
+                       absl::StrCat("echo a; ", gate.ShellWait(), "; echo b; echo c")});
+  std::string out_path = daemon_.dir() + "/follow.out";
+  std::string err_path = daemon_.dir() + "/follow.err";
+  pid_t cli = daemon_.StartCli({"logs", absl::StrCat(id), "--follow"}, out_path, err_path);
+  ASSERT_GT(cli, 0);
+  EXPECT_TRUE(WaitFor([&] { return ReadFile(out_path) == "a\n"; }, absl::Seconds(30)))
+      << "the CLI passes on output while the process runs: " << ReadFile(out_path);
+  EXPECT_TRUE(IsAlive(cli)) << "the CLI follows while the process runs";
+  EXPECT_TRUE(gate.Open());
+  std::optional<int> raw = WaitForExit(cli, absl::Seconds(30));
+  ASSERT_TRUE(raw.has_value()) << "the CLI did not return when the process ended";
+  EXPECT_TRUE(WIFEXITED(*raw) && WEXITSTATUS(*raw) == 0) << ReadFile(err_path);
+  EXPECT_EQ(ReadFile(err_path), "");
+  EXPECT_EQ(ReadFile(out_path), "a\nb\nc\n");
   absl::StatusOr<v1::Process> record = daemon_.client().Status(id);
   ASSERT_TRUE(record.ok()) << record.status();
   EXPECT_EQ(record->state(), v1::STATE_EXITED);
@@ -413,28 +443,10 @@ TEST_F(CliTest, UnreachableDaemonIsOneLine) {
 TEST_F(CliTest, InterruptedRunTerminatesTheWorker) {
   std::string out_path = daemon_.dir() + "/run.out";
   std::string err_path = daemon_.dir() + "/run.err";
-  std::vector<std::string> args = {PROCTOR_CLI_PATH, "--address", daemon_.address(), "run",
-                                   "--name",         "interrupted", "--", "/bin/sh", "-c",
-                                   "echo ready; exec /bin/sleep 60"};
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
-  env.push_back("PROCTOR_AUTHKEY_FILE=" + daemon_.authkey_path());
-  std::vector<char*> c_args, c_env;
-  for (std::string& s : args) c_args.push_back(s.data());
-  for (std::string& s : env) c_env.push_back(s.data());
-  c_args.push_back(nullptr);
-  c_env.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0600);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                   0600);
-  pid_t cli = -1;
-  int rc = posix_spawn(&cli, c_args[0], &actions, nullptr, c_args.data(), c_env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  ASSERT_EQ(rc, 0) << std::strerror(rc);
+  pid_t cli = daemon_.StartCli({"run", "--name", "interrupted", "--", "/bin/sh", "-c",
+                                "echo ready; exec /bin/sleep 60"},
+                               out_path, err_path);
+  ASSERT_GT(cli, 0);
 
   // The CLI blocks its signals before it starts the worker, so once the worker is listed
   // the SIGINT reaches the CLI's watcher. Waiting for the worker's first line as well lets
@@ -456,16 +468,11 @@ TEST_F(CliTest, InterruptedRunTerminatesTheWorker) {
     EXPECT_EQ(worker.state(), v1::STATE_RUNNING);
     EXPECT_EQ(kill(cli, SIGINT), 0);
   }
-  int raw = 0;
-  bool exited = WaitFor([&] { return waitpid(cli, &raw, WNOHANG) == cli; }, absl::Seconds(30));
-  if (!exited) {
-    kill(cli, SIGKILL);
-    waitpid(cli, &raw, 0);
-  }
-  ASSERT_TRUE(exited) << "the CLI did not exit after SIGINT";
+  std::optional<int> raw = WaitForExit(cli, absl::Seconds(30));
+  ASSERT_TRUE(raw.has_value()) << "the CLI did not exit after SIGINT";
   ASSERT_TRUE(running);
-  ASSERT_TRUE(WIFEXITED(raw)) << "the CLI died of signal " << WTERMSIG(raw);
-  EXPECT_THAT(WEXITSTATUS(raw), ::testing::AnyOf(130, 143)) << ReadFile(err_path);
+  ASSERT_TRUE(WIFEXITED(*raw)) << "the CLI died of signal " << WTERMSIG(*raw);
+  EXPECT_THAT(WEXITSTATUS(*raw), ::testing::AnyOf(130, 143)) << ReadFile(err_path);
 
   absl::StatusOr<v1::Process> ended = daemon_.client().Status(worker.id());
   ASSERT_TRUE(ended.ok()) << ended.status();
@@ -475,17 +482,124 @@ TEST_F(CliTest, InterruptedRunTerminatesTheWorker) {
   EXPECT_EQ(ReadFile(out_path), "ready\n");
 }
 
+TEST_F(CliTest, CallTimeoutAgainstAStoppedDaemon) {
+  uint64_t id = Start({"--", "/bin/sleep", "60"});
+  const std::string text = absl::StrCat(id);
+  ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  struct {
+    std::vector<std::string> args;
+    std::string call;
+    absl::Duration timeout;  // a join's poll and its answer: two call timeouts
+  } cases[] = {
+      {{"status", text}, "Status", absl::Seconds(1)},
+      {{"join", text}, "Join", absl::Seconds(2)},
+      {{"logs", text}, "Logs", absl::Seconds(1)},
+      {{"kill", text}, "Terminate", absl::Seconds(1)},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> args = {"--call-timeout", "1"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    absl::Duration took;
+    CommandResult result = CliWithin(args, absl::Seconds(15), &took);
+    EXPECT_EQ(result.status, 1) << c.call;
+    EXPECT_EQ(result.out, "") << c.call;
+    EXPECT_EQ(result.err, absl::StrCat("proctor: ", c.call, " did not answer within ",
+                                       absl::FormatDuration(c.timeout), "\n"));
+    EXPECT_LT(took, c.timeout + absl::Seconds(3)) << c.call;
+  }
+  ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
+  // The kill that timed out may still be carried out once the daemon reads it again.
+  Cli({"kill", text});
+  EXPECT_EQ(Cli({"join", text}).status, 128 + SIGKILL);
+}
+
+TEST_F(CliTest, RunStopsWhenTheDaemonStopsAnswering) {
+  std::string out_path = daemon_.dir() + "/run.out";
+  std::string err_path = daemon_.dir() + "/run.err";
+  pid_t cli = daemon_.StartCli({"--call-timeout", "1", "run", "--name", "abandoned", "--",
+                                "/bin/sh", "-c", "echo ready; exec /bin/sleep 60"},
+                               out_path, err_path);
+  ASSERT_GT(cli, 0);
+  // Once the CLI has passed on the worker's first line, it is following its output and
+  // joining it.
+  bool following = WaitFor([&] { return ReadFile(out_path) == "ready\n"; }, absl::Seconds(30));
+  EXPECT_TRUE(following) << ReadFile(err_path);
+  if (following) {
+    EXPECT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  }
+  // At most a poll and its answer (two call timeouts), then the session's end (one more).
+  std::optional<int> raw = WaitForExit(cli, absl::Seconds(15));
+  kill(daemon_.pid(), SIGCONT);
+  ASSERT_TRUE(following);
+  ASSERT_TRUE(raw.has_value()) << "run kept waiting for a daemon that does not answer";
+  EXPECT_TRUE(WIFEXITED(*raw) && WEXITSTATUS(*raw) == 1) << *raw;
+  EXPECT_EQ(ReadFile(err_path), "proctor: Join did not answer within 2s\n");
+  // The worker outlives the CLI that lost its daemon (it is not daemonic).
+  CommandResult ps = Cli({"--json", "ps", "--name", "abandoned"});
+  std::vector<std::string> objects;
+  for (const std::string& line : Lines(ps.out)) {
+    if (absl::StartsWith(line, "{")) objects.push_back(line);
+  }
+  ASSERT_EQ(objects.size(), 1u) << ps.out << ps.err;
+  CliOk({"kill", JsonField(objects[0], "id")});
+}
+
+TEST_F(CliTest, CallTimeoutUsage) {
+  for (const auto& [value, problem] : std::vector<std::pair<std::string, std::string>>{
+           {"0", "--call-timeout must be positive"},
+           {"-1", "--call-timeout must not be negative"},
+           {"soon", "invalid --call-timeout \"soon\" (expected seconds, e.g. 0.5)"}}) {
+    CommandResult result = Cli({"--call-timeout", value, "ps"});
+    EXPECT_EQ(result.status, 2) << value;
+    EXPECT_EQ(result.out, "") << value;
+    EXPECT_EQ(result.err, absl::StrCat("proctor: ", problem,
+                                       "\nTry 'proctor --help' for more information.\n"));
+  }
+  EXPECT_THAT(CliOk({"--call-timeout", "0.5", "ps"}), StartsWith("ID "));
+  EXPECT_THAT(CliOk({"--help"}), HasSubstr("--call-timeout SECONDS"));
+}
+
+TEST_F(CliTest, KeyFileOthersCanReadWorksWithAWarning) {
+  const std::string key = ReadFile(daemon_.authkey_path());
+  ASSERT_FALSE(key.empty());
+  const std::string path = daemon_.dir() + "/copy.key";
+  ASSERT_TRUE(WriteFile(path, key));
+  ASSERT_EQ(chmod(path.c_str(), 0644), 0);
+  const std::string warning = absl::StrCat("proctor: warning: key file ", path,
+                                           " is readable by others (mode 0644); chmod 600 ",
+                                           path, "\n");
+  // Given on the command line, and through $PROCTOR_AUTHKEY_FILE.
+  for (const CommandResult& result :
+       {Cli({"--authkey-file", path, "ps"}),
+        RunCommand({PROCTOR_CLI_PATH, "--address", daemon_.address(), "ps"},
+                   {"PROCTOR_AUTHKEY_FILE=" + path})}) {
+    EXPECT_EQ(result.status, 0) << result.err;
+    EXPECT_THAT(result.out, StartsWith("ID "));
+    EXPECT_EQ(result.err, warning);
+    EXPECT_FALSE(absl::StrContains(result.err, key));
+  }
+  ASSERT_EQ(chmod(path.c_str(), 0600), 0);
+  CommandResult tight = Cli({"--authkey-file", path, "ps"});
+  EXPECT_EQ(tight.status, 0) << tight.err;
+  EXPECT_EQ(tight.err, "");
+}
+
 // The source's first example: four processes started from one function, and the main program
-// printing 主线程 ("main thread") right after starting them, before they finish.
+// printing 主线程 ("main thread") right after starting them, before they finish. Where the
+// example has each process sleep a while, here each waits at a gate the test opens once the
+// main program is done.
 TEST_F(CliTest, SeedExample) {
+  const char* names[] = {"A", "B", "C", "D"};
+  std::vector<Gate> gates;
+  for (const char* x : names) gates.emplace_back(absl::StrCat(daemon_.dir(), "/", x));
   const std::string script =
       "for x in A B C D; do\n"
       "  \"$0\" start --name $x -- /bin/sh -c \\\n"
-      "    \"echo $x piaoing; sleep 0.$(shuf -i 1-4 -n 1); echo $x piao end\"\n"
+      "    \"echo $x piaoing; read gate < $1/$x; echo $x piao end\"\n"
       "done\n"
       "echo 主线程\n";
   CommandResult result =
-      RunCommand({"/bin/sh", "-c", script, PROCTOR_CLI_PATH},
+      RunCommand({"/bin/sh", "-c", script, PROCTOR_CLI_PATH, daemon_.dir()},
                  {"PROCTOR_ADDRESS=" + daemon_.address(),
                   "PROCTOR_AUTHKEY_FILE=" + daemon_.authkey_path()});
   ASSERT_EQ(result.status, 0) << result.err;
@@ -493,7 +607,11 @@ TEST_F(CliTest, SeedExample) {
   std::vector<std::string> lines = Lines(result.out);
   ASSERT_EQ(lines.size(), 5u) << result.out;
   EXPECT_EQ(lines[4], "主线程");
-  const char* names[] = {"A", "B", "C", "D"};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(JsonField(StatusJson(std::stoull(lines[i])), "state"), "\"running\"")
+        << names[i] << " finished before the main program";
+    EXPECT_TRUE(gates[i].Open()) << names[i] << " never reached its gate";
+  }
   for (int i = 0; i < 4; ++i) {
     const std::string& id = lines[i];
     EXPECT_EQ(Cli({"join", id}).status, 0);

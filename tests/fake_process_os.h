@@ -1,9 +1,11 @@
-// FakeProcessOs: a ProcessOs with no processes. Tests decide when each "process"
-// exits and which process groups still have members, and read back what was signalled.
+// FakeProcessOs: a ProcessOs with no processes. Tests decide when each "process" exits and
+// which process groups still have members, read back what was signalled, and can act in the
+// middle of a Launch() (as another thread would while the real spawn is in flight).
 #ifndef PROCTOR_TESTS_FAKE_PROCESS_OS_H_
 #define PROCTOR_TESTS_FAKE_PROCESS_OS_H_
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 #include <utility>
@@ -27,26 +29,54 @@ class FakeProcessOs final : public ProcessOs {
     launches.push_back(spec);
     tokens_[pid] = token;
     groups_.insert(pid);
+    // The process exists now; the caller has not heard of it yet.
+    if (auto during = std::exchange(during_next_launch_, nullptr)) during(pid);
     return Launched{pid, spec.path[0] == '/' ? spec.path : "/usr/bin/" + spec.path};
   }
 
-  absl::Status SignalGroup(pid_t pgid, int sig) override {
+  absl::Status SignalGroup(uint64_t token, int sig) override {
+    pid_t pgid = PidOf(token);
+    if (pgid <= 1) return RefusePid(pgid);
     if (!groups_.contains(pgid)) return absl::NotFoundError(absl::StrCat("no group ", pgid));
     signals.emplace_back(pgid, sig);
     return absl::OkStatus();
   }
 
-  bool GroupExists(pid_t pgid) override { return groups_.contains(pgid); }
-  void Confine(pid_t) override {}
+  bool GroupExists(uint64_t token) override {
+    pid_t pgid = PidOf(token);
+    if (pgid <= 1) {
+      RefusePid(pgid).IgnoreError();
+      return false;
+    }
+    return groups_.contains(pgid);
+  }
+  bool AnythingAlive(uint64_t token) override { return GroupExists(token); }
+  absl::Status KillCgroup(uint64_t) override {
+    return absl::UnimplementedError("the fake has no cgroups");
+  }
+  absl::Status Confine(uint64_t token) override {
+    pid_t pid = PidOf(token);
+    if (pid <= 1) return RefusePid(pid);
+    confined.push_back(pid);
+    return absl::OkStatus();
+  }
 
   absl::Status SignalProcess(pid_t pid, int sig) override {
+    if (pid <= 1) return RefusePid(pid);
     if (!strays_.contains(pid)) return absl::NotFoundError(absl::StrCat("no process ", pid));
     signals.emplace_back(pid, sig);
     return absl::OkStatus();
   }
-  bool ProcessExists(pid_t pid) override { return strays_.contains(pid); }
-  std::vector<pid_t> FindDescendants(const std::vector<pid_t>& roots,
-                                     const std::vector<uint64_t>&) override {
+  bool ProcessExists(pid_t pid) override {
+    if (pid <= 1) {
+      RefusePid(pid).IgnoreError();
+      return false;
+    }
+    return strays_.contains(pid);
+  }
+  std::vector<pid_t> FindDescendants(const std::vector<uint64_t>& tokens) override {
+    std::vector<pid_t> roots;
+    for (uint64_t token : tokens) roots.push_back(PidOf(token));
     std::vector<pid_t> found;
     for (const auto& [pid, root] : strays_) {
       if (std::find(roots.begin(), roots.end(), root) != roots.end()) found.push_back(pid);
@@ -72,11 +102,31 @@ class FakeProcessOs final : public ProcessOs {
     on_orphan_();
   }
   void FailNextLaunch(absl::Status status) { fail_next_ = std::move(status); }
+  // Runs `during(pid)` inside the next Launch(), after the process exists and before the
+  // caller learns its pid.
+  void DuringNextLaunch(std::function<void(pid_t)> during) {
+    during_next_launch_ = std::move(during);
+  }
 
   std::vector<LaunchSpec> launches;
   std::vector<std::pair<pid_t, int>> signals;
+  std::vector<pid_t> confined;
+  // Calls that named pid 0, 1 or a negative one: each would have hit the daemon's own group,
+  // init or every process. Must stay empty.
+  std::vector<pid_t> refused_pids;
 
  private:
+  pid_t PidOf(uint64_t token) const {
+    for (const auto& [pid, t] : tokens_) {
+      if (t == token) return pid;
+    }
+    return 0;  // a token never launched: refused like any pid <= 1
+  }
+  absl::Status RefusePid(pid_t pid) {
+    refused_pids.push_back(pid);
+    return absl::InternalError(absl::StrCat("refusing pid ", pid));
+  }
+
   ExitListener on_exit_;
   OrphanListener on_orphan_;
   pid_t next_pid_ = 1000;
@@ -84,6 +134,7 @@ class FakeProcessOs final : public ProcessOs {
   std::set<pid_t> groups_;
   std::map<pid_t, pid_t> strays_;
   absl::Status fail_next_;
+  std::function<void(pid_t)> during_next_launch_;
 };
 
 }  // namespace proctor

@@ -13,9 +13,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
+#include "tests/scoped_env.h"
 #include "tests/test_daemon.h"
 
 namespace proctor::testing {
@@ -133,13 +135,23 @@ TEST_F(LifecycleTest, JoinTimeoutReturnsTheRunningRecord) {
 }
 
 TEST_F(LifecycleTest, TenConcurrentJoinersAllSeeTheExit) {
-  v1::Process started = StartOk(client_, {"/bin/sh", "-c", "sleep 0.3; exit 7"});
+  Gate exit_gate(daemon_.dir() + "/exit");
+  v1::Process started =
+      StartOk(client_, {"/bin/sh", "-c", absl::StrCat(exit_gate.ShellWait(), "; exit 7")});
   std::vector<std::thread> joiners;
+  std::atomic<int> joining = 0;
   std::atomic<int> sevens = 0;
   for (int i = 0; i < 10; ++i) {
     joiners.emplace_back([&] {
+      ++joining;
       if (JoinOk(client_, started.id()).exitcode() == 7) ++sevens;
     });
+  }
+  // The worker exits only once every joiner is making its call.
+  EXPECT_TRUE(WaitFor([&] { return joining == 10; }));
+  if (!exit_gate.Open()) {
+    ADD_FAILURE() << "the worker never reached its gate";
+    TerminateOk(client_, started.id(), SIGKILL, absl::Seconds(1));
   }
   for (std::thread& t : joiners) t.join();
   EXPECT_EQ(sevens, 10);
@@ -166,15 +178,38 @@ TEST_F(LifecycleTest, LogsTailGivesTheEnd) {
 }
 
 TEST_F(LifecycleTest, LogsFollowStreamsUntilTheProcessEnds) {
+  // Each line comes out only after the test has received the one before.
+  Gate second(daemon_.dir() + "/second");
+  Gate third(daemon_.dir() + "/third");
   v1::Process started = StartOk(
-      client_, {"/bin/sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done"});
+      client_, {"/bin/sh", "-c",
+                absl::StrCat("echo line1; ", second.ShellWait(), "; echo line2; ",
+                             third.ShellWait(), "; echo line3")});
+  absl::Mutex mu;
   std::vector<std::string> chunks;
-  v1::LogsRequest request;
-  request.set_id(started.id());
-  request.set_follow(true);
-  ASSERT_TRUE(client_.Logs(request, [&](std::string_view c) { chunks.emplace_back(c); }).ok());
-  EXPECT_EQ(absl::StrJoin(chunks, ""), "line1\nline2\nline3\n");
-  EXPECT_GE(chunks.size(), 2u) << "output arrived while the process ran";
+  auto received = [&] {
+    absl::MutexLock lock(&mu);
+    return absl::StrJoin(chunks, "");
+  };
+  absl::Status followed;
+  std::thread follower([&] {
+    v1::LogsRequest request;
+    request.set_id(started.id());
+    request.set_follow(true);
+    followed = client_.Logs(request, [&](std::string_view c) {
+      absl::MutexLock lock(&mu);
+      chunks.emplace_back(c);
+    });
+  });
+  EXPECT_TRUE(WaitFor([&] { return received() == "line1\n"; }))
+      << "output arrives while the process runs: " << received();
+  EXPECT_TRUE(second.Open());
+  EXPECT_TRUE(WaitFor([&] { return received() == "line1\nline2\n"; })) << received();
+  EXPECT_TRUE(third.Open());
+  follower.join();
+  ASSERT_TRUE(followed.ok()) << followed;
+  EXPECT_EQ(received(), "line1\nline2\nline3\n");
+  EXPECT_GE(chunks.size(), 3u) << "output arrived while the process ran";
   absl::StatusOr<v1::Process> status = client_.Status(started.id());
   EXPECT_EQ(status->state(), v1::STATE_EXITED);
 }
@@ -322,9 +357,8 @@ TEST(SocketTest, UnixSocketIsPrivateUnlessWidened) {
 TEST(EnvironmentTest, WorkersDoNotInheritTheDaemonsProctorVariables) {
   // A daemon started where an admin key file is configured must not hand it to workers:
   // they would then act with the admin key instead of their own.
-  setenv("PROCTOR_AUTHKEY_FILE", "/somewhere/admin.key", 1);
+  ScopedEnv admin_key_file("PROCTOR_AUTHKEY_FILE", "/somewhere/admin.key");
   TestDaemon daemon;
-  unsetenv("PROCTOR_AUTHKEY_FILE");
   v1::Process started = StartOk(
       daemon.client(), {"/bin/sh", "-c", "echo \"[$PROCTOR_AUTHKEY_FILE] $PROCTOR_ID\""});
   JoinOk(daemon.client(), started.id());
@@ -349,9 +383,12 @@ TEST_F(LifecycleTest, RecordShowsResourceUsage) {
 TEST(ShutdownTest, DaemonShutdownLeavesNoProcessBehind) {
   TestDaemon daemon({"--shutdown-grace", "0.3"});
   v1::Process daemonic = StartOk(daemon.client(), {"sleep", "100"}, /*daemon=*/true);
-  v1::Process worker = StartOk(daemon.client(), {"/bin/sh", "-c", "trap '' TERM; sleep 100"});
+  v1::Process worker =
+      StartOk(daemon.client(), {"/bin/sh", "-c", "trap '' TERM; echo ready; sleep 100"});
   v1::Process grandparent =
       StartOk(daemon.client(), {"/bin/sh", "-c", "sleep 100 & echo $!; wait"});
+  // The shutdown must find the worker ignoring SIGTERM, and the grandchild started.
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(worker.stdout_path()) == "ready\n"; }));
   std::vector<pid_t> grandchildren;
   ASSERT_TRUE(WaitFor([&] {
     grandchildren = Pids(ReadFile(grandparent.stdout_path()));

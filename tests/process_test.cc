@@ -13,10 +13,10 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -51,11 +51,13 @@ PROCTOR_FUNCTION(WithKwargs);
 void Throws(std::string what) { throw std::runtime_error(what); }
 PROCTOR_FUNCTION(Throws);
 
-void SleepThenPrint(double seconds, std::string text) {
-  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+// Prints `text` once the gate at `gate` is opened (tests/test_daemon.h).
+int PrintAtGate(std::string gate, std::string text) {
+  if (!proctor::testing::WaitAtGate(gate)) return 1;
   std::cout << text << std::endl;
+  return 0;
 }
-PROCTOR_FUNCTION(SleepThenPrint);
+PROCTOR_FUNCTION(PrintAtGate);
 
 void PrintLines() {
   std::cout << "out-1" << std::endl;
@@ -67,7 +69,8 @@ PROCTOR_FUNCTION(PrintLines);
 
 void ReportSelf() {
   proctor::Process& self = proctor::current_process();
-  const char* env_key = std::getenv("PROCTOR_AUTHKEY");
+  // multiprocessing's authkey, not the credential the worker signs its calls with.
+  const char* env_key = std::getenv("PROCTOR_PROCESS_AUTHKEY");
   std::cout << "id=" << self.id() << " name=" << self.name() << " pid=" << self.pid().value_or(0)
             << " parent_id=" << self.parent_id()
             << " parent_session=" << self.record().parent_session()
@@ -149,6 +152,9 @@ std::string SelfExe() { return std::filesystem::read_symlink("/proc/self/exe").s
 // ---------------------------------------------------------------------------------------------
 // Helper programs: this binary run with --helper=<mode>, pointed at a daemon by environment.
 
+// Where the exit-handler helper finds the gate its worker waits at.
+constexpr char kExitGateVariable[] = "PROCTOR_TEST_EXIT_GATE";
+
 int RunHelper(absl::string_view mode) {
   if (mode == "daemonic-sleeper") {
     Process sleeper({.target = "sleep", .args = {"100"}, .daemon = true});
@@ -160,11 +166,30 @@ int RunHelper(absl::string_view mode) {
     for (;;) pause();
   }
   if (mode == "exit-handler") {
-    Process worker({.target = SleepThenPrint, .args = {0.5, "child finished"}});
+    const char* gate = std::getenv(kExitGateVariable);
+    if (gate == nullptr) return 2;
+    Process worker({.target = PrintAtGate, .args = {gate, "child finished"}});
     Process sleeper({.target = "sleep", .args = {"100"}, .daemon = true});
     if (!worker.start().ok() || !sleeper.start().ok()) return 2;
     std::cout << "worker " << worker.id() << " daemonic " << sleeper.id() << std::endl;
+    // Registered after the library's exit handler, so it runs first: the worker can finish
+    // only once main has returned, and the library's handler has to wait for it.
+    std::atexit([] {
+      if (!OpenGate(std::getenv(kExitGateVariable))) {
+        std::cerr << "the worker never reached its gate" << std::endl;
+        std::_Exit(3);
+      }
+    });
     return 0;  // the exit handler joins the worker and terminates the sleeper
+  }
+  if (mode == "exit-with-daemon-stopped") {
+    const char* gate = std::getenv(kExitGateVariable);
+    if (gate == nullptr || !UseDaemon({.call_timeout = absl::Seconds(1)}).ok()) return 2;
+    Process sleeper({.target = "sleep", .args = {"100"}});
+    if (!sleeper.start().ok()) return 2;
+    std::cout << sleeper.id() << std::endl;
+    // The test stops the daemon before it lets main return into the library's exit handler.
+    return WaitAtGate(gate) ? 0 : 2;
   }
   if (mode == "forward") {
     Process p({.target = PrintLines});
@@ -541,8 +566,11 @@ TEST_F(ProcessTest, ForwardedOutputIsCompleteWhenJoinReturns) {
 }
 
 TEST_F(ProcessTest, NormalExitJoinsChildrenAndTerminatesDaemonicOnes) {
+  Gate gate(daemon_.dir() + "/exit");
+  std::vector<std::string> env = HelperEnv(daemon_);
+  env.push_back(absl::StrCat(kExitGateVariable, "=", gate.path()));
   absl::Time before = absl::Now();
-  CommandResult r = RunCommand({SelfExe(), "--helper=exit-handler"}, HelperEnv(daemon_));
+  CommandResult r = RunCommand({SelfExe(), "--helper=exit-handler"}, env);
   EXPECT_LT(absl::Now() - before, absl::Seconds(8)) << "the daemonic child is not waited for";
   EXPECT_EQ(r.status, 0) << r.err;
   uint64_t worker = 0, daemonic = 0;
@@ -557,6 +585,38 @@ TEST_F(ProcessTest, NormalExitJoinsChildrenAndTerminatesDaemonicOnes) {
   EXPECT_EQ(w->exitcode(), 0);
   EXPECT_EQ(d->state(), v1::STATE_EXITED);
   EXPECT_EQ(d->exitcode(), -SIGTERM);
+}
+
+TEST_F(ProcessTest, ExitGivesUpOnADaemonThatStopsAnswering) {
+  Gate gate(daemon_.dir() + "/exit");
+  std::vector<std::string> env = HelperEnv(daemon_);
+  env.push_back(absl::StrCat(kExitGateVariable, "=", gate.path()));
+  Running helper = Spawn({SelfExe(), "--helper=exit-with-daemon-stopped"}, env);
+  std::string line = ReadLine(helper.out, absl::Seconds(20));
+  uint64_t id = 0;
+  const bool started = absl::SimpleAtoi(line, &id);
+  std::optional<int> raw;
+  if (started) {
+    EXPECT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+    EXPECT_TRUE(gate.Open());
+    // The exit handler's Join: a poll and its answer (two call timeouts); its output
+    // forwarders stopped; the session's end (one more call timeout).
+    raw = WaitForExit(helper.pid, absl::Seconds(15));
+    kill(daemon_.pid(), SIGCONT);
+  } else {
+    ::kill(helper.pid, SIGKILL);
+    waitpid(helper.pid, nullptr, 0);
+  }
+  close(helper.out);
+  ASSERT_TRUE(started) << "helper said: " << line;
+  ASSERT_TRUE(raw.has_value()) << "the program kept waiting for a daemon that does not answer";
+  EXPECT_TRUE(WIFEXITED(*raw) && WEXITSTATUS(*raw) == 0) << *raw;
+  v1::TerminateRequest request;
+  request.set_id(id);
+  request.set_signal(SIGKILL);
+  absl::StatusOr<v1::Process> killed = client_.Terminate(request);
+  ASSERT_TRUE(killed.ok()) << killed.status();
+  EXPECT_EQ(killed->state(), v1::STATE_EXITED);
 }
 
 TEST_F(ProcessTest, AKilledProgramsDaemonicChildrenAreEndedByProctord) {

@@ -82,37 +82,52 @@ TEST_F(SupervisorTest, KwargsFollowArgsSortedByKey) {
 TEST_F(SupervisorTest, RequestEnvironmentOverridesTheBase) {
   StartOk(StartSpec{.target = "/bin/true", .env = {"HOME=/tmp", "EXTRA=1"}});
   const std::vector<std::string>& envp = os_.launches.back().envp;
-  ASSERT_EQ(envp.size(), 6u);
+  ASSERT_EQ(envp.size(), 7u);
   EXPECT_THAT(std::vector<std::string>(envp.begin(), envp.begin() + 3),
               ElementsAre("PATH=/usr/bin", "HOME=/tmp", "EXTRA=1"));
 }
 
+// The value of `name` in the environment of the last process launched.
+std::string LastEnv(const FakeProcessOs& os, const std::string& name) {
+  for (const std::string& entry : os.launches.back().envp) {
+    if (entry.starts_with(name + "=")) return entry.substr(name.size() + 1);
+  }
+  return "";
+}
+
 TEST_F(SupervisorTest, WorkerFindsItsIdAndKeyInItsEnvironment) {
   ProcessInfo info = StartOk(StartSpec{.target = "/bin/true", .env = {"PROCTOR_ID=forged"}});
-  std::optional<std::string> key = supervisor_->AuthkeyOf(info.id);
+  std::optional<std::string> key = supervisor_->CredentialOf(info.id);
   ASSERT_TRUE(key.has_value());
   EXPECT_EQ(key->size(), 32u);
   const std::vector<std::string>& envp = os_.launches.back().envp;
   EXPECT_THAT(envp, Contains(absl::StrCat("PROCTOR_ID=", info.id)));
   EXPECT_THAT(envp, Contains("PROCTOR_AUTHKEY=" + HexEncode(*key)));
   EXPECT_THAT(envp, Not(Contains("PROCTOR_ID=forged")));
-  EXPECT_NE(supervisor_->AuthkeyOf(StartTrue().id), key) << "each top-level worker its own key";
+  EXPECT_NE(LastEnv(os_, "PROCTOR_PROCESS_AUTHKEY"), HexEncode(*key))
+      << "multiprocessing's authkey is not the credential";
+  EXPECT_NE(supervisor_->CredentialOf(StartTrue().id), key) << "each top-level worker its own key";
 }
 
 TEST_F(SupervisorTest, ChildrenAreNamedInheritKeysAndFormASubtree) {
   ProcessInfo first = StartTrue();
   ProcessInfo parent = StartTrue();
+  std::string parent_authkey = LastEnv(os_, "PROCTOR_PROCESS_AUTHKEY");
   ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
   ProcessInfo second = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
   ProcessInfo grandchild = StartOk(StartSpec{.target = "/bin/true", .parent_id = child.id});
+  EXPECT_EQ(LastEnv(os_, "PROCTOR_PROCESS_AUTHKEY"), parent_authkey)
+      << "multiprocessing's authkey is inherited";
   ProcessInfo keyed =
       StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id, .authkey = "own key"});
+  EXPECT_EQ(LastEnv(os_, "PROCTOR_PROCESS_AUTHKEY"), HexEncode("own key"));
   EXPECT_EQ(parent.name, "Process-2");
   EXPECT_EQ(child.name, "Process-2:1");
   EXPECT_EQ(second.name, "Process-2:2");
   EXPECT_EQ(grandchild.name, "Process-2:1:1");
-  EXPECT_EQ(supervisor_->AuthkeyOf(grandchild.id), supervisor_->AuthkeyOf(parent.id));
-  EXPECT_EQ(supervisor_->AuthkeyOf(keyed.id), "own key");
+  EXPECT_NE(supervisor_->CredentialOf(grandchild.id), supervisor_->CredentialOf(parent.id))
+      << "a child's credential is its own: it cannot act as its parent";
+  EXPECT_NE(supervisor_->CredentialOf(child.id), supervisor_->CredentialOf(parent.id));
   EXPECT_THAT(supervisor_->Get(parent.id)->children,
               ElementsAre(child.id, second.id, keyed.id));
   EXPECT_TRUE(supervisor_->InSubtree(parent.id, grandchild.id));
@@ -139,7 +154,7 @@ TEST_F(SupervisorTest, FailedLaunchLeavesNoRecord) {
   absl::StatusOr<ProcessInfo> info = supervisor_->Start(StartSpec{.target = "/nope"});
   EXPECT_EQ(info.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(supervisor_->List(ListFilter{}), IsEmpty());
-  EXPECT_EQ(supervisor_->live_count(), 0u);
+  EXPECT_THAT(supervisor_->List(ListFilter{.running = true}), IsEmpty());
 }
 
 TEST_F(SupervisorTest, BadStartRequestsAreInvalidArguments) {
@@ -232,7 +247,7 @@ TEST_F(SupervisorTest, CancelledJoinIsNeverAnswered) {
 TEST_F(SupervisorTest, TerminateSignalsTheGroupThenKillsAfterGrace) {
   ProcessInfo info = StartTrue();
   Result terminated;
-  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(10), true, terminated.Callback());
+  supervisor_->Terminate(info.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(10)}, terminated.Callback());
   EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, kSigterm)));
   time_.Advance(absl::Seconds(9));
   EXPECT_EQ(os_.signals.size(), 1u);
@@ -248,7 +263,7 @@ TEST_F(SupervisorTest, TerminateSignalsTheGroupThenKillsAfterGrace) {
 TEST_F(SupervisorTest, TerminateWaitsForTheWholeGroupToGo) {
   ProcessInfo info = StartTrue();
   Result terminated;
-  supervisor_->Terminate(info.id, kSigint, absl::Seconds(1), true, terminated.Callback());
+  supervisor_->Terminate(info.id, TerminateOptions{.signal = kSigint, .grace = absl::Seconds(1)}, terminated.Callback());
   os_.Exit(info.pid, WaitStatus::Signaled(kSigint), /*group_empties=*/false);
   EXPECT_FALSE(terminated.value.has_value()) << "a grandchild is still in the group";
   EXPECT_EQ(supervisor_->Release(info.id).code(), absl::StatusCode::kFailedPrecondition);
@@ -260,7 +275,7 @@ TEST_F(SupervisorTest, TerminateWaitsForTheWholeGroupToGo) {
 TEST_F(SupervisorTest, LeftoverGroupIsKilledAfterGrace) {
   ProcessInfo info = StartTrue();
   Result terminated;
-  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
+  supervisor_->Terminate(info.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(1)}, terminated.Callback());
   os_.Exit(info.pid, WaitStatus::Signaled(kSigterm), /*group_empties=*/false);
   time_.Advance(absl::Seconds(1));
   EXPECT_THAT(os_.signals.back(), Pair(info.pid, kSigkill));
@@ -271,7 +286,7 @@ TEST_F(SupervisorTest, LeftoverGroupIsKilledAfterGrace) {
 TEST_F(SupervisorTest, TerminateWithoutWaitAnswersAtOnce) {
   ProcessInfo info = StartTrue();
   Result terminated;
-  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), false, terminated.Callback());
+  supervisor_->Terminate(info.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(1), .wait = false}, terminated.Callback());
   ASSERT_TRUE(terminated.value.has_value());
   EXPECT_TRUE((*terminated.value)->running);
 }
@@ -280,7 +295,7 @@ TEST_F(SupervisorTest, TerminateOfAnEndedProcessReturnsItsRecord) {
   ProcessInfo info = StartTrue();
   os_.Exit(info.pid, WaitStatus::Exited(0));
   Result terminated;
-  supervisor_->Terminate(info.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
+  supervisor_->Terminate(info.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(1)}, terminated.Callback());
   ASSERT_TRUE(terminated.value.has_value());
   EXPECT_EQ((*terminated.value)->status->exitcode(), 0);
   EXPECT_THAT(os_.signals, IsEmpty());
@@ -303,7 +318,7 @@ TEST_F(SupervisorTest, TerminateErrors) {
   };
   for (const Case& c : cases) {
     Result r;
-    supervisor_->Terminate(c.id, c.sig, c.grace, true, r.Callback());
+    supervisor_->Terminate(c.id, TerminateOptions{.signal = c.sig, .grace = c.grace}, r.Callback());
     ASSERT_TRUE(r.value.has_value());
     EXPECT_EQ(r.value->status().code(), c.code) << c.message;
     EXPECT_THAT(r.value->status().message(), HasSubstr(c.message));
@@ -403,7 +418,7 @@ TEST_F(SupervisorTest, TreeTerminateReachesChildrenAndStrays) {
   ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
   os_.AddStray(4242, root.pid);
   Result terminated;
-  supervisor_->Terminate(root.id, kSigterm, absl::Seconds(1), true, terminated.Callback());
+  supervisor_->Terminate(root.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(1)}, terminated.Callback());
   EXPECT_THAT(os_.signals, ElementsAre(Pair(root.pid, kSigterm), Pair(child.pid, kSigterm),
                                              Pair(4242, kSigterm)));
   os_.Exit(root.pid, WaitStatus::Signaled(kSigterm));
@@ -419,8 +434,7 @@ TEST_F(SupervisorTest, NarrowTerminateSignalsOnlyTheGroup) {
   ProcessInfo root = StartTrue();
   ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
   Result terminated;
-  supervisor_->Terminate(root.id, kSigterm, absl::Seconds(1), false, terminated.Callback(),
-                         /*tree=*/false);
+  supervisor_->Terminate(root.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(1), .wait = false, .tree = false}, terminated.Callback());
   EXPECT_THAT(os_.signals, ElementsAre(Pair(root.pid, kSigterm)));
   EXPECT_TRUE(supervisor_->Get(child.id)->running);
 }
@@ -469,6 +483,155 @@ TEST_F(SupervisorTest, LimitsAreResourceExhaustedNamingTheLimit) {
   EXPECT_THAT(total.message(), HasSubstr("--max-processes=5"));
   os_.Exit(deep.pid, WaitStatus::Exited(0));
   EXPECT_TRUE(supervisor_->Start(StartSpec{.target = "/bin/true"}).ok()) << "room again";
+}
+
+// A record is invisible while its launch is in flight, yet counted against the limits, and
+// its worker's key is known already (the worker may call back before Start returns).
+TEST_F(SupervisorTest, LaunchInFlightIsInvisibleButCounted) {
+  Make(SupervisorOptions{.max_processes = 1});
+  std::optional<absl::Status> second;
+  std::optional<uint64_t> id_seen;
+  bool key_known = false;
+  os_.DuringNextLaunch([&](pid_t) {
+    second = supervisor_->Start(StartSpec{.target = "/bin/true"}).status();
+    for (uint64_t id = 1; id < 10; ++id) {
+      if (supervisor_->CredentialOf(id).has_value()) {
+        id_seen = id;
+        key_known = true;
+      }
+    }
+    EXPECT_THAT(supervisor_->List(ListFilter{}), IsEmpty());
+    if (id_seen) {
+      EXPECT_EQ(supervisor_->Get(*id_seen).status().code(), absl::StatusCode::kNotFound);
+    }
+  });
+  ProcessInfo info = StartTrue();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(key_known);
+  EXPECT_EQ(id_seen, info.id);
+  EXPECT_THAT(os_.confined, ElementsAre(info.pid));
+}
+
+TEST_F(SupervisorTest, FailedLaunchLeavesNoTraceInItsParent) {
+  ProcessInfo parent = StartTrue();
+  os_.FailNextLaunch(absl::NotFoundError("target /nope: No such file or directory"));
+  EXPECT_FALSE(supervisor_->Start(StartSpec{.target = "/nope", .parent_id = parent.id}).ok());
+  EXPECT_THAT(supervisor_->Get(parent.id)->children, IsEmpty());
+  EXPECT_EQ(StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id}).name,
+            "Process-1:1")
+      << "the failed start used no name";
+  EXPECT_EQ(StartTrue().name, "Process-2");
+}
+
+// The parent dies while its daemonic child is being launched. The child must end too, and
+// nothing may ever be signalled by pid 0 or 1 (kill(0) is the daemon's own group).
+TEST_F(SupervisorTest, ParentExitDuringLaunchEndsTheDaemonicChild) {
+  ProcessInfo parent = StartTrue();
+  os_.DuringNextLaunch([&](pid_t) { os_.Exit(parent.pid, WaitStatus::Signaled(kSigkill)); });
+  ProcessInfo child =
+      StartOk(StartSpec{.target = "/bin/true", .daemon = true, .parent_id = parent.id});
+  EXPECT_THAT(os_.refused_pids, IsEmpty());
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(child.pid, kSigterm)));
+  EXPECT_THAT(supervisor_->Get(parent.id)->children, ElementsAre(child.id));
+  time_.Advance(Supervisor::kDefaultGrace);
+  EXPECT_THAT(os_.signals.back(), Pair(child.pid, kSigkill));
+  os_.Exit(child.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_FALSE(supervisor_->Get(child.id)->running);
+}
+
+TEST_F(SupervisorTest, ParentExitDuringLaunchLeavesAnOrdinaryChildRunning) {
+  ProcessInfo parent = StartTrue();
+  os_.DuringNextLaunch([&](pid_t) { os_.Exit(parent.pid, WaitStatus::Exited(0)); });
+  ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
+  EXPECT_THAT(os_.refused_pids, IsEmpty());
+  EXPECT_THAT(os_.signals, IsEmpty());
+  EXPECT_TRUE(supervisor_->Get(child.id)->running);
+}
+
+TEST_F(SupervisorTest, TreeTerminateDuringLaunchTakesTheNewChild) {
+  ProcessInfo parent = StartTrue();
+  Result terminated;
+  os_.DuringNextLaunch([&](pid_t) {
+    supervisor_->Terminate(parent.id, TerminateOptions{.signal = kSigterm,
+                                                       .grace = absl::Seconds(1)},
+                           terminated.Callback());
+  });
+  ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
+  EXPECT_THAT(os_.refused_pids, IsEmpty());
+  EXPECT_THAT(os_.signals,
+              ElementsAre(Pair(parent.pid, kSigterm), Pair(child.pid, kSigterm)));
+  os_.Exit(parent.pid, WaitStatus::Signaled(kSigterm));
+  EXPECT_FALSE(terminated.value.has_value()) << "its new child is part of the tree";
+  time_.Advance(absl::Seconds(1));
+  EXPECT_THAT(os_.signals.back(), Pair(child.pid, kSigkill));
+  os_.Exit(child.pid, WaitStatus::Signaled(kSigkill));
+  EXPECT_TRUE(terminated.value.has_value());
+}
+
+TEST_F(SupervisorTest, SessionEndDuringLaunchEndsItsDaemonicProcess) {
+  uint64_t session = supervisor_->OpenSession(absl::Seconds(30), [] {});
+  os_.DuringNextLaunch([&](pid_t) { supervisor_->CloseSession(session); });
+  ProcessInfo daemonic =
+      StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = session});
+  EXPECT_THAT(os_.refused_pids, IsEmpty());
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+
+  uint64_t other = supervisor_->OpenSession(absl::Seconds(30), [] {});
+  os_.DuringNextLaunch([&](pid_t) { supervisor_->CloseSession(other); });
+  ProcessInfo ordinary = StartOk(StartSpec{.target = "/bin/true", .session = other});
+  EXPECT_EQ(os_.signals.size(), 1u) << "a non-daemonic process outlives its session";
+  EXPECT_TRUE(supervisor_->Get(ordinary.id)->running);
+}
+
+TEST_F(SupervisorTest, ShutdownDuringLaunchWaitsForItAndEndsIt) {
+  bool done = false;
+  os_.DuringNextLaunch([&](pid_t) { supervisor_->Shutdown(absl::Seconds(10), [&] { done = true; }); });
+  ProcessInfo daemonic = StartTrue(/*daemon=*/true);
+  EXPECT_THAT(os_.refused_pids, IsEmpty());
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
+  EXPECT_FALSE(done) << "the process started into the shutdown still runs";
+  os_.Exit(daemonic.pid, WaitStatus::Signaled(kSigterm));
+  EXPECT_TRUE(done);
+}
+
+TEST_F(SupervisorTest, ShutdownDuringLaunchGivesAnOrdinaryProcessTheGrace) {
+  bool done = false;
+  os_.DuringNextLaunch([&](pid_t) { supervisor_->Shutdown(absl::Seconds(10), [&] { done = true; }); });
+  ProcessInfo worker = StartTrue();
+  EXPECT_THAT(os_.signals, IsEmpty());
+  time_.Advance(absl::Seconds(10));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(worker.pid, kSigterm)));
+  os_.Exit(worker.pid, WaitStatus::Signaled(kSigterm));
+  EXPECT_TRUE(done);
+  EXPECT_THAT(os_.refused_pids, IsEmpty());
+}
+
+TEST_F(SupervisorTest, ExitDuringLaunchIsRecorded) {
+  Result joined;
+  os_.DuringNextLaunch([&](pid_t pid) { os_.Exit(pid, WaitStatus::Exited(7)); });
+  ProcessInfo info = StartTrue();
+  absl::StatusOr<ProcessInfo> now = supervisor_->Get(info.id);
+  ASSERT_TRUE(now.ok());
+  EXPECT_FALSE(now->running);
+  EXPECT_EQ(now->status->exitcode(), 7);
+  supervisor_->Join(info.id, std::nullopt, joined.Callback());
+  ASSERT_TRUE(joined.value.has_value());
+  EXPECT_EQ((*joined.value)->status->exitcode(), 7);
+}
+
+// Timers run on the monotonic clock: stepping the wall clock neither fires nor delays them.
+TEST_F(SupervisorTest, WallClockStepsDoNotMoveTheGrace) {
+  ProcessInfo info = StartTrue();
+  Result terminated;
+  supervisor_->Terminate(info.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(10)},
+                         terminated.Callback());
+  time_.StepWallClock(absl::Hours(1));
+  time_.Advance(absl::Seconds(9));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, kSigterm)));
+  time_.StepWallClock(-absl::Hours(2));
+  time_.Advance(absl::Seconds(1));
+  EXPECT_THAT(os_.signals.back(), Pair(info.pid, kSigkill));
 }
 
 }  // namespace

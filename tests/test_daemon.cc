@@ -6,11 +6,13 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -19,10 +21,13 @@
 #include <map>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/authkey.h"
 #include "gtest/gtest.h"
 
 extern char** environ;
@@ -56,6 +61,23 @@ int ToShellStatus(int raw) {
   return WIFSIGNALED(raw) ? 128 + WTERMSIG(raw) : WEXITSTATUS(raw);
 }
 
+// Spawns argv (found through PATH when it has no slash) with this process's environment and
+// `extra_env` laid over it. Returns the pid, or -1 with a test failure.
+pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+            const posix_spawn_file_actions_t& actions) {
+  std::vector<std::string> args = argv;
+  std::vector<std::string> env = Environment(extra_env);
+  std::vector<char*> c_args = CStrings(args);
+  std::vector<char*> c_env = CStrings(env);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, args[0].c_str(), &actions, nullptr, c_args.data(), c_env.data());
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot run " << args[0] << ": " << std::strerror(rc);
+    return -1;
+  }
+  return pid;
+}
+
 bool SocketAnswers(const std::string& path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr{};
@@ -78,20 +100,14 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
-  std::vector<std::string> args = argv;
-  std::vector<std::string> env = Environment(extra_env);
-  std::vector<char*> c_args = CStrings(args);
-  std::vector<char*> c_env = CStrings(env);
-  pid_t pid;
-  int rc = posix_spawnp(&pid, args[0].c_str(), &actions, nullptr, c_args.data(), c_env.data());
+  pid_t pid = Spawn(argv, extra_env, actions);
   posix_spawn_file_actions_destroy(&actions);
   close(out_pipe[1]);
   close(err_pipe[1]);
   CommandResult result;
-  if (rc != 0) {
+  if (pid < 0) {
     close(out_pipe[0]);
     close(err_pipe[0]);
-    ADD_FAILURE() << "cannot run " << args[0] << ": " << std::strerror(rc);
     return result;
   }
   // Both pipes are drained together so neither can fill up and stall the command.
@@ -119,6 +135,28 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
   return result;
 }
 
+pid_t StartCommand(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                   const std::string& out_path, const std::string& err_path) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  pid_t pid = Spawn(argv, extra_env, actions);
+  posix_spawn_file_actions_destroy(&actions);
+  return pid;
+}
+
+std::optional<int> WaitForExit(pid_t pid, absl::Duration limit) {
+  int raw = 0;
+  if (WaitFor([&] { return waitpid(pid, &raw, WNOHANG) == pid; }, limit)) return raw;
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return std::nullopt;
+}
+
 TempDir::TempDir() {
   std::string pattern = (std::filesystem::temp_directory_path() / "proctor-test-XXXXXX").string();
   char* made = mkdtemp(pattern.data());
@@ -131,7 +169,8 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
-TestDaemon::TestDaemon(std::vector<std::string> flags) {
+TestDaemon::TestDaemon(std::vector<std::string> flags,
+                       std::optional<std::pair<uint64_t, uint64_t>> nofile) {
   std::string socket = dir_.path() + "/proctord.sock";
   address_ = "unix:" + socket;
   state_dir_ = dir_.path() + "/state";
@@ -144,18 +183,20 @@ TestDaemon::TestDaemon(std::vector<std::string> flags) {
                                    // A small stock: each test's daemon is short-lived.
                                    "--capture-spares", "16"};
   args.insert(args.end(), flags.begin(), flags.end());
+  if (nofile.has_value()) {
+    // The soft limit first: a hard limit below the soft one is refused.
+    args.insert(args.begin(), {"/bin/sh", "-c",
+                               absl::StrCat("ulimit -Sn ", nofile->first, " && ulimit -Hn ",
+                                            nofile->second, " && exec \"$0\" \"$@\"")});
+  }
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 2, log_path_.c_str(),
                                    O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  std::vector<std::string> env = Environment({});
-  std::vector<char*> c_args = CStrings(args);
-  std::vector<char*> c_env = CStrings(env);
-  int rc = posix_spawn(&pid_, args[0].c_str(), &actions, nullptr, c_args.data(), c_env.data());
+  pid_ = Spawn(args, {}, actions);
   posix_spawn_file_actions_destroy(&actions);
-  EXPECT_EQ(rc, 0) << std::strerror(rc);
-  bool up = WaitFor([&] {
+  bool up = pid_ > 0 && WaitFor([&] {
     int raw;
     if (waitpid(pid_, &raw, WNOHANG) == pid_) {
       pid_ = -1;
@@ -188,13 +229,23 @@ int TestDaemon::Stop() {
 
 std::string TestDaemon::Log() const { return ReadFile(log_path_); }
 
-CommandResult TestDaemon::Cli(const std::vector<std::string>& args,
-                              const std::vector<std::string>& extra_env) {
+std::vector<std::string> TestDaemon::CliArgv(const std::vector<std::string>& args) const {
   std::vector<std::string> argv = {PROCTOR_CLI_PATH, "--address", address_};
   argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+CommandResult TestDaemon::Cli(const std::vector<std::string>& args,
+                              const std::vector<std::string>& extra_env) {
   std::vector<std::string> env = {"PROCTOR_AUTHKEY_FILE=" + authkey_path()};
   env.insert(env.end(), extra_env.begin(), extra_env.end());
-  return RunCommand(argv, env);
+  return RunCommand(CliArgv(args), env);
+}
+
+pid_t TestDaemon::StartCli(const std::vector<std::string>& args, const std::string& out_path,
+                           const std::string& err_path) {
+  return StartCommand(CliArgv(args), {"PROCTOR_AUTHKEY_FILE=" + authkey_path()}, out_path,
+                      err_path);
 }
 
 v1::Process StartOk(Client& client, const std::vector<std::string>& argv, bool daemon) {
@@ -238,6 +289,34 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration limit) {
   return true;
 }
 
+Gate::Gate(std::string path) : path_(std::move(path)) {
+  EXPECT_EQ(mkfifo(path_.c_str(), 0600), 0) << path_ << ": " << std::strerror(errno);
+}
+
+std::string Gate::ShellWait() const { return absl::StrCat("read gate < ", path_); }
+
+bool Gate::Open(absl::Duration limit) const { return OpenGate(path_, limit); }
+
+bool OpenGate(const std::string& path, absl::Duration limit) {
+  // A pipe opens for writing without blocking only once someone has it open for reading (or
+  // waits in open() to): until then the waiter has not arrived.
+  int fd = -1;
+  if (!WaitFor([&] { return (fd = open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)) >= 0; },
+               limit)) {
+    return false;
+  }
+  bool opened = write(fd, "\n", 1) == 1;
+  close(fd);
+  return opened;
+}
+
+bool WaitAtGate(const std::string& path) {
+  // Blocks in open() until the gate is opened, then reads the line written through it.
+  std::ifstream in(path);
+  std::string line;
+  return static_cast<bool>(std::getline(in, line));
+}
+
 std::vector<pid_t> Descendants(pid_t ancestor) {
   std::map<pid_t, pid_t> parent;
   DIR* proc = opendir("/proc");
@@ -259,6 +338,27 @@ std::vector<pid_t> Descendants(pid_t ancestor) {
     }
   }
   return out;
+}
+
+absl::StatusOr<Credentials> WorkerCredentials(pid_t pid, absl::Duration limit) {
+  Credentials found{.source = absl::StrCat("the environment of pid ", pid)};
+  bool complete = WaitFor(
+      [&] {
+        std::string environ = ReadFile(absl::StrCat("/proc/", pid, "/environ"));
+        for (absl::string_view entry : absl::StrSplit(environ, '\0')) {
+          if (absl::ConsumePrefix(&entry, "PROCTOR_ID=")) found.key_id = std::string(entry);
+          if (absl::ConsumePrefix(&entry, "PROCTOR_AUTHKEY=")) {
+            absl::StatusOr<std::string> key = HexDecode(entry);
+            if (key.ok()) found.key = *std::move(key);
+          }
+        }
+        return !found.key.empty() && !found.key_id.empty();
+      },
+      limit);
+  if (!complete) {
+    return absl::NotFoundError(absl::StrCat("pid ", pid, " has no worker credential"));
+  }
+  return found;
 }
 
 std::string ReadFile(const std::string& path) {

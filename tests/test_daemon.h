@@ -5,8 +5,12 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -24,6 +28,15 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::vector<std::string>& extra_env = {});
 
+// Starts argv with extra environment entries and leaves it running, its stdin /dev/null and
+// its stdout and stderr written to the files named (created or truncated). Returns its pid, or
+// -1 (and a test failure) if it could not be started.
+pid_t StartCommand(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env,
+                   const std::string& out_path, const std::string& err_path);
+// Waits up to `limit` for the child `pid` to end and returns its raw wait status; if it has
+// not ended by then, kills it (SIGKILL), reaps it, and returns nothing.
+std::optional<int> WaitForExit(pid_t pid, absl::Duration limit);
+
 // A fresh temporary directory, removed with everything in it on destruction.
 class TempDir {
  public:
@@ -38,8 +51,10 @@ class TempDir {
 class TestDaemon {
  public:
   // Starts proctord with its socket and state in a new temporary directory, and waits until
-  // it answers. `flags` are added to the command line.
-  explicit TestDaemon(std::vector<std::string> flags = {});
+  // it answers. `flags` are added to the command line. With `nofile` ({soft, hard}), proctord
+  // starts with that RLIMIT_NOFILE (set by sh's ulimit; the hard limit may not exceed ours).
+  explicit TestDaemon(std::vector<std::string> flags = {},
+                      std::optional<std::pair<uint64_t, uint64_t>> nofile = std::nullopt);
   // Stops the daemon if it still runs.
   ~TestDaemon();
 
@@ -55,6 +70,9 @@ class TestDaemon {
   // `extra_env` comes after, so it may override that.
   CommandResult Cli(const std::vector<std::string>& args,
                     const std::vector<std::string>& extra_env = {});
+  // The same, left running with its output going to files (StartCommand).
+  pid_t StartCli(const std::vector<std::string>& args, const std::string& out_path,
+                 const std::string& err_path);
 
   // SIGTERM, then waits for the daemon; returns its exit status (128+N for signal N).
   int Stop();
@@ -62,6 +80,9 @@ class TestDaemon {
   std::string Log() const;
 
  private:
+  // The CLI's command line for this daemon.
+  std::vector<std::string> CliArgv(const std::vector<std::string>& args) const;
+
   TempDir dir_;
   std::string address_;
   std::string state_dir_;
@@ -79,9 +100,34 @@ bool IsAlive(pid_t pid);
 bool IsZombie(pid_t pid);
 // Waits until `condition` holds, up to `limit`; returns whether it did.
 bool WaitFor(const std::function<bool()>& condition, absl::Duration limit = absl::Seconds(5));
+
+// A gate: a named pipe that holds a worker back until the test lets it pass, so that the test,
+// not a sleep, decides the order of events. A gate lets one waiter pass, once.
+class Gate {
+ public:
+  // Makes the pipe at `path`, in a directory the test owns.
+  explicit Gate(std::string path);
+  const std::string& path() const { return path_; }
+  // A shell command that returns once the gate is opened.
+  std::string ShellWait() const;
+  // OpenGate(path(), limit).
+  bool Open(absl::Duration limit = absl::Seconds(10)) const;
+
+ private:
+  std::string path_;
+};
+// Lets the waiter at the gate `path` pass: waits up to `limit` for it to arrive, then opens
+// the gate. False when nobody came.
+bool OpenGate(const std::string& path, absl::Duration limit = absl::Seconds(10));
+// For a waiter written in C++: returns once the gate at `path` is opened (false on an error).
+bool WaitAtGate(const std::string& path);
+
 // Pids of every live process whose parent chain leads to `ancestor`.
 std::vector<pid_t> Descendants(pid_t ancestor);
 std::string ReadFile(const std::string& path);
+// The credential a running worker signs its calls with, from its environment
+// (PROCTOR_AUTHKEY and PROCTOR_ID), waiting up to `limit` for the process to have exec'd.
+absl::StatusOr<Credentials> WorkerCredentials(pid_t pid, absl::Duration limit = absl::Seconds(5));
 bool WriteFile(const std::string& path, const std::string& content);
 
 }  // namespace proctor::testing

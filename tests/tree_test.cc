@@ -1,7 +1,6 @@
 // Process trees against a real proctord: children through the daemon, daemonic children
 // ended with their parent, sessions, whole-tree terminate and the limits on spawning.
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,8 +16,6 @@
 #include "google/protobuf/util/time_util.h"
 #include "gtest/gtest.h"
 #include "tests/test_daemon.h"
-
-extern char** environ;
 
 namespace proctor::testing {
 namespace {
@@ -63,7 +60,16 @@ class TreeTest : public ::testing::Test {
     return out;
   }
 
-  // A worker started with a known key, and a client that speaks with that key.
+  // A client that speaks as the running worker `record`, with the credential in its
+  // environment.
+  std::unique_ptr<Client> ClientOf(const v1::Process& record) {
+    absl::StatusOr<Credentials> credentials = WorkerCredentials(record.pid());
+    EXPECT_TRUE(credentials.ok()) << credentials.status();
+    return *Client::Connect(ClientOptions{.address = daemon_.address(),
+                                          .credentials = credentials.value_or(Credentials{})});
+  }
+
+  // A worker, and a client that speaks as it.
   struct Worker {
     v1::Process record;
     std::unique_ptr<Client> client;
@@ -73,14 +79,10 @@ class TreeTest : public ::testing::Test {
     request.set_target(argv[0]);
     for (size_t i = 1; i < argv.size(); ++i) request.add_args(argv[i]);
     request.set_daemon(daemon);
-    std::string key = RandomBytes(32);
-    request.set_authkey(key);
     absl::StatusOr<v1::Process> started = client_.Start(request);
     EXPECT_TRUE(started.ok()) << started.status();
     Worker worker{started.value_or(v1::Process{}), nullptr};
-    worker.client = *Client::Connect(ClientOptions{
-        .address = daemon_.address(),
-        .credentials = Credentials{key, absl::StrCat(worker.record.id()), "test worker key"}});
+    worker.client = ClientOf(worker.record);
     return worker;
   }
 
@@ -155,17 +157,17 @@ class DaemonicChildrenTest : public TreeTest,
                              public ::testing::WithParamInterface<ParentEnd> {};
 
 TEST_P(DaemonicChildrenTest, EndWithTheirParentWhileOthersLiveOn) {
-  std::string gate = tmp_.path() + "/gate";
+  // The parent ends, by its own exit, only when the test has started its children.
+  Gate gate(tmp_.path() + "/gate");
   int code = GetParam() == ParentEnd::kExit1 ? 1 : 0;
-  Worker parent = StartWorker(
-      {"/bin/sh", "-c",
-       absl::StrCat("while [ ! -e ", gate, " ]; do sleep 0.02; done; exit ", code)});
+  Worker parent =
+      StartWorker({"/bin/sh", "-c", absl::StrCat(gate.ShellWait(), "; exit ", code)});
   v1::Process daemonic = Child(*parent.client, {"sleep", "100"}, /*daemon=*/true);
   v1::Process ordinary = Child(*parent.client, {"sleep", "100"});
   switch (GetParam()) {
     case ParentEnd::kExit0:
     case ParentEnd::kExit1:
-      ASSERT_TRUE(WriteFile(gate, ""));
+      ASSERT_TRUE(gate.Open());
       break;
     case ParentEnd::kSigkill:
       kill(parent.record.pid(), SIGKILL);
@@ -234,16 +236,9 @@ TEST_F(TreeTest, ASessionWithoutKeepAlivesExpires) {
 }
 
 TEST_F(TreeTest, KilledProctorRunLeavesNoDaemonicWorker) {
-  std::vector<std::string> args = {PROCTOR_CLI_PATH, "--address", daemon_.address(), "run",
-                                   "--daemon",       "--",        "sleep",           "100"};
-  std::vector<std::string> env = {"PROCTOR_AUTHKEY_FILE=" + daemon_.authkey_path()};
-  std::vector<char*> argv, envp;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  pid_t cli;
-  ASSERT_EQ(posix_spawn(&cli, argv[0], nullptr, nullptr, argv.data(), envp.data()), 0);
+  pid_t cli = daemon_.StartCli({"run", "--daemon", "--", "sleep", "100"},
+                               tmp_.path() + "/run.out", tmp_.path() + "/run.err");
+  ASSERT_GT(cli, 0);
   std::vector<v1::Process> running;
   ASSERT_TRUE(WaitFor([&] {
     v1::StatusRequest filter;
@@ -322,19 +317,14 @@ TEST_F(LimitTest, ChildrenLimit) {
 TEST_F(LimitTest, TotalAndDepthLimits) {
   std::vector<Worker> chain;
   chain.push_back(StartWorker({"sleep", "100"}));
-  // Each level starts the next with its own key, given explicitly so the test can use it.
+  // Each level starts the next, which then speaks with its own credential.
   for (int depth = 2; depth <= 3; ++depth) {
     v1::StartRequest request;
     request.set_target("sleep");
     request.add_args("100");
-    std::string key = RandomBytes(32);
-    request.set_authkey(key);
     absl::StatusOr<v1::Process> next = chain.back().client->Start(request);
     ASSERT_TRUE(next.ok()) << next.status();
-    chain.push_back(Worker{*next, *Client::Connect(ClientOptions{
-                                      .address = daemon_.address(),
-                                      .credentials = Credentials{key, absl::StrCat(next->id()),
-                                                                 "level key"}})});
+    chain.push_back(Worker{*next, ClientOf(*next)});
   }
   v1::StartRequest request;
   request.set_target("sleep");

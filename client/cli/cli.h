@@ -1,9 +1,22 @@
 // The `proctor` command line: every RPC of proctord as a subcommand, for people and scripts.
 //
 //   proctor [--address ADDR] [--json] [--authkey-file PATH] [--tls-ca PATH] [--tls-cert PATH]
-//           [--tls-key PATH] [--insecure-tcp] COMMAND [ARGS]
+//           [--tls-key PATH] [--insecure-tcp] [--call-timeout SECONDS] COMMAND [ARGS]
 //
 // The options before COMMAND fill ClientOptions (see client/client.h for their defaults).
+// A key file that others can read is used with a warning on stderr, "proctor: warning: key
+// file PATH is readable by others (mode 0644); chmod 600 PATH", before the command's output.
+//
+// Arguments (parsed with CLI11, problems worded here):
+//   - Options are `--name VALUE` or `--name=VALUE` (`--name=` gives the empty value); the
+//     argument after an option that takes a value is its value, whatever it looks like. Given
+//     twice, the last one counts (`--env` and `--kwarg` add up). `--json` is also accepted
+//     after COMMAND.
+//   - `-h` or `--help` among the options prints help on stdout and exits 0, as `proctor help
+//     [COMMAND]` does, whatever else is wrong with the line.
+//   - After COMMAND, `--` ends the options. For `start` and `run` the first operand does too
+//     (TARGET [ARG...] belong to the worker, as with env(1)), and so does COMMAND for the
+//     global options.
 //
 // Output contract (scripts rely on it):
 //   - `start` prints the new process id alone on a line; `run` streams the worker's stdout and
@@ -12,12 +25,15 @@
 //   - `join` exits with the worker's exit code, 128+N when signal N ended it, and 124 when the
 //     timeout passed with the worker still running.
 //   - `status` and `ps` print a table; with --json, `status` prints one JSON object and `ps`
-//     an array of them (see ProcessJson). `start`, `join`, `terminate` and `kill` print the
-//     record as JSON with --json, and nothing otherwise (except `start`'s id).
+//     an array of them, one object per line (see ProcessJson). `start`, `join`, `terminate`
+//     and `kill` print the record as JSON with --json, and nothing otherwise (except `start`'s
+//     id).
 //   - Errors are one line on stderr, "proctor: <problem>"; the exit status is 1 when the
-//     daemon or the call failed and 2 for usage errors (followed by a one-line hint).
-#ifndef PROCTOR_CLIENT_CLI_H_
-#define PROCTOR_CLIENT_CLI_H_
+//     daemon or the call failed (among them "proctor: Status did not answer within 30s" when
+//     the daemon did not answer within --call-timeout) and 2 for usage errors (followed by a
+//     one-line hint: the command's synopsis, or where to find help).
+#ifndef PROCTOR_CLIENT_CLI_CLI_H_
+#define PROCTOR_CLIENT_CLI_CLI_H_
 
 #include <ostream>
 #include <string>
@@ -55,4 +71,4 @@ int JoinExitStatus(const v1::Process& process);
 
 }  // namespace proctor
 
-#endif  // PROCTOR_CLIENT_CLI_H_
+#endif  // PROCTOR_CLIENT_CLI_CLI_H_

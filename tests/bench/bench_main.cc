@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <iostream>
@@ -30,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "client/client.h"
+#include "nlohmann/json.hpp"
 
 extern char** environ;
 
@@ -225,13 +227,20 @@ int Main(int argc, char** argv) {
   const double conc_fraction = conc_proctor_rate / conc_bare_rate;
 
   if (options.json) {
-    std::cout << absl::StrFormat(
-        "{\"n\":%d,\"c\":%d,\"address\":\"%s\",\"sequential_proctor_us\":%.1f,"
-        "\"sequential_bare_us\":%.1f,\"sequential_ratio\":%.3f,"
-        "\"concurrent_proctor_per_s\":%.1f,\"concurrent_bare_per_s\":%.1f,"
-        "\"concurrent_fraction\":%.3f}\n",
-        options.n, options.c, first.address(), seq_proctor_us, seq_bare_us, seq_ratio,
-        conc_proctor_rate, conc_bare_rate, conc_fraction);
+    // To the decimals these figures have always had.
+    auto rounded = [](double value, double scale) { return std::round(value * scale) / scale; };
+    nlohmann::ordered_json json = {
+        {"n", options.n},
+        {"c", options.c},
+        {"address", first.address()},
+        {"sequential_proctor_us", rounded(seq_proctor_us, 10)},
+        {"sequential_bare_us", rounded(seq_bare_us, 10)},
+        {"sequential_ratio", rounded(seq_ratio, 1000)},
+        {"concurrent_proctor_per_s", rounded(conc_proctor_rate, 10)},
+        {"concurrent_bare_per_s", rounded(conc_bare_rate, 10)},
+        {"concurrent_fraction", rounded(conc_fraction, 1000)},
+    };
+    std::cout << json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << absl::StrFormat("proctor_bench: %s, n=%d, c=%d, target %s\n\n", first.address(),
                                  options.n, options.c, kTarget)

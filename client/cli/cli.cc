@@ -1,9 +1,10 @@
-#include "client/cli.h"
+#include "client/cli/cli.h"
 
 #include <pthread.h>
 #include <signal.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -24,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "CLI/CLI.hpp"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -40,6 +43,7 @@
 #include "common/signal_names.h"
 #include "common/wait_status.h"
 #include "google/protobuf/util/time_util.h"
+#include "nlohmann/json.hpp"
 
 namespace proctor {
 namespace {
@@ -52,47 +56,28 @@ constexpr int kExitTimeout = 124;
 // ---------------------------------------------------------------------------------------------
 // Formatting
 
-std::string JsonString(absl::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          constexpr char kHex[] = "0123456789abcdef";
-          out += "\\u00";
-          out += kHex[(c >> 4) & 0xf];
-          out += kHex[c & 0xf];
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-  return out;
+// Keeps the keys in the order ProcessJson documents.
+using Json = nlohmann::ordered_json;
+
+// One line. Bytes that are not UTF-8 (names, paths and arguments may hold any) become U+FFFD
+// instead of making the dump throw.
+std::string Dump(const Json& json) {
+  return json.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
-std::string JsonTime(bool present, const google::protobuf::Timestamp& t) {
-  return present ? JsonString(google::protobuf::util::TimeUtil::ToString(t)) : "null";
+template <typename T>
+Json ValueOrNull(bool present, const T& value) {
+  return present ? Json(value) : Json(nullptr);
 }
 
-std::string JsonSeconds(bool present, const google::protobuf::Duration& d) {
-  if (!present) return "null";
-  return absl::StrCat(static_cast<double>(d.seconds()) + d.nanos() / 1e9);
+Json JsonTime(bool present, const google::protobuf::Timestamp& t) {
+  return ValueOrNull(present, google::protobuf::util::TimeUtil::ToString(t));
+}
+
+Json JsonSeconds(bool present, const google::protobuf::Duration& d) {
+  // Rounded once, from whole nanoseconds, the double prints as the decimal it stands for
+  // (0.3, not 0.30000000000000004).
+  return ValueOrNull(present, static_cast<double>(d.seconds() * 1'000'000'000 + d.nanos()) / 1e9);
 }
 
 absl::string_view StateName(v1::State state) {
@@ -136,7 +121,8 @@ std::string ParentText(const v1::Process& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Argument parsing
+// Argument parsing: CLI11 splits the arguments; the problems are worded here, so that every
+// usage error is one line of ours.
 
 struct OptionSpec {
   absl::string_view name;  // without the leading "--"
@@ -171,6 +157,7 @@ struct Args {
 
 class Cli;
 
+// A subcommand, or (with an empty name) the global options before COMMAND.
 struct Command {
   absl::string_view name;
   absl::string_view synopsis;  // after "proctor "
@@ -180,57 +167,91 @@ struct Command {
   int (*handler)(Cli&, const Command&, const Args&);
 };
 
+// "--name" of "--name=value".
+absl::string_view OptionName(absl::string_view arg) { return arg.substr(0, arg.find('=')); }
+
+// CLI11 reads "--name=" as "--name" and takes the next argument as its value. A NUL, which no
+// argument from argv holds, stands for the empty value during the parse.
+constexpr absl::string_view kEmptyValue("\0", 1);
+
+std::string MarkEmptyValue(const CLI::App& app, const std::string& arg) {
+  const CLI::Option* option = app.get_option_no_throw(std::string(OptionName(arg)));
+  const bool empty_value = absl::StartsWith(arg, "--") && absl::EndsWith(arg, "=") &&
+                           option != nullptr && option->get_items_expected_max() > 0;
+  return empty_value ? absl::StrCat(arg, kEmptyValue) : arg;
+}
+
+std::string UnmarkEmptyValue(std::string text) {
+  if (absl::EndsWith(text, kEmptyValue)) text.pop_back();
+  return text;
+}
+
 absl::StatusOr<Args> ParseArgs(const Command& command, std::span<const std::string> in) {
+  CLI::App app;
+  app.set_help_flag();  // help is our own text
+  // Operands and unknown options stay in remaining(), to be told apart below.
+  app.allow_extras();
+  if (command.operands == Operands::kCommand) app.prefix_command();
+  // The options have no variables: all their values, in order, are read back below.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  std::vector<std::pair<absl::string_view, const CLI::Option*>> given;
+  for (const OptionSpec& spec : command.options) {
+    std::string name = absl::StrCat("--", spec.name);
+    given.emplace_back(spec.name, spec.takes_value ? app.add_option(name) : app.add_flag(name));
+  }
+  // --json is global, but reads naturally after the command too ("proctor ps --json").
+  const CLI::Option* json = app.add_flag("--json");
+  const CLI::Option* help = app.add_flag("-h,--help");
+
+  std::vector<std::string> reversed;  // CLI11 takes the arguments from the back
+  for (auto it = in.rbegin(); it != in.rend(); ++it) reversed.push_back(MarkEmptyValue(app, *it));
+  std::optional<std::string> problem;
+  try {
+    app.parse(std::move(reversed));
+  } catch (const CLI::ArgumentMismatch&) {
+    // An option takes whatever follows as its value, so this one ended the line.
+    problem = absl::StrCat("option ", OptionName(in.back()), " needs a value");
+  } catch (const CLI::ParseError& e) {
+    problem = e.what();
+  }
   Args args;
-  for (size_t i = 0; i < in.size(); ++i) {
-    const std::string& arg = in[i];
-    if (arg == "--") {
-      args.operands.insert(args.operands.end(), in.begin() + i + 1, in.end());
-      break;
+  args.help = help->count() > 0;
+  if (args.help) return args;
+  if (problem.has_value()) return absl::InvalidArgumentError(*problem);
+  for (const CLI::Option* option : app.get_options()) {
+    const std::vector<std::string>& values = option->results();
+    // A flag's value is "true" unless the line gave it one ("--daemon=no").
+    if (option->get_items_expected_max() == 0 &&
+        std::any_of(values.begin(), values.end(),
+                    [](const std::string& v) { return v != "true"; })) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("option ", option->get_name(), " takes no value"));
     }
-    if (arg == "-h" || arg == "--help") {
-      args.help = true;
-      continue;
-    }
-    // --json is global, but reads naturally after the command too ("proctor ps --json").
-    if (arg == "--json") {
-      args.json = true;
-      continue;
-    }
-    if (arg.size() > 1 && arg[0] == '-') {
-      if (!absl::StartsWith(arg, "--")) {
+  }
+  // What CLI11 left, in order: unknown options, operands and the "--" that ended the options.
+  // For COMMAND and TARGET, the first operand ends them too (prefix_command), as with env(1);
+  // before COMMAND, "--" is no more than an unknown option.
+  bool options_ended = false;
+  for (const std::string& arg : app.remaining()) {
+    if (!options_ended && arg == "--" && !command.name.empty()) {
+      options_ended = true;
+    } else if (!options_ended && arg.size() > 1 && arg[0] == '-') {
+      if (command.name.empty() || !absl::StartsWith(arg, "--")) {
         return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
       }
-      absl::string_view name = absl::string_view(arg).substr(2);
-      std::optional<std::string> value;
-      if (size_t eq = name.find('='); eq != absl::string_view::npos) {
-        value = std::string(name.substr(eq + 1));
-        name = name.substr(0, eq);
-      }
-      auto spec = std::find_if(command.options.begin(), command.options.end(),
-                               [&](const OptionSpec& o) { return o.name == name; });
-      if (spec == command.options.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("unknown option --", name, " for ", command.name));
-      }
-      if (spec->takes_value && !value.has_value()) {
-        if (i + 1 == in.size()) {
-          return absl::InvalidArgumentError(absl::StrCat("option --", name, " needs a value"));
-        }
-        value = in[++i];
-      } else if (!spec->takes_value && value.has_value()) {
-        return absl::InvalidArgumentError(absl::StrCat("option --", name, " takes no value"));
-      }
-      args.options[std::string(name)].push_back(value.value_or(""));
-      continue;
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown option ", OptionName(arg), " for ", command.name));
+    } else {
+      args.operands.push_back(UnmarkEmptyValue(arg));
+      options_ended = options_ended || command.operands == Operands::kCommand;
     }
-    if (command.operands == Operands::kCommand) {
-      args.operands.insert(args.operands.end(), in.begin() + i, in.end());
-      break;
-    }
-    args.operands.push_back(arg);
   }
-  if (args.help) return args;
+  for (const auto& [name, option] : given) {
+    if (option->count() == 0) continue;
+    std::vector<std::string>& values = args.options[std::string(name)];
+    for (const std::string& value : option->results()) values.push_back(UnmarkEmptyValue(value));
+  }
+  args.json = json->count() > 0;
 
   switch (command.operands) {
     case Operands::kNone:
@@ -247,7 +268,10 @@ absl::StatusOr<Args> ParseArgs(const Command& command, std::span<const std::stri
       }
       break;
     case Operands::kCommand:
-      if (args.operands.empty()) return absl::InvalidArgumentError("missing TARGET");
+      if (args.operands.empty()) {
+        return absl::InvalidArgumentError(command.name.empty() ? "missing command"
+                                                               : "missing TARGET");
+      }
       break;
   }
   return args;
@@ -293,6 +317,9 @@ class Cli {
       absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(client_options_);
       if (!client.ok()) return client.status();
       client_ = *std::move(client);
+      for (const std::string& warning : client_->credentials().warnings) {
+        err_ << "proctor: warning: " << warning << std::endl;
+      }
     }
     return client_.get();
   }
@@ -487,21 +514,30 @@ int CmdRun(Cli& cli, const Command& command, const Args& args) {
   const uint64_t id = started->id();
 
   std::mutex err_mu;  // the worker's stderr and our own messages share cli.err()
-  auto stream = [&](v1::Stream which, std::ostream& to, std::mutex* mu) {
+  auto stream = [&](std::stop_token stop, v1::Stream which, std::ostream& to, std::mutex* mu) {
     v1::LogsRequest logs;
     logs.set_id(id);
     logs.set_stream(which);
     logs.set_follow(true);
-    return client->Logs(logs, [&](std::string_view data) {
-      std::unique_lock<std::mutex> lock;
-      if (mu != nullptr) lock = std::unique_lock<std::mutex>(*mu);
-      to.write(data.data(), static_cast<std::streamsize>(data.size()));
-      to.flush();
-    });
+    return client->Logs(
+        logs,
+        [&](std::string_view data) {
+          std::unique_lock<std::mutex> lock;
+          if (mu != nullptr) lock = std::unique_lock<std::mutex>(*mu);
+          to.write(data.data(), static_cast<std::streamsize>(data.size()));
+          to.flush();
+        },
+        stop);
   };
+  // The streams end by themselves when the worker has ended and all is read; when the Join
+  // fails instead (the daemon gone or not answering), they are stopped.
   absl::Status out_status, err_status;
-  std::thread out_thread([&] { out_status = stream(v1::STREAM_STDOUT, cli.out(), nullptr); });
-  std::thread err_thread([&] { err_status = stream(v1::STREAM_STDERR, cli.err(), &err_mu); });
+  std::jthread out_thread([&](std::stop_token stop) {
+    out_status = stream(stop, v1::STREAM_STDOUT, cli.out(), nullptr);
+  });
+  std::jthread err_thread([&](std::stop_token stop) {
+    err_status = stream(stop, v1::STREAM_STDERR, cli.err(), &err_mu);
+  });
 
   // First SIGTERM with the daemon's grace, then SIGKILL; a third signal stops waiting. The
   // calls run in threads of their own so that the watcher stays responsive to the user even
@@ -526,6 +562,10 @@ int CmdRun(Cli& cli, const Command& command, const Args& args) {
   absl::StatusOr<v1::Process> joined = client->Join(id);
   watcher.Stop();
   for (std::thread& t : terminators) t.join();
+  if (!joined.ok()) {
+    out_thread.request_stop();
+    err_thread.request_stop();
+  }
   out_thread.join();
   err_thread.join();
   if (!joined.ok()) return cli.Fail(joined.status());
@@ -618,6 +658,7 @@ int CmdPs(Cli& cli, const Command& command, const Args& args) {
   absl::StatusOr<std::vector<v1::Process>> processes = (*client)->List(filter);
   if (!processes.ok()) return cli.Fail(processes.status());
   if (cli.json()) {
+    // One record per line, as `status --json` prints it, rather than Json's own layout.
     std::vector<std::string> objects;
     for (const v1::Process& p : *processes) objects.push_back(ProcessJson(p));
     cli.out() << (objects.empty() ? "[]"
@@ -701,28 +742,59 @@ constexpr Command kCommands[] = {
      CmdRelease},
 };
 
-// Options before the subcommand that say how to reach and authenticate to the daemon; each
-// sets one field of ClientOptions.
+// Options before the subcommand that say how to reach and authenticate to the daemon (besides
+// --json, which every command has); each sets one field of ClientOptions.
 struct GlobalOption {
   absl::string_view name;
-  std::string ClientOptions::*text;  // for options with a value
-  bool ClientOptions::*flag;         // for flags
+  std::string ClientOptions::*text = nullptr;       // for options with a value
+  bool ClientOptions::*flag = nullptr;              // for flags
+  absl::Duration ClientOptions::*seconds = nullptr;  // for a positive number of seconds
 };
 
 constexpr GlobalOption kGlobalOptions[] = {
-    {"address", &ClientOptions::address, nullptr},
-    {"authkey-file", &ClientOptions::authkey_file, nullptr},
-    {"tls-ca", &ClientOptions::tls_ca_file, nullptr},
-    {"tls-cert", &ClientOptions::tls_cert_file, nullptr},
-    {"tls-key", &ClientOptions::tls_key_file, nullptr},
+    {"address", &ClientOptions::address},
+    {"authkey-file", &ClientOptions::authkey_file},
+    {"tls-ca", &ClientOptions::tls_ca_file},
+    {"tls-cert", &ClientOptions::tls_cert_file},
+    {"tls-key", &ClientOptions::tls_key_file},
     {"insecure-tcp", nullptr, &ClientOptions::insecure_tcp},
+    {"call-timeout", nullptr, nullptr, &ClientOptions::call_timeout},
 };
 
-const GlobalOption* FindGlobalOption(absl::string_view name) {
-  for (const GlobalOption& option : kGlobalOptions) {
-    if (option.name == name) return &option;
+// The same, as ParseArgs reads them.
+constexpr auto kGlobalOptionSpecs = [] {
+  std::array<OptionSpec, std::size(kGlobalOptions)> specs{};
+  for (size_t i = 0; i < specs.size(); ++i) {
+    specs[i] = {kGlobalOptions[i].name, kGlobalOptions[i].flag == nullptr};
   }
-  return nullptr;
+  return specs;
+}();
+
+// What comes before the subcommand, parsed like one: COMMAND ends the options.
+constexpr Command kGlobal = {
+    "", "[GLOBAL OPTIONS] COMMAND [ARGS]", "", kGlobalOptionSpecs, Operands::kCommand, nullptr};
+
+// INVALID_ARGUMENT (a usage error) when a value does not fit its option.
+absl::StatusOr<ClientOptions> MakeClientOptions(const Args& global) {
+  ClientOptions options;
+  for (const GlobalOption& option : kGlobalOptions) {
+    std::optional<std::string> value = global.Last(option.name);
+    if (option.flag != nullptr) {
+      options.*(option.flag) = global.Has(option.name);
+    } else if (!value.has_value()) {
+      continue;
+    } else if (option.seconds != nullptr) {
+      absl::StatusOr<absl::Duration> seconds = ParseSeconds(option.name, *value);
+      if (!seconds.ok()) return seconds.status();
+      if (*seconds == absl::ZeroDuration()) {
+        return absl::InvalidArgumentError(absl::StrCat("--", option.name, " must be positive"));
+      }
+      options.*(option.seconds) = *seconds;
+    } else {
+      options.*(option.text) = *std::move(value);
+    }
+  }
+  return options;
 }
 
 const Command* FindCommand(absl::string_view name) {
@@ -733,7 +805,8 @@ const Command* FindCommand(absl::string_view name) {
 }
 
 void PrintUsage(std::ostream& out) {
-  out << "usage: proctor [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+  out << "usage: proctor " << kGlobal.synopsis
+      << "\n"
          "\n"
          "Runs programs as worker processes of proctord, like Python's multiprocessing.Process.\n"
          "\n"
@@ -756,10 +829,17 @@ void PrintUsage(std::ostream& out) {
          "  --tls-cert PATH      client certificate, for daemons that require one\n"
          "  --tls-key PATH       its private key ($PROCTOR_TLS_CERT, $PROCTOR_TLS_KEY)\n"
          "  --insecure-tcp       talk plain TCP to host:port (the authkey still applies)\n"
+         "  --call-timeout SECONDS\n"
+         "                       how long proctord has to answer a call (default 30); a longer\n"
+         "                       join is made of polls this long; logs --follow has no limit\n"
          "\n"
          "Exit status: 0 on success, 1 when proctord or the call failed, 2 for usage errors;\n"
          "join and run exit like the process (128+N for signal N, 124 on join timeout).\n"
       << std::flush;
+}
+
+void PrintCommandHelp(std::ostream& out, const Command& command) {
+  out << "usage: proctor " << command.synopsis << "\n  " << command.summary << std::endl;
 }
 
 }  // namespace
@@ -772,26 +852,29 @@ int JoinExitStatus(const v1::Process& process) {
 }
 
 std::string ProcessJson(const v1::Process& p) {
-  std::vector<std::string> children;
-  for (uint64_t child : p.children()) children.push_back(absl::StrCat(child));
-  std::vector<std::string> args;
-  for (const std::string& arg : p.args()) args.push_back(JsonString(arg));
-  return absl::StrCat(
-      "{\"id\":", p.id(), ",\"name\":", JsonString(p.name()), ",\"pid\":", p.pid(),
-      ",\"state\":", JsonString(StateName(p.state())),
-      ",\"exitcode\":", p.has_exitcode() ? absl::StrCat(p.exitcode()) : "null",
-      ",\"signal\":", p.signal(), ",\"core_dumped\":", p.core_dumped() ? "true" : "false",
-      ",\"daemon\":", p.daemon() ? "true" : "false",
-      ",\"parent\":", p.has_parent_id() ? absl::StrCat(p.parent_id()) : "null",
-      ",\"parent_session\":", p.has_parent_session() ? absl::StrCat(p.parent_session()) : "null",
-      ",\"children\":[", absl::StrJoin(children, ","), "]", ",\"target\":", JsonString(p.target()),
-      ",\"args\":[", absl::StrJoin(args, ","), "]", ",\"cwd\":", JsonString(p.cwd()),
-      ",\"start_time\":", JsonTime(p.has_start_time(), p.start_time()),
-      ",\"end_time\":", JsonTime(p.has_end_time(), p.end_time()),
-      ",\"user_cpu\":", JsonSeconds(p.has_user_cpu(), p.user_cpu()),
-      ",\"system_cpu\":", JsonSeconds(p.has_system_cpu(), p.system_cpu()),
-      ",\"max_rss_bytes\":", p.max_rss_bytes(), ",\"stdout_path\":", JsonString(p.stdout_path()),
-      ",\"stderr_path\":", JsonString(p.stderr_path()), "}");
+  return Dump({
+      {"id", p.id()},
+      {"name", p.name()},
+      {"pid", p.pid()},
+      {"state", std::string(StateName(p.state()))},
+      {"exitcode", ValueOrNull(p.has_exitcode(), p.exitcode())},
+      {"signal", p.signal()},
+      {"core_dumped", p.core_dumped()},
+      {"daemon", p.daemon()},
+      {"parent", ValueOrNull(p.has_parent_id(), p.parent_id())},
+      {"parent_session", ValueOrNull(p.has_parent_session(), p.parent_session())},
+      {"children", std::vector<uint64_t>(p.children().begin(), p.children().end())},
+      {"target", p.target()},
+      {"args", std::vector<std::string>(p.args().begin(), p.args().end())},
+      {"cwd", p.cwd()},
+      {"start_time", JsonTime(p.has_start_time(), p.start_time())},
+      {"end_time", JsonTime(p.has_end_time(), p.end_time())},
+      {"user_cpu", JsonSeconds(p.has_user_cpu(), p.user_cpu())},
+      {"system_cpu", JsonSeconds(p.has_system_cpu(), p.system_cpu())},
+      {"max_rss_bytes", p.max_rss_bytes()},
+      {"stdout_path", p.stdout_path()},
+      {"stderr_path", p.stderr_path()},
+  });
 }
 
 std::string ProcessTree(const std::vector<v1::Process>& processes) {
@@ -852,66 +935,39 @@ std::string ProcessTable(const std::vector<v1::Process>& processes) {
 
 int RunCli(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
   Cli cli(out, err);
-  std::span<const std::string> args(argv);
-  size_t i = 0;
-  for (; i < args.size() && absl::StartsWith(args[i], "-"); ++i) {
-    absl::string_view arg = args[i];
-    if (arg == "--json") {
-      cli.set_json(true);
-      continue;
-    }
-    if (arg == "-h" || arg == "--help") {
-      PrintUsage(out);
-      return kExitOk;
-    }
-    absl::string_view name = absl::StartsWith(arg, "--") ? arg.substr(2) : arg;
-    std::optional<std::string> value;
-    if (size_t eq = name.find('='); eq != absl::string_view::npos) {
-      value = std::string(name.substr(eq + 1));
-      name = name.substr(0, eq);
-    }
-    const GlobalOption* option = FindGlobalOption(name);
-    if (option == nullptr || arg.substr(0, 2) != "--") {
-      return cli.UsageError(nullptr, absl::StrCat("unknown option ", arg));
-    }
-    ClientOptions& options = cli.client_options();
-    if (option->flag != nullptr) {
-      if (value.has_value()) {
-        return cli.UsageError(nullptr, absl::StrCat("option --", name, " takes no value"));
-      }
-      options.*(option->flag) = true;
-      continue;
-    }
-    if (!value.has_value()) {
-      if (i + 1 == args.size()) {
-        return cli.UsageError(nullptr, absl::StrCat("option --", name, " needs a value"));
-      }
-      value = args[++i];
-    }
-    options.*(option->text) = *std::move(value);
+  absl::StatusOr<Args> global = ParseArgs(kGlobal, argv);
+  if (!global.ok()) return cli.UsageError(nullptr, global.status().message());
+  if (global->help) {
+    PrintUsage(out);
+    return kExitOk;
   }
-  if (i == args.size()) return cli.UsageError(nullptr, "missing command");
-  const std::string& name = args[i++];
+  cli.set_json(global->json);
+  absl::StatusOr<ClientOptions> options = MakeClientOptions(*global);
+  if (!options.ok()) return cli.UsageError(nullptr, options.status().message());
+  cli.client_options() = *std::move(options);
+
+  std::span<const std::string> args(global->operands);
+  const std::string& name = args[0];
   if (name == "help") {
-    if (i == args.size()) {
+    if (args.size() == 1) {
       PrintUsage(out);
       return kExitOk;
     }
-    const Command* command = FindCommand(args[i]);
+    const Command* command = FindCommand(args[1]);
     if (command == nullptr) {
-      return cli.UsageError(nullptr, absl::StrCat("unknown command \"", args[i], "\""));
+      return cli.UsageError(nullptr, absl::StrCat("unknown command \"", args[1], "\""));
     }
-    out << "usage: proctor " << command->synopsis << "\n  " << command->summary << std::endl;
+    PrintCommandHelp(out, *command);
     return kExitOk;
   }
   const Command* command = FindCommand(name);
   if (command == nullptr) {
     return cli.UsageError(nullptr, absl::StrCat("unknown command \"", name, "\""));
   }
-  absl::StatusOr<Args> parsed = ParseArgs(*command, args.subspan(i));
+  absl::StatusOr<Args> parsed = ParseArgs(*command, args.subspan(1));
   if (!parsed.ok()) return cli.UsageError(command, parsed.status().message());
   if (parsed->help) {
-    out << "usage: proctor " << command->synopsis << "\n  " << command->summary << std::endl;
+    PrintCommandHelp(out, *command);
     return kExitOk;
   }
   if (parsed->json) cli.set_json(true);

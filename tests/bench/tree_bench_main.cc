@@ -8,8 +8,9 @@
 //    (this program in --signal-probe mode, which writes the time SIGTERM reached it), SIGKILLs
 //    the parent, and measures parent death -> each child signalled. Prints p50/p99/max.
 // 2. Starts a worker that keeps starting copies of itself (through the `proctor` CLI given by
-//    --cli) against proctord's limits, measures Status latency (p50/p99/max) meanwhile, then
-//    terminates the top of that tree and checks that nothing of it is left.
+//    --cli, by default the one built with this program) against proctord's limits, measures
+//    Status latency (p50/p99/max) meanwhile, then terminates the top of that tree and checks
+//    that nothing of it is left.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -37,6 +39,7 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "common/authkey.h"
+#include "nlohmann/json.hpp"
 
 extern char** environ;
 
@@ -48,7 +51,7 @@ struct Options {
   int live = 1000;
   int rounds = 20;
   int children = 10;
-  std::string cli;  // the proctor CLI, for the runaway worker
+  std::string cli = PROCTOR_CLI_PATH;  // the proctor CLI, for the runaway worker
   bool json = false;
 };
 
@@ -265,7 +268,6 @@ int Main(int argc, char** argv) {
   char self_path[4096];
   ssize_t n = readlink("/proc/self/exe", self_path, sizeof(self_path) - 1);
   std::string self(self_path, n > 0 ? n : 0);
-  options.cli = self.substr(0, self.rfind('/')) + "/proctor";
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
@@ -321,16 +323,28 @@ int Main(int argc, char** argv) {
   if (!runaway.ok()) return fail(runaway.status());
 
   if (options.json) {
-    std::cout << absl::StrFormat(
-        "{\"live\":%d,\"rounds\":%d,\"children\":%d,\"bare_signal_ms\":{\"p50\":%.3f,"
-        "\"p99\":%.3f,\"max\":%.3f},\"daemonic_signal_ms\":{\"p50\":%.3f,"
-        "\"p99\":%.3f,\"max\":%.3f,\"n\":%d},\"runaway\":{\"status_ms\":{\"p50\":%.3f,"
-        "\"p99\":%.3f,\"max\":%.3f,\"n\":%d},\"peak_live\":%d,\"cleaned_up\":%s}}\n",
-        options.live, options.rounds, options.children, bare->p50, bare->p99, bare->max,
-        reaping->p50, reaping->p99,
-        reaping->max, reaping->n, runaway->status_ms.p50, runaway->status_ms.p99,
-        runaway->status_ms.max, runaway->status_ms.n, runaway->peak_live,
-        runaway->cleaned_up ? "true" : "false");
+    // In milliseconds, to the three decimals these figures have always had.
+    auto ms = [](const Percentiles& p) {
+      auto rounded = [](double value) { return std::round(value * 1000) / 1000; };
+      return nlohmann::ordered_json{
+          {"p50", rounded(p.p50)}, {"p99", rounded(p.p99)}, {"max", rounded(p.max)}};
+    };
+    nlohmann::ordered_json daemonic = ms(*reaping);
+    daemonic["n"] = reaping->n;
+    nlohmann::ordered_json status = ms(runaway->status_ms);
+    status["n"] = runaway->status_ms.n;
+    nlohmann::ordered_json json = {
+        {"live", options.live},
+        {"rounds", options.rounds},
+        {"children", options.children},
+        {"bare_signal_ms", ms(*bare)},
+        {"daemonic_signal_ms", daemonic},
+        {"runaway",
+         {{"status_ms", status},
+          {"peak_live", runaway->peak_live},
+          {"cleaned_up", runaway->cleaned_up}}},
+    };
+    std::cout << json.dump() << "\n";
   } else {
     std::cout << absl::StrFormat(
         "proctor_tree_bench: %d live processes\n"

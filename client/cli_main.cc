@@ -1,4 +1,0 @@
-// proctor: the command line client of proctord (see client/cli.h for the contract).
-#include "client/cli.h"
-
-int main(int argc, char** argv) { return proctor::RunCli(argc, argv); }

@@ -1,0 +1,301 @@
+// The client library (client/client.h, client/credentials.h) where the daemon does not help:
+// deadlines against a daemon that never answers (a socket nobody accepts on, or a proctord
+// stopped with SIGSTOP), Join's polls against one that answers slowly, streams stopped by their
+// caller, and the warning about a key file others can read.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "client/credentials.h"
+#include "common/authkey.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_daemon.h"
+
+namespace proctor::testing {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+
+// A Unix socket that takes connections into its backlog and never accepts them: to a client,
+// a daemon that never answers.
+class SilentSocket {
+ public:
+  explicit SilentSocket(const std::string& path) : path_(path) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << path;
+    EXPECT_EQ(listen(fd_, 16), 0);
+  }
+  ~SilentSocket() { close(fd_); }
+  std::string address() const { return "unix:" + path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+// SIGSTOPs a running daemon for the object's lifetime.
+class Stopped {
+ public:
+  explicit Stopped(pid_t pid) : pid_(pid) { EXPECT_EQ(kill(pid_, SIGSTOP), 0); }
+  ~Stopped() { kill(pid_, SIGCONT); }
+
+ private:
+  pid_t pid_;
+};
+
+std::unique_ptr<Client> ConnectOk(ClientOptions options) {
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(options);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? *std::move(client) : nullptr;
+}
+
+// A client of `address` with a made-up admin key: nothing it calls is ever answered anyway.
+std::unique_ptr<Client> SilentClient(const SilentSocket& socket, absl::Duration call_timeout) {
+  return ConnectOk({.address = socket.address(),
+                    .credentials = Credentials{std::string(32, 'k'), kAdminKeyId, "test key"},
+                    .call_timeout = call_timeout});
+}
+
+// Runs `call`, expecting it to fail with DEADLINE_EXCEEDED `message`, after at least `least`
+// and within a few seconds of it.
+template <typename Call>
+void ExpectDeadline(Call call, const std::string& message, absl::Duration least) {
+  absl::Time before = absl::Now();
+  absl::Status status = call();
+  absl::Duration took = absl::Now() - before;
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << message << ": " << status;
+  EXPECT_EQ(status.message(), message);
+  EXPECT_GE(took, least - absl::Milliseconds(50)) << message;
+  EXPECT_LT(took, least + absl::Seconds(3)) << message;
+}
+
+TEST(ClientDeadlineTest, StatusFromADaemonThatNeverAnswers) {
+  TempDir dir;
+  SilentSocket silent(dir.path() + "/silent.sock");
+  std::unique_ptr<Client> client = SilentClient(silent, absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  ExpectDeadline([&] { return client->Status(1).status(); }, "Status did not answer within 1s",
+                 absl::Seconds(1));
+}
+
+TEST(ClientDeadlineTest, EveryCallHasOne) {
+  TempDir dir;
+  SilentSocket silent(dir.path() + "/silent.sock");
+  const absl::Duration t = absl::Milliseconds(500);
+  std::unique_ptr<Client> client = SilentClient(silent, t);
+  ASSERT_NE(client, nullptr);
+  v1::StartRequest start;
+  start.set_target("/bin/true");
+  ExpectDeadline([&] { return client->Start(start).status(); },
+                 "Start did not answer within 500ms", t);
+  v1::TerminateRequest terminate;
+  terminate.set_id(1);
+  ExpectDeadline([&] { return client->Terminate(terminate).status(); },
+                 "Terminate did not answer within 500ms", t);
+  ExpectDeadline([&] { return client->List(v1::StatusRequest{}).status(); },
+                 "Status did not answer within 500ms", t);
+  ExpectDeadline([&] { return client->Release(1); }, "Release did not answer within 500ms", t);
+  v1::LogsRequest logs;
+  logs.set_id(1);
+  ExpectDeadline([&] { return client->Logs(logs, [](std::string_view) {}); },
+                 "Logs did not answer within 500ms", t);
+  // A followed stream has no deadline, but its request must still go out in time.
+  logs.set_follow(true);
+  ExpectDeadline([&] { return client->Logs(logs, [](std::string_view) {}); },
+                 "Logs did not answer within 500ms", t);
+  ExpectDeadline([&] { return client->OpenSession().status(); },
+                 "Session did not answer within 500ms", t);
+  // A Join's poll asks the daemon to answer within one call timeout, and gives it another.
+  ExpectDeadline([&] { return client->Join(1).status(); }, "Join did not answer within 1s",
+                 2 * t);
+  ExpectDeadline([&] { return client->Join(1, absl::Milliseconds(100)).status(); },
+                 "Join did not answer within 600ms", t + absl::Milliseconds(100));
+}
+
+TEST(ClientDeadlineTest, CallTimeoutMustBePositive) {
+  for (absl::Duration timeout : {absl::ZeroDuration(), absl::Seconds(-1)}) {
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(
+        {.address = "unix:/nonexistent.sock",
+         .credentials = Credentials{"key", kAdminKeyId, "test key"},
+         .call_timeout = timeout});
+    EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument) << timeout;
+  }
+}
+
+class ClientAgainstDaemonTest : public ::testing::Test {
+ protected:
+  ClientAgainstDaemonTest() : daemon_({"--shutdown-grace", "0"}) {}
+
+  void SetUp() override { ASSERT_GT(daemon_.pid(), 0) << "proctord is not running"; }
+
+  std::unique_ptr<Client> ClientWith(absl::Duration call_timeout) {
+    return ConnectOk({.address = daemon_.address(),
+                      .authkey_file = daemon_.authkey_path(),
+                      .call_timeout = call_timeout});
+  }
+
+  void Kill(uint64_t id) {
+    v1::TerminateRequest request;
+    request.set_id(id);
+    request.set_signal(SIGKILL);
+    absl::StatusOr<v1::Process> killed = daemon_.client().Terminate(request);
+    EXPECT_TRUE(killed.ok()) << killed.status();
+  }
+
+  TestDaemon daemon_;
+};
+
+TEST_F(ClientAgainstDaemonTest, StoppedDaemon) {
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  v1::Process worker = StartOk(*client, {"/bin/sleep", "60"});
+  absl::StatusOr<std::unique_ptr<Session>> session = client->OpenSession();
+  ASSERT_TRUE(session.ok()) << session.status();
+  {
+    Stopped stopped(daemon_.pid());
+    ExpectDeadline([&] { return client->Status(worker.id()).status(); },
+                   "Status did not answer within 1s", absl::Seconds(1));
+    ExpectDeadline([&] { return client->Join(worker.id()).status(); },
+                   "Join did not answer within 2s", absl::Seconds(2));
+    // The session's end is not acknowledged: it is cancelled after one call timeout.
+    absl::Time before = absl::Now();
+    session->reset();
+    EXPECT_LT(absl::Now() - before, absl::Seconds(4));
+  }
+  absl::StatusOr<v1::Process> record = client->Status(worker.id());
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  Kill(worker.id());
+}
+
+TEST_F(ClientAgainstDaemonTest, JoinWithoutTimeoutOutlastsManyCallTimeouts) {
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  Gate gate(daemon_.dir() + "/gate");
+  v1::Process worker = StartOk(*client, {"/bin/sh", "-c", gate.ShellWait() + "; exit 7"});
+  absl::Time before = absl::Now();
+  std::future<absl::StatusOr<v1::Process>> joined =
+      std::async(std::launch::async, [&] { return client->Join(worker.id()); });
+  // Three and a half call timeouts: longer than any one poll and its deadline.
+  EXPECT_EQ(joined.wait_for(std::chrono::milliseconds(3500)), std::future_status::timeout)
+      << "Join returned before the process ended";
+  EXPECT_TRUE(gate.Open());
+  ASSERT_EQ(joined.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+      << "Join did not return when the process ended";
+  absl::StatusOr<v1::Process> record = joined.get();
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_EXITED);
+  EXPECT_EQ(record->exitcode(), 7);
+  EXPECT_GE(absl::Now() - before, absl::Milliseconds(3500));
+}
+
+TEST_F(ClientAgainstDaemonTest, JoinTimeoutLongerThanTheCallTimeout) {
+  std::unique_ptr<Client> client = ClientWith(absl::Milliseconds(500));
+  ASSERT_NE(client, nullptr);
+  v1::Process worker = StartOk(*client, {"/bin/sleep", "60"});
+  absl::Time before = absl::Now();
+  absl::StatusOr<v1::Process> record = client->Join(worker.id(), absl::Milliseconds(1600));
+  absl::Duration took = absl::Now() - before;
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  EXPECT_GE(took, absl::Milliseconds(1600));
+  EXPECT_LT(took, absl::Seconds(4));
+  // A zero timeout is one poll, answered at once.
+  before = absl::Now();
+  record = client->Join(worker.id(), absl::ZeroDuration());
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  EXPECT_LT(absl::Now() - before, absl::Milliseconds(500));
+  // A negative one is the daemon's to refuse.
+  EXPECT_EQ(client->Join(worker.id(), absl::Seconds(-1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Kill(worker.id());
+}
+
+TEST_F(ClientAgainstDaemonTest, FollowedLogsStopWhenAsked) {
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  Gate gate(daemon_.dir() + "/gate");
+  v1::Process worker =
+      StartOk(*client, {"/bin/sh", "-c", "echo ready; " + gate.ShellWait() + "; echo late"});
+  v1::LogsRequest request;
+  request.set_id(worker.id());
+  request.set_follow(true);
+  std::mutex mu;
+  std::string received;
+  std::stop_source stop;
+  // Longer than the call timeout: a followed stream has no deadline.
+  std::future<absl::Status> followed = std::async(std::launch::async, [&] {
+    return client->Logs(
+        request,
+        [&](std::string_view data) {
+          std::lock_guard<std::mutex> lock(mu);
+          received.append(data);
+        },
+        stop.get_token());
+  });
+  EXPECT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return received == "ready\n";
+  }));
+  EXPECT_EQ(followed.wait_for(std::chrono::milliseconds(2500)), std::future_status::timeout)
+      << "the stream ended while the process runs";
+  stop.request_stop();
+  ASSERT_EQ(followed.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+      << "the stream did not stop when asked";
+  absl::Status status = followed.get();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_TRUE(gate.Open());
+  absl::StatusOr<v1::Process> ended = client->Join(worker.id());
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->exitcode(), 0);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(received, "ready\n");
+}
+
+TEST(CredentialsTest, KeyFileOthersCanReadComesWithAWarning) {
+  TempDir dir;
+  std::string path = dir.path() + "/key";
+  ASSERT_TRUE(WriteFile(path, RandomBytes(kAuthkeyBytes)));
+  ASSERT_EQ(chmod(path.c_str(), 0644), 0);
+  absl::StatusOr<Credentials> loose = FindCredentials(path);
+  ASSERT_TRUE(loose.ok()) << loose.status();
+  EXPECT_THAT(loose->warnings,
+              ElementsAre(absl::StrCat("key file ", path,
+                                       " is readable by others (mode 0644); chmod 600 ", path)));
+  ASSERT_EQ(chmod(path.c_str(), 0620), 0);
+  loose = FindCredentials(path);
+  ASSERT_TRUE(loose.ok()) << loose.status();
+  EXPECT_THAT(loose->warnings,
+              ElementsAre(absl::StrCat("key file ", path,
+                                       " is accessible by others (mode 0620); chmod 600 ", path)));
+  ASSERT_EQ(chmod(path.c_str(), 0600), 0);
+  absl::StatusOr<Credentials> tight = FindCredentials(path);
+  ASSERT_TRUE(tight.ok()) << tight.status();
+  EXPECT_THAT(tight->warnings, IsEmpty());
+}
+
+}  // namespace
+}  // namespace proctor::testing

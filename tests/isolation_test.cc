@@ -1,0 +1,291 @@
+// What one worker can do to others and to the daemon, against a real proctord: a recycled pid
+// is never signalled, no record shows another's output, escapees that rewrite their
+// environment are still ended, and a record is not released while its processes live.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/authkey.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_daemon.h"
+
+namespace proctor::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// Pids of live processes whose command line is exactly `argv`.
+std::vector<pid_t> ProcessesRunning(const std::vector<std::string>& argv) {
+  std::string wanted;
+  for (const std::string& arg : argv) wanted += arg + '\0';
+  std::vector<pid_t> found;
+  DIR* proc = opendir("/proc");
+  while (dirent* entry = readdir(proc)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    if (ReadFile(absl::StrCat("/proc/", pid, "/cmdline")) == wanted && IsAlive(pid)) {
+      found.push_back(pid);
+    }
+  }
+  closedir(proc);
+  return found;
+}
+
+// The signals pending for `pid` (thread and process), as a mask with bit N-1 for signal N.
+uint64_t PendingSignals(pid_t pid) {
+  uint64_t mask = 0;
+  for (absl::string_view line :
+       absl::StrSplit(ReadFile(absl::StrCat("/proc/", pid, "/status")), '\n')) {
+    if (absl::ConsumePrefix(&line, "SigPnd:") || absl::ConsumePrefix(&line, "ShdPnd:")) {
+      uint64_t bits = 0;
+      if (absl::SimpleHexAtoi(absl::StripAsciiWhitespace(line), &bits)) mask |= bits;
+    }
+  }
+  return mask;
+}
+
+class IsolationTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (pid_t pid : reap_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+
+  // A process of this test's in a session of its own, with SIGTERM blocked so that a SIGTERM
+  // sent to it stays visible as pending; it is given `pid` when the kernel allows.
+  pid_t StartVictimAt(pid_t pid) {
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+    posix_spawnattr_setsigmask(&attr, &term);
+    char* argv[] = {const_cast<char*>("/bin/sleep"), const_cast<char*>("1000"), nullptr};
+    pid_t victim = -1;
+    for (int attempt = 0; attempt < 1000 && victim != pid; ++attempt) {
+      if (victim > 0) {
+        kill(victim, SIGKILL);
+        waitpid(victim, nullptr, 0);
+      }
+      if (!WriteFile("/proc/sys/kernel/ns_last_pid", absl::StrCat(pid - 1))) break;
+      if (posix_spawn(&victim, "/bin/sleep", nullptr, &attr, argv, nullptr) != 0) victim = -1;
+    }
+    posix_spawnattr_destroy(&attr);
+    if (victim > 0) reap_.push_back(victim);
+    return victim;
+  }
+
+  TestDaemon daemon_;
+  std::vector<pid_t> reap_;
+};
+
+// A worker ended and was reaped; its pid went to an unrelated process that leads a group of
+// the same number. Terminating the ended worker must signal nothing.
+TEST_F(IsolationTest, TerminateOfAnEndedProcessNeverSignalsItsRecycledPid) {
+  v1::Process ended = StartOk(daemon_.client(), {"/bin/true"});
+  ASSERT_TRUE(daemon_.client().Join(ended.id()).ok());
+  pid_t victim = StartVictimAt(ended.pid());
+  if (victim != ended.pid()) GTEST_SKIP() << "could not have the kernel reuse the pid";
+  ASSERT_EQ(getpgid(victim), ended.pid());
+
+  v1::TerminateRequest terminate;
+  terminate.set_id(ended.id());
+  terminate.set_wait(false);
+  absl::StatusOr<v1::Process> answer = daemon_.client().Terminate(terminate);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  EXPECT_EQ(answer->state(), v1::STATE_EXITED);
+  terminate.set_signal(SIGKILL);
+  ASSERT_TRUE(daemon_.client().Terminate(terminate).ok());
+  EXPECT_EQ(PendingSignals(victim) & (1u << (SIGTERM - 1)), 0u) << "SIGTERM reached the victim";
+  EXPECT_TRUE(IsAlive(victim)) << "SIGKILL reached the victim";
+
+  EXPECT_EQ(daemon_.Stop(), 0);
+  EXPECT_EQ(PendingSignals(victim) & (1u << (SIGTERM - 1)), 0u) << "shutdown signalled it";
+  EXPECT_TRUE(IsAlive(victim));
+}
+
+// An escaped background process of an ended record writes to the capture files it still holds
+// while another record runs: its output never appears in the other record's logs.
+TEST(CaptureIsolationTest, OutputOfAForgottenRecordNeverAppearsInAnother) {
+  TestDaemon daemon({"--retain", "1"});
+  Gate gate(daemon.dir() + "/gate");
+  std::string done = daemon.dir() + "/done";
+  v1::Process a = StartOk(
+      daemon.client(),
+      {"/bin/sh", "-c",
+       absl::StrCat("(", gate.ShellWait(), "; echo A-SECRET; echo A-SECRET >&2; touch ", done,
+                    ") & exit 0")});
+  ASSERT_TRUE(daemon.client().Join(a.id()).ok());
+  v1::Process filler = StartOk(daemon.client(), {"/bin/true"});
+  ASSERT_TRUE(daemon.client().Join(filler.id()).ok());  // A's record is evicted now
+  EXPECT_EQ(daemon.client().Status(a.id()).status().code(), absl::StatusCode::kNotFound);
+  v1::Process b = StartOk(daemon.client(), {"/bin/sh", "-c", "echo B-OUT; exec sleep 30"});
+
+  ASSERT_TRUE(gate.Open());
+  ASSERT_TRUE(WaitFor([&] { return access(done.c_str(), F_OK) == 0; }));
+  for (v1::Stream stream : {v1::STREAM_STDOUT, v1::STREAM_STDERR}) {
+    v1::LogsRequest logs;
+    logs.set_id(b.id());
+    logs.set_stream(stream);
+    std::string text;
+    ASSERT_TRUE(daemon.client().Logs(logs, [&](std::string_view chunk) { text += chunk; }).ok());
+    EXPECT_THAT(text, Not(HasSubstr("A-SECRET"))) << "stream " << stream;
+  }
+  v1::TerminateRequest terminate;
+  terminate.set_id(b.id());
+  EXPECT_TRUE(daemon.client().Terminate(terminate).ok());
+}
+
+// A descendant that leaves the worker's group and session and rewrites the environment it
+// was found by is still part of the worker, and ends with it.
+TEST(EscapeeTest, EscapeesThatChangeTheirEnvironmentAreStillEnded) {
+  TestDaemon daemon;
+  if (daemon.Log().find("its own cgroup") == std::string::npos) {
+    GTEST_SKIP() << "workers get no cgroups here; escapees are found in /proc only";
+  }
+  struct Case {
+    std::string escape;
+    std::string seconds;
+  } cases[] = {{"env -u PROCTOR_ID", "3002"}, {"env PROCTOR_ID=999999", "3012"}};
+  for (const Case& c : cases) {
+    v1::Process worker = StartOk(
+        daemon.client(),
+        {"/bin/sh", "-c",
+         absl::StrCat(c.escape, " setsid -f sleep ", c.seconds, "; exec sleep 3000")});
+    ASSERT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", c.seconds}).size() == 1; }));
+    pid_t escapee = ProcessesRunning({"sleep", c.seconds})[0];
+    v1::TerminateRequest terminate;
+    terminate.set_id(worker.id());
+    terminate.mutable_grace()->set_seconds(5);
+    absl::StatusOr<v1::Process> ended = daemon.client().Terminate(terminate);
+    ASSERT_TRUE(ended.ok()) << ended.status();
+    EXPECT_FALSE(IsAlive(escapee)) << c.escape << " let it escape";
+  }
+}
+
+TEST(ReleaseTest, ReleaseIsRefusedWhileProcessesOfTheWorkerLive) {
+  TestDaemon daemon;
+  v1::Process worker =
+      StartOk(daemon.client(), {"/bin/sh", "-c", "sleep 3004 & exit 0"});
+  ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
+  ASSERT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", "3004"}).size() == 1; }));
+  absl::Status refused = daemon.client().Release(worker.id());
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.message(), HasSubstr("still alive"));
+  v1::TerminateRequest terminate;
+  terminate.set_id(worker.id());
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+  EXPECT_TRUE(ProcessesRunning({"sleep", "3004"}).empty());
+  EXPECT_TRUE(daemon.client().Release(worker.id()).ok());
+}
+
+// Each worker signs with a credential of its own. A child never holds its parent's, so it
+// cannot act as its parent (here: on its sibling); multiprocessing's authkey, which it does
+// inherit, is not accepted as a credential.
+TEST(CredentialTest, AChildCannotActAsItsParent) {
+  TestDaemon daemon;
+  v1::Process parent = StartOk(daemon.client(), {"/bin/sleep", "100"});
+  absl::StatusOr<Credentials> parent_key = WorkerCredentials(parent.pid());
+  ASSERT_TRUE(parent_key.ok()) << parent_key.status();
+  std::unique_ptr<Client> as_parent = *Client::Connect(
+      ClientOptions{.address = daemon.address(), .credentials = *parent_key});
+  v1::Process child = StartOk(*as_parent, {"/bin/sleep", "100"});
+  v1::Process sibling = StartOk(*as_parent, {"/bin/sleep", "100"});
+  absl::StatusOr<Credentials> child_key = WorkerCredentials(child.pid());
+  ASSERT_TRUE(child_key.ok()) << child_key.status();
+  EXPECT_NE(child_key->key, parent_key->key);
+  std::string child_environ = ReadFile(absl::StrCat("/proc/", child.pid(), "/environ"));
+  EXPECT_THAT(child_environ, Not(HasSubstr(HexEncode(parent_key->key))))
+      << "the parent's credential reached the child";
+
+  auto connect = [&](Credentials credentials) {
+    return *Client::Connect(
+        ClientOptions{.address = daemon.address(), .credentials = std::move(credentials)});
+  };
+  // With its own credential: its own subtree only.
+  std::unique_ptr<Client> as_child = connect(*child_key);
+  EXPECT_TRUE(as_child->Status(child.id()).ok());
+  v1::TerminateRequest terminate;
+  terminate.set_id(sibling.id());
+  EXPECT_EQ(as_child->Terminate(terminate).status().code(), absl::StatusCode::kPermissionDenied);
+  // Posing as its parent with what it holds: its credential, or the inherited authkey.
+  Credentials posing = *child_key;
+  posing.key_id = parent_key->key_id;
+  EXPECT_EQ(connect(posing)->Terminate(terminate).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  for (absl::string_view entry : absl::StrSplit(child_environ, '\0')) {
+    if (absl::ConsumePrefix(&entry, "PROCTOR_PROCESS_AUTHKEY=")) {
+      absl::StatusOr<std::string> inherited = HexDecode(entry);
+      ASSERT_TRUE(inherited.ok());
+      posing.key = *inherited;
+    }
+  }
+  ASSERT_NE(posing.key, child_key->key) << "PROCTOR_PROCESS_AUTHKEY is missing";
+  EXPECT_EQ(connect(posing)->Terminate(terminate).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(daemon.client().Status(sibling.id())->state(), v1::STATE_RUNNING);
+  // The parent's credential covers its children.
+  terminate.set_id(child.id());
+  EXPECT_TRUE(as_parent->Terminate(terminate).ok());
+  terminate.set_id(parent.id());
+  EXPECT_TRUE(daemon.client().Terminate(terminate).ok());
+}
+
+TEST(WorkerUserTest, AWorkerRunsAsTheUserItIsStartedAs) {
+  if (geteuid() != 0) GTEST_SKIP() << "switching users needs a proctord running as root";
+  TestDaemon daemon;
+  v1::StartRequest request;
+  request.set_target("/bin/sh");
+  request.add_args("-c");
+  request.add_args(absl::StrCat("id -u; id -g; echo $USER; cat ", daemon.authkey_path(),
+                                " >/dev/null 2>&1 && echo read-the-admin-key"));
+  request.set_user("nobody");
+  request.set_group("nogroup");
+  absl::StatusOr<v1::Process> started = daemon.client().Start(request);
+  ASSERT_TRUE(started.ok()) << started.status();
+  ASSERT_TRUE(daemon.client().Join(started->id()).ok());
+  v1::LogsRequest logs;
+  logs.set_id(started->id());
+  std::string out;
+  ASSERT_TRUE(daemon.client().Logs(logs, [&](std::string_view chunk) { out += chunk; }).ok());
+  EXPECT_EQ(out, "65534\n65534\nnobody\n");
+
+  request.set_user("no-such-user-here");
+  absl::Status unknown = daemon.client().Start(request).status();
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unknown.message(), HasSubstr("no user named \"no-such-user-here\""));
+  request.set_user("nobody");
+  request.set_group("no-such-group-here");
+  EXPECT_EQ(daemon.client().Start(request).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(WorkerUserTest, WorkerUserFlagIsTheDefault) {
+  if (geteuid() != 0) GTEST_SKIP() << "switching users needs a proctord running as root";
+  TestDaemon daemon({"--worker-user", "nobody"});
+  v1::Process worker = StartOk(daemon.client(), {"/bin/sh", "-c", "id -u"});
+  ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
+  v1::LogsRequest logs;
+  logs.set_id(worker.id());
+  std::string out;
+  ASSERT_TRUE(daemon.client().Logs(logs, [&](std::string_view chunk) { out += chunk; }).ok());
+  EXPECT_EQ(out, "65534\n");
+}
+
+}  // namespace
+}  // namespace proctor::testing
