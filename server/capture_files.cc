@@ -44,12 +44,7 @@ CaptureFiles::~CaptureFiles() {
 void CaptureFiles::Refill() {
   absl::MutexLock lock(&mu_);
   for (;;) {
-    // Wakes when the stock falls below half, to make the slow creations in bulk.
-    mu_.Await(absl::Condition(
-        +[](CaptureFiles* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          return self->stopping_ || self->spares_.size() < (self->stock_ + 1) / 2;
-        },
-        this));
+    mu_.Await(absl::Condition(this, &CaptureFiles::RefillDue));
     while (!stopping_ && spares_.size() < stock_) {
       std::string path;
       // Unique names even across runs: the counter goes on from the spares found at start.
@@ -64,12 +59,18 @@ void CaptureFiles::Refill() {
       spares_.push_back(std::move(path));
     }
     if (stopping_) return;
-    if (spares_.size() < stock_) {
-      // Creation failed: try again later rather than spin.
-      mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
-      if (stopping_) return;
+    short_after_failure_ = spares_.size() < stock_;
+    // Creation failed: try again later rather than spin.
+    if (short_after_failure_ &&
+        mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1))) {
+      return;
     }
   }
+}
+
+bool CaptureFiles::RefillDue() const {
+  // Below half, to make the slow creations in bulk; or short after a failed creation.
+  return stopping_ || short_after_failure_ || spares_.size() < (stock_ + 1) / 2;
 }
 
 void CaptureFiles::Prepare(const std::string& path) {
@@ -83,9 +84,5 @@ void CaptureFiles::Prepare(const std::string& path) {
   rename(spare.c_str(), path.c_str());
 }
 
-size_t CaptureFiles::spares() {
-  absl::MutexLock lock(&mu_);
-  return spares_.size();
-}
 
 }  // namespace proctor

@@ -32,10 +32,10 @@ class CaptureFiles {
   // Puts a new, empty file at `path` if a spare is at hand.
   void Prepare(const std::string& path);
 
-  size_t spares();
 
  private:
   void Refill();
+  bool RefillDue() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string spare_dir_;
   const size_t stock_;
@@ -43,6 +43,7 @@ class CaptureFiles {
   std::vector<std::string> spares_ ABSL_GUARDED_BY(mu_);
   uint64_t next_name_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool short_after_failure_ ABSL_GUARDED_BY(mu_) = false;
   std::thread refill_;
 };
 

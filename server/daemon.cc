@@ -130,6 +130,9 @@ void DeclareFlags(CLI::App& app, DaemonOptions& options) {
   AddCountFlag(app, "--max-depth", 1, "depth of a process tree; top level is 1", options.max_depth);
   AddCountFlag(app, "--capture-spares", 0, "capture files made ahead of time, off the start path",
                options.capture_spares);
+  AddCountFlag(app, "--max-log-bytes", 0,
+               "output kept per capture file; past it the oldest part is dropped (0: no cap)",
+               options.max_log_bytes);
   AddParsedFlag(app, "--shutdown-grace", "SECS",
                 absl::StrCat("on SIGTERM, how long non-daemonic workers may run on (default ",
                              absl::FDivDuration(options.shutdown_grace, absl::Seconds(1)), ")"),
@@ -635,6 +638,11 @@ absl::Status Daemon::Init() {
       });
   authenticator_->SetAdminKeys(*std::move(admin_keys));
   service_ = std::make_unique<ProctorService>(*supervisor_, *loop_, *authenticator_, clock_);
+  if (options_.max_log_bytes > 0) {
+    log_trimmer_ = std::make_unique<LogTrimmer>(
+        static_cast<int64_t>(options_.max_log_bytes), absl::Seconds(1),
+        [supervisor = supervisor_.get()] { return supervisor->CaptureFilesInUse(); });
+  }
 
   // Before the server, which comes last so that a failure leaves no socket behind (the
   // destructor closes and removes those bound before it). The callback runs only once Run()

@@ -22,6 +22,7 @@
 #include "server/event_loop.h"
 #include "server/id_allocator.h"
 #include "server/posix_process_os.h"
+#include "server/log_trimmer.h"
 #include "server/proctor_service.h"
 #include "server/supervisor.h"
 
@@ -36,6 +37,7 @@ struct DaemonOptions {
   size_t max_children = 512;
   size_t max_depth = 16;
   size_t capture_spares = 4096;  // capture files made ahead of time (see CaptureFiles)
+  size_t max_log_bytes = 64 << 20;  // per capture file (see LogTrimmer); 0: no cap
   absl::Duration shutdown_grace = absl::Seconds(10);
   std::string log_level = "info";
   // Admin keys; empty: <state-dir>/authkey, created (32 random bytes, mode 0600) if missing.
@@ -168,6 +170,7 @@ class Daemon {
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<Authenticator> authenticator_;
   std::unique_ptr<ProctorService> service_;
+  std::unique_ptr<LogTrimmer> log_trimmer_;  // after the supervisor it asks: stops first
   std::vector<std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>> acceptors_;
   std::vector<Listener> listeners_;
   std::unique_ptr<grpc::Server> server_;

@@ -246,6 +246,8 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     // Whether the process had ended is asked before reading: output written before the exit
     // is then surely in the file, and an empty read means the end.
     bool ended = !follow_ || !IsRunning();
+    // Output dropped by --max-log-bytes is a hole at the start of the file: skip it.
+    if (off_t data = lseek(fd_, offset_, SEEK_DATA); data > offset_) offset_ = data;
     chunk_.mutable_data()->resize(kLogChunkBytes);
     ssize_t n = pread(fd_, chunk_.mutable_data()->data(), kLogChunkBytes, offset_);
     if (n < 0) {

@@ -787,6 +787,17 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
   return out;
 }
 
+std::vector<std::string> Supervisor::CaptureFilesInUse() {
+  std::vector<std::string> paths;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, record] : records_) {
+    if (!record.info.running && !os_.AnythingAlive(id)) continue;
+    paths.push_back(record.info.stdout_path);
+    paths.push_back(record.info.stderr_path);
+  }
+  return paths;
+}
+
 absl::Status Supervisor::Release(uint64_t id) {
   Outbox out(*this);
   absl::MutexLock lock(&mu_);

@@ -170,6 +170,9 @@ class Supervisor {
   // Whether `id` is `root` or one of its descendants.
   bool InSubtree(uint64_t root, uint64_t id);
   std::vector<ProcessInfo> List(const ListFilter& filter);
+  // The capture files that may still grow: those of running workers, and of ended ones whose
+  // processes live on.
+  std::vector<std::string> CaptureFilesInUse();
   absl::Status Release(uint64_t id);
 
   // `all_done` runs once every worker has been reaped, its group is empty and no launch is

@@ -179,6 +179,41 @@ TEST(EscapeeTest, EscapeesThatChangeTheirEnvironmentAreStillEnded) {
   }
 }
 
+// Where cgroup v2 is mounted, from /proc/self/mountinfo ("" when it is not).
+std::string CgroupV2Mount() {
+  for (absl::string_view line : absl::StrSplit(ReadFile("/proc/self/mountinfo"), '\n')) {
+    size_t dash = line.find(" - cgroup2 ");
+    if (dash == absl::string_view::npos) continue;
+    std::vector<absl::string_view> fields = absl::StrSplit(line.substr(0, dash), ' ');
+    if (fields.size() >= 5) return std::string(fields[4]);
+  }
+  return "";
+}
+
+// A process that left its worker's cgroup (root may move itself) and then its parent: when it
+// ends, proctord reaps it, and says that no worker is known to own it.
+TEST(EscapeeTest, OrphansOwnedByNoWorkerAreLoggedAndCounted) {
+  TestDaemon daemon;
+  std::string mount = CgroupV2Mount();
+  if (daemon.Log().find("its own cgroup") == std::string::npos || mount.empty() ||
+      geteuid() != 0) {
+    GTEST_SKIP() << "needs per-worker cgroups and root";
+  }
+  Gate gate(daemon.dir() + "/gate");
+  std::string moved = daemon.dir() + "/moved";
+  v1::Process worker = StartOk(
+      daemon.client(),
+      {"/bin/sh", "-c",
+       absl::StrCat("sh -c 'echo $$ > ", mount, "/cgroup.procs && touch ", moved, "; ",
+                    gate.ShellWait(), "' & exit 0")});
+  ASSERT_TRUE(WaitFor([&] { return access(moved.c_str(), F_OK) == 0; }));
+  ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
+  ASSERT_TRUE(gate.Open());
+  EXPECT_TRUE(WaitFor([&] {
+    return daemon.Log().find("that no worker is known to own (1 so far)") != std::string::npos;
+  })) << daemon.Log();
+}
+
 TEST(ReleaseTest, ReleaseIsRefusedWhileProcessesOfTheWorkerLive) {
   TestDaemon daemon;
   v1::Process worker =
@@ -265,6 +300,10 @@ TEST(WorkerUserTest, AWorkerRunsAsTheUserItIsStartedAs) {
   std::string out;
   ASSERT_TRUE(daemon.client().Logs(logs, [&](std::string_view chunk) { out += chunk; }).ok());
   EXPECT_EQ(out, "65534\n65534\nnobody\n");
+
+  CommandResult cli = daemon.Cli({"run", "--user", "nobody", "--group", "0", "--", "id", "-g"});
+  EXPECT_EQ(cli.status, 0) << cli.err;
+  EXPECT_EQ(cli.out, "0\n");
 
   request.set_user("no-such-user-here");
   absl::Status unknown = daemon.client().Start(request).status();

@@ -392,6 +392,8 @@ absl::StatusOr<v1::StartRequest> MakeStartRequest(const Args& args) {
     if (!cwd.has_filename() && cwd != cwd.root_path()) cwd = cwd.parent_path();
   }
   request.set_cwd(cwd.string());
+  if (std::optional<std::string> user = args.Last("user")) request.set_user(*user);
+  if (std::optional<std::string> group = args.Last("group")) request.set_group(*group);
   return request;
 }
 
@@ -707,7 +709,8 @@ int CmdRelease(Cli& cli, const Command& command, const Args& args) {
 }
 
 constexpr OptionSpec kStartOptions[] = {
-    {"name", true}, {"daemon", false}, {"env", true}, {"cwd", true}, {"kwarg", true}};
+    {"name", true}, {"daemon", false}, {"env", true},
+    {"cwd", true},  {"kwarg", true},   {"user", true}, {"group", true}};
 constexpr OptionSpec kJoinOptions[] = {{"timeout", true}};
 constexpr OptionSpec kTerminateOptions[] = {{"signal", true}, {"grace", true}, {"no-wait", false}};
 constexpr OptionSpec kKillOptions[] = {{"no-wait", false}};
@@ -717,7 +720,8 @@ constexpr OptionSpec kLogsOptions[] = {{"follow", false}, {"stderr", false}, {"t
 
 constexpr Command kCommands[] = {
     {"start",
-     "start [--name N] [--daemon] [--env K=V]... [--cwd DIR] [--kwarg K=V]... -- TARGET [ARG...]",
+     "start [--name N] [--daemon] [--env K=V]... [--cwd DIR] [--kwarg K=V]... [--user U "
+     "[--group G]] -- TARGET [ARG...]",
      "start a process and print its id", kStartOptions, Operands::kCommand, CmdStart},
     {"run", "run [start options] -- TARGET [ARG...]",
      "start a process, stream its output, wait for it and exit like join", kStartOptions,
