@@ -264,7 +264,8 @@ absl::StatusOr<v1::Process> Client::Status(uint64_t id) {
   return std::move(*response.mutable_processes(0));
 }
 
-absl::StatusOr<std::vector<v1::Process>> Client::List(const v1::StatusRequest& filter) {
+absl::StatusOr<std::vector<v1::Process>> Client::List(const v1::StatusRequest& filter,
+                                                      uint64_t* cursor) {
   v1::StatusRequest request = filter;
   request.clear_id();
   v1::StatusResponse response;
@@ -273,6 +274,7 @@ absl::StatusOr<std::vector<v1::Process>> Client::List(const v1::StatusRequest& f
       !s.ok()) {
     return s;
   }
+  if (cursor != nullptr) *cursor = response.cursor();
   std::vector<v1::Process> processes;
   processes.reserve(response.processes_size());
   for (v1::Process& process : *response.mutable_processes()) {
@@ -281,45 +283,46 @@ absl::StatusOr<std::vector<v1::Process>> Client::List(const v1::StatusRequest& f
   return processes;
 }
 
-absl::Status Client::Logs(const v1::LogsRequest& request,
-                          const std::function<void(std::string_view)>& sink,
-                          std::stop_token stop) {
-  // Without follow the answer is what has been captured so far, due within the call timeout
-  // like a unary call's; a followed stream lasts as long as the process, so it has no
-  // deadline and ends early only when the caller stops it.
-  const absl::Duration timeout = request.follow() ? absl::InfiniteDuration() : call_timeout_;
+template <typename Request, typename Message>
+absl::Status Client::ServerStream(
+    absl::string_view method,
+    std::unique_ptr<grpc::ClientReader<Message>> (v1::Proctor::Stub::*rpc)(grpc::ClientContext*,
+                                                                           const Request&),
+    const Request& request, absl::Duration timeout,
+    const std::function<bool(const Message&)>& on_message, std::stop_token stop) {
   std::string nonce;
-  std::unique_ptr<grpc::ClientContext> context = NewContext("Logs", &nonce, timeout);
+  std::unique_ptr<grpc::ClientContext> context = NewContext(method, &nonce, timeout);
   std::stop_callback cancel(stop, [&context] { context->TryCancel(); });
   auto finish = [&](const grpc::Status& status) {
     if (status.error_code() == grpc::StatusCode::CANCELLED && stop.stop_requested()) {
-      return absl::CancelledError("Logs stopped by its caller");
+      return absl::CancelledError(absl::StrCat(method, " stopped by its caller"));
     }
-    return Finish(*context, "Logs", nonce, status, timeout);
+    return Finish(*context, method, nonce, status, timeout);
   };
-  std::unique_ptr<grpc::ClientReader<v1::LogChunk>> reader;
+  const bool endless = timeout == absl::InfiniteDuration();
+  std::unique_ptr<grpc::ClientReader<Message>> reader;
   bool late = false;
   {
-    // Even a followed stream must be sent within the call timeout: sending waits for a
+    // Even an endless stream must be sent within the call timeout: sending waits for a
     // connection, which a daemon that does not answer never completes.
-    StepDeadline sending(*context, request.follow() ? call_timeout_ : absl::InfiniteDuration());
-    reader = stub_->Logs(context.get(), request);
+    StepDeadline sending(*context, endless ? call_timeout_ : absl::InfiniteDuration());
+    reader = (stub_.get()->*rpc)(context.get(), request);
     late = sending.passed();
   }
   if (late) {
     reader->Finish();
-    return DidNotAnswer("Logs", call_timeout_);
+    return DidNotAnswer(method, call_timeout_);
   }
-  // Nothing reaches the sink before the daemon has proved itself in the reply's headers.
+  // Nothing reaches the caller before the daemon has proved itself in the reply's headers.
   reader->WaitForInitialMetadata();
-  bool trusted = Finish(*context, "Logs", nonce, grpc::Status::OK).ok();
-  v1::LogChunk chunk;
-  while (trusted && reader->Read(&chunk)) {
-    if (!chunk.data().empty()) sink(chunk.data());
-  }
-  if (!trusted) {
-    // No proof in the headers: either an error reply (whose proof is in the trailers) or an
-    // impostor streaming, which is stopped rather than waited out.
+  const bool trusted = Finish(*context, method, nonce, grpc::Status::OK).ok();
+  bool wanted = true;
+  Message message;
+  while (trusted && wanted && reader->Read(&message)) wanted = on_message(message);
+  if (!trusted || !wanted) {
+    // Without proof in the headers: either an error reply (whose proof is in the trailers)
+    // or an impostor streaming, which is stopped rather than waited out. Or the caller has
+    // had enough.
     context->TryCancel();
     grpc::Status status = reader->Finish();
     if (status.error_code() == grpc::StatusCode::CANCELLED && !stop.stop_requested()) {
@@ -328,6 +331,29 @@ absl::Status Client::Logs(const v1::LogsRequest& request,
     return finish(status);
   }
   return finish(reader->Finish());
+}
+
+absl::Status Client::Logs(const v1::LogsRequest& request,
+                          const std::function<void(std::string_view)>& sink,
+                          std::stop_token stop) {
+  // Without follow the answer is what has been captured so far, due within the call timeout
+  // like a unary call's; a followed stream lasts as long as the process, so it has no
+  // deadline and ends early only when the caller stops it.
+  return ServerStream<v1::LogsRequest, v1::LogChunk>(
+      "Logs", &v1::Proctor::Stub::Logs, request,
+      request.follow() ? absl::InfiniteDuration() : call_timeout_,
+      [&sink](const v1::LogChunk& chunk) {
+        if (!chunk.data().empty()) sink(chunk.data());
+        return true;
+      },
+      stop);
+}
+
+absl::Status Client::Watch(const v1::WatchRequest& request,
+                           const std::function<bool(const v1::Event&)>& sink,
+                           std::stop_token stop) {
+  return ServerStream<v1::WatchRequest, v1::Event>("Watch", &v1::Proctor::Stub::Watch, request,
+                                                   absl::InfiniteDuration(), sink, stop);
 }
 
 absl::Status Client::Release(uint64_t id) {

@@ -7,8 +7,9 @@
 // ClientOptions::call_timeout, else it fails DEADLINE_EXCEEDED "Status did not answer within
 // 30s". Join waits as long as it is asked to in polls of at most the call timeout, each given
 // the call timeout again to be answered, so a stopped or wedged daemon is noticed within two
-// call timeouts while the Join itself can last for ever. Streams (Logs with follow, Session)
-// have no deadline: Logs stops when its caller asks, a Session when it is destroyed.
+// call timeouts while the Join itself can last for ever. Streams (Logs with follow, Watch,
+// Session) have no deadline, but their request must go out within the call timeout: Logs and
+// Watch stop when their caller asks, a Session when it is destroyed.
 // Every call returns absl::Status with the daemon's status code and message unchanged, except
 // UNAVAILABLE, whose message names the address: "cannot reach proctord at unix:/…: …", and
 // the client's own DEADLINE_EXCEEDED above.
@@ -100,7 +101,10 @@ class Client {
   // One record; NOT_FOUND when the id is unknown (or released).
   absl::StatusOr<v1::Process> Status(uint64_t id);
   // The records matching `filter` (its `id` field is ignored; use Status for one record).
-  absl::StatusOr<std::vector<v1::Process>> List(const v1::StatusRequest& filter);
+  // `cursor`, when given, receives the cursor the listing reflects: a Watch with that `since`
+  // sees exactly the events that came after it, none twice.
+  absl::StatusOr<std::vector<v1::Process>> List(const v1::StatusRequest& filter,
+                                                uint64_t* cursor = nullptr);
   // Calls `sink` with each chunk of output as it arrives; returns when the stream ends
   // (at once without follow; when the process has ended and all is read, with follow).
   // Requesting `stop` (from any thread) cancels the call: Logs then returns CANCELLED without
@@ -108,6 +112,21 @@ class Client {
   absl::Status Logs(const v1::LogsRequest& request,
                     const std::function<void(std::string_view)>& sink,
                     std::stop_token stop = {});
+  // Calls `sink` with each event the daemon sends (see WatchRequest: the kept events after
+  // `since`, or none when it is unset, then live ones), in cursor order, until one of:
+  // - `sink` returns false: the call is cancelled and Watch returns OK;
+  // - `stop` is requested (from any thread): Watch returns CANCELLED "Watch stopped by its
+  //   caller" without waiting for the daemon; an event being passed to `sink` at that moment
+  //   is passed whole;
+  // - the daemon ends the stream: its status, e.g. OUT_OF_RANGE for a `since` older than
+  //   what it keeps (or newer than its last event), RESOURCE_EXHAUSTED when this watcher fell
+  //   too far behind (the message names the cursor to watch again from), UNAVAILABLE when
+  //   it shuts down.
+  // Nothing reaches `sink` before the daemon has proved itself. The request must go out
+  // within the call timeout; the stream then has no deadline.
+  absl::Status Watch(const v1::WatchRequest& request,
+                     const std::function<bool(const v1::Event&)>& sink,
+                     std::stop_token stop = {});
   absl::Status Release(uint64_t id);
   // Opens a session whose lease lasts `ttl` without a keep-alive.
   absl::StatusOr<std::unique_ptr<Session>> OpenSession(absl::Duration ttl = absl::Seconds(10));
@@ -130,6 +149,18 @@ class Client {
                      grpc::Status (v1::Proctor::Stub::*rpc)(grpc::ClientContext*,
                                                             const Request&, Response*),
                      const Request& request, Response* response, absl::Duration timeout);
+
+  // One server-streaming call of `method` through `rpc`, passing each message to `on_message`
+  // until it returns false (then OK). `timeout` is the whole call's deadline; when infinite,
+  // only the request's sending is given the call timeout. Requesting `stop` cancels the call
+  // (CANCELLED "<method> stopped by its caller").
+  template <typename Request, typename Message>
+  absl::Status ServerStream(absl::string_view method,
+                            std::unique_ptr<grpc::ClientReader<Message>> (
+                                v1::Proctor::Stub::*rpc)(grpc::ClientContext*, const Request&),
+                            const Request& request, absl::Duration timeout,
+                            const std::function<bool(const Message&)>& on_message,
+                            std::stop_token stop);
 
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;

@@ -7,6 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev libssl-dev libcli11-dev nlohmann-json3-dev
+  libsqlite3-dev zlib1g-dev
   python3-grpcio python3-protobuf openssl procps
 )
 

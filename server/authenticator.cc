@@ -50,7 +50,8 @@ void Authenticator::SetAdminKeys(std::vector<std::string> keys) {
 }
 
 absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& credential,
-                                             absl::string_view method, absl::string_view peer) {
+                                             absl::string_view method, absl::string_view peer,
+                                             std::string* proof) {
   auto log_refusal = [&](absl::string_view why, absl::string_view key_id) {
     LogRefusal(absl::StrCat("refused ", method, " from ", peer,
                             key_id.empty() ? "" : absl::StrCat(" (key id ", key_id, ")"), ": ",
@@ -98,6 +99,9 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     check = CheckNonceLocked(caller.worker_id, parsed->unix_millis,
                              absl::Hash<absl::string_view>{}(parsed->nonce_hex));
   }
+  if (proof != nullptr && (check == NonceCheck::kFresh || check == NonceCheck::kOverRate)) {
+    *proof = ServerProof(caller.key, method, caller.nonce_hex);
+  }
   switch (check) {
     case NonceCheck::kFresh:
       break;
@@ -105,8 +109,7 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
       return refuse("the credential was used before (replayed)", parsed->key_id);
     case NonceCheck::kPossiblyReplayed:
       return refuse(
-          "the credential is older than what the daemon still "
-          "remembers of this key's calls "
+          "the credential is older than what the daemon still remembers of this key's calls "
           "(possibly replayed); make a fresh one",
           parsed->key_id);
     case NonceCheck::kOverRate: {
@@ -209,13 +212,14 @@ void Authenticator::DropLeastRecentWorkerLocked(uint64_t keep, absl::Duration no
 
 std::string Authenticator::FailureBucket(const std::optional<std::string>& credential,
                                          absl::string_view peer) {
-  if (credential.has_value()) {
-    absl::StatusOr<CallCredential> parsed = CallCredential::Parse(*credential);
-    // Only a key that exists gets a bucket of its own: made-up key ids would otherwise each start
-    // with free refusals.
-    if (parsed.ok() &&
-        (parsed->key_id == kAdminKeyId || (WorkerIdOf(parsed->key_id) != 0 &&
-                                           worker_key_(WorkerIdOf(parsed->key_id)).has_value()))) {
+  absl::StatusOr<CallCredential> parsed = credential.has_value()
+                                              ? CallCredential::Parse(*credential)
+                                              : absl::InvalidArgumentError("no credential");
+  if (parsed.ok()) {
+    // Only a key that exists gets a bucket of its own: made-up key ids would otherwise each
+    // start with free refusals.
+    uint64_t worker = WorkerIdOf(parsed->key_id);
+    if (parsed->key_id == kAdminKeyId || (worker != 0 && worker_key_(worker).has_value())) {
       return absl::StrCat("key ", parsed->key_id);
     }
   }

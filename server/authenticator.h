@@ -98,9 +98,12 @@ class Authenticator {
 
   // `credential` is the x-proctor-auth metadata value, if any. UNAUTHENTICATED says why
   // (missing, malformed, expired, replayed, unknown key) without key material;
-  // RESOURCE_EXHAUSTED says the key went over its rate.
+  // RESOURCE_EXHAUSTED says the key went over its rate. `proof`, when given, receives the
+  // daemon's proof for the reply whenever the key checked out: for an accepted call, and for
+  // one refused for its rate (so its client can trust that refusal); else it is left empty.
   absl::StatusOr<Caller> Verify(const std::optional<std::string>& credential,
-                                absl::string_view method, absl::string_view peer);
+                                absl::string_view method, absl::string_view peer,
+                                std::string* proof = nullptr);
 
   // How long to hold back the refusal of a call that Verify just refused: counted per key id when
   // `credential` names the admin or a known worker, else per `peer`.

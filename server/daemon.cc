@@ -168,6 +168,8 @@ void DeclareFlags(CLI::App& app, DaemonOptions& options) {
   app.add_option("--worker-user", options.worker_user,
                  "run workers whose Start names no user as this user (root daemons only)")
       ->type_name("USER");
+  app.add_flag("--durable", options.durable,
+               "sync the event journal at each commit, so it survives power loss too");
   app.add_flag("!--no-worker-cgroups", options.worker_cgroups,
                "do not give each worker a cgroup of its own (escapees are then found in /proc)");
 }
@@ -609,6 +611,7 @@ absl::Status Daemon::Init() {
   absl::StatusOr<std::vector<std::string>> admin_keys = LoadAdminKeys(options_);
   if (!admin_keys.ok()) return admin_keys.status();
 
+  if (absl::Status s = OpenEvents(); !s.ok()) return s;
   capture_files_ = std::make_unique<CaptureFiles>(log_dir_, options_.capture_spares);
   absl::StatusOr<std::unique_ptr<PosixProcessOs>> os = PosixProcessOs::Create(
       *loop_, PosixProcessOs::Options{.worker_nice = options_.worker_nice,
@@ -626,18 +629,22 @@ absl::Status Daemon::Init() {
       .worker_address = WorkerAddress(options_.listen),
       .capture_files = capture_files_.get(),
       .worker_user = options_.worker_user,
+      .events = event_recorder_.get(),
+      .last_cursor = journal_->LastCursor(),
       .max_processes = max_processes,
       .max_children = options_.max_children,
       .max_depth = options_.max_depth,
       .max_processes_reason = std::move(max_processes_reason),
   };
   supervisor_ = std::make_unique<Supervisor>(supervisor_options, *os_, clock_, *loop_, *ids_);
+  supervisor_for_events_ = supervisor_.get();
   authenticator_ = std::make_unique<Authenticator>(
       clock_, [supervisor = supervisor_.get()](uint64_t id) {
         return supervisor->CredentialOf(id);
       });
   authenticator_->SetAdminKeys(*std::move(admin_keys));
-  service_ = std::make_unique<ProctorService>(*supervisor_, *loop_, *authenticator_, clock_);
+  service_ = std::make_unique<ProctorService>(*supervisor_, *loop_, *authenticator_, clock_,
+                                              *event_log_);
   if (options_.max_log_bytes > 0) {
     log_trimmer_ = std::make_unique<LogTrimmer>(
         static_cast<int64_t>(options_.max_log_bytes), absl::Seconds(1),
@@ -853,9 +860,45 @@ void Daemon::ReloadAdminKeys() {
   }
 }
 
+absl::Status Daemon::OpenEvents() {
+  // Exclusive: a second proctord on the same state directory is refused here.
+  absl::StatusOr<std::unique_ptr<Journal>> journal =
+      Journal::Open(options_.state_dir + "/journal.db", options_.durable);
+  if (!journal.ok()) {
+    return absl::Status(journal.status().code(),
+                        absl::StrCat(journal.status().message(),
+                                     " (is another proctord using --state-dir ",
+                                     options_.state_dir, "?)"));
+  }
+  journal_ = *std::move(journal);
+  // Watchers may resume from the journal's newest events, across a restart.
+  EventLog::Options log_options;
+  uint64_t last = journal_->LastCursor();
+  uint64_t from = std::max(journal_->FirstCursor() - 1,
+                           last > log_options.window ? last - log_options.window : 0);
+  event_log_ = std::make_unique<EventLog>(log_options, from);
+  absl::StatusOr<std::vector<v1::Event>> tail = journal_->ReadAfter(from, log_options.window);
+  if (!tail.ok()) return tail.status();
+  if (absl::Status s = event_log_->Publish(*tail); !s.ok()) return s;
+  event_recorder_ = std::make_unique<EventRecorder>(
+      journal_.get(), *event_log_,
+      [this](absl::flat_hash_set<uint64_t>& ids, absl::flat_hash_set<uint64_t>& sessions) {
+        for (const ProcessInfo& info : supervisor_for_events_->List(ListFilter{})) {
+          ids.insert(info.id);
+        }
+        for (uint64_t session : supervisor_for_events_->OpenSessions()) sessions.insert(session);
+      });
+  spdlog::info("journal {}: events up to cursor {}{}", options_.state_dir + "/journal.db",
+               last, options_.durable ? " (durable)" : "");
+  return absl::OkStatus();
+}
+
 void Daemon::BeginStop() {
   stopping_ = true;
   spdlog::info("asked to stop: no new calls; ending workers");
+  // Watch streams would hold the server's shutdown up.
+  event_log_->EndAll(absl::UnavailableError("proctord is shutting down; watch again from your "
+                                            "last cursor once it is back"));
   // On the loop thread, before the server's shutdown starts: no connection is handed to it
   // afterwards.
   CloseListeners();

@@ -19,8 +19,11 @@
 #include "server/authenticator.h"
 #include "server/capture_files.h"
 #include "server/clock.h"
+#include "server/event_log.h"
 #include "server/event_loop.h"
+#include "server/event_recorder.h"
 #include "server/id_allocator.h"
+#include "server/journal.h"
 #include "server/posix_process_os.h"
 #include "server/log_trimmer.h"
 #include "server/proctor_service.h"
@@ -50,6 +53,7 @@ struct DaemonOptions {
   bool insecure_tcp = false;
   std::string worker_user;     // empty: workers run as proctord's user unless Start says
   bool worker_cgroups = true;  // a cgroup per worker where cgroup v2 allows
+  bool durable = false;        // the journal syncs each commit (power loss), not only writes
   // Set by main() from RaiseDaemonPriority(): the nice value workers get back.
   std::optional<int> worker_nice;
 };
@@ -151,6 +155,8 @@ class Daemon {
   // On the loop thread: what the signalfd says.
   void OnSignals();
   void ReloadAdminKeys();
+  // The journal, the event log seeded from it, and the recorder the supervisor reports to.
+  absl::Status OpenEvents();
   void BeginStop();
   // On the loop thread, once each for the gRPC server and the supervisor.
   void OnStopped();
@@ -165,6 +171,10 @@ class Daemon {
   std::unique_ptr<IdAllocator> ids_;
   std::unique_ptr<EventLoop> loop_;
   std::unique_ptr<CaptureFiles> capture_files_;
+  std::unique_ptr<Journal> journal_;
+  std::unique_ptr<EventLog> event_log_;
+  std::unique_ptr<EventRecorder> event_recorder_;
+  Supervisor* supervisor_for_events_ = nullptr;  // set once the supervisor exists
   std::unique_ptr<PosixProcessOs> os_;
   RealClock clock_;
   std::unique_ptr<Supervisor> supervisor_;

@@ -18,6 +18,7 @@
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
+#include "server/watch_stream.h"
 
 namespace proctor {
 namespace {
@@ -505,10 +506,11 @@ absl::Status ValidateRequest(const google::protobuf::Message& request) {
 }
 
 ProctorService::ProctorService(Supervisor& supervisor, Timers& timers,
-                               Authenticator& authenticator, Clock& clock)
+                               Authenticator& authenticator, Clock& clock, EventLog& events)
     : supervisor_(supervisor),
       timers_(timers),
       authenticator_(authenticator),
+      events_(events),
       limit_refusals_(clock, Backoff::Policy{.free_refusals = 0,
                                              .first = absl::Milliseconds(200),
                                              .max = absl::Seconds(5),
@@ -516,12 +518,10 @@ ProctorService::ProctorService(Supervisor& supervisor, Timers& timers,
 
 absl::StatusOr<Caller> ProctorService::Authenticate(grpc::CallbackServerContext* context,
                                                     absl::string_view method) {
+  std::string proof;
   absl::StatusOr<Caller> caller =
-      authenticator_.Verify(CredentialOf(context), method, context->peer());
-  if (caller.ok()) {
-    context->AddInitialMetadata(kServerProofMetadataKey,
-                                ServerProof(caller->key, method, caller->nonce_hex));
-  }
+      authenticator_.Verify(CredentialOf(context), method, context->peer(), &proof);
+  if (!proof.empty()) context->AddInitialMetadata(kServerProofMetadataKey, proof);
   return caller;
 }
 
@@ -538,7 +538,8 @@ absl::StatusOr<Caller> ProctorService::Admit(grpc::CallbackServerContext* contex
 
 absl::Duration ProctorService::HoldBack(grpc::CallbackServerContext* context,
                                         const absl::Status& refused) {
-  // Admit's RESOURCE_EXHAUSTED can only be the authenticator's (a key over its rate).
+  // Admit's RESOURCE_EXHAUSTED can only be the authenticator's (a key over its rate); the
+  // supervisor's limits are held back per tree, by Start.
   if (!absl::IsUnauthenticated(refused) && !absl::IsResourceExhausted(refused)) {
     return absl::ZeroDuration();
   }
@@ -613,9 +614,8 @@ grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext* cont
                                                const grpc::ByteBuffer* raw,
                                                grpc::ByteBuffer* response) {
   v1::JoinRequest request;
-  absl::StatusOr<Caller> caller = Admit(context, "Join", *raw, request);
+  absl::StatusOr<Caller> caller = AdmitOnId(context, "Join", *raw, request);
   if (!caller.ok()) return Deny(context, caller.status());
-  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
   std::optional<absl::Duration> timeout;
   if (request.has_timeout()) timeout = FromDurationProto(request.timeout());
   uint64_t id = request.id();
@@ -628,9 +628,8 @@ grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext*
                                                     const grpc::ByteBuffer* raw,
                                                     grpc::ByteBuffer* response) {
   v1::TerminateRequest request;
-  absl::StatusOr<Caller> caller = Admit(context, "Terminate", *raw, request);
+  absl::StatusOr<Caller> caller = AdmitOnId(context, "Terminate", *raw, request);
   if (!caller.ok()) return Deny(context, caller.status());
-  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
   TerminateOptions options{
       .signal = request.signal() == 0 ? kSigterm : request.signal(),
       .grace = request.has_grace() ? FromDurationProto(request.grace()) : Supervisor::kDefaultGrace,
@@ -665,22 +664,39 @@ grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* co
   if (request.has_parent_id()) filter.parent_id = request.parent_id();
   if (request.has_parent_session()) filter.parent_session = request.parent_session();
   filter.subtree_of = caller->worker_id;
-  for (const ProcessInfo& info : supervisor_.List(filter)) {
+  uint64_t cursor = 0;
+  for (const ProcessInfo& info : supervisor_.List(filter, &cursor)) {
     ToProto(info, reply.add_processes());
   }
+  reply.set_cursor(cursor);
   SerializeReply(reply, response);
   return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ProctorService::Watch(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  v1::WatchRequest request;
+  absl::StatusOr<Caller> caller = Admit(context, "Watch", *raw, request);
+  if (!caller.ok()) {
+    return new FailedStream(caller.status(), timers_, HoldBack(context, caller.status()));
+  }
+  WatchFilter filter = WatchFilter::FromRequest(request);
+  if (!caller->admin()) {
+    filter.visible = [this, worker = caller->worker_id](uint64_t id) {
+      return supervisor_.InSubtree(worker, id);
+    };
+  }
+  std::optional<uint64_t> since;
+  if (request.has_since()) since = request.since();
+  return WatchStream::Start(events_, std::move(filter), since);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* ProctorService::Logs(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
   v1::LogsRequest request;
-  absl::StatusOr<Caller> caller = Admit(context, "Logs", *raw, request);
+  absl::StatusOr<Caller> caller = AdmitOnId(context, "Logs", *raw, request);
   if (!caller.ok()) {
     return new FailedStream(caller.status(), timers_, HoldBack(context, caller.status()));
-  }
-  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) {
-    return new FailedStream(s, timers_);
   }
   if (request.tail_bytes() < 0) {
     return new FailedStream(absl::InvalidArgumentError("tail_bytes is negative; give 0 or more"),
@@ -710,9 +726,8 @@ grpc::ServerUnaryReactor* ProctorService::Release(grpc::CallbackServerContext* c
                                                   const grpc::ByteBuffer* raw,
                                                   grpc::ByteBuffer* response) {
   v1::ReleaseRequest request;
-  absl::StatusOr<Caller> caller = Admit(context, "Release", *raw, request);
+  absl::StatusOr<Caller> caller = AdmitOnId(context, "Release", *raw, request);
   if (!caller.ok()) return Deny(context, caller.status());
-  if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
   absl::Status released = supervisor_.Release(request.id());
   SerializeReply(v1::ReleaseResponse(), response);
   return FinishNow(context, released);

@@ -26,6 +26,7 @@
 #include "proctor/v1/proctor.grpc.pb.h"
 #include "server/authenticator.h"
 #include "server/clock.h"
+#include "server/event_log.h"
 #include "server/supervisor.h"
 
 namespace proctor {
@@ -43,13 +44,15 @@ using RawProctorService =
     v1::Proctor::WithRawCallbackMethod_Start<v1::Proctor::WithRawCallbackMethod_Join<
         v1::Proctor::WithRawCallbackMethod_Terminate<v1::Proctor::WithRawCallbackMethod_Status<
             v1::Proctor::WithRawCallbackMethod_Logs<v1::Proctor::WithRawCallbackMethod_Release<
-                v1::Proctor::WithRawCallbackMethod_Session<v1::Proctor::Service>>>>>>>;
+                v1::Proctor::WithRawCallbackMethod_Session<
+                    v1::Proctor::WithRawCallbackMethod_Watch<v1::Proctor::Service>>>>>>>>;
 
 class ProctorService final : public RawProctorService {
  public:
-  // All must outlive the service; `timers` paces Logs follow reads and delayed refusals.
+  // All must outlive the service; `timers` paces Logs follow reads and delayed refusals;
+  // `events` feeds Watch.
   ProctorService(Supervisor& supervisor, Timers& timers, Authenticator& authenticator,
-                 Clock& clock);
+                 Clock& clock, EventLog& events);
 
   // Each handler reads its request as proctor.v1.<Method>Request and answers with the reply
   // message the proto names.
@@ -67,6 +70,10 @@ class ProctorService final : public RawProctorService {
                                    grpc::ByteBuffer* response) override;
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Logs(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* request) override;
+  // Events after the request's cursor (or from now) that match its filter; a worker's key
+  // sees only its subtree's.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(grpc::CallbackServerContext* context,
+                                                    const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
                                     const grpc::ByteBuffer* request,
                                     grpc::ByteBuffer* response) override;
@@ -78,23 +85,35 @@ class ProctorService final : public RawProctorService {
   // `request`; or why the call is refused.
   absl::StatusOr<Caller> Admit(grpc::CallbackServerContext* context, absl::string_view method,
                                const grpc::ByteBuffer& raw, google::protobuf::Message& request);
+  // The caller, with the daemon's proof added to the reply (also to a refusal for the key's
+  // rate); or why the call is refused.
   absl::StatusOr<Caller> Authenticate(grpc::CallbackServerContext* context,
                                       absl::string_view method);
-  // How long to hold back `refused`, an answer of Admit: the authenticator's delay for its
-  // own refusals, none for a bad request.
+  // How long to hold back `refused`, an answer of Admit or AdmitOnId: the authenticator's
+  // delay for its own refusals, none for a bad request or a process out of reach.
   absl::Duration HoldBack(grpc::CallbackServerContext* context, const absl::Status& refused);
   // OK when `caller` may act on process `id`.
   absl::Status Authorize(const Caller& caller, uint64_t id);
+  // Admit(), then Authorize() on the process the request names (its `id`).
+  template <typename Request>
+  absl::StatusOr<Caller> AdmitOnId(grpc::CallbackServerContext* context, absl::string_view method,
+                                   const grpc::ByteBuffer& raw, Request& request) {
+    absl::StatusOr<Caller> caller = Admit(context, method, raw, request);
+    if (!caller.ok()) return caller;
+    if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return s;
+    return caller;
+  }
   // Finishes a unary call with an error, after `delay`.
   grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
                                    const absl::Status& status,
                                    absl::Duration delay = absl::ZeroDuration());
-  // Refuse() with HoldBack(): for a call Admit turned away.
+  // Refuse() with HoldBack(): for a call Admit or AdmitOnId turned away.
   grpc::ServerUnaryReactor* Deny(grpc::CallbackServerContext* context, const absl::Status& refused);
 
   Supervisor& supervisor_;
   Timers& timers_;
   Authenticator& authenticator_;
+  EventLog& events_;
   Backoff limit_refusals_;  // by the root of the calling tree
 };
 

@@ -110,6 +110,14 @@ Supervisor::Supervisor(SupervisorOptions options, ProcessOs& os, Clock& clock,
       clock_(clock),
       timers_(timers),
       ids_(ids) {
+  {
+    absl::MutexLock lock(&mu_);
+    last_cursor_ = options_.last_cursor;
+  }
+  {
+    absl::MutexLock lock(&record_mu_);
+    recorded_through_ = options_.last_cursor;
+  }
   os_.SetListeners(
       [this](uint64_t id, WaitStatus status, const ResourceUsage& usage) {
         OnExit(id, status, usage);
@@ -295,6 +303,7 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
     }
   }
   if (info.name.empty()) info.name = absl::StrCat("Process-", record.identity);
+  out.Emit(EventKind::kStarted, &info);
   spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, info.name, info.pid,
                info.target, info.daemon ? " daemon" : "");
 
@@ -338,6 +347,9 @@ Supervisor::Record* Supervisor::FindAnyLocked(uint64_t id) {
 }
 
 Supervisor::Outbox::~Outbox() {
+  // First: replies and answers below report these events, and a nested outbox (settling
+  // drains) numbers later ones that must wait for these.
+  if (!events_.empty()) supervisor_.RecordInOrder(events_);
   for (const GroupSignal& order : signals_) {
     absl::Status sent = supervisor_.os_.SignalGroup(order.id, order.signal);
     spdlog::info("terminate id={} pid={} signal={} grace={}{}", order.id, order.pid,
@@ -355,6 +367,36 @@ Supervisor::Outbox::~Outbox() {
   if (settle_ || !sweeps_.empty()) supervisor_.SettleDrains();
   for (auto& call : calls_) call();
   supervisor_.Drop(files_);
+}
+
+void Supervisor::Outbox::Emit(EventKind kind, const ProcessInfo* process, uint64_t session)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  supervisor_.mu_.AssertHeld();
+  SupervisorEvent& event = events_.emplace_back();
+  event.cursor = ++supervisor_.last_cursor_;
+  event.time = supervisor_.clock_.Now();
+  event.kind = kind;
+  if (process != nullptr) event.process = *process;
+  event.session = session;
+}
+
+void Supervisor::RecordInOrder(const std::vector<SupervisorEvent>& events) {
+  absl::MutexLock lock(&record_mu_);
+  const uint64_t first = events.front().cursor;
+  // Another call numbered earlier events and has not handed them over yet: it is about to.
+  struct Turn {
+    const uint64_t* recorded_through;
+    uint64_t first;
+    bool Ready() const { return *recorded_through + 1 == first; }
+  } turn{&recorded_through_, first};
+  record_mu_.Await(absl::Condition(&turn, &Turn::Ready));
+  if (options_.events != nullptr) {
+    if (absl::Status recorded = options_.events->Record(events); !recorded.ok()) {
+      spdlog::error("events {}..{} not recorded: {}", first, events.back().cursor,
+                    std::string(recorded.message()));
+    }
+  }
+  recorded_through_ = events.back().cursor;
 }
 
 void Supervisor::Outbox::Answer(Done done, absl::StatusOr<ProcessInfo> answer) {
@@ -423,6 +465,7 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& 
     return 0;
   }
   record->tree = record->tree || options.tree;
+  out.Emit(EventKind::kTerminateRequested, &record->info);
   // An ended worker may still have left processes in its group (or tree): they are its too.
   if (options.tree) {
     SignalTreeLocked(*record, options.signal, options.grace, out);
@@ -658,6 +701,7 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
   if (daemonic > 0) {
     spdlog::info("parent id={} ended: terminated {} daemonic children", id, daemonic);
   }
+  out.Emit(EventKind::kExited, &info);
   for (Waiter& w : record.joiners) {
     if (w.timer != 0) timers_.Cancel(w.timer);
     waiter_record_.erase(w.id);
@@ -668,7 +712,7 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
   ++ended_count_;
   out.Settle();
   // `record` may be evicted here: nothing below may use it.
-  EvictLocked(out.files());
+  EvictLocked(out);
 }
 
 void Supervisor::OnOrphanReaped() {
@@ -679,14 +723,15 @@ void Supervisor::OnOrphanReaped() {
   SettleDrains();
 }
 
-void Supervisor::EvictLocked(FilesToDrop& files) {
+void Supervisor::EvictLocked(Outbox& out) {
   while (ended_count_ > options_.retain && !ended_order_.empty()) {
     uint64_t oldest = ended_order_.front();
     auto it = records_.find(oldest);
     if (it != records_.end() && draining_.contains(oldest)) break;  // still being terminated
     ended_order_.pop_front();
     if (it == records_.end()) continue;  // released already
-    EraseLocked(oldest, files);
+    out.Emit(EventKind::kEvicted, &it->second.info);
+    EraseLocked(oldest, out.files());
     --ended_count_;
   }
 }
@@ -766,10 +811,11 @@ absl::StatusOr<ProcessInfo> Supervisor::Get(uint64_t id) {
   return record->info;
 }
 
-std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter) {
+std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter, uint64_t* cursor) {
   std::vector<ProcessInfo> out;
   {
     absl::MutexLock lock(&mu_);
+    if (cursor != nullptr) *cursor = last_cursor_;
     for (const auto& [id, record] : records_) {
       const ProcessInfo& info = record.info;
       if (filter.running.has_value() && info.running != *filter.running) continue;
@@ -814,6 +860,7 @@ absl::Status Supervisor::Release(uint64_t id) {
         absl::StrCat("process ", id, " has ended but processes it started are still alive; "
                      "terminate it before releasing it"));
   }
+  out.Emit(EventKind::kReleased, &record->info);
   EraseLocked(id, out.files());
   --ended_count_;
   // Keep the eviction queue from filling with released ids.
@@ -868,8 +915,10 @@ void Supervisor::CheckShutdownLocked(Outbox& out) {
 }
 
 uint64_t Supervisor::OpenSession(absl::Duration ttl, std::function<void()> on_expired) {
+  Outbox out(*this);
   absl::MutexLock lock(&mu_);
   uint64_t session = next_session_++;
+  out.Emit(EventKind::kSessionOpened, nullptr, session);
   SessionState& state = sessions_[session];
   state.ttl = ttl;
   state.on_expired = std::move(on_expired);
@@ -903,6 +952,13 @@ absl::Status Supervisor::TouchSession(uint64_t session) {
   return absl::OkStatus();
 }
 
+std::vector<uint64_t> Supervisor::OpenSessions() {
+  absl::MutexLock lock(&mu_);
+  std::vector<uint64_t> open;
+  for (const auto& [session, state] : sessions_) open.push_back(session);
+  return open;
+}
+
 void Supervisor::CloseSession(uint64_t session) {
   Outbox out(*this);
   absl::MutexLock lock(&mu_);
@@ -916,6 +972,7 @@ void Supervisor::EndSessionLocked(uint64_t session, Outbox& out) {
   SessionState state = std::move(it->second);
   sessions_.erase(it);
   timers_.Cancel(state.timer);
+  out.Emit(EventKind::kSessionEnded, nullptr, session);
   for (uint64_t id : state.processes) {
     Record* record = FindLocked(id);
     if (record != nullptr && record->info.daemon && record->info.running) {

@@ -109,6 +109,35 @@ struct ListFilter {
   uint64_t subtree_of = 0;            // when set, only this process and its descendants
 };
 
+// A change of state, as the supervisor reports it to its EventSink.
+enum class EventKind {
+  kStarted,
+  kExited,
+  kTerminateRequested,
+  kReleased,
+  kEvicted,
+  kSessionOpened,
+  kSessionEnded,
+};
+
+struct SupervisorEvent {
+  uint64_t cursor = 0;  // grows by one per event, never reused (continues from first_cursor)
+  absl::Time time;
+  EventKind kind;
+  ProcessInfo process;  // the record as it stands after the event (process events)
+  uint64_t session = 0;  // session events
+};
+
+// Where the events go: a journal and the watchers. Record() is called outside the
+// supervisor's lock, with one call's events, in cursor order across calls (the supervisor
+// sequences them), and must return once they are stored: the replies that report them wait
+// for it. An error is logged by the supervisor and the call goes on.
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  virtual absl::Status Record(const std::vector<SupervisorEvent>& events) = 0;
+};
+
 // How Terminate ends a process.
 struct TerminateOptions {
   int signal = 15;                              // 1..SIGRTMAX
@@ -125,6 +154,8 @@ struct SupervisorOptions {
   std::string worker_address;         // PROCTOR_ADDRESS as workers see it
   CaptureFiles* capture_files = nullptr;  // spares for capture files; null: made at spawn
   std::string worker_user;                // the user of workers whose Start names none
+  EventSink* events = nullptr;            // null: events are numbered but kept nowhere
+  uint64_t last_cursor = 0;               // the cursor of the last event ever recorded
   // Limits against runaway spawning; past one, Start is RESOURCE_EXHAUSTED naming it.
   size_t max_processes = 4096;  // live, in the whole daemon
   size_t max_children = 512;    // live children of one parent worker
@@ -169,7 +200,9 @@ class Supervisor {
   uint64_t RootOf(uint64_t id);
   // Whether `id` is `root` or one of its descendants.
   bool InSubtree(uint64_t root, uint64_t id);
-  std::vector<ProcessInfo> List(const ListFilter& filter);
+  // `cursor`, when given, receives the cursor of the last event the listing reflects: watch
+  // from there to miss nothing and see nothing twice.
+  std::vector<ProcessInfo> List(const ListFilter& filter, uint64_t* cursor = nullptr);
   // The capture files that may still grow: those of running workers, and of ended ones whose
   // processes live on.
   std::vector<std::string> CaptureFilesInUse();
@@ -183,6 +216,8 @@ class Supervisor {
   uint64_t OpenSession(absl::Duration ttl, std::function<void()> on_expired);
   // Restarts the TTL. NOT_FOUND once the session has ended.
   absl::Status TouchSession(uint64_t session);
+  // The sessions open now.
+  std::vector<uint64_t> OpenSessions();
   // Ends a session now (its daemonic processes are terminated); no-op when already ended.
   void CloseSession(uint64_t session);
 
@@ -247,9 +282,13 @@ class Supervisor {
     void SweepTree(uint64_t root, int signal) { sweeps_.push_back(Sweep{root, signal}); }
     void Settle() { settle_ = true; }
     FilesToDrop& files() { return files_; }
+    // Numbers the event now (REQUIRES: the supervisor's lock); it is recorded before anything
+    // else this outbox does.
+    void Emit(EventKind kind, const ProcessInfo* process, uint64_t session = 0);
 
    private:
     Supervisor& supervisor_;
+    std::vector<SupervisorEvent> events_;
     std::vector<std::function<void()>> calls_;
     std::vector<GroupSignal> signals_;
     std::vector<uint64_t> cgroup_kills_;
@@ -310,9 +349,12 @@ class Supervisor {
   // Ends a session: its daemonic processes are terminated with their trees.
   void EndSessionLocked(uint64_t session, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CheckShutdownLocked(Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EvictLocked(FilesToDrop& files) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvictLocked(Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes a record and its id from its parent's children; its capture files go to `files`.
   void EraseLocked(uint64_t id, FilesToDrop& files) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands `events` to the sink once every earlier cursor has been handed over; call without
+  // the lock.
+  void RecordInOrder(const std::vector<SupervisorEvent>& events);
   // Removes dropped capture files; call without the lock.
   void Drop(const FilesToDrop& files);
   bool InSubtreeLocked(uint64_t root, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -342,6 +384,9 @@ class Supervisor {
   };
   absl::flat_hash_map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t last_cursor_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex record_mu_;  // never taken with mu_ held
+  uint64_t recorded_through_ ABSL_GUARDED_BY(record_mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool shutdown_grace_over_ ABSL_GUARDED_BY(mu_) = false;
   absl::Duration shutdown_grace_ ABSL_GUARDED_BY(mu_);

@@ -9,8 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <future>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <set>
@@ -23,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/authkey.h"
 #include "gmock/gmock.h"
@@ -783,6 +787,120 @@ TEST_F(AuthWorkerKeyTest, CliInsideAWorkerSeesOnlyItsSubtree) {
   std::string json = LogsOf(admin_, inside->id());
   EXPECT_THAT(JsonIds(json), UnorderedElementsAre(inside->id())) << json;
   EXPECT_THAT(json, Not(HasSubstr(absl::StrCat("\"id\":", other.id(), ","))));
+}
+
+// ------------------------------------------------------------------------------------------
+// One key's flood
+
+// The daemon's resident memory, in KiB.
+int64_t RssKib(pid_t pid) {
+  for (absl::string_view line :
+       absl::StrSplit(ReadFile(absl::StrCat("/proc/", pid, "/status")), '\n')) {
+    int64_t kib = 0;
+    if (absl::ConsumePrefix(&line, "VmRSS:") &&
+        absl::SimpleAtoi(absl::StripSuffix(absl::StripAsciiWhitespace(line), " kB"), &kib)) {
+      return kib;
+    }
+  }
+  ADD_FAILURE() << "no VmRSS for " << pid;
+  return 0;
+}
+
+// The latency of each of `calls`, spaced by `pause`; every one must succeed.
+std::vector<absl::Duration> TimedStatusCalls(Client& client, uint64_t id, absl::Duration span,
+                                             absl::Duration pause) {
+  std::vector<absl::Duration> latencies;
+  absl::Time end = absl::Now() + span;
+  while (absl::Now() < end) {
+    absl::Time start = absl::Now();
+    absl::StatusOr<v1::Process> status = client.Status(id);
+    latencies.push_back(absl::Now() - start);
+    EXPECT_TRUE(status.ok()) << "call " << latencies.size() << ": " << status.status();
+    absl::SleepFor(pause);
+  }
+  std::sort(latencies.begin(), latencies.end());
+  return latencies;
+}
+
+absl::Duration Percentile(const std::vector<absl::Duration>& sorted, double p) {
+  return sorted.empty() ? absl::ZeroDuration()
+                        : sorted[static_cast<size_t>(p * (sorted.size() - 1))];
+}
+
+// Reported: a worker's key flooding valid calls filled a replay cache shared by every key, and
+// for minutes after, every caller, the admin included, got RESOURCE_EXHAUSTED while the
+// daemon's memory grew fourfold. Now the flood is refused to that key alone (for its rate),
+// and the admin's calls keep succeeding with their normal latency meanwhile.
+TEST_F(AuthWorkerKeyTest, AFloodFromAWorkerKeyLeavesTheAdminServed) {
+  constexpr int kFloodThreads = 4;
+  KeyedWorker worker = StartKeyedWorker(admin_);
+  ASSERT_FALSE(worker.credentials.key.empty());
+  const uint64_t id = worker.record.id();
+  const std::vector<absl::Duration> before =
+      TimedStatusCalls(admin_, id, absl::Seconds(1), absl::Milliseconds(5));
+  const int64_t rss_before = RssKib(daemon_.pid());
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> accepted{0};
+  std::atomic<int> over_rate{0};
+  absl::Mutex mu;
+  std::vector<std::string> unexpected;  // guarded by mu
+  std::string rate_message;             // guarded by mu
+  std::vector<std::thread> flood;
+  for (int t = 0; t < kFloodThreads; ++t) {
+    flood.emplace_back([&] {
+      std::unique_ptr<Client> as_worker = ConnectWith(daemon_.address(), worker.credentials);
+      if (as_worker == nullptr) return;
+      while (!stop.load()) {
+        absl::Status status = as_worker->Status(id).status();
+        if (status.ok()) {
+          ++accepted;
+        } else if (absl::IsResourceExhausted(status)) {
+          ++over_rate;
+          absl::MutexLock lock(&mu);
+          rate_message = std::string(status.message());
+        } else {
+          absl::MutexLock lock(&mu);
+          unexpected.push_back(status.ToString());
+        }
+      }
+    });
+  }
+  const absl::Duration flood_time = absl::Seconds(3);
+  const std::vector<absl::Duration> during =
+      TimedStatusCalls(admin_, id, flood_time, absl::Milliseconds(5));
+  stop = true;
+  for (std::thread& thread : flood) thread.join();
+  const int64_t rss_after = RssKib(daemon_.pid());
+
+  std::cout << "worker flood: " << accepted << " accepted, " << over_rate
+            << " refused for the rate\n"
+            << "admin Status before: p50 " << Percentile(before, 0.5) << ", p99 "
+            << Percentile(before, 0.99) << ", max " << before.back() << " (" << before.size()
+            << " calls)\n"
+            << "admin Status during: p50 " << Percentile(during, 0.5) << ", p99 "
+            << Percentile(during, 0.99) << ", max " << during.back() << " (" << during.size()
+            << " calls)\n"
+            << "daemon RSS: " << rss_before / 1024 << " MiB before, " << rss_after / 1024
+            << " MiB after\n";
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(unexpected, ::testing::IsEmpty());
+  // The worker's key got its budget (a burst of 1000, then 500 a second), and no more.
+  EXPECT_GT(over_rate, 0) << "the flood never went over the worker key's rate";
+  EXPECT_THAT(rate_message, HasSubstr(absl::StrCat("the key of process ", id,
+                                                   " made more than 500 calls a second")));
+  EXPECT_LE(accepted, 1000 + 500 * absl::ToDoubleSeconds(flood_time + absl::Seconds(1)));
+  // The admin was served throughout, at its usual pace: nothing waited on the flood.
+  ASSERT_GE(during.size(), 10u);
+  EXPECT_LT(Percentile(during, 0.5),
+            std::max(10 * Percentile(before, 0.5), absl::Milliseconds(20)));
+  EXPECT_LT(during.back(), absl::Milliseconds(500));
+  EXPECT_LT(rss_after - rss_before, 32 * 1024) << "KiB";
+  // And the flooding key itself is served again once it slows down.
+  absl::SleepFor(absl::Seconds(1));
+  std::unique_ptr<Client> as_worker = ConnectWith(daemon_.address(), worker.credentials);
+  ASSERT_NE(as_worker, nullptr);
+  EXPECT_TRUE(as_worker->Status(id).ok());
 }
 
 // ------------------------------------------------------------------------------------------

@@ -485,7 +485,7 @@ TEST_F(CliTest, InterruptedRunTerminatesTheWorker) {
 TEST_F(CliTest, CallTimeoutAgainstAStoppedDaemon) {
   uint64_t id = Start({"--", "/bin/sleep", "60"});
   const std::string text = absl::StrCat(id);
-  ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  ASSERT_TRUE(StopProcess(daemon_.pid()));
   struct {
     std::vector<std::string> args;
     std::string call;
@@ -525,7 +525,7 @@ TEST_F(CliTest, RunStopsWhenTheDaemonStopsAnswering) {
   bool following = WaitFor([&] { return ReadFile(out_path) == "ready\n"; }, absl::Seconds(30));
   EXPECT_TRUE(following) << ReadFile(err_path);
   if (following) {
-    EXPECT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+    EXPECT_TRUE(StopProcess(daemon_.pid()));
   }
   // At most a poll and its answer (two call timeouts), then the session's end (one more).
   std::optional<int> raw = WaitForExit(cli, absl::Seconds(15));

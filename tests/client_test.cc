@@ -58,7 +58,7 @@ class SilentSocket {
 // SIGSTOPs a running daemon for the object's lifetime.
 class Stopped {
  public:
-  explicit Stopped(pid_t pid) : pid_(pid) { EXPECT_EQ(kill(pid_, SIGSTOP), 0); }
+  explicit Stopped(pid_t pid) : pid_(pid) { EXPECT_TRUE(StopProcess(pid_)); }
   ~Stopped() { kill(pid_, SIGCONT); }
 
  private:

@@ -597,7 +597,7 @@ TEST_F(ProcessTest, ExitGivesUpOnADaemonThatStopsAnswering) {
   const bool started = absl::SimpleAtoi(line, &id);
   std::optional<int> raw;
   if (started) {
-    EXPECT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+    EXPECT_TRUE(proctor::testing::StopProcess(daemon_.pid()));
     EXPECT_TRUE(gate.Open());
     // The exit handler's Join: a poll and its answer (two call timeouts); its output
     // forwarders stopped; the session's end (one more call timeout).

@@ -634,5 +634,54 @@ TEST_F(SupervisorTest, WallClockStepsDoNotMoveTheGrace) {
   EXPECT_THAT(os_.signals.back(), Pair(info.pid, kSigkill));
 }
 
+// Every change of state is an event, numbered in order and recorded before the reply or the
+// answer that reports it.
+class RecordingSink final : public EventSink {
+ public:
+  absl::Status Record(const std::vector<SupervisorEvent>& events) override {
+    recorded.insert(recorded.end(), events.begin(), events.end());
+    return absl::OkStatus();
+  }
+  std::vector<SupervisorEvent> recorded;
+};
+
+TEST_F(SupervisorTest, EveryChangeIsAnEventRecordedBeforeItIsReported) {
+  RecordingSink sink;
+  Make(SupervisorOptions{.retain = 1, .events = &sink, .last_cursor = 41});
+  uint64_t session = supervisor_->OpenSession(absl::Seconds(5), [] {});
+  ProcessInfo info = StartOk(StartSpec{.target = "/bin/true", .session = session});
+  ASSERT_EQ(sink.recorded.size(), 2u) << "Start returns once its event is recorded";
+  Result terminated;
+  size_t recorded_when_answered = 0;
+  supervisor_->Terminate(info.id, TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(1)},
+                         [&](absl::StatusOr<ProcessInfo> r) {
+                           recorded_when_answered = sink.recorded.size();
+                           terminated.value = std::move(r);
+                         });
+  os_.Exit(info.pid, WaitStatus::Signaled(kSigterm));
+  ASSERT_TRUE(terminated.value.has_value());
+  EXPECT_EQ(recorded_when_answered, 4u) << "the exit was recorded before the answer";
+  ProcessInfo next = StartTrue();
+  os_.Exit(next.pid, WaitStatus::Exited(0));  // the first record is evicted (retain 1)
+  ASSERT_TRUE(supervisor_->Release(next.id).ok());
+  supervisor_->CloseSession(session);
+
+  std::vector<EventKind> kinds;
+  for (size_t i = 0; i < sink.recorded.size(); ++i) {
+    EXPECT_EQ(sink.recorded[i].cursor, 42 + i) << "numbered in order, from the last one";
+    kinds.push_back(sink.recorded[i].kind);
+  }
+  EXPECT_THAT(kinds, ElementsAre(EventKind::kSessionOpened, EventKind::kStarted,
+                                 EventKind::kTerminateRequested, EventKind::kExited,
+                                 EventKind::kStarted, EventKind::kExited, EventKind::kEvicted,
+                                 EventKind::kReleased, EventKind::kSessionEnded));
+  EXPECT_EQ(sink.recorded[0].session, session);
+  EXPECT_EQ(sink.recorded[3].process.status->exitcode(), -kSigterm);
+  EXPECT_EQ(sink.recorded[6].process.id, info.id);
+  uint64_t cursor = 0;
+  supervisor_->List(ListFilter{}, &cursor);
+  EXPECT_EQ(cursor, sink.recorded.back().cursor);
+}
+
 }  // namespace
 }  // namespace proctor

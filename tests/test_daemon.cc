@@ -340,6 +340,27 @@ std::vector<pid_t> Descendants(pid_t ancestor) {
   return out;
 }
 
+bool StopProcess(pid_t pid) {
+  if (kill(pid, SIGSTOP) != 0) return false;
+  return WaitFor([&] {
+    std::string task_dir = absl::StrCat("/proc/", pid, "/task");
+    DIR* tasks = opendir(task_dir.c_str());
+    if (tasks == nullptr) return false;
+    bool all_stopped = true;
+    while (dirent* task = readdir(tasks)) {
+      if (task->d_name[0] == '.') continue;
+      std::string stat = ReadFile(absl::StrCat(task_dir, "/", task->d_name, "/stat"));
+      size_t close_paren = stat.rfind(')');
+      if (close_paren == std::string::npos || close_paren + 2 >= stat.size() ||
+          stat[close_paren + 2] != 'T') {
+        all_stopped = false;
+      }
+    }
+    closedir(tasks);
+    return all_stopped;
+  });
+}
+
 absl::StatusOr<Credentials> WorkerCredentials(pid_t pid, absl::Duration limit) {
   Credentials found{.source = absl::StrCat("the environment of pid ", pid)};
   bool complete = WaitFor(

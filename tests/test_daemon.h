@@ -98,6 +98,9 @@ v1::Process StartOk(Client& client, const std::vector<std::string>& argv,
 // True when /proc/<pid> exists and is not a zombie; IsZombie for the zombie state.
 bool IsAlive(pid_t pid);
 bool IsZombie(pid_t pid);
+// SIGSTOPs `pid` and waits until every one of its threads has stopped (the signal is taken
+// asynchronously: a thread may still answer a call right after kill returns).
+bool StopProcess(pid_t pid);
 // Waits until `condition` holds, up to `limit`; returns whether it did.
 bool WaitFor(const std::function<bool()>& condition, absl::Duration limit = absl::Seconds(5));
 

@@ -91,6 +91,29 @@ absl::string_view StateName(v1::State state) {
   }
 }
 
+struct EventTypeName {
+  v1::EventType type;
+  absl::string_view name;
+};
+
+// The names `events` prints and --type takes.
+constexpr EventTypeName kEventTypeNames[] = {
+    {v1::EVENT_STARTED, "started"},
+    {v1::EVENT_EXITED, "exited"},
+    {v1::EVENT_TERMINATE_REQUESTED, "terminate-requested"},
+    {v1::EVENT_RELEASED, "released"},
+    {v1::EVENT_EVICTED, "evicted"},
+    {v1::EVENT_SESSION_OPENED, "session-opened"},
+    {v1::EVENT_SESSION_ENDED, "session-ended"},
+};
+
+absl::string_view EventTypeText(v1::EventType type) {
+  for (const EventTypeName& known : kEventTypeNames) {
+    if (known.type == type) return known.name;
+  }
+  return "unknown";
+}
+
 // Quotes an argument for display only when a shell would need it.
 std::string DisplayArg(absl::string_view arg) {
   const bool plain = !arg.empty() && std::all_of(arg.begin(), arg.end(), [](char c) {
@@ -118,6 +141,75 @@ std::string ParentText(const v1::Process& p) {
     default:
       return "-";
   }
+}
+
+// ProcessJson's object.
+Json ProcessObject(const v1::Process& p) {
+  return {
+      {"id", p.id()},
+      {"name", p.name()},
+      {"pid", p.pid()},
+      {"state", std::string(StateName(p.state()))},
+      {"exitcode", ValueOrNull(p.has_exitcode(), p.exitcode())},
+      {"signal", p.signal()},
+      {"core_dumped", p.core_dumped()},
+      {"daemon", p.daemon()},
+      {"parent", ValueOrNull(p.has_parent_id(), p.parent_id())},
+      {"parent_session", ValueOrNull(p.has_parent_session(), p.parent_session())},
+      {"children", std::vector<uint64_t>(p.children().begin(), p.children().end())},
+      {"target", p.target()},
+      {"args", std::vector<std::string>(p.args().begin(), p.args().end())},
+      {"cwd", p.cwd()},
+      {"start_time", JsonTime(p.has_start_time(), p.start_time())},
+      {"end_time", JsonTime(p.has_end_time(), p.end_time())},
+      {"user_cpu", JsonSeconds(p.has_user_cpu(), p.user_cpu())},
+      {"system_cpu", JsonSeconds(p.has_system_cpu(), p.system_cpu())},
+      {"max_rss_bytes", p.max_rss_bytes()},
+      {"stdout_path", p.stdout_path()},
+      {"stderr_path", p.stderr_path()},
+  };
+}
+
+// `events`' columns for people, padded to these widths (the last one is not); a longer value
+// widens its column on its own line, and two blanks always separate the columns.
+constexpr size_t kEventColumnWidths[] = {6, 24, 19, 6, 12, 7};
+
+std::string EventRow(const std::array<std::string, 7>& cells) {
+  std::string out;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    out += cells[i];
+    if (i < std::size(kEventColumnWidths)) {
+      out.append(std::max(kEventColumnWidths[i], cells[i].size()) - cells[i].size() + 2, ' ');
+    }
+  }
+  return out;
+}
+
+const std::string& EventHeader() {
+  static const std::string* const header = new std::string(
+      EventRow({"CURSOR", "TIME", "TYPE", "ID", "NAME", "STATE", "EXITCODE"}));
+  return *header;
+}
+
+// One event for people: its time in UTC to the millisecond, and for session events the
+// session as ID ("session:N") and "-" for what only processes have.
+std::string EventLine(const v1::Event& e) {
+  std::string time = "-";
+  if (e.has_time()) {
+    time = absl::FormatTime(
+        "%Y-%m-%dT%H:%M:%E3SZ",
+        absl::FromUnixSeconds(e.time().seconds()) + absl::Nanoseconds(e.time().nanos()),
+        absl::UTCTimeZone());
+  }
+  std::string type(EventTypeText(e.type()));
+  if (!e.has_process()) {
+    return EventRow({absl::StrCat(e.cursor()), time, type, absl::StrCat("session:", e.session()),
+                     "-", "-", "-"});
+  }
+  const v1::Process& p = e.process();
+  return EventRow({absl::StrCat(e.cursor()), time, type, absl::StrCat(p.id()),
+                   p.name().empty() ? "-" : p.name(), std::string(StateName(p.state())),
+                   p.has_exitcode() ? absl::StrCat(p.exitcode()) : "-"});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,6 +257,7 @@ struct Command {
   std::span<const OptionSpec> options;
   Operands operands;
   int (*handler)(Cli&, const Command&, const Args&);
+  absl::string_view details = {};  // more for `proctor help COMMAND`, after the summary
 };
 
 // "--name" of "--name=value".
@@ -708,6 +801,177 @@ int CmdRelease(Cli& cli, const Command& command, const Args& args) {
   return kExitOk;
 }
 
+// Ends `events` without --follow when it takes too long: requests `stop` once `limit` has
+// passed, or once `quiet` has passed without an event (Event() tells it of each). An infinite
+// duration never passes.
+class ListingTimer {
+ public:
+  enum class Outcome { kRunning, kLimit, kQuiet };
+
+  ListingTimer(std::stop_source stop, absl::Duration limit, absl::Duration quiet)
+      : end_(absl::Now() + limit),
+        quiet_(quiet),
+        last_event_(absl::Now()),
+        thread_([this, stop]() mutable { Run(stop); }) {}
+  ~ListingTimer() {
+    {
+      absl::MutexLock lock(&mu_);
+      over_ = true;
+    }
+    thread_.join();
+  }
+  ListingTimer(const ListingTimer&) = delete;
+  ListingTimer& operator=(const ListingTimer&) = delete;
+
+  void Event() {
+    absl::MutexLock lock(&mu_);
+    last_event_ = absl::Now();
+  }
+  Outcome outcome() {
+    absl::MutexLock lock(&mu_);
+    return outcome_;
+  }
+
+ private:
+  void Run(std::stop_source& stop) {
+    absl::MutexLock lock(&mu_);
+    while (!over_) {
+      const absl::Time now = absl::Now();
+      if (now >= end_) {
+        outcome_ = Outcome::kLimit;
+      } else if (now >= last_event_ + quiet_) {
+        outcome_ = Outcome::kQuiet;
+      }
+      if (outcome_ != Outcome::kRunning) {
+        stop.request_stop();
+        return;
+      }
+      mu_.AwaitWithDeadline(absl::Condition(&over_), std::min(end_, last_event_ + quiet_));
+    }
+  }
+
+  absl::Mutex mu_;
+  const absl::Time end_;
+  const absl::Duration quiet_;
+  absl::Time last_event_ ABSL_GUARDED_BY(mu_);
+  bool over_ ABSL_GUARDED_BY(mu_) = false;
+  Outcome outcome_ ABSL_GUARDED_BY(mu_) = Outcome::kRunning;
+  std::thread thread_;
+};
+
+// How long `events` without --follow waits for more under a worker's key: the daemon shows
+// such a key only its subtree, so the event at the listing's cursor may never come.
+constexpr absl::Duration kWorkerListingQuiet = absl::Seconds(1);
+
+int CmdEvents(Cli& cli, const Command& command, const Args& args) {
+  const bool follow = args.Has("follow");
+  v1::WatchRequest request;
+  std::optional<uint64_t> since;
+  if (std::optional<std::string> text = args.Last("since")) {
+    absl::StatusOr<uint64_t> parsed = ParseId(*text, "--since cursor");
+    if (!parsed.ok()) return cli.UsageError(&command, parsed.status().message());
+    since = *parsed;
+  }
+  absl::flat_hash_set<uint64_t> ids;
+  for (const std::string& text : args.All("id")) {
+    absl::StatusOr<uint64_t> id = ParseId(text, "process id");
+    if (!id.ok()) return cli.UsageError(&command, id.status().message());
+    ids.insert(*id);
+  }
+  absl::flat_hash_set<int> types;
+  for (const std::string& text : args.All("type")) {
+    const EventTypeName* found = nullptr;
+    for (const EventTypeName& known : kEventTypeNames) {
+      if (known.name == text) found = &known;
+    }
+    if (found == nullptr) {
+      std::vector<absl::string_view> names;
+      for (const EventTypeName& known : kEventTypeNames) names.push_back(known.name);
+      return cli.UsageError(&command, absl::StrCat("invalid --type \"", text, "\" (expected ",
+                                                   absl::StrJoin(names, ", "), ")"));
+    }
+    types.insert(found->type);
+  }
+  auto wanted = [&](const v1::Event& e) {
+    return (types.empty() || types.contains(e.type())) &&
+           (ids.empty() || (e.has_process() && ids.contains(e.process().id())));
+  };
+
+  // Blocked before the client exists, so gRPC's threads inherit the mask and the signals
+  // reach only the watcher below.
+  std::optional<ScopedSignalBlock> block;
+  if (follow) block.emplace(std::initializer_list<int>{SIGINT, SIGTERM});
+  absl::StatusOr<Client*> connected = cli.client();
+  if (!connected.ok()) return cli.Fail(connected.status());
+  Client* client = *connected;
+
+  // Without --follow: the events up to the cursor a listing reflects now. They are filtered
+  // here rather than by the daemon, so that the event at that cursor arrives and ends the
+  // listing whatever it is.
+  std::optional<uint64_t> end;
+  if (!follow) {
+    uint64_t now = 0;
+    absl::StatusOr<std::vector<v1::Process>> listed = client->List(v1::StatusRequest{}, &now);
+    if (!listed.ok()) return cli.Fail(listed.status());
+    request.set_since(since.value_or(0));
+    if (!cli.json()) cli.out() << EventHeader() << std::endl;
+    if (now == request.since()) return kExitOk;
+    end = now;
+  } else {
+    if (since.has_value()) request.set_since(*since);
+    request.mutable_ids()->Add(ids.begin(), ids.end());
+    for (int type : types) request.add_types(static_cast<v1::EventType>(type));
+    if (!cli.json()) cli.out() << EventHeader() << std::endl;
+  }
+
+  std::stop_source stop;
+  std::atomic<bool> interrupted{false};
+  std::optional<SignalWatcher> watcher;
+  if (follow) {
+    watcher.emplace(*block, [&](int, int) {
+      interrupted.store(true);
+      stop.request_stop();
+    });
+  }
+  std::optional<ListingTimer> timer;
+  if (!follow) {
+    const bool admin = client->credentials().key_id == kAdminKeyId;
+    timer.emplace(stop, cli.client_options().call_timeout,
+                  admin ? absl::InfiniteDuration() : kWorkerListingQuiet);
+  }
+  bool reached = false;
+  absl::Status status = client->Watch(
+      request,
+      [&](const v1::Event& e) {
+        if (timer.has_value()) timer->Event();
+        if (end.has_value() && e.cursor() > *end) {
+          reached = true;
+          return false;
+        }
+        if (wanted(e)) cli.out() << (cli.json() ? EventJson(e) : EventLine(e)) << std::endl;
+        reached = end.has_value() && e.cursor() == *end;
+        return !reached;
+      },
+      stop.get_token());
+  if (watcher.has_value()) watcher->Stop();
+  if (timer.has_value()) {
+    const ListingTimer::Outcome outcome = timer->outcome();
+    timer.reset();
+    if (reached) return kExitOk;
+    // The timer's stop: the stream was cancelled on its account.
+    if (absl::IsCancelled(status) && outcome == ListingTimer::Outcome::kQuiet) return kExitOk;
+    if (absl::IsCancelled(status) && outcome == ListingTimer::Outcome::kLimit) {
+      return cli.Fail(absl::DeadlineExceededError(absl::StrCat(
+          "Watch did not answer within ",
+          absl::FormatDuration(
+              absl::Trunc(cli.client_options().call_timeout, absl::Milliseconds(1))))));
+    }
+  }
+  if (interrupted.load()) return kExitOk;
+  if (!status.ok()) return cli.Fail(status);
+  return kExitOk;
+}
+
 constexpr OptionSpec kStartOptions[] = {
     {"name", true}, {"daemon", false}, {"env", true},
     {"cwd", true},  {"kwarg", true},   {"user", true}, {"group", true}};
@@ -717,6 +981,8 @@ constexpr OptionSpec kKillOptions[] = {{"no-wait", false}};
 constexpr OptionSpec kPsOptions[] = {
     {"all", false}, {"name", true}, {"parent", true}, {"tree", false}};
 constexpr OptionSpec kLogsOptions[] = {{"follow", false}, {"stderr", false}, {"tail", true}};
+constexpr OptionSpec kEventsOptions[] = {
+    {"since", true}, {"follow", false}, {"id", true}, {"type", true}};
 
 constexpr Command kCommands[] = {
     {"start",
@@ -744,6 +1010,26 @@ constexpr Command kCommands[] = {
      {},
      Operands::kId,
      CmdRelease},
+    {"events", "events [--since CURSOR] [--follow] [--id ID]... [--type TYPE]...",
+     "print what happens to processes and sessions, each event with its cursor", kEventsOptions,
+     Operands::kNone, CmdEvents,
+     "\n"
+     "Without --follow: the events after --since CURSOR (default 0: all that proctord still\n"
+     "keeps) up to the cursor of a listing made now, then exit. With --follow: the events after\n"
+     "--since CURSOR (default: from now), then live ones until interrupted (SIGINT or SIGTERM:\n"
+     "exit 0) or until proctord ends the stream (exit 1).\n"
+     "\n"
+     "  --id ID      only events of this process (may be given several times)\n"
+     "  --type TYPE  only events of this type (may be given several times): started, exited,\n"
+     "               terminate-requested, released, evicted, session-opened, session-ended\n"
+     "\n"
+     "One line per event under a header: CURSOR TIME TYPE ID NAME STATE EXITCODE, the record\n"
+     "as it stands after the event (a session event shows session:N as ID). With --json, one\n"
+     "object per line: {\"cursor\", \"type\", \"time\" (RFC 3339), \"process\" (as status --json\n"
+     "prints it; absent for session events), \"session\" (absent when 0)}.\n"
+     "A CURSOR older than what proctord keeps, or ahead of its last event, is an error: list\n"
+     "again (ps) and watch from now. Under a worker's key, which sees only its own subtree,\n"
+     "a listing without --follow also ends after a second without an event.\n"},
 };
 
 // Options before the subcommand that say how to reach and authenticate to the daemon (besides
@@ -825,7 +1111,8 @@ void PrintUsage(std::ostream& out) {
          "                       (default: $PROCTOR_ADDRESS, else "
       << DefaultAddress()
       << ")\n"
-         "  --json               print records as JSON (start, join, terminate, kill, status, ps)\n"
+         "  --json               print records as JSON (start, join, terminate, kill, status,\n"
+         "                       ps) and events as JSON (events)\n"
          "  --authkey-file PATH  the key to prove (default: $PROCTOR_AUTHKEY_FILE, a worker's\n"
          "                       $PROCTOR_AUTHKEY, else the daemon's default key file)\n"
          "  --tls-ca PATH        CA that signs the daemon's TLS certificate, for host:port\n"
@@ -835,7 +1122,8 @@ void PrintUsage(std::ostream& out) {
          "  --insecure-tcp       talk plain TCP to host:port (the authkey still applies)\n"
          "  --call-timeout SECONDS\n"
          "                       how long proctord has to answer a call (default 30); a longer\n"
-         "                       join is made of polls this long; logs --follow has no limit\n"
+         "                       join is made of polls this long; logs --follow and\n"
+         "                       events --follow have no limit\n"
          "\n"
          "Exit status: 0 on success, 1 when proctord or the call failed, 2 for usage errors;\n"
          "join and run exit like the process (128+N for signal N, 124 on join timeout).\n"
@@ -843,7 +1131,8 @@ void PrintUsage(std::ostream& out) {
 }
 
 void PrintCommandHelp(std::ostream& out, const Command& command) {
-  out << "usage: proctor " << command.synopsis << "\n  " << command.summary << std::endl;
+  out << "usage: proctor " << command.synopsis << "\n  " << command.summary << "\n"
+      << command.details << std::flush;
 }
 
 }  // namespace
@@ -855,30 +1144,17 @@ int JoinExitStatus(const v1::Process& process) {
   return status.shell_status();
 }
 
-std::string ProcessJson(const v1::Process& p) {
-  return Dump({
-      {"id", p.id()},
-      {"name", p.name()},
-      {"pid", p.pid()},
-      {"state", std::string(StateName(p.state()))},
-      {"exitcode", ValueOrNull(p.has_exitcode(), p.exitcode())},
-      {"signal", p.signal()},
-      {"core_dumped", p.core_dumped()},
-      {"daemon", p.daemon()},
-      {"parent", ValueOrNull(p.has_parent_id(), p.parent_id())},
-      {"parent_session", ValueOrNull(p.has_parent_session(), p.parent_session())},
-      {"children", std::vector<uint64_t>(p.children().begin(), p.children().end())},
-      {"target", p.target()},
-      {"args", std::vector<std::string>(p.args().begin(), p.args().end())},
-      {"cwd", p.cwd()},
-      {"start_time", JsonTime(p.has_start_time(), p.start_time())},
-      {"end_time", JsonTime(p.has_end_time(), p.end_time())},
-      {"user_cpu", JsonSeconds(p.has_user_cpu(), p.user_cpu())},
-      {"system_cpu", JsonSeconds(p.has_system_cpu(), p.system_cpu())},
-      {"max_rss_bytes", p.max_rss_bytes()},
-      {"stdout_path", p.stdout_path()},
-      {"stderr_path", p.stderr_path()},
-  });
+std::string ProcessJson(const v1::Process& p) { return Dump(ProcessObject(p)); }
+
+std::string EventJson(const v1::Event& e) {
+  Json json = {
+      {"cursor", e.cursor()},
+      {"type", std::string(EventTypeText(e.type()))},
+      {"time", JsonTime(e.has_time(), e.time())},
+  };
+  if (e.has_process()) json["process"] = ProcessObject(e.process());
+  if (e.session() != 0) json["session"] = e.session();
+  return Dump(json);
 }
 
 std::string ProcessTree(const std::vector<v1::Process>& processes) {

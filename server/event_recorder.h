@@ -1,0 +1,50 @@
+// EventRecorder: proctord's EventSink. Each batch of the supervisor's events (one call's) is
+// written to the journal in one transaction, then handed to the watchers; the supervisor waits
+// for it before the reply or the answer that reports the events. Every `compact_every`
+// events, the journal is compacted so that its size follows retention (the records still
+// kept and the sessions still open, asked of `retained`), not the daemon's age.
+//
+// Thread-safe as the supervisor calls it: one Record at a time, in cursor order.
+#ifndef PROCTOR_SERVER_EVENT_RECORDER_H_
+#define PROCTOR_SERVER_EVENT_RECORDER_H_
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "proctor/v1/proctor.pb.h"
+#include "server/event_log.h"
+#include "server/journal.h"
+#include "server/supervisor.h"
+
+namespace proctor {
+
+class EventRecorder final : public EventSink {
+ public:
+  // Fills the ids of the records kept and the sessions open. Called from Record, without
+  // the supervisor's lock.
+  using Retained = std::function<void(absl::flat_hash_set<uint64_t>& ids,
+                                      absl::flat_hash_set<uint64_t>& sessions)>;
+
+  // All must outlive the recorder. `journal` null: events go to the watchers only.
+  EventRecorder(Journal* journal, EventLog& log, Retained retained,
+                size_t compact_every = 4096);
+
+  absl::Status Record(const std::vector<SupervisorEvent>& events) override;
+
+  // The event as Watch sends it.
+  static v1::Event ToProto(const SupervisorEvent& event);
+
+ private:
+  Journal* const journal_;
+  EventLog& log_;
+  const Retained retained_;
+  const size_t compact_every_;
+  size_t since_compaction_ = 0;
+};
+
+}  // namespace proctor
+
+#endif  // PROCTOR_SERVER_EVENT_RECORDER_H_
