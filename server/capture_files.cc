@@ -68,6 +68,34 @@ void CaptureFiles::Refill() {
   }
 }
 
+void CaptureFiles::Recycle(const std::string& path) {
+  std::string spare;
+  {
+    absl::MutexLock lock(&mu_);
+    if (spares_.size() < stock_) spare = absl::StrCat(spare_dir_, "/", next_name_++);
+  }
+  if (spare.empty() || !TakeBackUnused(path, spare)) {
+    unlink(path.c_str());
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  spares_.push_back(std::move(spare));
+}
+
+bool CaptureFiles::TakeBackUnused(const std::string& path, const std::string& spare) {
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return false;
+  // The kernel grants a write lease only while no other open file description of the file
+  // exists, anywhere: then no process can write to it any more (none has it open, and only
+  // proctord knows where it is), and it can be emptied and reused safely. A process that
+  // escaped its tree and still holds it makes this fail, and the file is removed instead.
+  bool unused = fcntl(fd, F_SETLEASE, F_WRLCK) == 0;
+  bool taken = unused && ftruncate(fd, 0) == 0 && rename(path.c_str(), spare.c_str()) == 0;
+  if (unused) fcntl(fd, F_SETLEASE, F_UNLCK);
+  close(fd);
+  return taken;
+}
+
 bool CaptureFiles::RefillDue() const {
   // Below half, to make the slow creations in bulk; or short after a failed creation.
   return stopping_ || short_after_failure_ || spares_.size() < (stock_ + 1) / 2;

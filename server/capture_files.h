@@ -6,9 +6,10 @@
 // a spare to where a new worker's output goes. When the stock is empty, Prepare() does
 // nothing and the file is created at spawn as usual. Thread-safe.
 //
-// A spare is always a new file, never one a worker wrote: a process that escaped its tree
-// may still hold an old capture file open, and what it writes must never show up in the
-// output of another record. Files of forgotten records are removed, not reused.
+// Files of forgotten records come back into the stock (emptied: renaming costs far less than
+// creating) only when no process has them open any more, as a write lease proves; otherwise
+// they are removed. A process that escaped its tree may still hold an old capture file open,
+// and what it writes must never show up in the output of another record.
 #ifndef PROCTOR_SERVER_CAPTURE_FILES_H_
 #define PROCTOR_SERVER_CAPTURE_FILES_H_
 
@@ -29,13 +30,18 @@ class CaptureFiles {
   CaptureFiles(std::string dir, size_t stock);
   ~CaptureFiles();
 
-  // Puts a new, empty file at `path` if a spare is at hand.
+  // Puts an empty file at `path` if a spare is at hand.
   void Prepare(const std::string& path);
+  // Takes back a capture file no longer needed: emptied into the stock if nothing has it
+  // open, else removed.
+  void Recycle(const std::string& path);
 
 
  private:
   void Refill();
   bool RefillDue() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Empties `path` and moves it to `spare` if no open file description of it exists.
+  static bool TakeBackUnused(const std::string& path, const std::string& spare);
 
   const std::string spare_dir_;
   const size_t stock_;

@@ -755,7 +755,13 @@ void Supervisor::EraseLocked(uint64_t id, FilesToDrop& files) {
 }
 
 void Supervisor::Drop(const FilesToDrop& files) {
-  for (const std::string& path : files.remove) unlink(path.c_str());
+  for (const std::string& path : files.remove) {
+    if (options_.capture_files != nullptr) {
+      options_.capture_files->Recycle(path);  // reused only if nothing has it open
+    } else {
+      unlink(path.c_str());
+    }
+  }
 }
 
 absl::StatusOr<ProcessInfo> Supervisor::OpenLogs(uint64_t id) {

@@ -250,8 +250,8 @@ class Supervisor {
     absl::Duration kill_deadline = absl::InfiniteDuration();  // monotonic
     std::optional<Exit> early_exit;  // reaped before its launch was committed
   };
-  // Capture files of forgotten records, removed once the lock is released. Never reused:
-  // an escaped process may still write to one (see CaptureFiles).
+  // Capture files of forgotten records, given back once the lock is released: reused only
+  // when nothing has them open any more, removed otherwise (see CaptureFiles).
   struct FilesToDrop {
     std::vector<std::string> remove;
   };
@@ -355,7 +355,7 @@ class Supervisor {
   // Hands `events` to the sink once every earlier cursor has been handed over; call without
   // the lock.
   void RecordInOrder(const std::vector<SupervisorEvent>& events);
-  // Removes dropped capture files; call without the lock.
+  // Gives back (or removes) dropped capture files; call without the lock.
   void Drop(const FilesToDrop& files);
   bool InSubtreeLocked(uint64_t root, uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -1,6 +1,7 @@
 // CaptureFiles against a real temporary directory.
 #include "server/capture_files.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,7 +45,7 @@ TEST(CaptureFilesTest, PreparesEmptyFilesFromTheStockAndRefillsIt) {
       << "refilled in the background";
 }
 
-TEST(CaptureFilesTest, SparesAreAlwaysNewFiles) {
+TEST(CaptureFilesTest, RefilledSparesAreEmptyFilesOfTheirOwn) {
   TempDir dir;
   CaptureFiles files(dir.path(), 2);
   ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 2; }, absl::Seconds(30)));
@@ -62,6 +63,41 @@ TEST(CaptureFilesTest, SparesAreAlwaysNewFiles) {
     EXPECT_EQ(st.st_size, 0);
     EXPECT_EQ(st.st_nlink, 1u);
   }
+}
+
+TEST(CaptureFilesTest, AFileNothingHoldsComesBackEmpty) {
+  TempDir dir;
+  CaptureFiles files(dir.path(), 1);
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 1; }, absl::Seconds(30)));
+  files.Prepare(dir.path() + "/taken.out");  // the stock is empty now...
+  std::string old_path = dir.path() + "/old.out";
+  ASSERT_TRUE(WriteFile(old_path, "a previous worker's secret output"));
+  files.Recycle(old_path);  // ...and nothing holds the old file: it joins the stock
+  EXPECT_NE(access(old_path.c_str(), F_OK), 0);
+  EXPECT_EQ(Spares(dir), 1u);
+  std::string fresh = dir.path() + "/fresh.out";
+  files.Prepare(fresh);
+  EXPECT_EQ(ReadFile(fresh), "");
+}
+
+TEST(CaptureFilesTest, AFileSomeoneStillHoldsIsRemovedNotReused) {
+  TempDir dir;
+  CaptureFiles files(dir.path(), 1);
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 1; }, absl::Seconds(30)));
+  files.Prepare(dir.path() + "/taken.out");
+  std::string old_path = dir.path() + "/old.out";
+  ASSERT_TRUE(WriteFile(old_path, "early output"));
+  // As an escaped process of a forgotten record would.
+  int still_writing = open(old_path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(still_writing, 0);
+  files.Recycle(old_path);
+  EXPECT_NE(access(old_path.c_str(), F_OK), 0);
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 1; }, absl::Seconds(30))) << "refilled";
+  std::string fresh = dir.path() + "/fresh.out";
+  files.Prepare(fresh);
+  ASSERT_EQ(write(still_writing, "late output", 11), 11);
+  close(still_writing);
+  EXPECT_EQ(ReadFile(fresh), "") << "the held file was handed on";
 }
 
 TEST(CaptureFilesTest, WithoutStockPrepareLeavesCreationToTheSpawn) {

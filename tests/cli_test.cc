@@ -25,8 +25,12 @@
 namespace proctor::testing {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::MatchesRegex;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 // The value of `key` in a one-line JSON object: a string with its quotes, or a bare scalar
@@ -139,8 +143,45 @@ class CliTest : public ::testing::Test {
     return id;
   }
 
+  // The cursor a listing reflects now.
+  uint64_t Cursor() {
+    uint64_t cursor = 0;
+    absl::StatusOr<std::vector<v1::Process>> all =
+        daemon_.client().List(v1::StatusRequest{}, &cursor);
+    EXPECT_TRUE(all.ok()) << all.status();
+    return cursor;
+  }
+
+  // `proctor --json events ARGS`, expecting success: one object per line.
+  std::vector<std::string> EventsJson(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {"--json", "events"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return Lines(CliOk(argv));
+  }
+
   TestDaemon daemon_;
 };
+
+uint64_t JsonNumber(const std::string& json, const std::string& key) {
+  uint64_t n = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(JsonField(json, key), &n)) << key << " in " << json;
+  return n;
+}
+
+// An event's type and process id.
+using Seen = std::pair<std::string, uint64_t>;
+
+// The type and process id of each line of `events --json`.
+std::vector<Seen> TypesAndIds(const std::vector<std::string>& lines) {
+  std::vector<Seen> out;
+  for (const std::string& line : lines) {
+    out.emplace_back(std::string(absl::StripPrefix(absl::StripSuffix(JsonField(line, "type"),
+                                                                     "\""),
+                                                   "\"")),
+                     JsonNumber(line, "id"));
+  }
+  return out;
+}
 
 TEST_F(CliTest, StartPrintsTheIdAlone) {
   CommandResult result = Cli({"start", "--", "/bin/sleep", "60"});
@@ -582,6 +623,215 @@ TEST_F(CliTest, KeyFileOthersCanReadWorksWithAWarning) {
   CommandResult tight = Cli({"--authkey-file", path, "ps"});
   EXPECT_EQ(tight.status, 0) << tight.err;
   EXPECT_EQ(tight.err, "");
+}
+
+TEST_F(CliTest, EventsListWhatHappened) {
+  uint64_t id = Start({"--", "/bin/sh", "-c", "exit 7"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 7);
+  std::vector<std::string> lines = EventsJson({"--since", "0"});
+  ASSERT_EQ(lines.size(), 2u) << absl::StrJoin(lines, "\n");
+  EXPECT_THAT(TypesAndIds(lines), ElementsAre(Seen("started", id), Seen("exited", id)));
+  EXPECT_LT(JsonNumber(lines[0], "cursor"), JsonNumber(lines[1], "cursor"));
+  EXPECT_EQ(JsonField(lines[0], "state"), "\"running\"");
+  EXPECT_EQ(JsonField(lines[0], "exitcode"), "null");
+  EXPECT_EQ(JsonField(lines[1], "state"), "\"exited\"");
+  EXPECT_EQ(JsonField(lines[1], "exitcode"), "7");
+  EXPECT_THAT(JsonField(lines[1], "time"), StartsWith("\"20"));
+  // The record exactly as `status --json` prints it; no session for a process event.
+  const std::string status = StatusJson(id);
+  EXPECT_EQ(lines[1], absl::StrCat("{\"cursor\":", JsonNumber(lines[1], "cursor"),
+                                   ",\"type\":\"exited\",\"time\":", JsonField(lines[1], "time"),
+                                   ",\"process\":", absl::StripSuffix(status, "\n"), "}"));
+  // ... which shows no cursor, nor does `ps`.
+  EXPECT_THAT(status, Not(HasSubstr("cursor")));
+  EXPECT_THAT(CliOk({"--json", "ps", "--all"}), Not(HasSubstr("cursor")));
+  // Without --since: every event kept, the same.
+  EXPECT_EQ(EventsJson({}), lines);
+  // Up to now: nothing after the last cursor.
+  const uint64_t now = Cursor();
+  EXPECT_EQ(now, JsonNumber(lines[1], "cursor"));
+  EXPECT_THAT(EventsJson({"--since", absl::StrCat(now)}), IsEmpty());
+  EXPECT_EQ(EventsJson({"--since", absl::StrCat(now - 1)}), std::vector<std::string>{lines[1]});
+
+  // For people: a header, then a line per event.
+  std::vector<std::string> table = Lines(CliOk({"events"}));
+  ASSERT_EQ(table.size(), 3u);
+  EXPECT_THAT(Words(table[0]),
+              ElementsAre("CURSOR", "TIME", "TYPE", "ID", "NAME", "STATE", "EXITCODE"));
+  std::vector<std::string> exited = Words(table[2]);
+  ASSERT_EQ(exited.size(), 7u) << table[2];
+  EXPECT_EQ(exited[0], absl::StrCat(now));
+  EXPECT_THAT(exited[1], MatchesRegex("20[0-9-]+T[0-9:]+\\.[0-9]{3}Z"));
+  EXPECT_THAT(std::vector<std::string>(exited.begin() + 2, exited.end()),
+              ElementsAre("exited", absl::StrCat(id), "Process-1", "exited", "7"));
+  EXPECT_EQ(CliOk({"events", "--since", absl::StrCat(now)}), table[0] + "\n");
+}
+
+TEST_F(CliTest, EventsFilteredByTypeAndId) {
+  uint64_t one = Start({"--", "/bin/true"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(one)}).status, 0);
+  uint64_t two = Start({"--", "/bin/sh", "-c", "exit 2"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(two)}).status, 2);
+  CliOk({"terminate", absl::StrCat(one)});  // a terminate-requested event, for an ended one
+
+  EXPECT_THAT(TypesAndIds(EventsJson({"--type", "exited"})),
+              ElementsAre(Seen("exited", one), Seen("exited", two)));
+  EXPECT_THAT(TypesAndIds(EventsJson({"--id", absl::StrCat(one)})),
+              ElementsAre(Seen("started", one), Seen("exited", one),
+                          Seen("terminate-requested", one)));
+  EXPECT_THAT(TypesAndIds(EventsJson({"--type", "started", "--type", "terminate-requested",
+                                      "--id", absl::StrCat(one)})),
+              ElementsAre(Seen("started", one), Seen("terminate-requested", one)));
+  EXPECT_THAT(EventsJson({"--type", "session-opened"}), IsEmpty());
+  // A listing that ends on an event the filter leaves out.
+  EXPECT_THAT(TypesAndIds(EventsJson({"--id", absl::StrCat(two)})),
+              ElementsAre(Seen("started", two), Seen("exited", two)));
+
+  CommandResult bad = Cli({"events", "--type", "ended"});
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_EQ(bad.out, "");
+  EXPECT_EQ(bad.err,
+            "proctor: invalid --type \"ended\" (expected started, exited, terminate-requested, "
+            "released, evicted, session-opened, session-ended)\n"
+            "usage: proctor events [--since CURSOR] [--follow] [--id ID]... [--type TYPE]...\n");
+  EXPECT_EQ(Cli({"events", "--since", "-1"}).status, 2);
+  EXPECT_EQ(Cli({"events", "--id", "x"}).status, 2);
+}
+
+TEST_F(CliTest, EventsFollowUntilInterrupted) {
+  const std::string out_path = daemon_.dir() + "/events.out";
+  const std::string err_path = daemon_.dir() + "/events.err";
+  for (int sig : {SIGINT, SIGTERM}) {
+    // From a cursor, the events after it: the CLI sees what starts while it runs, whenever
+    // it has connected.
+    pid_t cli = daemon_.StartCli({"--json", "events", "--follow", "--since",
+                                  absl::StrCat(Cursor()), "--type", "exited"},
+                                 out_path, err_path);
+    ASSERT_GT(cli, 0);
+    uint64_t id = Start({"--", "/bin/sh", "-c", "exit 4"});
+    EXPECT_TRUE(WaitFor([&] { return !ReadFile(out_path).empty(); }, absl::Seconds(30)))
+        << ReadFile(err_path);
+    std::vector<std::string> lines = Lines(ReadFile(out_path));
+    ASSERT_EQ(lines.size(), 1u) << ReadFile(out_path);
+    EXPECT_THAT(TypesAndIds(lines), ElementsAre(Seen("exited", id)));
+    EXPECT_EQ(JsonField(lines[0], "exitcode"), "4");
+    EXPECT_TRUE(IsAlive(cli)) << "the CLI follows until interrupted";
+    EXPECT_EQ(kill(cli, sig), 0);
+    std::optional<int> raw = WaitForExit(cli, absl::Seconds(10));
+    ASSERT_TRUE(raw.has_value()) << "the CLI did not stop on signal " << sig;
+    EXPECT_TRUE(WIFEXITED(*raw) && WEXITSTATUS(*raw) == 0) << *raw;
+    EXPECT_EQ(ReadFile(err_path), "");
+  }
+}
+
+TEST_F(CliTest, EventsFollowWithoutSinceStartsFromNow) {
+  uint64_t before = Start({"--", "/bin/true"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(before)}).status, 0);
+  const std::string out_path = daemon_.dir() + "/events.out";
+  const std::string err_path = daemon_.dir() + "/events.err";
+  pid_t cli = daemon_.StartCli({"events", "--follow"}, out_path, err_path);
+  ASSERT_GT(cli, 0);
+  // When the CLI starts watching is its own business: processes start until it shows one.
+  std::vector<uint64_t> started;
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (Lines(ReadFile(out_path)).size() < 2 && absl::Now() < deadline) {
+    started.push_back(Start({"--", "/bin/true"}));
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_EQ(kill(cli, SIGINT), 0);
+  std::optional<int> raw = WaitForExit(cli, absl::Seconds(10));
+  ASSERT_TRUE(raw.has_value()) << "the CLI did not stop on SIGINT";
+  EXPECT_TRUE(WIFEXITED(*raw) && WEXITSTATUS(*raw) == 0) << *raw;
+  EXPECT_EQ(ReadFile(err_path), "");
+  std::vector<std::string> lines = Lines(ReadFile(out_path));
+  ASSERT_GE(lines.size(), 2u) << "the CLI never showed an event";
+  EXPECT_THAT(Words(lines[0]), ElementsAre("CURSOR", "TIME", "TYPE", "ID", "NAME", "STATE",
+                                           "EXITCODE"));
+  for (size_t i = 1; i < lines.size(); ++i) {
+    uint64_t id = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(Words(lines[i]).at(3), &id)) << lines[i];
+    EXPECT_NE(id, before) << "an event from before the CLI watched: " << lines[i];
+    EXPECT_THAT(started, Contains(id));
+  }
+  for (uint64_t id : started) Cli({"join", absl::StrCat(id)});
+}
+
+TEST_F(CliTest, EventsFromACursorAheadIsOneLine) {
+  const std::string ahead = absl::StrCat(Cursor() + 1000);
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"events", "--since", ahead},
+        std::vector<std::string>{"--json", "events", "--follow", "--since", ahead}}) {
+    CommandResult result = Cli(args);
+    EXPECT_EQ(result.status, 1) << absl::StrJoin(args, " ");
+    EXPECT_EQ(result.out, "");
+    EXPECT_THAT(result.err, StartsWith(absl::StrCat("proctor: cursor ", ahead, " is ahead")));
+    EXPECT_EQ(Lines(result.err).size(), 1u) << result.err;
+  }
+}
+
+TEST_F(CliTest, EventsFromACursorTooOldIsOneLine) {
+  // Past what proctord keeps (16384 events): every Terminate of a record is one event.
+  constexpr int kEvents = 16500;
+  uint64_t id = Start({"--", "/bin/true"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(id)}).status, 0);
+  v1::TerminateRequest terminate;
+  terminate.set_id(id);
+  terminate.set_wait(false);
+  // Paced below the admin key's rate (5000 calls a second).
+  const absl::Time begin = absl::Now();
+  for (int i = 0; i < kEvents; ++i) {
+    absl::StatusOr<v1::Process> record = daemon_.client().Terminate(terminate);
+    ASSERT_TRUE(record.ok()) << i << ": " << record.status();
+    absl::SleepFor(begin + i * absl::Microseconds(250) - absl::Now());
+  }
+  const uint64_t now = Cursor();
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"events", "--since", "1"},
+        std::vector<std::string>{"events", "--follow", "--since", "1"}}) {
+    CommandResult result = Cli(args);
+    EXPECT_EQ(result.status, 1) << absl::StrJoin(args, " ");
+    EXPECT_EQ(result.out, "");
+    EXPECT_THAT(result.err, StartsWith("proctor: cursor 1 is older than the oldest kept"));
+    EXPECT_EQ(Lines(result.err).size(), 1u) << result.err;
+  }
+  // Without --since: all that is still kept, up to now.
+  std::vector<std::string> kept = EventsJson({});
+  ASSERT_GT(kept.size(), 1000u);
+  EXPECT_GT(JsonNumber(kept.front(), "cursor"), 1u);
+  EXPECT_EQ(JsonNumber(kept.back(), "cursor"), now);
+  EXPECT_EQ(JsonNumber(kept.back(), "cursor") - JsonNumber(kept.front(), "cursor"),
+            kept.size() - 1)
+      << "a gap in what is kept";
+}
+
+TEST_F(CliTest, EventsUnderAWorkersKey) {
+  // The worker lists the events with its own key once the gate opens, after an outsider's:
+  // the listing's cursor is then an event it cannot see.
+  Gate gate(daemon_.dir() + "/gate");
+  uint64_t worker = Start({"--", "/bin/sh", "-c",
+                           absl::StrCat(gate.ShellWait(), "; exec \"$0\" --json events"),
+                           PROCTOR_CLI_PATH});
+  uint64_t outsider = Start({"--", "/bin/true"});
+  EXPECT_EQ(Cli({"join", absl::StrCat(outsider)}).status, 0);
+  EXPECT_TRUE(gate.Open());
+  // A second without an event ends the listing.
+  CommandResult joined = Cli({"join", absl::StrCat(worker), "--timeout", "10"});
+  const std::string logs = absl::StrCat(daemon_.state_dir(), "/logs/", worker);
+  EXPECT_EQ(joined.status, 0) << ReadFile(logs + ".err");
+  if (joined.status == 124) CliOk({"kill", absl::StrCat(worker)});
+  EXPECT_EQ(ReadFile(logs + ".err"), "");
+  EXPECT_THAT(TypesAndIds(Lines(ReadFile(logs + ".out"))),
+              ElementsAre(Seen("started", worker)));
+}
+
+TEST_F(CliTest, EventsHelp) {
+  std::string help = CliOk({"help", "events"});
+  EXPECT_THAT(help, StartsWith("usage: proctor events [--since CURSOR] [--follow] [--id ID]... "
+                               "[--type TYPE]...\n"));
+  EXPECT_THAT(help, HasSubstr("session-opened"));
+  EXPECT_THAT(help, HasSubstr("CURSOR TIME TYPE ID NAME STATE EXITCODE"));
+  EXPECT_EQ(CliOk({"events", "--help"}), help);
+  EXPECT_THAT(CliOk({"help"}), HasSubstr("  events [--since CURSOR]"));
 }
 
 // The source's first example: four processes started from one function, and the main program

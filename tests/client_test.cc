@@ -1,21 +1,26 @@
 // The client library (client/client.h, client/credentials.h) where the daemon does not help:
 // deadlines against a daemon that never answers (a socket nobody accepts on, or a proctord
 // stopped with SIGSTOP), Join's polls against one that answers slowly, streams stopped by their
-// caller, and the warning about a key file others can read.
+// caller, and the warning about a key file others can read; and Watch against a real daemon:
+// from a listing's cursor, live, stopped, refused, and under a worker's key.
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -125,6 +130,10 @@ TEST(ClientDeadlineTest, EveryCallHasOne) {
   logs.set_follow(true);
   ExpectDeadline([&] { return client->Logs(logs, [](std::string_view) {}); },
                  "Logs did not answer within 500ms", t);
+  // So must a Watch's, a stream without a deadline.
+  ExpectDeadline(
+      [&] { return client->Watch(v1::WatchRequest{}, [](const v1::Event&) { return true; }); },
+      "Watch did not answer within 500ms", t);
   ExpectDeadline([&] { return client->OpenSession().status(); },
                  "Session did not answer within 500ms", t);
   // A Join's poll asks the daemon to answer within one call timeout, and gives it another.
@@ -142,6 +151,20 @@ TEST(ClientDeadlineTest, CallTimeoutMustBePositive) {
          .call_timeout = timeout});
     EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument) << timeout;
   }
+}
+
+// Expects the stream running in `stream` to go on for `running`, then stops it through `stop`
+// and returns how it ended (UNKNOWN when it did not end within 5 s).
+absl::Status RunsOnUntilStopped(std::future<absl::Status>& stream, std::stop_source& stop,
+                                absl::Duration running) {
+  EXPECT_EQ(stream.wait_for(absl::ToChronoMilliseconds(running)), std::future_status::timeout)
+      << "the stream ended by itself";
+  stop.request_stop();
+  if (stream.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    ADD_FAILURE() << "the stream did not stop when asked";
+    return absl::UnknownError("still streaming");
+  }
+  return stream.get();
 }
 
 class ClientAgainstDaemonTest : public ::testing::Test {
@@ -260,12 +283,7 @@ TEST_F(ClientAgainstDaemonTest, FollowedLogsStopWhenAsked) {
     std::lock_guard<std::mutex> lock(mu);
     return received == "ready\n";
   }));
-  EXPECT_EQ(followed.wait_for(std::chrono::milliseconds(2500)), std::future_status::timeout)
-      << "the stream ended while the process runs";
-  stop.request_stop();
-  ASSERT_EQ(followed.wait_for(std::chrono::seconds(5)), std::future_status::ready)
-      << "the stream did not stop when asked";
-  absl::Status status = followed.get();
+  absl::Status status = RunsOnUntilStopped(followed, stop, absl::Milliseconds(2500));
   EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
   EXPECT_TRUE(gate.Open());
   absl::StatusOr<v1::Process> ended = client->Join(worker.id());
@@ -273,6 +291,166 @@ TEST_F(ClientAgainstDaemonTest, FollowedLogsStopWhenAsked) {
   EXPECT_EQ(ended->exitcode(), 0);
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(received, "ready\n");
+}
+
+// What a Watch handed to its sink, and how it ended.
+struct Watched {
+  absl::Status status;
+  std::vector<v1::Event> events;
+};
+
+// Watches with `request` until `last` holds for an event (which is kept), or stops the watch
+// after `limit`.
+Watched WatchUntil(Client& client, const v1::WatchRequest& request,
+                   const std::function<bool(const v1::Event&)>& last,
+                   absl::Duration limit = absl::Seconds(10)) {
+  Watched watched;
+  std::stop_source stop;
+  std::jthread timer([&](std::stop_token done) {
+    std::mutex mu;
+    std::condition_variable_any wake;
+    std::unique_lock<std::mutex> lock(mu);
+    if (!wake.wait_for(lock, done, absl::ToChronoSeconds(limit), [] { return false; })) {
+      if (!done.stop_requested()) stop.request_stop();
+    }
+  });
+  watched.status = client.Watch(
+      request,
+      [&](const v1::Event& event) {
+        watched.events.push_back(event);
+        return !last(event);
+      },
+      stop.get_token());
+  return watched;
+}
+
+std::function<bool(const v1::Event&)> IsEvent(v1::EventType type, uint64_t id) {
+  return [type, id](const v1::Event& e) {
+    return e.type() == type && e.has_process() && e.process().id() == id;
+  };
+}
+
+v1::WatchRequest Since(uint64_t cursor) {
+  v1::WatchRequest request;
+  request.set_since(cursor);
+  return request;
+}
+
+TEST_F(ClientAgainstDaemonTest, WatchFromAListingSeesExactlyWhatCameAfter) {
+  Client& client = daemon_.client();
+  v1::Process a = StartOk(client, {"/bin/sleep", "60"});
+  uint64_t cursor = 0;
+  absl::StatusOr<std::vector<v1::Process>> listed = client.List(v1::StatusRequest{}, &cursor);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().id(), a.id());
+  EXPECT_GT(cursor, 0u) << "A's start is an event the listing reflects";
+  v1::Process b = StartOk(client, {"/bin/sh", "-c", "exit 5"});
+  ASSERT_TRUE(client.Join(b.id()).ok());
+
+  Watched watched = WatchUntil(client, Since(cursor), IsEvent(v1::EVENT_EXITED, b.id()));
+  // The sink said it had enough: not an error.
+  EXPECT_TRUE(watched.status.ok()) << watched.status;
+  ASSERT_EQ(watched.events.size(), 2u);
+  const v1::Event& started = watched.events[0];
+  EXPECT_EQ(started.cursor(), cursor + 1) << "nothing after the listing is missed";
+  EXPECT_EQ(started.type(), v1::EVENT_STARTED);
+  EXPECT_EQ(started.process().id(), b.id());
+  EXPECT_EQ(started.process().state(), v1::STATE_RUNNING);
+  EXPECT_TRUE(started.has_time());
+  const v1::Event& exited = watched.events[1];
+  EXPECT_GT(exited.cursor(), started.cursor());
+  EXPECT_EQ(exited.process().state(), v1::STATE_EXITED);
+  EXPECT_EQ(exited.process().exitcode(), 5);
+  for (const v1::Event& e : watched.events) {
+    EXPECT_NE(e.process().id(), a.id()) << "A's start came before the listing";
+  }
+  Kill(a.id());
+}
+
+TEST_F(ClientAgainstDaemonTest, WatchFollowsLiveEventsUntilStopped) {
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  uint64_t cursor = 0;
+  ASSERT_TRUE(client->List(v1::StatusRequest{}, &cursor).ok());
+  std::mutex mu;
+  std::vector<v1::Event> events;
+  std::stop_source stop;
+  std::future<absl::Status> watching = std::async(std::launch::async, [&] {
+    return client->Watch(
+        Since(cursor),
+        [&](const v1::Event& e) {
+          std::lock_guard<std::mutex> lock(mu);
+          events.push_back(e);
+          return true;
+        },
+        stop.get_token());
+  });
+  v1::Process worker = StartOk(*client, {"/bin/true"});
+  EXPECT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return std::any_of(events.begin(), events.end(), IsEvent(v1::EVENT_EXITED, worker.id()));
+  }));
+  // Longer than the call timeout: the stream has no deadline.
+  absl::Status status = RunsOnUntilStopped(watching, stop, absl::Milliseconds(1500));
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_EQ(status.message(), "Watch stopped by its caller");
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_TRUE(IsEvent(v1::EVENT_STARTED, worker.id())(events[0]));
+}
+
+TEST_F(ClientAgainstDaemonTest, WatchFromACursorAheadIsOutOfRange) {
+  Client& client = daemon_.client();
+  uint64_t cursor = 0;
+  ASSERT_TRUE(client.List(v1::StatusRequest{}, &cursor).ok());
+  bool called = false;
+  absl::Status status = client.Watch(Since(cursor + 1000), [&](const v1::Event&) {
+    called = true;
+    return true;
+  });
+  EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange) << status;
+  EXPECT_FALSE(called);
+}
+
+TEST_F(ClientAgainstDaemonTest, AWorkersWatchSeesOnlyItsSubtree) {
+  Client& admin = daemon_.client();
+  Gate gate(daemon_.dir() + "/gate");
+  v1::Process worker = StartOk(admin, {"/bin/sh", "-c", gate.ShellWait()});
+  v1::Process outsider = StartOk(admin, {"/bin/true"});
+  ASSERT_TRUE(admin.Join(outsider.id()).ok());
+  absl::StatusOr<std::unique_ptr<Session>> session = admin.OpenSession();
+  ASSERT_TRUE(session.ok()) << session.status();
+  absl::StatusOr<Credentials> key = WorkerCredentials(worker.pid());
+  ASSERT_TRUE(key.ok()) << key.status();
+  std::unique_ptr<Client> as_worker =
+      ConnectOk({.address = daemon_.address(), .credentials = *key});
+  ASSERT_NE(as_worker, nullptr);
+  // Started with the worker's key: the worker's child.
+  v1::Process child = StartOk(*as_worker, {"/bin/true"});
+  EXPECT_EQ(child.parent_id(), worker.id());
+  ASSERT_TRUE(as_worker->Join(child.id()).ok());
+
+  Watched watched = WatchUntil(*as_worker, Since(0), IsEvent(v1::EVENT_EXITED, child.id()));
+  EXPECT_TRUE(watched.status.ok()) << watched.status;
+  std::vector<std::pair<v1::EventType, uint64_t>> seen;
+  for (const v1::Event& e : watched.events) {
+    EXPECT_TRUE(e.has_process()) << "a session event: " << e.ShortDebugString();
+    seen.emplace_back(e.type(), e.process().id());
+  }
+  EXPECT_THAT(seen, ElementsAre(std::pair(v1::EVENT_STARTED, worker.id()),
+                                std::pair(v1::EVENT_STARTED, child.id()),
+                                std::pair(v1::EVENT_EXITED, child.id())));
+  // The admin key sees it all, the outsider and the session among it.
+  Watched all = WatchUntil(admin, Since(0), IsEvent(v1::EVENT_EXITED, child.id()));
+  EXPECT_TRUE(all.status.ok()) << all.status;
+  EXPECT_TRUE(std::any_of(all.events.begin(), all.events.end(),
+                          IsEvent(v1::EVENT_EXITED, outsider.id())));
+  EXPECT_TRUE(std::any_of(all.events.begin(), all.events.end(), [](const v1::Event& e) {
+    return e.type() == v1::EVENT_SESSION_OPENED && e.session() != 0 && !e.has_process();
+  }));
+  EXPECT_TRUE(gate.Open());
+  ASSERT_TRUE(admin.Join(worker.id()).ok());
 }
 
 TEST(CredentialsTest, KeyFileOthersCanReadComesWithAWarning) {

@@ -28,6 +28,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -36,6 +37,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "common/authkey.h"
@@ -863,39 +866,67 @@ class ListingTimer {
 // such a key only its subtree, so the event at the listing's cursor may never come.
 constexpr absl::Duration kWorkerListingQuiet = absl::Seconds(1);
 
-int CmdEvents(Cli& cli, const Command& command, const Args& args) {
-  const bool follow = args.Has("follow");
-  v1::WatchRequest request;
+// What `events` asks for: INVALID_ARGUMENT (a usage error) when an option's value is wrong.
+struct EventsQuery {
   std::optional<uint64_t> since;
-  if (std::optional<std::string> text = args.Last("since")) {
-    absl::StatusOr<uint64_t> parsed = ParseId(*text, "--since cursor");
-    if (!parsed.ok()) return cli.UsageError(&command, parsed.status().message());
-    since = *parsed;
-  }
-  absl::flat_hash_set<uint64_t> ids;
-  for (const std::string& text : args.All("id")) {
-    absl::StatusOr<uint64_t> id = ParseId(text, "process id");
-    if (!id.ok()) return cli.UsageError(&command, id.status().message());
-    ids.insert(*id);
-  }
-  absl::flat_hash_set<int> types;
-  for (const std::string& text : args.All("type")) {
-    const EventTypeName* found = nullptr;
-    for (const EventTypeName& known : kEventTypeNames) {
-      if (known.name == text) found = &known;
+  absl::flat_hash_set<uint64_t> ids;  // empty: any
+  absl::flat_hash_set<int> types;     // v1::EventType values; empty: any
+
+  static absl::StatusOr<EventsQuery> FromArgs(const Args& args) {
+    EventsQuery query;
+    if (std::optional<std::string> text = args.Last("since")) {
+      absl::StatusOr<uint64_t> since = ParseId(*text, "--since cursor");
+      if (!since.ok()) return since.status();
+      query.since = *since;
     }
-    if (found == nullptr) {
-      std::vector<absl::string_view> names;
-      for (const EventTypeName& known : kEventTypeNames) names.push_back(known.name);
-      return cli.UsageError(&command, absl::StrCat("invalid --type \"", text, "\" (expected ",
-                                                   absl::StrJoin(names, ", "), ")"));
+    for (const std::string& text : args.All("id")) {
+      absl::StatusOr<uint64_t> id = ParseId(text, "process id");
+      if (!id.ok()) return id.status();
+      query.ids.insert(*id);
     }
-    types.insert(found->type);
+    for (const std::string& text : args.All("type")) {
+      auto known = std::find_if(std::begin(kEventTypeNames), std::end(kEventTypeNames),
+                                [&](const EventTypeName& known) { return known.name == text; });
+      if (known == std::end(kEventTypeNames)) {
+        std::vector<absl::string_view> names;
+        for (const EventTypeName& name : kEventTypeNames) names.push_back(name.name);
+        return absl::InvalidArgumentError(absl::StrCat(
+            "invalid --type \"", text, "\" (expected ", absl::StrJoin(names, ", "), ")"));
+      }
+      query.types.insert(known->type);
+    }
+    return query;
   }
-  auto wanted = [&](const v1::Event& e) {
+
+  // The daemon's filter for the same events.
+  void AddTo(v1::WatchRequest& request) const {
+    request.mutable_ids()->Add(ids.begin(), ids.end());
+    for (int type : types) request.add_types(static_cast<v1::EventType>(type));
+  }
+
+  bool Matches(const v1::Event& e) const {
     return (types.empty() || types.contains(e.type())) &&
            (ids.empty() || (e.has_process() && ids.contains(e.process().id())));
-  };
+  }
+};
+
+// The oldest cursor proctord keeps, from its refusal of an older one: OUT_OF_RANGE "cursor C
+// is older than the oldest kept (N); ...". Nothing for any other status.
+std::optional<uint64_t> OldestKept(const absl::Status& status) {
+  constexpr absl::string_view kOldest = "is older than the oldest kept (";
+  if (!absl::IsOutOfRange(status)) return std::nullopt;
+  const size_t at = status.message().find(kOldest);
+  if (at == absl::string_view::npos) return std::nullopt;
+  absl::string_view rest = status.message().substr(at + kOldest.size());
+  uint64_t oldest = 0;
+  if (!absl::SimpleAtoi(rest.substr(0, rest.find(')')), &oldest)) return std::nullopt;
+  return oldest;
+}
+
+int CmdEvents(Cli& cli, const Command& command, const Args& args) {
+  absl::StatusOr<EventsQuery> query = EventsQuery::FromArgs(args);
+  if (!query.ok()) return cli.UsageError(&command, query.status().message());
+  const bool follow = args.Has("follow");
 
   // Blocked before the client exists, so gRPC's threads inherit the mask and the signals
   // reach only the watcher below.
@@ -905,70 +936,93 @@ int CmdEvents(Cli& cli, const Command& command, const Args& args) {
   if (!connected.ok()) return cli.Fail(connected.status());
   Client* client = *connected;
 
-  // Without --follow: the events up to the cursor a listing reflects now. They are filtered
-  // here rather than by the daemon, so that the event at that cursor arrives and ends the
-  // listing whatever it is.
+  // Without --follow: the events up to the cursor a listing reflects now (`end`). They are
+  // filtered here rather than by the daemon, so that the event at that cursor arrives and
+  // ends the listing whatever it is.
+  v1::WatchRequest request;
   std::optional<uint64_t> end;
-  if (!follow) {
+  if (follow) {
+    if (query->since.has_value()) request.set_since(*query->since);
+    query->AddTo(request);
+  } else {
     uint64_t now = 0;
     absl::StatusOr<std::vector<v1::Process>> listed = client->List(v1::StatusRequest{}, &now);
     if (!listed.ok()) return cli.Fail(listed.status());
-    request.set_since(since.value_or(0));
-    if (!cli.json()) cli.out() << EventHeader() << std::endl;
-    if (now == request.since()) return kExitOk;
+    request.set_since(query->since.value_or(0));
     end = now;
-  } else {
-    if (since.has_value()) request.set_since(*since);
-    request.mutable_ids()->Add(ids.begin(), ids.end());
-    for (int type : types) request.add_types(static_cast<v1::EventType>(type));
-    if (!cli.json()) cli.out() << EventHeader() << std::endl;
   }
 
+  // The header for people goes out with the first event, or at the end of a listing: an
+  // error leaves stdout empty.
+  bool header_due = !cli.json();
+  auto print_header = [&] {
+    if (header_due) cli.out() << EventHeader() << std::endl;
+    header_due = false;
+  };
+  if (end == request.since()) {
+    print_header();
+    return kExitOk;
+  }
   std::stop_source stop;
   std::atomic<bool> interrupted{false};
   std::optional<SignalWatcher> watcher;
+  std::optional<ListingTimer> timer;
   if (follow) {
     watcher.emplace(*block, [&](int, int) {
       interrupted.store(true);
       stop.request_stop();
     });
-  }
-  std::optional<ListingTimer> timer;
-  if (!follow) {
+  } else {
     const bool admin = client->credentials().key_id == kAdminKeyId;
     timer.emplace(stop, cli.client_options().call_timeout,
                   admin ? absl::InfiniteDuration() : kWorkerListingQuiet);
   }
-  bool reached = false;
-  absl::Status status = client->Watch(
-      request,
-      [&](const v1::Event& e) {
-        if (timer.has_value()) timer->Event();
-        if (end.has_value() && e.cursor() > *end) {
-          reached = true;
-          return false;
-        }
-        if (wanted(e)) cli.out() << (cli.json() ? EventJson(e) : EventLine(e)) << std::endl;
-        reached = end.has_value() && e.cursor() == *end;
-        return !reached;
-      },
-      stop.get_token());
+  bool reached = false;  // the listing's end
+  absl::Status status;
+  // Listing all that is kept (no --since) from 0 is refused once proctord has let old events
+  // go: then from the oldest it keeps, which may move on meanwhile (a few tries).
+  for (int tries = end.has_value() && !query->since.has_value() ? 3 : 0;; --tries) {
+    status = client->Watch(
+        request,
+        [&](const v1::Event& e) {
+          if (timer.has_value()) timer->Event();
+          if (end.has_value() && e.cursor() > *end) {
+            reached = true;
+            return false;
+          }
+          if (query->Matches(e)) {
+            print_header();
+            cli.out() << (cli.json() ? EventJson(e) : EventLine(e)) << std::endl;
+          }
+          reached = end.has_value() && e.cursor() == *end;
+          return !reached;
+        },
+        stop.get_token());
+    std::optional<uint64_t> oldest = OldestKept(status);
+    if (tries == 0 || !oldest.has_value() || *oldest <= request.since()) break;
+    if (*oldest >= *end) {
+      status = absl::OkStatus();
+      break;
+    }
+    request.set_since(*oldest);
+  }
   if (watcher.has_value()) watcher->Stop();
+  if (interrupted.load() || reached) status = absl::OkStatus();
   if (timer.has_value()) {
     const ListingTimer::Outcome outcome = timer->outcome();
     timer.reset();
-    if (reached) return kExitOk;
-    // The timer's stop: the stream was cancelled on its account.
-    if (absl::IsCancelled(status) && outcome == ListingTimer::Outcome::kQuiet) return kExitOk;
-    if (absl::IsCancelled(status) && outcome == ListingTimer::Outcome::kLimit) {
-      return cli.Fail(absl::DeadlineExceededError(absl::StrCat(
+    // The stream was cancelled on the timer's account.
+    if (absl::IsCancelled(status) && outcome == ListingTimer::Outcome::kQuiet) {
+      status = absl::OkStatus();
+    } else if (absl::IsCancelled(status) && outcome == ListingTimer::Outcome::kLimit) {
+      status = absl::DeadlineExceededError(absl::StrCat(
           "Watch did not answer within ",
           absl::FormatDuration(
-              absl::Trunc(cli.client_options().call_timeout, absl::Milliseconds(1))))));
+              absl::Trunc(cli.client_options().call_timeout, absl::Milliseconds(1)))));
     }
   }
-  if (interrupted.load()) return kExitOk;
   if (!status.ok()) return cli.Fail(status);
+  if (!follow) print_header();
   return kExitOk;
 }
 
@@ -1027,9 +1081,10 @@ constexpr Command kCommands[] = {
      "as it stands after the event (a session event shows session:N as ID). With --json, one\n"
      "object per line: {\"cursor\", \"type\", \"time\" (RFC 3339), \"process\" (as status --json\n"
      "prints it; absent for session events), \"session\" (absent when 0)}.\n"
-     "A CURSOR older than what proctord keeps, or ahead of its last event, is an error: list\n"
-     "again (ps) and watch from now. Under a worker's key, which sees only its own subtree,\n"
-     "a listing without --follow also ends after a second without an event.\n"},
+     "A CURSOR older than what proctord keeps, or ahead of its last event, is an error\n"
+     "(exit 1). Without --follow the whole listing is due within --call-timeout; under a\n"
+     "worker's key, which sees only its own subtree, it also ends after a second without an\n"
+     "event.\n"},
 };
 
 // Options before the subcommand that say how to reach and authenticate to the daemon (besides

@@ -25,9 +25,24 @@
 //   - `join` exits with the worker's exit code, 128+N when signal N ended it, and 124 when the
 //     timeout passed with the worker still running.
 //   - `status` and `ps` print a table; with --json, `status` prints one JSON object and `ps`
-//     an array of them, one object per line (see ProcessJson). `start`, `join`, `terminate`
-//     and `kill` print the record as JSON with --json, and nothing otherwise (except `start`'s
-//     id).
+//     an array of them, one object per line (see ProcessJson); neither shows a cursor.
+//     `start`, `join`, `terminate` and `kill` print the record as JSON with --json, and
+//     nothing otherwise (except `start`'s id).
+//   - `events` prints what happens to processes and sessions: a header line, then one line
+//     per event, `CURSOR TIME TYPE ID NAME STATE EXITCODE` (TIME in UTC to the millisecond,
+//     RFC 3339; ID NAME STATE EXITCODE from the record as it stands after the event; a
+//     session event has `session:N` as ID and `-` for the rest); with --json no header and
+//     one EventJson object per line. TYPE is one of started, exited, terminate-requested,
+//     released, evicted, session-opened, session-ended; `--type` takes those names and
+//     `--id` process ids (each may be given several times; an event passes when it matches
+//     one of each given). Without --follow it prints the events after `--since CURSOR`
+//     (default 0: every event proctord still keeps) up to the cursor of a listing (Status)
+//     made first, then exits 0 (at once when that cursor is CURSOR); the whole listing is due
+//     within --call-timeout; under a worker's key, which sees only its own subtree, it also
+//     ends after one second without an event. With --follow it prints the events after
+//     `--since CURSOR` (default: from now, none replayed), then live ones, until SIGINT or
+//     SIGTERM (exit 0) or until proctord ends the stream (exit 1). A CURSOR older than what
+//     proctord keeps or ahead of its last event is proctord's OUT_OF_RANGE (exit 1).
 //   - Errors are one line on stderr, "proctor: <problem>"; the exit status is 1 when the
 //     daemon or the call failed (among them "proctor: Status did not answer within 30s" when
 //     the daemon did not answer within --call-timeout) and 2 for usage errors (followed by a
@@ -59,6 +74,11 @@ int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
 // (RFC 3339, or null), user_cpu and system_cpu (seconds), max_rss_bytes, stdout_path and
 // stderr_path.
 std::string ProcessJson(const v1::Process& process);
+
+// One event as a single-line JSON object: cursor, type (see above), time (RFC 3339), process
+// (the record as ProcessJson prints it; absent for session events) and session (absent when
+// 0), in that order.
+std::string EventJson(const v1::Event& event);
 
 // Records as a table with a header line: ID NAME PID STATE EXITCODE DAEMON PARENT TARGET.
 std::string ProcessTable(const std::vector<v1::Process>& processes);
