@@ -897,6 +897,9 @@ void Daemon::BeginStop() {
   stopping_ = true;
   spdlog::info("asked to stop: no new calls; ending workers");
   // Watch streams would hold the server's shutdown up.
+  if (size_t watchers = event_log_->WatcherCount(); watchers > 0) {
+    spdlog::info("ending {} Watch streams", watchers);
+  }
   event_log_->EndAll(absl::UnavailableError("proctord is shutting down; watch again from your "
                                             "last cursor once it is back"));
   // On the loop thread, before the server's shutdown starts: no connection is handed to it

@@ -836,6 +836,17 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter, uint64_t* cu
   }
   std::sort(out.begin(), out.end(),
             [](const ProcessInfo& a, const ProcessInfo& b) { return a.id < b.id; });
+  if (cursor != nullptr) {
+    // Numbered events may still be on their way to the sink: the caller may watch from this
+    // cursor at once, so it must be recorded already.
+    struct Recorded {
+      const uint64_t* recorded_through;
+      uint64_t cursor;
+      bool Done() const { return *recorded_through >= cursor; }
+    } recorded{&recorded_through_, *cursor};
+    absl::MutexLock lock(&record_mu_);
+    record_mu_.Await(absl::Condition(&recorded, &Recorded::Done));
+  }
   return out;
 }
 
