@@ -638,6 +638,10 @@ absl::Status Daemon::Init() {
   };
   supervisor_ = std::make_unique<Supervisor>(supervisor_options, *os_, clock_, *loop_, *ids_);
   supervisor_for_events_ = supervisor_.get();
+  if (!rebuilt_.ended.empty()) {
+    spdlog::info("restored {} ended records from the journal", rebuilt_.ended.size());
+    supervisor_->RestoreEnded(std::move(rebuilt_.ended));
+  }
   authenticator_ = std::make_unique<Authenticator>(
       clock_, [supervisor = supervisor_.get()](uint64_t id) {
         return supervisor->CredentialOf(id);
@@ -871,6 +875,17 @@ absl::Status Daemon::OpenEvents() {
                                      options_.state_dir, "?)"));
   }
   journal_ = *std::move(journal);
+  absl::StatusOr<Journal::Loaded> loaded = journal_->Load();
+  if (!loaded.ok()) return loaded.status();
+  if (loaded->corrupt_dropped > 0) {
+    spdlog::warn("journal: {} damaged events were dropped", loaded->corrupt_dropped);
+  }
+  rebuilt_ = EventRecorder::Rebuild(loaded->events);
+  for (const ProcessInfo& lost : rebuilt_.running) {
+    spdlog::warn("id={} pid={} was running when the previous proctord stopped; it is not "
+                 "supervised any more",
+                 lost.id, lost.pid);
+  }
   // Watchers may resume from the journal's newest events, across a restart.
   EventLog::Options log_options;
   uint64_t last = journal_->LastCursor();

@@ -175,6 +175,7 @@ class Daemon {
   std::unique_ptr<EventLog> event_log_;
   std::unique_ptr<EventRecorder> event_recorder_;
   Supervisor* supervisor_for_events_ = nullptr;  // set once the supervisor exists
+  EventRecorder::Rebuilt rebuilt_;  // what the journal held at start
   std::unique_ptr<PosixProcessOs> os_;
   RealClock clock_;
   std::unique_ptr<Supervisor> supervisor_;

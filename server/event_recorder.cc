@@ -1,5 +1,6 @@
 #include "server/event_recorder.h"
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "server/proctor_service.h"
 #include "spdlog/spdlog.h"
@@ -50,6 +51,61 @@ v1::Event EventRecorder::ToProto(const SupervisorEvent& event) {
     proctor::ToProto(event.process, out.mutable_process());
   }
   return out;
+}
+
+ProcessInfo EventRecorder::FromProto(const v1::Process& process) {
+  auto time_of = [](const google::protobuf::Timestamp& t) {
+    return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+  };
+  auto duration_of = [](const google::protobuf::Duration& d) {
+    return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+  };
+  ProcessInfo info;
+  info.id = process.id();
+  info.name = process.name();
+  info.pid = process.pid();
+  info.running = process.state() == v1::STATE_RUNNING;
+  if (!info.running) {
+    info.status = process.signal() != 0
+                      ? WaitStatus::Signaled(process.signal(), process.core_dumped())
+                      : WaitStatus::Exited(process.exitcode());
+    info.end_time = time_of(process.end_time());
+    info.usage = ResourceUsage{.user_cpu = duration_of(process.user_cpu()),
+                               .system_cpu = duration_of(process.system_cpu()),
+                               .max_rss_bytes = process.max_rss_bytes()};
+  } else {
+    info.end_time = absl::InfinitePast();
+  }
+  info.daemon = process.daemon();
+  info.parent_id = process.parent_id();
+  info.parent_session = process.parent_session();
+  info.children.assign(process.children().begin(), process.children().end());
+  info.target = process.target();
+  info.args.assign(process.args().begin(), process.args().end());
+  info.cwd = process.cwd();
+  info.start_time = time_of(process.start_time());
+  info.stdout_path = process.stdout_path();
+  info.stderr_path = process.stderr_path();
+  return info;
+}
+
+EventRecorder::Rebuilt EventRecorder::Rebuild(const std::vector<v1::Event>& events) {
+  // The last word on each id, in the order the ids first appeared.
+  absl::flat_hash_map<uint64_t, const v1::Event*> last;
+  std::vector<uint64_t> order;
+  for (const v1::Event& event : events) {
+    if (!event.has_process()) continue;
+    auto [it, inserted] = last.insert_or_assign(event.process().id(), &event);
+    if (inserted) order.push_back(event.process().id());
+  }
+  Rebuilt rebuilt;
+  for (uint64_t id : order) {
+    const v1::Event& event = *last.at(id);
+    if (event.type() == v1::EVENT_RELEASED || event.type() == v1::EVENT_EVICTED) continue;
+    ProcessInfo info = FromProto(event.process());
+    (info.running ? rebuilt.running : rebuilt.ended).push_back(std::move(info));
+  }
+  return rebuilt;
 }
 
 absl::Status EventRecorder::Record(const std::vector<SupervisorEvent>& events) {

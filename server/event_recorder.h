@@ -36,6 +36,16 @@ class EventRecorder final : public EventSink {
 
   // The event as Watch sends it.
   static v1::Event ToProto(const SupervisorEvent& event);
+  // A record as an event carried it (the inverse of the service's ToProto).
+  static ProcessInfo FromProto(const v1::Process& process);
+  // What the journal says of each process that is still kept, from its last event: the
+  // ended ones (to be restored), and the ones that were running when the daemon that
+  // recorded them stopped.
+  struct Rebuilt {
+    std::vector<ProcessInfo> ended;
+    std::vector<ProcessInfo> running;
+  };
+  static Rebuilt Rebuild(const std::vector<v1::Event>& events);
 
  private:
   Journal* const journal_;

@@ -969,6 +969,25 @@ absl::Status Supervisor::TouchSession(uint64_t session) {
   return absl::OkStatus();
 }
 
+void Supervisor::RestoreEnded(std::vector<ProcessInfo> ended) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  for (ProcessInfo& info : ended) {
+    // Children that are not kept any more are not listed.
+    uint64_t id = info.id;
+    Record& record = records_[id];
+    record.info = std::move(info);
+    ended_order_.push_back(id);
+    ++ended_count_;
+  }
+  for (auto& [id, record] : records_) {
+    std::erase_if(record.info.children, [this](uint64_t child) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return !records_.contains(child);
+    });
+  }
+  EvictLocked(out);
+}
+
 std::vector<uint64_t> Supervisor::OpenSessions() {
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> open;

@@ -216,6 +216,10 @@ class Supervisor {
   uint64_t OpenSession(absl::Duration ttl, std::function<void()> on_expired);
   // Restarts the TTL. NOT_FOUND once the session has ended.
   absl::Status TouchSession(uint64_t session);
+  // Takes back the records of processes that ended under an earlier proctord (from its
+  // journal), as ended records subject to retention. Call before the first Start.
+  void RestoreEnded(std::vector<ProcessInfo> ended);
+
   // The sessions open now.
   std::vector<uint64_t> OpenSessions();
   // Ends a session now (its daemonic processes are terminated); no-op when already ended.

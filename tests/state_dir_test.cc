@@ -24,21 +24,37 @@ TEST(StateDirTest, ASecondDaemonOnTheSameStateDirectoryIsRefused) {
   EXPECT_TRUE(first.client().List(v1::StatusRequest()).ok()) << "the first one is unharmed";
 }
 
-TEST(StateDirTest, EventCursorsGoOnAcrossARestart) {
+TEST(StateDirTest, EndedRecordsAndCursorsGoOnAcrossARestart) {
   TempDir state;
-  uint64_t before = 0;
+  v1::Process kept;
+  v1::Process released;
+  uint64_t cursor = 0;
   {
     TestDaemon daemon({"--state-dir", state.path()});
-    v1::Process worker = StartOk(daemon.client(), {"/bin/true"});
-    ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
-    CommandResult listed = daemon.Cli({"--json", "ps", "--all"});
-    ASSERT_EQ(listed.status, 0) << listed.err;
+    kept = StartOk(daemon.client(), {"/bin/sh", "-c", "echo kept; exit 7"});
+    ASSERT_TRUE(daemon.client().Join(kept.id()).ok());
+    released = StartOk(daemon.client(), {"/bin/true"});
+    ASSERT_TRUE(daemon.client().Join(released.id()).ok());
+    ASSERT_TRUE(daemon.client().Release(released.id()).ok());
+    ASSERT_TRUE(daemon.client().List(v1::StatusRequest(), &cursor).ok());
     EXPECT_EQ(daemon.Stop(), 0);
-    EXPECT_THAT(daemon.Log(), HasSubstr("journal "));
-    before = 2;  // started, exited
   }
   TestDaemon again({"--state-dir", state.path()});
-  EXPECT_THAT(again.Log(), HasSubstr(absl::StrCat("events up to cursor ", before)));
+  EXPECT_THAT(again.Log(), HasSubstr(absl::StrCat("events up to cursor ", cursor)));
+  absl::StatusOr<v1::Process> restored = again.client().Status(kept.id());
+  ASSERT_TRUE(restored.ok()) << restored.status() << again.Log();
+  EXPECT_EQ(restored->state(), v1::STATE_EXITED);
+  EXPECT_EQ(restored->exitcode(), 7);
+  EXPECT_EQ(restored->name(), kept.name());
+  EXPECT_EQ(again.client().Status(released.id()).status().code(), absl::StatusCode::kNotFound);
+  CommandResult logs = again.Cli({"logs", absl::StrCat(kept.id())});
+  EXPECT_EQ(logs.out, "kept\n");
+  v1::Process next = StartOk(again.client(), {"/bin/true"});
+  EXPECT_GT(next.id(), released.id()) << "ids are never reused";
+  uint64_t after = 0;
+  ASSERT_TRUE(again.client().List(v1::StatusRequest(), &after).ok());
+  EXPECT_GT(after, cursor) << "cursors go on";
+  EXPECT_TRUE(again.client().Release(kept.id()).ok());
 }
 
 }  // namespace
