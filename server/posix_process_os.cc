@@ -194,6 +194,7 @@ int OpenWorkerCpuGroup() {
 namespace {
 
 constexpr size_t kChildStackBytes = 64 * 1024;
+constexpr char kEnterCgroupStep[] = "entering its cgroup";
 
 // Everything the child needs, prepared by the parent: between clone() and exec the child
 // shares the parent's memory and may only make syscalls (no allocation, no locks).
@@ -253,7 +254,7 @@ int ChildMain(void* arg) {
   }
   // Into the worker's cgroup before exec: nothing the worker runs is ever outside it.
   if (plan->cgroup_procs >= 0 && write(plan->cgroup_procs, "0", 1) != 1) {
-    ChildFailed(plan, "entering its cgroup");
+    ChildFailed(plan, kEnterCgroupStep);
   }
   if (!OpenAs(0, "/dev/null", O_RDONLY)) ChildFailed(plan, "open /dev/null");
   constexpr int kCapture = O_WRONLY | O_CREAT | O_TRUNC | O_APPEND;
@@ -506,10 +507,12 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
   // The worker's own cgroup, made before it exists so that it is born into it.
   WorkerCgroup cgroup{.name = absl::StrCat(token)};
   int cgroup_procs = -1;
-  if (cgroup_base_fd_ >= 0) {
+  const bool use_cgroup = cgroup_base_fd_ >= 0 && cgroups_usable_.load();
+  if (use_cgroup) {
     if (mkdirat(cgroup_base_fd_, cgroup.name.c_str(), 0755) != 0 && errno != EEXIST) {
       int err = errno;
-      return PosixError(absl::StrCat("mkdir ", cgroup_base_path_, "/", cgroup.name), err);
+      GiveUpCgroups(absl::StrCat("mkdir ", cgroup_base_path_, "/", cgroup.name), err);
+      return Launch(spec, token);
     }
     cgroup_procs = openat(cgroup_base_fd_, (cgroup.name + "/cgroup.procs").c_str(),
                           O_WRONLY | O_CLOEXEC);
@@ -523,7 +526,8 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
     if (cgroup_procs < 0 || cgroup.watch < 0) {
       if (cgroup_procs >= 0) close(cgroup_procs);
       unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
-      return PosixError(absl::StrCat("cgroup ", cgroup_base_path_, "/", cgroup.name), err);
+      GiveUpCgroups(absl::StrCat("cgroup ", cgroup_base_path_, "/", cgroup.name), err);
+      return Launch(spec, token);
     }
   }
   auto drop_cgroup = [&] {
@@ -587,6 +591,7 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
       drop_cgroup();
     }
   }
+  const bool cgroup_refused = !failed.ok() && plan.failed_step == kEnterCgroupStep;
   bool recheck = false;
   absl::Status watched;
   {
@@ -599,7 +604,7 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
       if (watched.ok()) {
         workers_[pid] = Worker{token, pidfd};
         tokens_[token] = pid;
-        if (cgroup_base_fd_ >= 0) {
+        if (use_cgroup) {
           cgroup_watches_[cgroup.watch] = token;
           cgroups_[token] = cgroup;
         }
@@ -611,12 +616,18 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
     }
   }
   if (recheck) loop_.Post([this] { OnSigchld(); });
+  if (cgroup_refused) {
+    // The child never ran the target: start it again, without a cgroup.
+    GiveUpCgroups(absl::StrCat("writing ", cgroup_base_path_, "/", cgroup.name, "/cgroup.procs"),
+                  plan.error);
+    return Launch(spec, token);
+  }
   if (!failed.ok()) return failed;
   if (!watched.ok()) {
     // Not registered: it is reaped as an orphan through SIGCHLD. The pidfd names it.
     PidfdSignal(pidfd, pid, SIGKILL).IgnoreError();
     close(pidfd);
-    if (cgroup_base_fd_ >= 0) {
+    if (use_cgroup) {
       inotify_rm_watch(inotify_fd_, cgroup.watch);
       // Removed once empty by the stale-cgroup sweep of the next start, if not before.
       unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
@@ -624,6 +635,14 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
     return watched;
   }
   return Launched{pid, *std::move(path)};
+}
+
+void PosixProcessOs::GiveUpCgroups(const std::string& what, int err) {
+  if (cgroups_usable_.exchange(false)) {
+    spdlog::warn("no more cgroups for new workers ({}: {}); their escaped descendants are "
+                 "found in /proc",
+                 what, std::strerror(err));
+  }
 }
 
 void PosixProcessOs::ReapWorker(pid_t pid) {

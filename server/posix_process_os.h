@@ -95,6 +95,8 @@ class PosixProcessOs final : public ProcessOs {
   // Finds cgroup v2 and makes the daemon's directory of worker cgroups; logs the outcome.
   void SetUpCgroups();
   void ReapWorker(pid_t pid);
+  // A cgroup could not be made or entered: new workers get none from now on (said once).
+  void GiveUpCgroups(const std::string& what, int err);
   // Reads the inotify descriptor and refreshes `populated` of the cgroups that changed.
   void OnCgroupEvents();
   // Removes the worker's cgroup when it is empty and its leader reaped.
@@ -120,6 +122,7 @@ class PosixProcessOs final : public ProcessOs {
   std::string cgroup_base_path_;
   std::string cgroup_base_relative_;
   int inotify_fd_ = -1;
+  std::atomic<bool> cgroups_usable_ = true;
   ExitListener on_exit_;
   OrphanListener on_orphan_reaped_;
   // Orphans reaped that belonged to no worker (neither in its cgroup nor a stray found before);

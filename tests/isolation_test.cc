@@ -179,6 +179,22 @@ TEST(EscapeeTest, EscapeesThatChangeTheirEnvironmentAreStillEnded) {
   }
 }
 
+// Without cgroups, an escapee that kept the environment it started with is still found (in
+// /proc, by the PROCTOR_ID its environment started with) and ended with its tree.
+TEST(EscapeeTest, WithoutCgroupsEscapeesAreFoundInProc) {
+  TestDaemon daemon({"--no-worker-cgroups"});
+  EXPECT_THAT(daemon.Log(), HasSubstr("workers get no cgroups of their own"));
+  v1::Process worker = StartOk(daemon.client(),
+                               {"/bin/sh", "-c", "setsid -f sleep 3005; exec sleep 3000"});
+  ASSERT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", "3005"}).size() == 1; }));
+  pid_t escapee = ProcessesRunning({"sleep", "3005"})[0];
+  v1::TerminateRequest terminate;
+  terminate.set_id(worker.id());
+  terminate.mutable_grace()->set_seconds(5);
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+  EXPECT_FALSE(IsAlive(escapee));
+}
+
 // Where cgroup v2 is mounted, from /proc/self/mountinfo ("" when it is not).
 std::string CgroupV2Mount() {
   for (absl::string_view line : absl::StrSplit(ReadFile("/proc/self/mountinfo"), '\n')) {
