@@ -334,6 +334,14 @@ std::string CgroupV2Mount() {
 
 int OpenPidfd(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 
+// Whether any process may be in group `pgid`. Signal 0 delivers nothing: this only asks, and
+// an answer fooled by a new group given the same number errs towards "yes" (a drain waits
+// longer), never towards a signal. Signals go through SignalGroup's proof of ownership.
+bool GroupMayHaveMembers(pid_t pgid) {
+  if (!RequireOwnPid("GroupMayHaveMembers", pgid).ok()) return false;
+  return kill(-pgid, 0) == 0 || errno == EPERM;
+}
+
 bool PidfdExited(int pidfd) {
   pollfd p{.fd = pidfd, .events = POLLIN};
   return poll(&p, 1, 0) > 0;
@@ -418,8 +426,9 @@ void PosixProcessOs::SetUpCgroups() {
     while (dirent* entry = readdir(dir)) {
       pid_t owner = 0;
       absl::string_view name = entry->d_name;
+      // Left alone while a process of the owner's number exists: a live proctord's.
       if (!absl::ConsumePrefix(&name, "proctord-") || !absl::SimpleAtoi(name, &owner) ||
-          owner <= 1 || kill(owner, 0) == 0 || errno != ESRCH) {
+          access(absl::StrCat("/proc/", owner).c_str(), F_OK) == 0) {
         continue;
       }
       std::string stale = absl::StrCat(parent, "/", entry->d_name);
@@ -666,7 +675,7 @@ void PosixProcessOs::ReapWorker(pid_t pid) {
     workers_.erase(it);
     tokens_.erase(token);
     // Members of its group may outlive it; the group is remembered until found empty.
-    if (kill(-pid, 0) == 0 || errno == EPERM) leftover_groups_[token] = pid;
+    if (GroupMayHaveMembers(pid)) leftover_groups_[token] = pid;
     MaybeRemoveCgroupLocked(token);
   }
   on_exit_(token, FromRaw(status), ToUsage(ru));
@@ -749,7 +758,12 @@ void PosixProcessOs::OnSigchld() {
     if (!known && cgroup_base_fd_ >= 0) {
       known = absl::StartsWith(CgroupOf(pid), cgroup_base_relative_ + "/");
     }
-    if (waitpid(pid, nullptr, WNOHANG) != pid) break;
+    {
+      // Under the lock: SignalGroup takes an unreaped orphan in a group as proof that the
+      // group id is still the worker's, and it must stay unreaped until that signal is sent.
+      absl::MutexLock lock(&mu_);
+      if (waitpid(pid, nullptr, WNOHANG) != pid) break;
+    }
     reaped_orphan = true;
     if (!known) {
       ++unknown_orphans_;
@@ -770,10 +784,22 @@ absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {
     provably_ours = true;
   } else if (auto group = leftover_groups_.find(token); group != leftover_groups_.end()) {
     pgid = group->second;
-    // An unreaped child of ours in the group keeps its id from being reused just as well;
-    // orphans of the group come to us, so one usually is. Our reaper waits for the lock.
+    if (workers_.contains(pgid)) {
+      // The number leads another worker now, so the old group emptied long ago.
+      leftover_groups_.erase(group);
+      return absl::NotFoundError(absl::StrCat("nothing of worker ", token, "'s group is left"));
+    }
+    // An unreaped orphan of ours in the group keeps its id from being reused just as well
+    // (our reaper takes the lock we hold); orphans of the group come to us, so one usually
+    // is. Where the worker has a cgroup, the orphan must be in it too.
+    auto cgroup = cgroups_.find(token);
+    const std::string expected =
+        cgroup == cgroups_.end()
+            ? ""
+            : absl::StrCat(cgroup_base_relative_, "/", cgroup->second.name);
     for (pid_t child : ChildrenOf(getpid())) {
-      if (getpgid(child) == pgid) {
+      if (workers_.contains(child) || getpgid(child) != pgid) continue;
+      if (expected.empty() || CgroupOf(child) == expected) {
         provably_ours = true;
         break;
       }
@@ -852,14 +878,14 @@ bool PosixProcessOs::GroupExists(uint64_t token) {
   if (tokens_.contains(token)) return true;  // the leader, unreaped
   auto group = leftover_groups_.find(token);
   if (group == leftover_groups_.end()) return false;
-  if (!RequireOwnPid("GroupExists", group->second).ok()) return false;
   // Every member of the group is in the worker's cgroup (a process can only join a group
   // from the parent's side), so an empty cgroup settles it; the kill(0) below could be
   // fooled by a new group that was given the same number.
   auto cgroup = cgroups_.find(token);
-  bool maybe = cgroup_base_fd_ < 0 || (cgroup != cgroups_.end() && cgroup->second.populated);
-  // Signal 0 only asks. Once the group is found empty it is forgotten for good.
-  if (maybe && (kill(-group->second, 0) == 0 || errno == EPERM)) return true;
+  bool maybe = (cgroup_base_fd_ < 0 || (cgroup != cgroups_.end() && cgroup->second.populated)) &&
+               !workers_.contains(group->second);  // the number leads another worker now
+  // Once the group is found empty it is forgotten for good.
+  if (maybe && GroupMayHaveMembers(group->second)) return true;
   leftover_groups_.erase(group);
   return false;
 }

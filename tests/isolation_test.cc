@@ -120,6 +120,48 @@ TEST_F(IsolationTest, TerminateOfAnEndedProcessNeverSignalsItsRecycledPid) {
   EXPECT_TRUE(IsAlive(victim));
 }
 
+// Without cgroups, a reaped worker's group is remembered while members may remain. Once they
+// are gone, the number may lead a new worker: terminating the old record must not reach it.
+TEST(GroupReuseTest, TheGroupOfAnEndedWorkerIsNotTakenForANewWorkersGroup) {
+  TestDaemon daemon({"--no-worker-cgroups"});
+  Gate gate(daemon.dir() + "/gate");
+  v1::Process old = StartOk(daemon.client(),
+                            {"/bin/sh", "-c", absl::StrCat("(", gate.ShellWait(), ") & exit 0")});
+  ASSERT_TRUE(daemon.client().Join(old.id()).ok());  // its group lives on in the background
+  ASSERT_TRUE(gate.Open());
+  ASSERT_TRUE(WaitFor([&] { return kill(-old.pid(), 0) != 0; })) << "the old group emptied";
+  // A new worker given the old number, with SIGTERM blocked so a SIGTERM stays visible.
+  std::string ready = daemon.dir() + "/ready";
+  std::string script = absl::StrCat(
+      "import signal, time; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM]); "
+      "open('", ready, "', 'w').close(); time.sleep(100)");
+  v1::Process reused;
+  for (int attempt = 0; attempt < 200 && reused.pid() != old.pid(); ++attempt) {
+    if (reused.id() != 0) {
+      v1::TerminateRequest kill_it;
+      kill_it.set_id(reused.id());
+      kill_it.set_signal(SIGKILL);
+      ASSERT_TRUE(daemon.client().Terminate(kill_it).ok());
+    }
+    if (!WriteFile("/proc/sys/kernel/ns_last_pid", absl::StrCat(old.pid() - 1))) break;
+    reused = StartOk(daemon.client(), {"/usr/bin/python3", "-c", script});
+  }
+  if (reused.pid() != old.pid()) GTEST_SKIP() << "could not have the kernel reuse the pid";
+  ASSERT_TRUE(WaitFor([&] { return access(ready.c_str(), F_OK) == 0; }));
+
+  v1::TerminateRequest terminate;
+  terminate.set_id(old.id());
+  terminate.set_tree(false);
+  terminate.set_wait(false);
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+  EXPECT_EQ(PendingSignals(reused.pid()) & (1u << (SIGTERM - 1)), 0u)
+      << "the new worker's group was signalled for the old record";
+  terminate.set_id(reused.id());
+  terminate.set_signal(SIGKILL);
+  terminate.set_wait(true);
+  EXPECT_TRUE(daemon.client().Terminate(terminate).ok());
+}
+
 // An escaped background process of an ended record writes to the capture files it still holds
 // while another record runs: its output never appears in the other record's logs.
 TEST(CaptureIsolationTest, OutputOfAForgottenRecordNeverAppearsInAnother) {
