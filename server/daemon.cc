@@ -892,9 +892,12 @@ absl::Status Daemon::OpenEvents() {
   uint64_t from = std::max(journal_->FirstCursor() - 1,
                            last > log_options.window ? last - log_options.window : 0);
   event_log_ = std::make_unique<EventLog>(log_options, from);
-  absl::StatusOr<std::vector<v1::Event>> tail = journal_->ReadAfter(from, log_options.window);
-  if (!tail.ok()) return tail.status();
-  if (absl::Status s = event_log_->Publish(*tail); !s.ok()) return s;
+  // The tail of what Load read above (in cursor order), rather than a second read.
+  std::vector<v1::Event> tail;
+  for (v1::Event& event : loaded->events) {
+    if (event.cursor() > from) tail.push_back(std::move(event));
+  }
+  if (absl::Status s = event_log_->Publish(tail); !s.ok()) return s;
   event_recorder_ = std::make_unique<EventRecorder>(
       journal_.get(), *event_log_,
       [this](absl::flat_hash_set<uint64_t>& ids, absl::flat_hash_set<uint64_t>& sessions) {

@@ -2,11 +2,14 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
 #include "server/proctor_service.h"
 #include "spdlog/spdlog.h"
 
 namespace proctor {
 namespace {
+
+using google::protobuf::util::TimeUtil;
 
 v1::EventType TypeOf(EventKind kind) {
   switch (kind) {
@@ -40,10 +43,7 @@ EventRecorder::EventRecorder(Journal* journal, EventLog& log, Retained retained,
 v1::Event EventRecorder::ToProto(const SupervisorEvent& event) {
   v1::Event out;
   out.set_cursor(event.cursor);
-  out.mutable_time()->set_seconds(absl::ToUnixSeconds(event.time));
-  out.mutable_time()->set_nanos(static_cast<int32_t>(
-      (event.time - absl::FromUnixSeconds(absl::ToUnixSeconds(event.time))) /
-      absl::Nanoseconds(1)));
+  *out.mutable_time() = TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(event.time));
   out.set_type(TypeOf(event.kind));
   if (event.kind == EventKind::kSessionOpened || event.kind == EventKind::kSessionEnded) {
     out.set_session(event.session);
@@ -55,10 +55,10 @@ v1::Event EventRecorder::ToProto(const SupervisorEvent& event) {
 
 ProcessInfo EventRecorder::FromProto(const v1::Process& process) {
   auto time_of = [](const google::protobuf::Timestamp& t) {
-    return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+    return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(t));
   };
   auto duration_of = [](const google::protobuf::Duration& d) {
-    return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+    return absl::Nanoseconds(TimeUtil::DurationToNanoseconds(d));
   };
   ProcessInfo info;
   info.id = process.id();
