@@ -868,12 +868,12 @@ absl::Status Daemon::OpenEvents() {
   // Exclusive: a second proctord on the same state directory is refused here.
   absl::StatusOr<std::unique_ptr<Journal>> journal =
       Journal::Open(options_.state_dir + "/journal.db", options_.durable);
-  if (!journal.ok()) {
-    return absl::Status(journal.status().code(),
-                        absl::StrCat(journal.status().message(),
-                                     " (is another proctord using --state-dir ",
-                                     options_.state_dir, "?)"));
+  if (absl::IsUnavailable(journal.status())) {
+    return absl::UnavailableError(absl::StrCat("--state-dir ", options_.state_dir,
+                                               " is in use: is another proctord using it? (",
+                                               journal.status().message(), ")"));
   }
+  if (!journal.ok()) return journal.status();
   journal_ = *std::move(journal);
   absl::StatusOr<Journal::Loaded> loaded = journal_->Load();
   if (!loaded.ok()) return loaded.status();

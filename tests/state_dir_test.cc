@@ -21,7 +21,7 @@ TEST(StateDirTest, ASecondDaemonOnTheSameStateDirectoryIsRefused) {
                                      absl::StrCat("unix:", other.path(), "/second.sock"),
                                      "--state-dir", first.state_dir()});
   EXPECT_EQ(second.status, 1);
-  EXPECT_THAT(second.err, HasSubstr("is another proctord using --state-dir"));
+  EXPECT_THAT(second.err, HasSubstr("is in use: is another proctord using it?"));
   EXPECT_TRUE(first.client().List(v1::StatusRequest()).ok()) << "the first one is unharmed";
 }
 
