@@ -364,6 +364,15 @@ absl::Status Client::Release(uint64_t id) {
 }
 
 absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(absl::Duration ttl) {
+  return OpenOrResumeSession(0, ttl);
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Client::ResumeSession(uint64_t id, absl::Duration ttl) {
+  return OpenOrResumeSession(id, ttl);
+}
+
+absl::StatusOr<std::unique_ptr<Session>> Client::OpenOrResumeSession(uint64_t resume,
+                                                                     absl::Duration ttl) {
   std::unique_ptr<Session> session(new Session());
   session->close_timeout_ = call_timeout_;
   std::string nonce;
@@ -371,6 +380,7 @@ absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(absl::Duration ttl)
   session->context_ = NewContext("Session", &nonce, absl::InfiniteDuration());
   v1::SessionRequest open;
   *open.mutable_ttl() = ToProto(ttl);
+  open.set_resume(resume);
   v1::SessionEvent opened;
   bool answered = false;
   absl::Status s;

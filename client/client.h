@@ -130,8 +130,16 @@ class Client {
   absl::Status Release(uint64_t id);
   // Opens a session whose lease lasts `ttl` without a keep-alive.
   absl::StatusOr<std::unique_ptr<Session>> OpenSession(absl::Duration ttl = absl::Seconds(10));
+  // Takes up session `id` again after a restart of proctord (it waits for its TTL, counted
+  // from the restart), with this client's key, which must be the one that opened it;
+  // NOT_FOUND once it has ended. See SessionRequest.resume.
+  absl::StatusOr<std::unique_ptr<Session>> ResumeSession(uint64_t id,
+                                                         absl::Duration ttl = absl::Seconds(10));
 
  private:
+  // resume 0: a new session.
+  absl::StatusOr<std::unique_ptr<Session>> OpenOrResumeSession(uint64_t resume,
+                                                               absl::Duration ttl);
   Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth,
          absl::Duration call_timeout);
   // A signed context for one call of `method`, with a deadline `timeout` from now (none when

@@ -10,6 +10,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <climits>
+#include <csignal>
+#include <cstdlib>
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -21,6 +24,7 @@
 #include <utility>
 
 #include "CLI/CLI.hpp"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -543,6 +547,15 @@ std::string WorkerAddress(const std::vector<std::string>& listen) {
   return unix_socket != listen.end() ? *unix_socket : listen.front();
 }
 
+// The keeper is installed (and built) next to proctord.
+std::string DefaultKeeperPath() {
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return "proctor-keeper";
+  std::string path(self, static_cast<size_t>(n));
+  return path.substr(0, path.rfind('/') + 1) + "proctor-keeper";
+}
+
 void SetUpLogging(const std::string& level) {
   // Not spdlog::stderr_logger_mt: that registers the name, and a second daemon in one process
   // (tests) would throw.
@@ -613,35 +626,7 @@ absl::Status Daemon::Init() {
 
   if (absl::Status s = OpenEvents(); !s.ok()) return s;
   capture_files_ = std::make_unique<CaptureFiles>(log_dir_, options_.capture_spares);
-  absl::StatusOr<std::unique_ptr<PosixProcessOs>> os = PosixProcessOs::Create(
-      *loop_, PosixProcessOs::Options{.worker_nice = options_.worker_nice,
-                                      .worker_cgroups = options_.worker_cgroups,
-                                      .worker_descriptors = original_descriptors});
-  if (!os.ok()) return os.status();
-  os_ = *std::move(os);
-  size_t max_processes = options_.max_processes;
-  std::string max_processes_reason = CapWorkers(descriptors_, max_processes);
-  SupervisorOptions supervisor_options{
-      .log_dir = log_dir_,
-      .retain = options_.retain,
-      .base_env = WorkerBaseEnvironment(),
-      .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
-      .worker_address = WorkerAddress(options_.listen),
-      .capture_files = capture_files_.get(),
-      .worker_user = options_.worker_user,
-      .events = event_recorder_.get(),
-      .last_cursor = journal_->LastCursor(),
-      .max_processes = max_processes,
-      .max_children = options_.max_children,
-      .max_depth = options_.max_depth,
-      .max_processes_reason = std::move(max_processes_reason),
-  };
-  supervisor_ = std::make_unique<Supervisor>(supervisor_options, *os_, clock_, *loop_, *ids_);
-  supervisor_for_events_ = supervisor_.get();
-  if (!rebuilt_.ended.empty()) {
-    spdlog::info("restored {} ended records from the journal", rebuilt_.ended.size());
-    supervisor_->RestoreEnded(std::move(rebuilt_.ended));
-  }
+  if (absl::Status s = OpenWorkers(original_descriptors); !s.ok()) return s;
   authenticator_ = std::make_unique<Authenticator>(
       clock_, [supervisor = supervisor_.get()](uint64_t id) {
         return supervisor->CredentialOf(id);
@@ -666,6 +651,90 @@ absl::Status Daemon::Init() {
   }
   signal_fd_ = *signal_fd;
   return StartServer();
+}
+
+absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
+  internal::Held held;
+  std::string keeper_path =
+      options_.keeper_path.empty() ? DefaultKeeperPath() : options_.keeper_path;
+  absl::StatusOr<std::unique_ptr<KeeperClient>> keeper =
+      KeeperClient::Open(options_.state_dir, keeper_path, held);
+  if (!keeper.ok()) return keeper.status();
+  keeper_ = *std::move(keeper);
+  absl::StatusOr<std::unique_ptr<PosixProcessOs>> os = PosixProcessOs::Create(
+      *loop_, *keeper_, held,
+      PosixProcessOs::Options{.worker_nice = options_.worker_nice,
+                              .worker_cgroups = options_.worker_cgroups,
+                              .worker_descriptors = original_descriptors});
+  if (!os.ok()) return os.status();
+  os_ = *std::move(os);
+  size_t max_processes = options_.max_processes;
+  std::string max_processes_reason = CapWorkers(descriptors_, max_processes);
+  SupervisorOptions supervisor_options{
+      .log_dir = log_dir_,
+      .retain = options_.retain,
+      .base_env = WorkerBaseEnvironment(),
+      .arg_max = static_cast<size_t>(sysconf(_SC_ARG_MAX)),
+      .worker_address = WorkerAddress(options_.listen),
+      .capture_files = capture_files_.get(),
+      .worker_user = options_.worker_user,
+      .events = event_recorder_.get(),
+      .last_cursor = journal_->LastCursor(),
+      .max_processes = max_processes,
+      .max_children = options_.max_children,
+      .max_depth = options_.max_depth,
+      .max_processes_reason = std::move(max_processes_reason),
+  };
+  supervisor_ = std::make_unique<Supervisor>(supervisor_options, *os_, clock_, *loop_, *ids_);
+  supervisor_for_events_ = supervisor_.get();
+
+  // What the previous proctord left: the journal says what ran, the keeper what still runs.
+  Supervisor::Restored restored;
+  restored.ended = std::move(rebuilt_.ended);
+  absl::flat_hash_map<uint64_t, const internal::HeldWorker*> held_by_id;
+  for (const internal::HeldWorker& worker : held.workers()) held_by_id[worker.token()] = &worker;
+  for (ProcessInfo& info : rebuilt_.running) {
+    auto it = held_by_id.find(info.id);
+    if (it == held_by_id.end()) {
+      restored.lost.push_back(std::move(info));
+      continue;
+    }
+    restored.running.push_back({.info = std::move(info), .memo = it->second->memo()});
+    held_by_id.erase(it);
+  }
+  for (const internal::Note& note : held.notes()) {
+    internal::SessionMemo memo;
+    if (!absl::StartsWith(note.key(), "session/") || !memo.ParseFromString(note.value())) continue;
+    restored.sessions.push_back({.id = memo.id(),
+                                 .ttl = absl::Milliseconds(memo.ttl_ms()),
+                                 .owner = memo.owner()});
+  }
+  if (!held.workers().empty() || !restored.ended.empty() || !restored.lost.empty()) {
+    spdlog::info("restored {} ended records from the journal; reattached {} running workers, "
+                 "{} lost; {} sessions kept",
+                 restored.ended.size(), restored.running.size(), restored.lost.size(),
+                 restored.sessions.size());
+  }
+  supervisor_->Restore(std::move(restored));
+  // Held by the keeper but never journaled: started by a proctord that died before its Start
+  // was answered. Nobody knows of them, so they end.
+  for (const auto& [id, worker] : held_by_id) {
+    spdlog::warn("id={} pid={}: started just before the previous proctord stopped, never "
+                 "recorded; ending it",
+                 id, worker->pid());
+    os_->SignalGroup(id, SIGKILL).IgnoreError();
+    os_->KillCgroup(id).IgnoreError();
+  }
+  KeeperClient::Listener listener = os_->KeeperListener();
+  listener.on_lost = [] {
+    spdlog::critical("the keeper is gone: proctord cannot supervise its workers any more and "
+                     "exits; a new proctord kills what is left of them (their cgroups) and "
+                     "records them as lost");
+    spdlog::default_logger()->flush();
+    std::_Exit(3);
+  };
+  keeper_->Start(std::move(listener));
+  return absl::OkStatus();
 }
 
 absl::Status Daemon::StartServer() {
@@ -826,6 +895,12 @@ int Daemon::Run() {
   if (stopper_.joinable()) stopper_.join();
   server_->Wait();
   RemoveSocketFiles();
+  if (restarting_) {
+    spdlog::info("proctord stopped serving; starting again");
+    return 0;
+  }
+  // Every worker has ended and been released: the keeper goes too.
+  keeper_->Shutdown(absl::Seconds(5));
   spdlog::info("proctord stopped");
   return 0;
 }
@@ -847,6 +922,9 @@ void Daemon::OnSignals() {
         break;
       case DaemonSignal::kStop:
         if (!stopping_) BeginStop();
+        break;
+      case DaemonSignal::kRestart:
+        if (!stopping_) BeginRestart();
         break;
     }
   }
@@ -881,11 +959,6 @@ absl::Status Daemon::OpenEvents() {
     spdlog::warn("journal: {} damaged events were dropped", loaded->corrupt_dropped);
   }
   rebuilt_ = EventRecorder::Rebuild(loaded->events);
-  for (const ProcessInfo& lost : rebuilt_.running) {
-    spdlog::warn("id={} pid={} was running when the previous proctord stopped; it is not "
-                 "supervised any more",
-                 lost.id, lost.pid);
-  }
   // Watchers may resume from the journal's newest events, across a restart.
   EventLog::Options log_options;
   uint64_t last = journal_->LastCursor();
@@ -931,6 +1004,20 @@ void Daemon::BeginStop() {
     loop_->Post([this] { OnStopped(); });
   });
   supervisor_->Shutdown(options_.shutdown_grace, [this] { loop_->Post([this] { OnStopped(); }); });
+}
+
+void Daemon::BeginRestart() {
+  stopping_ = true;
+  restarting_ = true;
+  spdlog::info("asked to restart: no new calls; the workers live on with the keeper");
+  event_log_->EndAll(absl::UnavailableError(
+      "proctord is restarting; watch again from your last cursor once it is back"));
+  CloseListeners();
+  stopper_ = std::thread([this] {
+    // Calls in flight (Join, Logs --follow) end now; their clients call again.
+    server_->Shutdown(std::chrono::system_clock::now());
+    loop_->Post([this] { loop_->Stop(); });
+  });
 }
 
 void Daemon::OnStopped() {

@@ -24,6 +24,7 @@
 #include "server/event_recorder.h"
 #include "server/id_allocator.h"
 #include "server/journal.h"
+#include "server/keeper_client.h"
 #include "server/posix_process_os.h"
 #include "server/log_trimmer.h"
 #include "server/proctor_service.h"
@@ -54,6 +55,7 @@ struct DaemonOptions {
   std::string worker_user;     // empty: workers run as proctord's user unless Start says
   bool worker_cgroups = true;  // a cgroup per worker where cgroup v2 allows
   bool durable = false;        // the journal syncs each commit (power loss), not only writes
+  std::string keeper_path;     // empty: proctor-keeper next to proctord's own executable
   // Set by main() from RaiseDaemonPriority(): the nice value workers get back.
   std::optional<int> worker_nice;
 };
@@ -123,9 +125,13 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  // Runs until the daemon has been asked to stop and everything has ended; the Unix socket
-  // files are then removed. Returns the process exit status: 0. Call once.
+  // Runs until the daemon has been asked to stop and everything has ended (the keeper too),
+  // or to restart (SIGUSR2: the workers live on with the keeper); the Unix socket files are
+  // then removed. Returns the process exit status: 0. Call once.
   int Run();
+  // After Run(): whether it ended for a restart, which main() does by executing proctord
+  // again, in place, once the daemon is destroyed.
+  bool restart_requested() const { return restarting_; }
 
  private:
   explicit Daemon(const DaemonOptions& options);
@@ -158,6 +164,11 @@ class Daemon {
   // The journal, the event log seeded from it, and the recorder the supervisor reports to.
   absl::Status OpenEvents();
   void BeginStop();
+  // SIGUSR2: stop serving without ending any worker; Run() then returns for main() to start
+  // proctord again, which reattaches.
+  void BeginRestart();
+  // The keeper, the os adopting what it holds, the supervisor and its restored state.
+  absl::Status OpenWorkers(const rlimit& original_descriptors);
   // On the loop thread, once each for the gRPC server and the supervisor.
   void OnStopped();
   void RemoveSocketFiles();
@@ -182,6 +193,9 @@ class Daemon {
   std::unique_ptr<Authenticator> authenticator_;
   std::unique_ptr<ProctorService> service_;
   std::unique_ptr<LogTrimmer> log_trimmer_;  // after the supervisor it asks: stops first
+  // The one exception to the order: made before the os, but destroyed before it and the
+  // supervisor, since its reader thread calls both.
+  std::unique_ptr<KeeperClient> keeper_;
   std::vector<std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>> acceptors_;
   std::vector<Listener> listeners_;
   std::unique_ptr<grpc::Server> server_;
@@ -191,6 +205,7 @@ class Daemon {
   std::thread stopper_;
   // Loop thread only.
   bool stopping_ = false;
+  bool restarting_ = false;
   int stopped_parts_ = 0;  // of the gRPC server and the supervisor
   TimerId accept_retry_ = 0;
   std::optional<absl::Time> accept_paused_since_;  // set from a pause to the next accept

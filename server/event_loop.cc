@@ -68,7 +68,7 @@ sigset_t DaemonSignals() {
   sigset_t set;
   // With a valid set and signal numbers these cannot fail.
   sigemptyset(&set);
-  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP}) sigaddset(&set, sig);
+  for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR2}) sigaddset(&set, sig);
   return set;
 }
 
@@ -269,7 +269,7 @@ absl::Status BlockDaemonSignals() {
   sigset_t set = DaemonSignals();
   // pthread_sigmask returns the error number rather than setting errno.
   if (int err = pthread_sigmask(SIG_BLOCK, &set, nullptr); err != 0) {
-    return SyscallError("pthread_sigmask(SIG_BLOCK, SIGCHLD SIGTERM SIGINT SIGHUP)", err);
+    return SyscallError("pthread_sigmask(SIG_BLOCK, SIGCHLD SIGTERM SIGINT SIGHUP SIGUSR2)", err);
   }
   // A client hanging up must not kill the daemon mid-write; the write fails with EPIPE.
   if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
@@ -284,7 +284,7 @@ absl::StatusOr<int> OpenDaemonSignalFd() {
   int fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
   if (fd < 0) {
     int err = errno;
-    return SyscallError("signalfd(SIGCHLD SIGTERM SIGINT SIGHUP)", err);
+    return SyscallError("signalfd(SIGCHLD SIGTERM SIGINT SIGHUP SIGUSR2)", err);
   }
   return fd;
 }
@@ -308,6 +308,9 @@ std::vector<DaemonSignal> ReadSignals(int signal_fd) {
         break;
       case SIGHUP:
         signals.push_back(DaemonSignal::kReload);
+        break;
+      case SIGUSR2:
+        signals.push_back(DaemonSignal::kRestart);
         break;
       default:
         signals.push_back(DaemonSignal::kStop);

@@ -79,7 +79,8 @@ class EventLoop final : public Timers {
   std::vector<std::function<void()>> posted_ ABSL_GUARDED_BY(mu_);
 };
 
-// Blocks the signals proctord handles (SIGCHLD, SIGTERM, SIGINT, SIGHUP) in the calling thread
+// Blocks the signals proctord handles (SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR2) in the calling
+// thread
 // (so in every thread it starts later) and ignores SIGPIPE. Call first thing in main(), before
 // any thread exists. INTERNAL if the kernel refuses.
 absl::Status BlockDaemonSignals();
@@ -89,6 +90,7 @@ enum class DaemonSignal {
   kChildExited,  // SIGCHLD
   kStop,         // SIGTERM, SIGINT
   kReload,       // SIGHUP
+  kRestart,      // SIGUSR2: start again in place, keeping the workers
 };
 
 // A non-blocking signalfd for the signals BlockDaemonSignals() blocked; the caller owns it.

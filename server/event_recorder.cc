@@ -65,10 +65,13 @@ ProcessInfo EventRecorder::FromProto(const v1::Process& process) {
   info.name = process.name();
   info.pid = process.pid();
   info.running = process.state() == v1::STATE_RUNNING;
+  info.lost = process.lost();
   if (!info.running) {
-    info.status = process.signal() != 0
-                      ? WaitStatus::Signaled(process.signal(), process.core_dumped())
-                      : WaitStatus::Exited(process.exitcode());
+    if (!info.lost) {
+      info.status = process.signal() != 0
+                        ? WaitStatus::Signaled(process.signal(), process.core_dumped())
+                        : WaitStatus::Exited(process.exitcode());
+    }
     info.end_time = time_of(process.end_time());
     info.usage = ResourceUsage{.user_cpu = duration_of(process.user_cpu()),
                                .system_cpu = duration_of(process.system_cpu()),

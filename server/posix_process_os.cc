@@ -1,4 +1,5 @@
 #include "server/posix_process_os.h"
+#include "server/keeper/spawn.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -80,27 +81,6 @@ absl::Status CheckExecutable(const std::string& path) {
     return PosixError(absl::StrCat("target ", path, " is not executable"), errno);
   }
   return absl::OkStatus();
-}
-
-std::vector<char*> CStrings(const std::vector<std::string>& strings) {
-  std::vector<char*> out;
-  out.reserve(strings.size() + 1);
-  for (const std::string& s : strings) out.push_back(const_cast<char*>(s.c_str()));
-  out.push_back(nullptr);
-  return out;
-}
-
-ResourceUsage ToUsage(const rusage& ru) {
-  return ResourceUsage{
-      .user_cpu = absl::DurationFromTimeval(ru.ru_utime),
-      .system_cpu = absl::DurationFromTimeval(ru.ru_stime),
-      .max_rss_bytes = static_cast<int64_t>(ru.ru_maxrss) * 1024,
-  };
-}
-
-WaitStatus FromRaw(int status) {
-  if (WIFSIGNALED(status)) return WaitStatus::Signaled(WTERMSIG(status), WCOREDUMP(status));
-  return WaitStatus::Exited(WEXITSTATUS(status));
 }
 
 }  // namespace
@@ -192,97 +172,6 @@ int OpenWorkerCpuGroup() {
 }
 
 namespace {
-
-constexpr size_t kChildStackBytes = 64 * 1024;
-constexpr char kEnterCgroupStep[] = "entering its cgroup";
-
-// Everything the child needs, prepared by the parent: between clone() and exec the child
-// shares the parent's memory and may only make syscalls (no allocation, no locks).
-struct ChildPlan {
-  const char* path;
-  char* const* argv;
-  char* const* envp;
-  const char* cwd;  // null: the daemon's
-  const char* stdout_path;
-  const char* stderr_path;
-  int cgroup_procs = -1;  // the worker's cgroup.procs, or -1
-  const rlimit* descriptors = nullptr;  // RLIMIT_NOFILE to give back, or null
-  bool switch_user = false;
-  uid_t uid = 0;
-  gid_t gid = 0;
-  const gid_t* groups = nullptr;
-  size_t group_count = 0;
-  // Written by a child whose step failed; read by the parent once clone() has returned,
-  // which with CLONE_VFORK is after the child's exec or exit.
-  int error = 0;
-  const char* failed_step = nullptr;
-};
-
-[[noreturn]] void ChildFailed(ChildPlan* plan, const char* step) {
-  plan->error = errno;
-  plan->failed_step = step;
-  _exit(127);
-}
-
-// Opens `path` as descriptor `target` of the child.
-bool OpenAs(int target, const char* path, int flags) {
-  int fd = open(path, flags, 0600);
-  if (fd < 0) return false;
-  if (fd == target) return true;
-  bool ok = dup2(fd, target) == target;
-  close(fd);
-  return ok;
-}
-
-int ChildMain(void* arg) {
-  ChildPlan* plan = static_cast<ChildPlan*>(arg);
-  // Handlers and ignored signals of the daemon must not reach the worker (SIG_IGN survives
-  // exec). Without CLONE_SIGHAND this changes only the child's own table.
-  for (int sig = 1; sig < NSIG; ++sig) {
-    struct sigaction old;
-    if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, nullptr, &old) != 0) continue;
-    if (old.sa_handler == SIG_DFL) continue;
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigaction(sig, &dfl, nullptr);
-  }
-  if (setpgid(0, 0) != 0) ChildFailed(plan, "setpgid");
-  // The descriptor limit proctord started with, not the one it raised for itself: some
-  // programs size tables by it or misbehave with a very high one.
-  if (plan->descriptors != nullptr && setrlimit(RLIMIT_NOFILE, plan->descriptors) != 0) {
-    ChildFailed(plan, "setrlimit(RLIMIT_NOFILE)");
-  }
-  // Into the worker's cgroup before exec: nothing the worker runs is ever outside it.
-  if (plan->cgroup_procs >= 0 && write(plan->cgroup_procs, "0", 1) != 1) {
-    ChildFailed(plan, kEnterCgroupStep);
-  }
-  if (!OpenAs(0, "/dev/null", O_RDONLY)) ChildFailed(plan, "open /dev/null");
-  constexpr int kCapture = O_WRONLY | O_CREAT | O_TRUNC | O_APPEND;
-  if (!OpenAs(1, plan->stdout_path, kCapture)) ChildFailed(plan, plan->stdout_path);
-  if (!OpenAs(2, plan->stderr_path, kCapture)) ChildFailed(plan, plan->stderr_path);
-  // Raw syscalls: glibc's wrappers would make every thread of the daemon (whose memory the
-  // child shares) change its ids. Groups first, while we may still change them.
-  if (plan->switch_user) {
-    if (syscall(SYS_setgroups, plan->group_count, plan->groups) != 0) {
-      ChildFailed(plan, "setgroups");
-    }
-    if (syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid) != 0) {
-      ChildFailed(plan, "setresgid");
-    }
-    if (syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid) != 0) {
-      ChildFailed(plan, "setresuid");
-    }
-  }
-  // After the switch, so the worker's user is the one that must be allowed there.
-  if (plan->cwd != nullptr && chdir(plan->cwd) != 0) ChildFailed(plan, plan->cwd);
-  // Our descriptors are all close-on-exec, but libraries' may not be.
-  syscall(SYS_close_range, 3U, ~0U, 0U);
-  sigset_t empty;
-  sigemptyset(&empty);
-  if (sigprocmask(SIG_SETMASK, &empty, nullptr) != 0) ChildFailed(plan, "sigprocmask");
-  execve(plan->path, plan->argv, plan->envp);
-  ChildFailed(plan, nullptr);  // the exec itself
-}
 
 std::string ReadSmallFile(int dir_fd, const std::string& path) {
   int fd = openat(dir_fd, path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -387,16 +276,9 @@ uint64_t WorkerIdInEnvironment(pid_t pid) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(EventLoop& loop,
-                                                                       Options options) {
-  // Grandchildren whose parent dies come to us and are reaped, instead of to init.
-  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) {
-    int err = errno;
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER: ", std::strerror(err),
-        "); without it the orphans of workers would escape to init"));
-  }
-  std::unique_ptr<PosixProcessOs> os(new PosixProcessOs(loop, std::move(options)));
+absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
+    EventLoop& loop, KeeperClient& keeper, const internal::Held& held, Options options) {
+  std::unique_ptr<PosixProcessOs> os(new PosixProcessOs(loop, keeper, std::move(options)));
   if (os->options_.worker_cgroups) {
     os->SetUpCgroups();
   } else {
@@ -406,11 +288,12 @@ absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(EventLoop
   if (os->cgroup_base_fd_ < 0 || CgroupV2Mount() != "/sys/fs/cgroup") {
     os->cpu_group_procs_ = OpenWorkerCpuGroup();
   }
+  for (const internal::HeldWorker& worker : held.workers()) os->Adopt(worker);
   return os;
 }
 
-PosixProcessOs::PosixProcessOs(EventLoop& loop, Options options)
-    : loop_(loop), options_(std::move(options)) {}
+PosixProcessOs::PosixProcessOs(EventLoop& loop, KeeperClient& keeper, Options options)
+    : loop_(loop), keeper_(keeper), options_(std::move(options)) {}
 
 void PosixProcessOs::SetUpCgroups() {
   std::string mount = CgroupV2Mount();
@@ -421,12 +304,14 @@ void PosixProcessOs::SetUpCgroups() {
   }
   std::string parent_relative = own == "/" ? "" : own;
   std::string parent = mount + parent_relative;
-  // Worker cgroups of daemons that died before removing them: empty ones go.
+  // Worker cgroups of keepers that are gone: what is still in them was orphaned when its
+  // keeper died, and is ours (nothing else makes proctord-N here); it is killed, and empty
+  // cgroups go.
   if (DIR* dir = opendir(parent.c_str()); dir != nullptr) {
     while (dirent* entry = readdir(dir)) {
       pid_t owner = 0;
       absl::string_view name = entry->d_name;
-      // Left alone while a process of the owner's number exists: a live proctord's.
+      // Left alone while a process of the owner's number exists: a live keeper's.
       if (!absl::ConsumePrefix(&name, "proctord-") || !absl::SimpleAtoi(name, &owner) ||
           access(absl::StrCat("/proc/", owner).c_str(), F_OK) == 0) {
         continue;
@@ -434,7 +319,12 @@ void PosixProcessOs::SetUpCgroups() {
       std::string stale = absl::StrCat(parent, "/", entry->d_name);
       if (DIR* inner = opendir(stale.c_str()); inner != nullptr) {
         while (dirent* worker = readdir(inner)) {
-          if (worker->d_name[0] != '.') rmdir(absl::StrCat(stale, "/", worker->d_name).c_str());
+          if (worker->d_name[0] == '.') continue;
+          std::string cgroup = absl::StrCat(stale, "/", worker->d_name);
+          if (rmdir(cgroup.c_str()) != 0 && errno == EBUSY) {
+            spdlog::warn("killing what is left in {}: its keeper is gone", cgroup);
+            WriteText(cgroup + "/cgroup.kill", "1");
+          }
         }
         closedir(inner);
       }
@@ -442,7 +332,9 @@ void PosixProcessOs::SetUpCgroups() {
     }
     closedir(dir);
   }
-  std::string name = absl::StrCat("proctord-", getpid());
+  // Named after the keeper, which outlives proctord: a restarted proctord finds its workers'
+  // cgroups where it left them.
+  std::string name = absl::StrCat("proctord-", keeper_.keeper_pid());
   cgroup_base_path_ = absl::StrCat(parent, "/", name);
   cgroup_base_relative_ = absl::StrCat(parent_relative, "/", name);
   auto give_up = [&](absl::string_view why) {
@@ -477,6 +369,7 @@ PosixProcessOs::~PosixProcessOs() {
     close(inotify_fd_);
   }
   if (cgroup_base_fd_ >= 0) {
+    // Those of workers that live on (a restart) are busy and stay.
     for (const auto& [token, cgroup] : cgroups_) {
       unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
     }
@@ -486,13 +379,54 @@ PosixProcessOs::~PosixProcessOs() {
   for (const auto& [pid, pidfd] : strays_) close(pidfd);
   if (cpu_group_procs_ >= 0) close(cpu_group_procs_);
   if (unknown_orphans_ > 0) {
-    spdlog::info("reaped {} orphans that belonged to no worker", unknown_orphans_);
+    spdlog::info("the keeper reaped {} orphans that belonged to no worker", unknown_orphans_);
   }
 }
 
 void PosixProcessOs::SetListeners(ExitListener on_exit, OrphanListener on_orphan_reaped) {
   on_exit_ = std::move(on_exit);
   on_orphan_reaped_ = std::move(on_orphan_reaped);
+}
+
+KeeperClient::Listener PosixProcessOs::KeeperListener() {
+  return KeeperClient::Listener{
+      .on_spawned = [this](uint64_t token, pid_t pid) { OnSpawned(token, pid); },
+      .on_exited = [this](const internal::Exited& exit) { OnWorkerExited(exit); },
+      .on_reaped = [this](uint64_t token) { OnWorkerReaped(token); },
+      .on_orphan_reaped = [this](const internal::OrphanReaped& orphan) {
+        OnOrphanReaped(orphan.pid(), orphan.cgroup());
+      },
+  };
+}
+
+bool PosixProcessOs::WatchCgroupLocked(uint64_t token) {
+  WorkerCgroup cgroup{.name = absl::StrCat(token)};
+  cgroup.watch = inotify_add_watch(
+      inotify_fd_, absl::StrCat(cgroup_base_path_, "/", cgroup.name, "/cgroup.events").c_str(),
+      IN_MODIFY);
+  if (cgroup.watch < 0) return false;
+  cgroup_watches_[cgroup.watch] = token;
+  cgroups_[token] = cgroup;
+  return true;
+}
+
+void PosixProcessOs::Adopt(const internal::HeldWorker& worker) {
+  absl::MutexLock lock(&mu_);
+  workers_[worker.pid()] = worker.token();
+  tokens_[worker.token()] = worker.pid();
+  const std::string expected = absl::StrCat(cgroup_base_path_, "/", worker.token());
+  if (worker.cgroup_dir().empty() || cgroup_base_fd_ < 0 || worker.cgroup_dir() != expected) {
+    if (!worker.cgroup_dir().empty()) {
+      spdlog::warn("id={} pid={}: its cgroup {} is not where this proctord keeps them ({}); "
+                   "its escaped descendants are found in /proc",
+                   worker.token(), worker.pid(), worker.cgroup_dir(), expected);
+    }
+    return;
+  }
+  if (!WatchCgroupLocked(worker.token())) return;
+  cgroups_[worker.token()].populated = absl::StrContains(
+      ReadSmallFile(cgroup_base_fd_, absl::StrCat(worker.token(), "/cgroup.events")),
+      "populated 1");
 }
 
 absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t token) {
@@ -513,137 +447,83 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
   absl::StatusOr<std::string> path = ResolveExecutable(spec.path, path_env, spec.cwd);
   if (!path.ok()) return path.status();
 
-  // The worker's own cgroup, made before it exists so that it is born into it.
-  WorkerCgroup cgroup{.name = absl::StrCat(token)};
-  int cgroup_procs = -1;
+  internal::Spawn spawn;
+  spawn.set_token(token);
+  spawn.set_path(*path);
+  for (const std::string& arg : spec.argv) spawn.add_argv(arg);
+  for (const std::string& entry : spec.envp) spawn.add_envp(entry);
+  // The keeper runs in /: "the daemon's" working directory is passed on explicitly.
+  if (!spec.cwd.empty()) {
+    spawn.set_cwd(spec.cwd);
+  } else if (char* cwd = getcwd(nullptr, 0); cwd != nullptr) {
+    spawn.set_cwd(cwd);
+    free(cwd);
+  }
+  spawn.set_stdout_path(spec.stdout_path);
+  spawn.set_stderr_path(spec.stderr_path);
+  spawn.set_memo(spec.memo);
+  if (options_.worker_descriptors.has_value()) {
+    spawn.mutable_descriptors()->set_soft(options_.worker_descriptors->rlim_cur);
+    spawn.mutable_descriptors()->set_hard(options_.worker_descriptors->rlim_max);
+  }
+  if (spec.identity.has_value()) {
+    spawn.set_switch_user(true);
+    spawn.set_uid(spec.identity->uid);
+    spawn.set_gid(spec.identity->gid);
+    for (gid_t group : spec.identity->groups) spawn.add_groups(group);
+  }
+
+  // The worker's own cgroup, made (and watched) before it exists so that it is born into it.
+  const std::string cgroup_name = absl::StrCat(token);
   const bool use_cgroup = cgroup_base_fd_ >= 0 && cgroups_usable_.load();
   if (use_cgroup) {
-    if (mkdirat(cgroup_base_fd_, cgroup.name.c_str(), 0755) != 0 && errno != EEXIST) {
+    if (mkdirat(cgroup_base_fd_, cgroup_name.c_str(), 0755) != 0 && errno != EEXIST) {
       int err = errno;
-      GiveUpCgroups(absl::StrCat("mkdir ", cgroup_base_path_, "/", cgroup.name), err);
+      GiveUpCgroups(absl::StrCat("mkdir ", cgroup_base_path_, "/", cgroup_name), err);
       return Launch(spec, token);
     }
-    cgroup_procs = openat(cgroup_base_fd_, (cgroup.name + "/cgroup.procs").c_str(),
-                          O_WRONLY | O_CLOEXEC);
-    int err = errno;
-    if (cgroup_procs >= 0) {
-      cgroup.watch = inotify_add_watch(
-          inotify_fd_, absl::StrCat(cgroup_base_path_, "/", cgroup.name, "/cgroup.events").c_str(),
-          IN_MODIFY);
-      err = errno;
+    bool watched;
+    {
+      absl::MutexLock lock(&mu_);
+      watched = WatchCgroupLocked(token);
     }
-    if (cgroup_procs < 0 || cgroup.watch < 0) {
-      if (cgroup_procs >= 0) close(cgroup_procs);
-      unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
-      GiveUpCgroups(absl::StrCat("cgroup ", cgroup_base_path_, "/", cgroup.name), err);
+    if (!watched) {
+      int err = errno;
+      unlinkat(cgroup_base_fd_, cgroup_name.c_str(), AT_REMOVEDIR);
+      GiveUpCgroups(absl::StrCat("cgroup ", cgroup_base_path_, "/", cgroup_name), err);
       return Launch(spec, token);
     }
+    spawn.set_cgroup_dir(absl::StrCat(cgroup_base_path_, "/", cgroup_name));
   }
   auto drop_cgroup = [&] {
-    if (cgroup_procs < 0) return;
-    close(cgroup_procs);
-    cgroup_procs = -1;
-    inotify_rm_watch(inotify_fd_, cgroup.watch);
-    unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
+    if (!use_cgroup) return;
+    absl::MutexLock lock(&mu_);
+    auto it = cgroups_.find(token);
+    if (it == cgroups_.end()) return;
+    inotify_rm_watch(inotify_fd_, it->second.watch);
+    cgroup_watches_.erase(it->second.watch);
+    cgroups_.erase(it);
+    unlinkat(cgroup_base_fd_, cgroup_name.c_str(), AT_REMOVEDIR);
   };
 
-  std::vector<char*> argv = CStrings(spec.argv);
-  std::vector<char*> envp = CStrings(spec.envp);
-  ChildPlan plan{
-      .path = path->c_str(),
-      .argv = argv.data(),
-      .envp = envp.data(),
-      .cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str(),
-      .stdout_path = spec.stdout_path.c_str(),
-      .stderr_path = spec.stderr_path.c_str(),
-      .cgroup_procs = cgroup_procs,
-  };
-  if (options_.worker_descriptors.has_value()) plan.descriptors = &*options_.worker_descriptors;
-  if (spec.identity.has_value()) {
-    plan.switch_user = true;
-    plan.uid = spec.identity->uid;
-    plan.gid = spec.identity->gid;
-    plan.groups = spec.identity->groups.data();
-    plan.group_count = spec.identity->groups.size();
+  absl::StatusOr<internal::Spawned> spawned = keeper_.Spawn(std::move(spawn));
+  if (!spawned.ok()) {
+    drop_cgroup();
+    return spawned.status();
   }
-  auto stack = std::make_unique<char[]>(kChildStackBytes);
-  {
-    absl::MutexLock lock(&mu_);
-    ++spawning_;
-  }
-  // No signal handler may run in the child, which shares our memory until it execs.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int pidfd = -1;
-  pid_t pid = clone(ChildMain, stack.get() + kChildStackBytes,
-                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
-  int clone_error = errno;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-
-  absl::Status failed;
-  if (pid < 0) {
-    failed = PosixError("clone", clone_error);
-  } else if (plan.error != 0) {
-    // It never ran the target; reaped here, before the SIGCHLD reaper may take it.
-    waitpid(pid, nullptr, 0);
-    close(pidfd);
-    failed = plan.failed_step == nullptr
-                 ? PosixError(absl::StrCat("cannot start ", *path), plan.error)
-                 : PosixError(absl::StrCat("cannot start ", *path, ": ", plan.failed_step),
-                              plan.error);
-  }
-  if (cgroup_procs >= 0) {
-    close(cgroup_procs);
-    if (!failed.ok()) {
-      cgroup_procs = 0;  // not -1: drop the cgroup too
-      drop_cgroup();
-    }
-  }
-  const bool cgroup_refused = !failed.ok() && plan.failed_step == kEnterCgroupStep;
-  bool recheck = false;
-  absl::Status watched;
-  {
-    absl::MutexLock lock(&mu_);
-    if (failed.ok()) {
-      // Watched and registered under the lock, so the reaping side cannot see the pid
-      // half-registered (nor close the pidfd before it is watched). A pidfd that is already
-      // readable fires as soon as the loop looks.
-      watched = loop_.Watch(pidfd, [this, pid] { ReapWorker(pid); });
-      if (watched.ok()) {
-        workers_[pid] = Worker{token, pidfd};
-        tokens_[token] = pid;
-        if (use_cgroup) {
-          cgroup_watches_[cgroup.watch] = token;
-          cgroups_[token] = cgroup;
-        }
-      }
-    }
-    if (--spawning_ == 0 && recheck_after_spawn_) {
-      recheck_after_spawn_ = false;
-      recheck = true;
-    }
-  }
-  if (recheck) loop_.Post([this] { OnSigchld(); });
-  if (cgroup_refused) {
+  if (spawned->pid() > 0) return Launched{spawned->pid(), *std::move(path)};
+  drop_cgroup();
+  const int err = spawned->error();
+  const std::string& step = spawned->failed_step();
+  if (step == kEnterCgroupStep) {
     // The child never ran the target: start it again, without a cgroup.
-    GiveUpCgroups(absl::StrCat("writing ", cgroup_base_path_, "/", cgroup.name, "/cgroup.procs"),
-                  plan.error);
+    GiveUpCgroups(absl::StrCat("writing ", cgroup_base_path_, "/", cgroup_name, "/cgroup.procs"),
+                  err);
     return Launch(spec, token);
   }
-  if (!failed.ok()) return failed;
-  if (!watched.ok()) {
-    // Not registered: it is reaped as an orphan through SIGCHLD. The pidfd names it.
-    PidfdSignal(pidfd, pid, SIGKILL).IgnoreError();
-    close(pidfd);
-    if (use_cgroup) {
-      inotify_rm_watch(inotify_fd_, cgroup.watch);
-      // Removed once empty by the stale-cgroup sweep of the next start, if not before.
-      unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
-    }
-    return watched;
-  }
-  return Launched{pid, *std::move(path)};
+  if (step.empty()) return PosixError(absl::StrCat("cannot start ", *path), err);
+  if (step == "clone") return PosixError("clone", err);
+  return PosixError(absl::StrCat("cannot start ", *path, ": ", step), err);
 }
 
 void PosixProcessOs::GiveUpCgroups(const std::string& what, int err) {
@@ -654,31 +534,69 @@ void PosixProcessOs::GiveUpCgroups(const std::string& what, int err) {
   }
 }
 
-void PosixProcessOs::ReapWorker(pid_t pid) {
-  int status = 0;
-  rusage ru{};
-  uint64_t token;
+void PosixProcessOs::OnSpawned(uint64_t token, pid_t pid) {
+  absl::MutexLock lock(&mu_);
+  workers_[pid] = token;
+  tokens_[token] = pid;
+}
+
+void PosixProcessOs::OnWorkerExited(const internal::Exited& exit) {
+  const uint64_t token = exit.token();
+  WaitStatus status = exit.signal() != 0 ? WaitStatus::Signaled(exit.signal(), exit.core_dumped())
+                                         : WaitStatus::Exited(exit.exit_code());
+  ResourceUsage usage{
+      .user_cpu = absl::Microseconds(exit.user_cpu_us()),
+      .system_cpu = absl::Microseconds(exit.system_cpu_us()),
+      .max_rss_bytes = exit.max_rss_kib() * 1024,
+  };
+  // The zombie keeps its pid (and group id) until released, so the leader still counts as
+  // unreaped while the exit is recorded and its consequences (signals to the group) are sent.
+  on_exit_(token, status, usage);
   {
     absl::MutexLock lock(&mu_);
-    auto it = workers_.find(pid);
-    if (it == workers_.end()) return;
-    // wait4 on one pid only looks at that child, whatever the number of others.
-    pid_t reaped = wait4(pid, &status, WNOHANG, &ru);
-    if (reaped < 0) {
-      int err = errno;
-      spdlog::error("wait4({}): {}", pid, std::strerror(err));
+    auto leader = tokens_.find(token);
+    if (leader != tokens_.end()) {
+      // From here on its group id is no proof of ownership: the keeper is about to reap it.
+      releasing_[token] = leader->second;
+      tokens_.erase(leader);
     }
-    if (reaped <= 0) return;
-    token = it->second.token;
-    loop_.Unwatch(it->second.pidfd);
-    close(it->second.pidfd);
-    workers_.erase(it);
-    tokens_.erase(token);
+  }
+  // Recorded (journaled) by now: the keeper may let go of it.
+  keeper_.Release(token);
+}
+
+void PosixProcessOs::OnWorkerReaped(uint64_t token) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto leader = releasing_.find(token);
+    if (leader == releasing_.end()) return;
+    const pid_t pid = leader->second;
+    workers_.erase(pid);
+    releasing_.erase(leader);
     // Members of its group may outlive it; the group is remembered until found empty.
     if (GroupMayHaveMembers(pid)) leftover_groups_[token] = pid;
     MaybeRemoveCgroupLocked(token);
   }
-  on_exit_(token, FromRaw(status), ToUsage(ru));
+  // Terminations waiting for the worker's group to empty may be done.
+  if (on_orphan_reaped_) on_orphan_reaped_();
+}
+
+void PosixProcessOs::OnOrphanReaped(pid_t pid, const std::string& cgroup) {
+  bool known = cgroup_base_fd_ >= 0 && absl::StartsWith(cgroup, cgroup_base_relative_ + "/");
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto stray = strays_.find(pid); stray != strays_.end()) {
+      known = true;
+      close(stray->second);
+      strays_.erase(stray);
+    }
+  }
+  if (!known) {
+    ++unknown_orphans_;
+    spdlog::info("the keeper reaped orphan pid={} that no worker is known to own ({} so far)",
+                 pid, unknown_orphans_);
+  }
+  if (on_orphan_reaped_) on_orphan_reaped_();
 }
 
 void PosixProcessOs::OnCgroupEvents() {
@@ -729,49 +647,16 @@ void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
 }
 
 void PosixProcessOs::OnSigchld() {
-  bool reaped_orphan = false;
+  // proctord's only children are keepers it started (and no worker): the one that exits
+  // after a Shutdown, or one that died.
   for (;;) {
-    siginfo_t info{};
-    // Peek first (WNOWAIT): a worker found here is reaped through ReapWorker for its rusage.
-    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0) break;
-    pid_t pid = info.si_pid;
-    bool worker = false;
-    bool known = false;
-    {
-      absl::MutexLock lock(&mu_);
-      if (workers_.contains(pid)) {
-        worker = true;
-      } else if (spawning_ > 0) {
-        recheck_after_spawn_ = true;
-        break;
-      } else if (auto stray = strays_.find(pid); stray != strays_.end()) {
-        known = true;
-        close(stray->second);
-        strays_.erase(stray);
-      }
-    }
-    if (worker) {
-      ReapWorker(pid);
-      continue;
-    }
-    // A zombie still shows the cgroup it died in.
-    if (!known && cgroup_base_fd_ >= 0) {
-      known = absl::StartsWith(CgroupOf(pid), cgroup_base_relative_ + "/");
-    }
-    {
-      // Under the lock: SignalGroup takes an unreaped orphan in a group as proof that the
-      // group id is still the worker's, and it must stay unreaped until that signal is sent.
-      absl::MutexLock lock(&mu_);
-      if (waitpid(pid, nullptr, WNOHANG) != pid) break;
-    }
-    reaped_orphan = true;
-    if (!known) {
-      ++unknown_orphans_;
-      spdlog::info("reaped orphan pid={} that no worker is known to own ({} so far)", pid,
-                   unknown_orphans_);
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    if (pid == keeper_.keeper_pid()) {
+      spdlog::info("the keeper (pid {}) exited with status {}", pid, status);
     }
   }
-  if (reaped_orphan && on_orphan_reaped_) on_orphan_reaped_();
 }
 
 absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {
@@ -779,7 +664,8 @@ absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {
   pid_t pgid = 0;
   bool provably_ours = false;
   if (auto leader = tokens_.find(token); leader != tokens_.end()) {
-    // Unreaped (its reaper takes the lock we hold): the group id cannot be anyone else's.
+    // Unreleased, so unreaped (the keeper reaps only once released, and a release is
+    // decided under the lock we hold): the group id cannot be anyone else's.
     pgid = leader->second;
     provably_ours = true;
   } else if (auto group = leftover_groups_.find(token); group != leftover_groups_.end()) {
@@ -789,21 +675,9 @@ absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {
       leftover_groups_.erase(group);
       return absl::NotFoundError(absl::StrCat("nothing of worker ", token, "'s group is left"));
     }
-    // An unreaped orphan of ours in the group keeps its id from being reused just as well
-    // (our reaper takes the lock we hold); orphans of the group come to us, so one usually
-    // is. Where the worker has a cgroup, the orphan must be in it too.
-    auto cgroup = cgroups_.find(token);
-    const std::string expected =
-        cgroup == cgroups_.end()
-            ? ""
-            : absl::StrCat(cgroup_base_relative_, "/", cgroup->second.name);
-    for (pid_t child : ChildrenOf(getpid())) {
-      if (workers_.contains(child) || getpgid(child) != pgid) continue;
-      if (expected.empty() || CgroupOf(child) == expected) {
-        provably_ours = true;
-        break;
-      }
-    }
+  } else if (auto releasing = releasing_.find(token); releasing != releasing_.end()) {
+    // Being reaped by the keeper as we speak: the number may be free any moment.
+    pgid = releasing->second;
   }
   if (pgid == 0) return absl::NotFoundError(absl::StrCat("nothing of worker ", token, " is left"));
   if (absl::Status s = RequireOwnPid("SignalGroup", pgid); !s.ok()) return s;
@@ -875,7 +749,8 @@ std::vector<std::pair<pid_t, int>> PosixProcessOs::CgroupMembersLocked(const std
 
 bool PosixProcessOs::GroupExists(uint64_t token) {
   absl::MutexLock lock(&mu_);
-  if (tokens_.contains(token)) return true;  // the leader, unreaped
+  // The leader, unreaped (its zombie counts: its group is not done until it is reaped).
+  if (tokens_.contains(token) || releasing_.contains(token)) return true;
   auto group = leftover_groups_.find(token);
   if (group == leftover_groups_.end()) return false;
   // Every member of the group is in the worker's cgroup (a process can only join a group
@@ -983,26 +858,25 @@ std::vector<pid_t> PosixProcessOs::FindDescendants(const std::vector<uint64_t>& 
   }
   // A process found below `parent` is taken as a pidfd first, and kept only if it is still
   // `parent`'s child after that: a reused number never passes for a descendant.
-  auto take = [&](pid_t pid, pid_t parent) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    if (pid <= 1 || workers_.contains(pid) || !seen.insert(pid).second) return;
+  // With `of_tree`, the process must also have started with one of the workers' ids in its
+  // environment (checked once it is pinned, too).
+  auto take = [&](pid_t pid, pid_t parent, bool of_tree = false) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (pid <= 1 || workers_.contains(pid) || seen.contains(pid)) return;
     int pidfd = OpenPidfd(pid);
     if (pidfd < 0) return;
-    if (ParentOf(pid) != parent) {
+    if (ParentOf(pid) != parent || (of_tree && !wanted.contains(WorkerIdInEnvironment(pid)))) {
       close(pidfd);
       return;
     }
+    seen.insert(pid);
     HoldStrayLocked(pid, pidfd);
     found.push_back(pid);
     queue.push_back(pid);
   };
-  // Orphans of these workers' trees that came to us (escaped by setsid or a double fork)
-  // still carry the worker's id in the environment they started with.
-  const pid_t self = getpid();
-  for (pid_t child : ChildrenOf(self)) {
-    if (!workers_.contains(child) && wanted.contains(WorkerIdInEnvironment(child))) {
-      take(child, self);
-    }
-  }
+  // Orphans of these workers' trees that came to the keeper (escaped by setsid or a double
+  // fork) still carry the worker's id in the environment they started with.
+  const pid_t keeper = keeper_.keeper_pid();
+  for (pid_t child : ChildrenOf(keeper)) take(child, keeper, /*of_tree=*/true);
   for (size_t i = 0; i < queue.size(); ++i) {
     pid_t parent = queue[i];
     for (pid_t child : ChildrenOf(parent)) take(child, parent);

@@ -1,29 +1,27 @@
-// PosixProcessOs: ProcessOs on Linux.
+// PosixProcessOs: ProcessOs on Linux, with the workers kept by a keeper process.
 //
-// Spawning: clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD), as posix_spawn does (the
-// multithreaded daemon never forks), with a child that only makes syscalls: it leads a new
-// process group, enters its own cgroup (below), gets default signal dispositions and an empty
-// mask, stdin from /dev/null, stdout/stderr to the capture files, optionally another user,
-// and no descriptor of the daemon's. A failed step before exec is the Launch() error, with
-// its errno. The pidfd comes with the process, so it always names this worker.
+// Spawning: the keeper (keeper/keeper.h) starts each worker as its own child, so that workers
+// outlive proctord; see keeper/spawn.h for what the child does before exec. A failed step
+// before exec is the Launch() error, with its errno. A worker's exit is reported by the
+// keeper, which holds the zombie until proctord has recorded the exit (the exit listener has
+// returned) and released it.
 //
 // Ownership, so that a signal only ever reaches a process proctord provably owns:
-// - A worker's group is signalled with kill(-pgid) while its leader is unreaped (an unreaped
-//   process keeps its pid, and so its group id), or while an unreaped child of ours is in
-//   it (it keeps the group id just the same). Otherwise only members of the worker's cgroup
-//   that are checked to be in the group are signalled, each through a pidfd.
+// - A worker's group is signalled with kill(-pgid) while its leader is unreleased (the keeper
+//   reaps only what proctord released, and an unreaped process keeps its pid, and so its
+//   group id). Otherwise only members of the worker's cgroup that are checked to be in the
+//   group are signalled, each through a pidfd.
 // - With cgroup v2 (also the unified hierarchy of a hybrid setup), each worker gets its own
 //   cgroup, entered by the child before exec, so nothing the worker runs is ever outside it.
 //   Its members are found there whatever they did to their group, session or environment,
 //   and SIGKILLed at once through cgroup.kill. Whether anything of the worker is alive comes
 //   from cgroup.events (watched with inotify), not from a scan. Without cgroup v2, strays
-//   are found in /proc.
+//   are found in /proc. The cgroups live below proctord-<keeper pid>, so a restarted
+//   proctord finds them; those of a keeper that is gone are emptied (cgroup.kill) and removed.
 // - Strays (descendants found by FindDescendants) are held as pidfds, opened and then checked
 //   to still be where they were found; SignalProcess works only on those and on workers.
 //
-// Each worker's exit is seen through its pidfd in the event loop, so one exit costs the same
-// however many workers live. SIGCHLD (read from the daemon's signalfd and handed to
-// OnSigchld) reaps the orphans that come to us as child subreaper; each is logged and counted.
+// Threads: keeper reports arrive on the keeper client's reader thread (KeeperListener()).
 #ifndef PROCTOR_SERVER_POSIX_PROCESS_OS_H_
 #define PROCTOR_SERVER_POSIX_PROCESS_OS_H_
 
@@ -40,15 +38,17 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "proctor/internal/keeper.pb.h"
 #include "server/event_loop.h"
+#include "server/keeper_client.h"
 #include "server/process_os.h"
 
 namespace proctor {
 
 class PosixProcessOs final : public ProcessOs {
  public:
-  // Makes the calling process a child subreaper; FAILED_PRECONDITION when the kernel refuses
-  // (without it, workers' orphans would go to init and escape). `loop` must outlive the os.
+  // `loop` and `keeper` must outlive the os. Workers the keeper already holds (`held`, from
+  // an earlier proctord) are adopted: signalled, watched and reported like new ones.
   // With `worker_nice`, Confine() gives each worker that nice value; it also moves each worker
   // into the workers' CPU group where there is one (OpenWorkerCpuGroup). Per-worker cgroups
   // are made below the daemon's own cgroup v2 where that is writable (unless turned off);
@@ -61,6 +61,8 @@ class PosixProcessOs final : public ProcessOs {
     std::optional<rlimit> worker_descriptors;
   };
   static absl::StatusOr<std::unique_ptr<PosixProcessOs>> Create(EventLoop& loop,
+                                                                KeeperClient& keeper,
+                                                                const internal::Held& held,
                                                                 Options options);
   ~PosixProcessOs() override;
 
@@ -74,9 +76,15 @@ class PosixProcessOs final : public ProcessOs {
   absl::Status SignalProcess(pid_t pid, int sig) override;
   bool ProcessExists(pid_t pid) override;
   std::vector<pid_t> FindDescendants(const std::vector<uint64_t>& tokens) override;
+  void Remember(const std::string& key, const std::string& value) override {
+    keeper_.Remember(key, value);
+  }
+  void Forget(const std::string& key) override { keeper_.Forget(key); }
 
-  // Reaps every exited child that is not a worker (workers are reaped through their pidfd,
-  // or here when found first). Call on SIGCHLD, from the loop thread.
+  // What the keeper client must report to: pass to KeeperClient::Start.
+  KeeperClient::Listener KeeperListener();
+
+  // Reaps proctord's own children (keepers it started). Call on SIGCHLD.
   void OnSigchld();
 
  private:
@@ -86,15 +94,17 @@ class PosixProcessOs final : public ProcessOs {
     int watch = -1;    // inotify watch on its cgroup.events
     bool populated = true;
   };
-  struct Worker {
-    uint64_t token;
-    int pidfd;
-  };
-
-  PosixProcessOs(EventLoop& loop, Options options);
+  PosixProcessOs(EventLoop& loop, KeeperClient& keeper, Options options);
   // Finds cgroup v2 and makes the daemon's directory of worker cgroups; logs the outcome.
   void SetUpCgroups();
-  void ReapWorker(pid_t pid);
+  void Adopt(const internal::HeldWorker& worker);
+  // Watches the cgroup named after `token` below the base; false (errno set) if it cannot.
+  bool WatchCgroupLocked(uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Keeper reports.
+  void OnSpawned(uint64_t token, pid_t pid);
+  void OnWorkerExited(const internal::Exited& exit);
+  void OnWorkerReaped(uint64_t token);
+  void OnOrphanReaped(pid_t pid, const std::string& cgroup);
   // A cgroup could not be made or entered: new workers get none from now on (said once).
   void GiveUpCgroups(const std::string& what, int err);
   // Reads the inotify descriptor and refreshes `populated` of the cgroups that changed.
@@ -112,6 +122,7 @@ class PosixProcessOs final : public ProcessOs {
   void HoldStrayLocked(pid_t pid, int pidfd) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   EventLoop& loop_;
+  KeeperClient& keeper_;
   const Options options_;
   // cgroup.procs of the CPU cgroup workers are moved into, or -1 where there is none.
   int cpu_group_procs_ = -1;  // set once, by Create()
@@ -125,24 +136,22 @@ class PosixProcessOs final : public ProcessOs {
   std::atomic<bool> cgroups_usable_ = true;
   ExitListener on_exit_;
   OrphanListener on_orphan_reaped_;
-  // Orphans reaped that belonged to no worker (neither in its cgroup nor a stray found before);
-  // touched on the loop thread only.
+  // Orphans the keeper reaped that were not strays found before; touched on the keeper
+  // client's reader thread only.
   uint64_t unknown_orphans_ = 0;
 
   absl::Mutex mu_;
-  // Unreaped workers, by leader pid and by token.
-  absl::flat_hash_map<pid_t, Worker> workers_ ABSL_GUARDED_BY(mu_);
+  // Unreaped workers: token by leader pid (until reaped), and leader pid by token while
+  // unreleased, or while being released (reaped by the keeper at any moment).
+  absl::flat_hash_map<pid_t, uint64_t> workers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, pid_t> tokens_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, pid_t> releasing_ ABSL_GUARDED_BY(mu_);
   // The group ids of reaped workers whose groups may still have members, by token.
   absl::flat_hash_map<uint64_t, pid_t> leftover_groups_ ABSL_GUARDED_BY(mu_);
   // Workers' cgroups, by token, until empty and their leader reaped.
   absl::flat_hash_map<uint64_t, WorkerCgroup> cgroups_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<int, uint64_t> cgroup_watches_ ABSL_GUARDED_BY(mu_);  // watch → token
   absl::flat_hash_map<pid_t, int> strays_ ABSL_GUARDED_BY(mu_);            // pid → pidfd
-  // Spawns between clone() and the registration of their pid. An unknown zombie seen
-  // while this is non-zero may be one of them, so it is left for a later look.
-  int spawning_ ABSL_GUARDED_BY(mu_) = 0;
-  bool recheck_after_spawn_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Opens (making it if needed) a CPU cgroup for workers with a low weight, so that however

@@ -5,12 +5,14 @@
 // - Launch() returns once the program has been exec'd; a failed exec (or a failed redirect
 //   or chdir) is the returned error and leaves no process behind.
 // - Each launched process leads its own process group (pgid == pid).
-// - When a launched process has been reaped, the exit listener is called exactly once with
-//   the `token` given to Launch(), from the thread that reaps (never under the caller's locks).
-//   It may be called before Launch() has returned to its caller.
-// - Processes that are not ours but were reparented to us (we are a child subreaper) are
-//   reaped too; the orphan listener is called after each, and whenever a worker's group
-//   empties, so that drains can be noticed.
+// - When a launched process has ended, the exit listener is called exactly once with the
+//   `token` given to Launch() (never under the caller's locks). It may be called before
+//   Launch() has returned to its caller. The process stays unreaped until the listener has
+//   returned: whatever the listener must make durable about the exit, it makes durable
+//   before returning, and a crash before that loses no exit.
+// - Orphans of the workers' trees are reaped too; the orphan listener is called after each,
+//   after a worker is reaped, and whenever a worker's group empties, so that drains can be
+//   noticed.
 // - Every call that takes a pid REQUIRES: pid > 1. Given 0, 1 or a negative number (kill(2)
 //   would read them as "my own group", "init" or "every process"), it signals nothing, logs,
 //   and returns INTERNAL (the predicates return false).
@@ -50,6 +52,8 @@ struct LaunchSpec {
   std::string stdout_path;         // created (mode 0600) or truncated
   std::string stderr_path;
   std::optional<WorkerIdentity> identity;  // unset: the daemon's user
+  // Kept with the worker outside proctord (never on disk) and handed back after a restart.
+  std::string memo;
 };
 
 struct Launched {
@@ -113,6 +117,11 @@ class ProcessOs {
   // is held (a pidfd) from then on, so SignalProcess reaches that process and no other.
   // Reads /proc: never call it under a lock that others wait on.
   virtual std::vector<pid_t> FindDescendants(const std::vector<uint64_t>& tokens) = 0;
+
+  // Keeps `value` under `key` outside proctord (never on disk), for the next proctord after a
+  // restart that keeps the workers; Forget drops it.
+  virtual void Remember(const std::string& key, const std::string& value) = 0;
+  virtual void Forget(const std::string& key) = 0;
 };
 
 }  // namespace proctor

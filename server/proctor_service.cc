@@ -331,8 +331,8 @@ class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   static constexpr absl::Duration kDefaultTtl = absl::Seconds(10);
 
   SessionStream(Supervisor& supervisor, Timers& timers, const absl::Status& refused,
-                absl::Duration refusal_delay)
-      : supervisor_(supervisor), state_(std::make_shared<State>()) {
+                absl::Duration refusal_delay, std::string owner)
+      : supervisor_(supervisor), owner_(std::move(owner)), state_(std::make_shared<State>()) {
     state_->stream = this;
     if (!refused.ok()) {
       grpc::Status status = ToGrpc(refused);
@@ -359,25 +359,42 @@ class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       return;
     }
     if (session_ == 0) {
-      absl::Duration ttl = kDefaultTtl;
-      if (request.has_ttl()) ttl = FromDurationProto(request.ttl());
-      if (ttl <= absl::ZeroDuration()) {
+      std::optional<absl::Duration> requested_ttl;
+      if (request.has_ttl()) requested_ttl = FromDurationProto(request.ttl());
+      if (requested_ttl.has_value() && *requested_ttl <= absl::ZeroDuration()) {
         state_->FinishOnce(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                         "session ttl must be positive"));
         return;
       }
       std::shared_ptr<State> state = state_;
-      uint64_t session = supervisor_.OpenSession(ttl, [state, ttl] {
-        state->FinishOnce(grpc::Status(
-            grpc::StatusCode::DEADLINE_EXCEEDED,
-            absl::StrCat("session ended: no keep-alive within its ttl of ",
-                         absl::FormatDuration(ttl))));
-      });
+      auto on_expired = [state](absl::Duration ttl) {
+        return [state, ttl] {
+          state->FinishOnce(grpc::Status(
+              grpc::StatusCode::DEADLINE_EXCEEDED,
+              absl::StrCat("session ended: no keep-alive within its ttl of ",
+                           absl::FormatDuration(ttl))));
+        };
+      };
+      absl::StatusOr<uint64_t> session;
+      if (request.resume() != 0) {
+        session = request.resume();
+        absl::Status resumed =
+            supervisor_.ResumeSession(request.resume(), owner_, requested_ttl,
+                                      on_expired(requested_ttl.value_or(kDefaultTtl)));
+        if (!resumed.ok()) session = resumed;
+      } else {
+        absl::Duration ttl = requested_ttl.value_or(kDefaultTtl);
+        session = supervisor_.OpenSession(ttl, on_expired(ttl), owner_);
+      }
+      if (!session.ok()) {
+        state_->FinishOnce(ToGrpc(session.status()));
+        return;
+      }
       {
         absl::MutexLock lock(&state_->mu);
-        session_ = session;
+        session_ = *session;
         v1::SessionEvent event;
-        event.set_session(session);
+        event.set_session(*session);
         SerializeReply(event, &event_);
         state_->writing = true;
       }
@@ -448,6 +465,7 @@ class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   Supervisor& supervisor_;
+  const std::string owner_;  // digest of the caller's key: who may resume the session
   std::shared_ptr<State> state_;
   grpc::ByteBuffer request_;
   grpc::ByteBuffer event_;  // a SessionEvent, serialized
@@ -475,6 +493,7 @@ void ToProto(const ProcessInfo& info, v1::Process* out) {
   out->set_name(info.name);
   out->set_pid(info.pid);
   out->set_state(info.running ? v1::STATE_RUNNING : v1::STATE_EXITED);
+  out->set_lost(info.lost);
   if (info.status.has_value()) {
     out->set_exitcode(info.status->exitcode());
     out->set_signal(info.status->signal);
@@ -743,7 +762,11 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ProctorService::Ses
         "sessions are for clients that are not workers; a worker is the parent of what it "
         "starts");
   }
-  return new SessionStream(supervisor_, timers_, refused, HoldBack(context, refused));
+  // A digest, never the key: it is kept (in memory, and by the keeper) with the session.
+  std::string owner =
+      caller.ok() ? HmacSha256(caller->key, "proctor-v1 session owner") : std::string();
+  return new SessionStream(supervisor_, timers_, refused, HoldBack(context, refused),
+                           std::move(owner));
 }
 
 }  // namespace proctor

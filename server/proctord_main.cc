@@ -1,5 +1,11 @@
 // proctord: flags, wiring, run. Everything else lives in the proctor_server library.
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
 #include <cstdio>
+#include <cstring>
+#include <string_view>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,5 +47,17 @@ int main(int argc, char** argv) {
     spdlog::error("{}", std::string(daemon.status().message()));
     return 1;
   }
-  return (*daemon)->Run();
+  int status = (*daemon)->Run();
+  if (!(*daemon)->restart_requested()) return status;
+  // SIGUSR2: the same command line again, in place (the same pid, as a service manager
+  // expects), from the executable now at our path: an upgrade installs a new one there.
+  daemon->reset();
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  std::string path = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string(argv[0]);
+  constexpr std::string_view kDeleted = " (deleted)";
+  if (path.ends_with(kDeleted)) path.resize(path.size() - kDeleted.size());
+  execv(path.c_str(), argv);
+  spdlog::critical("cannot start {} again: {}", path, std::strerror(errno));
+  return 1;
 }

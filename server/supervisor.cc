@@ -7,9 +7,12 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/authkey.h"
 #include "common/signal_names.h"
+#include "proctor/internal/keeper.pb.h"
 #include "spdlog/spdlog.h"
 
 namespace proctor {
@@ -262,6 +265,12 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
                           absl::StrCat(kIdEnv, "=", id),
                           absl::StrCat(kAuthkeyEnv, "=", HexEncode(record.credential)),
                           absl::StrCat(kProcessAuthkeyEnv, "=", HexEncode(authkey))});
+  // For a restarted proctord, from the keeper: the journal must not hold keys.
+  internal::WorkerMemo memo;
+  memo.set_credential(record.credential);
+  memo.set_authkey(authkey);
+  memo.set_depth(static_cast<uint32_t>(record.depth));
+  launch.memo = memo.SerializeAsString();
   record.authkey = std::move(authkey);
   starting_.emplace(id, std::move(record));
   return absl::OkStatus();
@@ -670,7 +679,8 @@ void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usa
     starting->second.early_exit = Exit{status, usage};
     return;
   }
-  if (Record* record = FindLocked(id); record != nullptr) {
+  // Not running: an exit reported again after a restart that was journaled already.
+  if (Record* record = FindLocked(id); record != nullptr && record->info.running) {
     ExitLocked(*record, Exit{status, usage}, out);
   }
 }
@@ -931,17 +941,68 @@ void Supervisor::CheckShutdownLocked(Outbox& out) {
   shutdown_done_ = nullptr;
 }
 
-uint64_t Supervisor::OpenSession(absl::Duration ttl, std::function<void()> on_expired) {
+absl::StatusOr<uint64_t> Supervisor::OpenSession(absl::Duration ttl,
+                                                 std::function<void()> on_expired,
+                                                 std::string owner) {
+  // Outside the lock, as Start does: the allocator writes to disk now and then.
+  absl::StatusOr<uint64_t> id = ids_.Next();
+  if (!id.ok()) return id.status();
+  const uint64_t session = *id;
   Outbox out(*this);
   absl::MutexLock lock(&mu_);
-  uint64_t session = next_session_++;
   out.Emit(EventKind::kSessionOpened, nullptr, session);
   SessionState& state = sessions_[session];
   state.ttl = ttl;
   state.on_expired = std::move(on_expired);
+  state.owner = std::move(owner);
   ArmSessionTimerLocked(session);
+  KeepSessionLocked(session, out);
   spdlog::info("session {} opened, ttl {}", session, absl::FormatDuration(ttl));
   return session;
+}
+
+absl::Status Supervisor::ResumeSession(uint64_t session, const std::string& owner,
+                                       std::optional<absl::Duration> ttl,
+                                       std::function<void()> on_expired) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", session, " has ended"));
+  }
+  SessionState& state = it->second;
+  if (state.owner != owner) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("session ", session, " was opened with another key"));
+  }
+  if (state.held) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", session, " is held by another stream"));
+  }
+  state.held = true;
+  state.on_expired = std::move(on_expired);
+  if (ttl.has_value() && *ttl != state.ttl) {
+    state.ttl = *ttl;
+    KeepSessionLocked(session, out);
+  }
+  timers_.Cancel(state.timer);
+  ArmSessionTimerLocked(session);
+  spdlog::info("session {} resumed, ttl {}", session, absl::FormatDuration(state.ttl));
+  return absl::OkStatus();
+}
+
+void Supervisor::KeepSessionLocked(uint64_t session, Outbox& out) {
+  const std::string key = absl::StrCat("session/", session);
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) {
+    out.Call([this, key] { os_.Forget(key); });
+    return;
+  }
+  internal::SessionMemo memo;
+  memo.set_id(session);
+  memo.set_ttl_ms(absl::ToInt64Milliseconds(it->second.ttl));
+  memo.set_owner(it->second.owner);
+  out.Call([this, key, value = memo.SerializeAsString()] { os_.Remember(key, value); });
 }
 
 void Supervisor::ArmSessionTimerLocked(uint64_t session) {
@@ -988,6 +1049,117 @@ void Supervisor::RestoreEnded(std::vector<ProcessInfo> ended) {
   EvictLocked(out);
 }
 
+namespace {
+
+// "3:1" from the default name "Process-3:1"; a made-up one for a name that is not a default.
+std::string IdentityFromName(const ProcessInfo& info) {
+  absl::string_view name = info.name;
+  if (absl::ConsumePrefix(&name, "Process-") && !name.empty()) return std::string(name);
+  return absl::StrCat("?", info.id);
+}
+
+// The number of a top-level default name ("Process-7" → 7), or 0.
+uint64_t TopLevelNumber(const ProcessInfo& info) {
+  absl::string_view name = info.name;
+  uint64_t number = 0;
+  if (info.parent_id != 0 || !absl::ConsumePrefix(&name, "Process-") ||
+      !absl::SimpleAtoi(name, &number)) {
+    return 0;
+  }
+  return number;
+}
+
+}  // namespace
+
+void Supervisor::Restore(Restored restored) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  for (ProcessInfo& info : restored.ended) {
+    top_level_started_ = std::max(top_level_started_, TopLevelNumber(info));
+    const uint64_t id = info.id;
+    records_[id].info = std::move(info);
+    ended_order_.push_back(id);
+    ++ended_count_;
+  }
+  for (Reattached& reattached : restored.running) {
+    top_level_started_ = std::max(top_level_started_, TopLevelNumber(reattached.info));
+    const uint64_t id = reattached.info.id;
+    Record& record = records_[id];
+    record.info = std::move(reattached.info);
+    record.identity = IdentityFromName(record.info);
+    record.children_started = record.info.children.size();
+    internal::WorkerMemo memo;
+    if (!memo.ParseFromString(reattached.memo) || memo.credential().empty()) {
+      // Its calls cannot be recognised any more; it runs on and is still supervised.
+      spdlog::warn("id={}: no key kept for it; its own calls will be refused", id);
+    }
+    record.credential = memo.credential();
+    record.authkey = memo.authkey().empty() ? RandomBytes(kAuthkeyBytes) : memo.authkey();
+    record.depth = std::max<size_t>(memo.depth(), 1);
+    ++live_count_;
+  }
+  for (ProcessInfo& info : restored.lost) {
+    top_level_started_ = std::max(top_level_started_, TopLevelNumber(info));
+    const uint64_t id = info.id;
+    info.running = false;
+    info.lost = true;
+    info.status.reset();
+    info.end_time = clock_.Now();
+    spdlog::warn("id={} pid={} was running when the previous proctord stopped and nothing kept "
+                 "it (its keeper was gone): recorded as lost",
+                 id, info.pid);
+    Record& record = records_[id];
+    record.info = std::move(info);
+    out.Emit(EventKind::kExited, &record.info);
+    ended_order_.push_back(id);
+    ++ended_count_;
+  }
+  // A parent's last event may predate its children: the lists are rebuilt from the
+  // children's side (those not kept any more are not listed).
+  for (auto& [id, record] : records_) record.info.children.clear();
+  for (auto& [id, record] : records_) {
+    if (Record* parent = FindLocked(record.info.parent_id); parent != nullptr) {
+      parent->info.children.push_back(id);
+    }
+  }
+  for (auto& [id, record] : records_) {
+    std::sort(record.info.children.begin(), record.info.children.end());
+    record.children_started = std::max(record.children_started, record.info.children.size());
+  }
+  for (const RestoredSession& restored_session : restored.sessions) {
+    SessionState& state = sessions_[restored_session.id];
+    state.ttl = restored_session.ttl;
+    state.owner = restored_session.owner;
+    state.held = false;
+    ArmSessionTimerLocked(restored_session.id);
+    spdlog::info("session {} kept across the restart: resume it within {}", restored_session.id,
+                 absl::FormatDuration(state.ttl));
+  }
+  // What happened while nobody watched: daemonic processes end with their parent or session.
+  for (auto& [id, record] : records_) {
+    ProcessInfo& info = record.info;
+    if (!info.running) continue;
+    bool orphaned = false;
+    if (info.parent_id != 0) {
+      Record* parent = FindLocked(info.parent_id);
+      orphaned = parent == nullptr || !parent->info.running;
+    } else if (info.parent_session != 0) {
+      auto session = sessions_.find(info.parent_session);
+      if (session != sessions_.end()) {
+        session->second.processes.push_back(id);
+      } else {
+        orphaned = true;
+      }
+    }
+    if (orphaned && info.daemon) {
+      spdlog::info("id={}: its parent or session ended while proctord was down; terminating it",
+                   id);
+      SignalTreeLocked(record, kSigterm, kDefaultGrace, out);
+    }
+  }
+  EvictLocked(out);
+}
+
 std::vector<uint64_t> Supervisor::OpenSessions() {
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> open;
@@ -1008,6 +1180,7 @@ void Supervisor::EndSessionLocked(uint64_t session, Outbox& out) {
   SessionState state = std::move(it->second);
   sessions_.erase(it);
   timers_.Cancel(state.timer);
+  KeepSessionLocked(session, out);
   out.Emit(EventKind::kSessionEnded, nullptr, session);
   for (uint64_t id : state.processes) {
     Record* record = FindLocked(id);

@@ -71,7 +71,8 @@ struct ProcessInfo {
   std::string name;
   pid_t pid = 0;
   bool running = false;
-  std::optional<WaitStatus> status;  // set once ended
+  std::optional<WaitStatus> status;  // set once ended, unless lost
+  bool lost = false;  // ended unseen (no keeper kept it): status and usage unknown
   bool daemon = false;
   uint64_t parent_id = 0;       // 0: no parent worker
   uint64_t parent_session = 0;  // the client session that started it, if any
@@ -213,12 +214,46 @@ class Supervisor {
   void Shutdown(absl::Duration grace, std::function<void()> all_done);
 
   // Opens a session; `on_expired` runs (outside the lock) if its TTL passes untouched.
-  uint64_t OpenSession(absl::Duration ttl, std::function<void()> on_expired);
+  // `owner` (a digest of the key that opened it) is what ResumeSession must be shown. Its id
+  // is never reused within the state directory (it comes from the ids of processes).
+  absl::StatusOr<uint64_t> OpenSession(absl::Duration ttl, std::function<void()> on_expired,
+                                       std::string owner = "");
+  // Takes up a session that no stream holds (one restored after a restart), with `ttl` if
+  // set: NOT_FOUND once ended, FAILED_PRECONDITION while held, PERMISSION_DENIED when
+  // `owner` is not the one that opened it.
+  absl::Status ResumeSession(uint64_t session, const std::string& owner,
+                             std::optional<absl::Duration> ttl, std::function<void()> on_expired);
   // Restarts the TTL. NOT_FOUND once the session has ended.
   absl::Status TouchSession(uint64_t session);
   // Takes back the records of processes that ended under an earlier proctord (from its
   // journal), as ended records subject to retention. Call before the first Start.
   void RestoreEnded(std::vector<ProcessInfo> ended);
+
+  // What an earlier proctord leaves to a restarted one.
+  struct Reattached {
+    ProcessInfo info;  // its last record in the journal: running
+    std::string memo;  // what Launch was given as LaunchSpec::memo
+  };
+  struct RestoredSession {
+    uint64_t id = 0;
+    absl::Duration ttl;
+    std::string owner;
+  };
+  struct Restored {
+    std::vector<ProcessInfo> ended;       // ended records, from the journal
+    std::vector<Reattached> running;      // workers that live on (the os holds them)
+    std::vector<ProcessInfo> lost;        // running in the journal, held by nobody
+    std::vector<RestoredSession> sessions;  // sessions open when it stopped
+  };
+  // Takes all of it back (call before the first Start, after the os has adopted the running
+  // workers): ended records as RestoreEnded does; running ones as live records again, with
+  // their credentials, so their workers' calls are recognised; lost ones end now as lost
+  // (an exited event); sessions reopen with their TTL counted from now and no stream, to be
+  // resumed (ResumeSession) or to expire. Then the tree rules are applied to what happened
+  // meanwhile: a running daemonic process whose parent has ended, or whose session is not
+  // open any more, is terminated with its tree. Exits that happened meanwhile are reported
+  // by the os afterwards, like any other.
+  void Restore(Restored restored);
 
   // The sessions open now.
   std::vector<uint64_t> OpenSessions();
@@ -385,9 +420,12 @@ class Supervisor {
     TimerId timer = 0;
     std::function<void()> on_expired;
     std::vector<uint64_t> processes;
+    std::string owner;
+    bool held = true;  // a stream holds it (restored sessions wait for ResumeSession)
   };
+  // Has the os keep the session's memo (or drop it, when it has ended) for a restart.
+  void KeepSessionLocked(uint64_t session, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::flat_hash_map<uint64_t, SessionState> sessions_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t last_cursor_ ABSL_GUARDED_BY(mu_);
   absl::Mutex record_mu_;  // never taken with mu_ held
   uint64_t recorded_through_ ABSL_GUARDED_BY(record_mu_);

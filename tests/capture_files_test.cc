@@ -74,7 +74,8 @@ TEST(CaptureFilesTest, AFileNothingHoldsComesBackEmpty) {
   ASSERT_TRUE(WriteFile(old_path, "a previous worker's secret output"));
   files.Recycle(old_path);  // ...and nothing holds the old file: it joins the stock
   EXPECT_NE(access(old_path.c_str(), F_OK), 0);
-  EXPECT_EQ(Spares(dir), 1u);
+  // At least it; the stock may have been refilled meanwhile.
+  EXPECT_GE(Spares(dir), 1u);
   std::string fresh = dir.path() + "/fresh.out";
   files.Prepare(fresh);
   EXPECT_EQ(ReadFile(fresh), "");

@@ -84,6 +84,11 @@ class FakeProcessOs final : public ProcessOs {
     return found;
   }
 
+  void Remember(const std::string& key, const std::string& value) override {
+    notes[key] = value;
+  }
+  void Forget(const std::string& key) override { notes.erase(key); }
+
   // A process that left the group of worker `root` (setsid); alive until Reap().
   void AddStray(pid_t pid, pid_t root) { strays_[pid] = root; }
   void ReapStray(pid_t pid) {
@@ -111,6 +116,7 @@ class FakeProcessOs final : public ProcessOs {
   std::vector<LaunchSpec> launches;
   std::vector<std::pair<pid_t, int>> signals;
   std::vector<pid_t> confined;
+  std::map<std::string, std::string> notes;  // Remember()ed
   // Calls that named pid 0, 1 or a negative one: each would have hit the daemon's own group,
   // init or every process. Must stay empty.
   std::vector<pid_t> refused_pids;

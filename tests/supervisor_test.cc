@@ -440,7 +440,7 @@ TEST_F(SupervisorTest, NarrowTerminateSignalsOnlyTheGroup) {
 }
 
 TEST_F(SupervisorTest, SessionEndTerminatesItsDaemonicProcesses) {
-  uint64_t session = supervisor_->OpenSession(absl::Seconds(5), [] {});
+  uint64_t session = *supervisor_->OpenSession(absl::Seconds(5), [] {});
   ProcessInfo daemonic = StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = session});
   ProcessInfo ordinary = StartOk(StartSpec{.target = "/bin/true", .session = session});
   EXPECT_EQ(daemonic.parent_session, session);
@@ -454,7 +454,7 @@ TEST_F(SupervisorTest, SessionEndTerminatesItsDaemonicProcesses) {
 
 TEST_F(SupervisorTest, SessionExpiresWithoutKeepAlives) {
   bool expired = false;
-  uint64_t session = supervisor_->OpenSession(absl::Seconds(3), [&] { expired = true; });
+  uint64_t session = *supervisor_->OpenSession(absl::Seconds(3), [&] { expired = true; });
   ProcessInfo daemonic = StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = session});
   time_.Advance(absl::Seconds(2));
   ASSERT_TRUE(supervisor_->TouchSession(session).ok());
@@ -570,14 +570,14 @@ TEST_F(SupervisorTest, TreeTerminateDuringLaunchTakesTheNewChild) {
 }
 
 TEST_F(SupervisorTest, SessionEndDuringLaunchEndsItsDaemonicProcess) {
-  uint64_t session = supervisor_->OpenSession(absl::Seconds(30), [] {});
+  uint64_t session = *supervisor_->OpenSession(absl::Seconds(30), [] {});
   os_.DuringNextLaunch([&](pid_t) { supervisor_->CloseSession(session); });
   ProcessInfo daemonic =
       StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = session});
   EXPECT_THAT(os_.refused_pids, IsEmpty());
   EXPECT_THAT(os_.signals, ElementsAre(Pair(daemonic.pid, kSigterm)));
 
-  uint64_t other = supervisor_->OpenSession(absl::Seconds(30), [] {});
+  uint64_t other = *supervisor_->OpenSession(absl::Seconds(30), [] {});
   os_.DuringNextLaunch([&](pid_t) { supervisor_->CloseSession(other); });
   ProcessInfo ordinary = StartOk(StartSpec{.target = "/bin/true", .session = other});
   EXPECT_EQ(os_.signals.size(), 1u) << "a non-daemonic process outlives its session";
@@ -648,7 +648,7 @@ class RecordingSink final : public EventSink {
 TEST_F(SupervisorTest, EveryChangeIsAnEventRecordedBeforeItIsReported) {
   RecordingSink sink;
   Make(SupervisorOptions{.retain = 1, .events = &sink, .last_cursor = 41});
-  uint64_t session = supervisor_->OpenSession(absl::Seconds(5), [] {});
+  uint64_t session = *supervisor_->OpenSession(absl::Seconds(5), [] {});
   ProcessInfo info = StartOk(StartSpec{.target = "/bin/true", .session = session});
   ASSERT_EQ(sink.recorded.size(), 2u) << "Start returns once its event is recorded";
   Result terminated;

@@ -23,6 +23,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -174,14 +175,21 @@ TestDaemon::TestDaemon(std::vector<std::string> flags,
   std::string socket = dir_.path() + "/proctord.sock";
   address_ = "unix:" + socket;
   state_dir_ = dir_.path() + "/state";
+  bool own_listen = true;
   for (size_t i = 0; i + 1 < flags.size(); ++i) {
     if (flags[i] == "--state-dir") state_dir_ = flags[i + 1];
+    if (flags[i] == "--listen" && absl::StartsWith(flags[i + 1], "unix:")) {
+      address_ = flags[i + 1];
+      socket = address_.substr(5);
+      own_listen = false;
+    }
   }
   log_path_ = dir_.path() + "/proctord.log";
-  std::vector<std::string> args = {PROCTORD_PATH, "--listen",    address_,
-                                   "--state-dir",  state_dir_, "--log-level", "debug",
+  std::vector<std::string> args = {PROCTORD_PATH, "--state-dir",  state_dir_, "--log-level",
+                                   "debug",
                                    // A small stock: each test's daemon is short-lived.
                                    "--capture-spares", "16"};
+  if (own_listen) args.insert(args.begin() + 1, {"--listen", address_});
   args.insert(args.end(), flags.begin(), flags.end());
   if (nofile.has_value()) {
     // The soft limit first: a hard limit below the soft one is refused.
@@ -225,6 +233,28 @@ int TestDaemon::Stop() {
   waitpid(pid_, &raw, 0);
   pid_ = -1;
   return ToShellStatus(raw);
+}
+
+void TestDaemon::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+bool TestDaemon::Restarted(absl::Duration limit) {
+  const std::string socket = address_.substr(5);
+  return WaitFor(
+      [&] {
+        int raw;
+        if (waitpid(pid_, &raw, WNOHANG) == pid_) {
+          pid_ = -1;
+          return true;
+        }
+        return SocketAnswers(socket) && client_->List(v1::StatusRequest()).ok();
+      },
+      limit) &&
+         pid_ > 0;
 }
 
 std::string TestDaemon::Log() const { return ReadFile(log_path_); }
@@ -330,6 +360,8 @@ std::vector<pid_t> Descendants(pid_t ancestor) {
   closedir(proc);
   std::vector<pid_t> out;
   for (const auto& [pid, ppid] : parent) {
+    // The keeper started by proctord is the workers' parent, not one of their processes.
+    if (ReadFile(absl::StrCat("/proc/", pid, "/comm")) == "proctor-keeper\n") continue;
     for (pid_t p = ppid; p > 1; p = parent.count(p) ? parent[p] : 0) {
       if (p == ancestor) {
         out.push_back(pid);

@@ -51,7 +51,8 @@ class TempDir {
 class TestDaemon {
  public:
   // Starts proctord with its socket and state in a new temporary directory, and waits until
-  // it answers. `flags` are added to the command line. With `nofile` ({soft, hard}), proctord
+  // it answers. `flags` are added to the command line; a --state-dir or a unix: --listen
+  // among them is used instead of the temporary one (a restart on the same ones). With `nofile` ({soft, hard}), proctord
   // starts with that RLIMIT_NOFILE (set by sh's ulimit; the hard limit may not exceed ours).
   explicit TestDaemon(std::vector<std::string> flags = {},
                       std::optional<std::pair<uint64_t, uint64_t>> nofile = std::nullopt);
@@ -76,6 +77,10 @@ class TestDaemon {
 
   // SIGTERM, then waits for the daemon; returns its exit status (128+N for signal N).
   int Stop();
+  // SIGKILL, as a crash would: the daemon ends at once; its workers live on with the keeper.
+  void Kill();
+  // After a SIGUSR2: whether the daemon (the same process) answers again within `limit`.
+  bool Restarted(absl::Duration limit = absl::Seconds(10));
   // What the daemon has logged so far.
   std::string Log() const;
 
@@ -125,7 +130,8 @@ bool OpenGate(const std::string& path, absl::Duration limit = absl::Seconds(10))
 // For a waiter written in C++: returns once the gate at `path` is opened (false on an error).
 bool WaitAtGate(const std::string& path);
 
-// Pids of every live process whose parent chain leads to `ancestor`.
+// Pids of every live process whose parent chain leads to `ancestor`, but for keepers (the
+// workers of a proctord are below its keeper, which is its child until it ends).
 std::vector<pid_t> Descendants(pid_t ancestor);
 std::string ReadFile(const std::string& path);
 // The credential a running worker signs its calls with, from its environment

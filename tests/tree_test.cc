@@ -178,7 +178,8 @@ TEST_P(DaemonicChildrenTest, EndWithTheirParentWhileOthersLiveOn) {
   }
   EXPECT_TRUE(EndsSoon(daemonic.id()));
   EXPECT_EQ(client_.Status(daemonic.id())->exitcode(), -SIGTERM);
-  EXPECT_FALSE(IsAlive(daemonic.pid()) || IsZombie(daemonic.pid()));
+  // Reaped by the keeper once the exit is recorded, right after it is reported.
+  EXPECT_TRUE(WaitFor([&] { return !IsAlive(daemonic.pid()) && !IsZombie(daemonic.pid()); }));
   absl::StatusOr<v1::Process> survivor = client_.Status(ordinary.id());
   EXPECT_EQ(survivor->state(), v1::STATE_RUNNING);
   EXPECT_EQ(survivor->parent_id(), parent.record.id());

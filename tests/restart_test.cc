@@ -1,0 +1,343 @@
+// proctord can die (kill -9), or restart on purpose (SIGUSR2), at any moment without losing a
+// worker or an exit: its keeper holds the workers, and the next proctord on the same state
+// directory and address reattaches them.
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_daemon.h"
+
+namespace proctor::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// One state directory and one address for a daemon and the ones that come after it.
+class RestartTest : public ::testing::Test {
+ protected:
+  std::vector<std::string> Flags() const {
+    return {"--state-dir", state_.path(), "--listen", absl::StrCat("unix:", place_.path(), "/p.sock")};
+  }
+  std::string Gate(const std::string& name) const { return absl::StrCat(place_.path(), "/", name); }
+
+  TempDir state_;
+  TempDir place_;
+};
+
+v1::Process StatusOf(TestDaemon& daemon, uint64_t id) {
+  absl::StatusOr<v1::Process> process = daemon.client().Status(id);
+  EXPECT_TRUE(process.ok()) << process.status() << daemon.Log();
+  return process.value_or(v1::Process{});
+}
+
+// The keeper's pid, from the log line of the daemon that started it.
+pid_t KeeperPid(const std::string& log) {
+  size_t at = log.find("started the keeper (pid ");
+  if (at == std::string::npos) return 0;
+  pid_t pid = 0;
+  std::string rest = log.substr(at + 24);
+  (void)absl::SimpleAtoi(rest.substr(0, rest.find(')')), &pid);
+  return pid;
+}
+
+TEST_F(RestartTest, WorkersLiveOnAcrossKillNineWithTheirTrueExitCodes) {
+  testing::Gate ends_while_down(Gate("a"));
+  testing::Gate ends_after(Gate("b"));
+  testing::Gate follows(Gate("d"));
+  v1::Process down, after, terminated, followed;
+  std::string keeper_log;
+  {
+    TestDaemon first(Flags());
+    down = StartOk(first.client(), {"/bin/sh", "-c", ends_while_down.ShellWait() + "; exit 3"});
+    after = StartOk(first.client(), {"/bin/sh", "-c", ends_after.ShellWait() + "; exit 4"});
+    terminated = StartOk(first.client(), {"/bin/sleep", "1000"});
+    followed = StartOk(first.client(),
+                       {"/bin/sh", "-c", "echo before; " + follows.ShellWait() + "; echo after"});
+    ASSERT_TRUE(WaitFor([&] { return ReadFile(followed.stdout_path()) == "before\n"; }));
+    first.Kill();
+    // Ends while no proctord runs: the keeper holds its exit.
+    ASSERT_TRUE(ends_while_down.Open());
+    ASSERT_TRUE(WaitFor([&] { return IsZombie(down.pid()); })) << "held unreaped";
+    keeper_log = first.Log();
+  }
+  TestDaemon second(Flags());
+  EXPECT_THAT(second.Log(), HasSubstr("reattached 4 running workers, 0 lost"));
+  v1::Process was_down = StatusOf(second, down.id());
+  EXPECT_EQ(was_down.state(), v1::STATE_EXITED);
+  EXPECT_EQ(was_down.exitcode(), 3);
+  EXPECT_FALSE(was_down.lost());
+  EXPECT_GT(was_down.end_time().seconds(), 0);
+  EXPECT_TRUE(WaitFor([&] { return !IsAlive(down.pid()) && !IsZombie(down.pid()); }))
+      << "reaped once recorded";
+
+  for (const v1::Process& running : {after, terminated, followed}) {
+    EXPECT_TRUE(IsAlive(running.pid())) << "the restart killed " << running.name();
+    EXPECT_EQ(StatusOf(second, running.id()).state(), v1::STATE_RUNNING);
+  }
+  CommandResult ps = second.Cli({"ps"});
+  EXPECT_THAT(ps.out, HasSubstr(absl::StrCat(after.id())));
+  EXPECT_THAT(ps.out, HasSubstr(absl::StrCat(terminated.id())));
+
+  // Followed, joined and terminated as if nothing had happened.
+  pid_t follow = second.StartCli({"logs", "--follow", absl::StrCat(followed.id())},
+                                 place_.path() + "/follow.out", place_.path() + "/follow.err");
+  ASSERT_TRUE(follows.Open());
+  std::optional<int> follow_status = WaitForExit(follow, absl::Seconds(10));
+  ASSERT_TRUE(follow_status.has_value());
+  EXPECT_EQ(ReadFile(place_.path() + "/follow.out"), "before\nafter\n");
+
+  ASSERT_TRUE(ends_after.Open());
+  absl::StatusOr<v1::Process> joined = second.client().Join(after.id());
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(joined->exitcode(), 4);
+
+  v1::TerminateRequest terminate;
+  terminate.set_id(terminated.id());
+  absl::StatusOr<v1::Process> ended = second.client().Terminate(terminate);
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->exitcode(), -SIGTERM);
+  EXPECT_FALSE(IsAlive(terminated.pid()));
+}
+
+TEST_F(RestartTest, ADaemonicChildWhoseParentEndedWhileDownIsEndedOnReattach) {
+  testing::Gate parent_ends(Gate("p"));
+  const std::string child_pid_file = place_.path() + "/child.pid";
+  v1::Process parent;
+  {
+    TestDaemon first(Flags());
+    // The parent starts a daemonic child with its own key, then waits to be let go.
+    parent = StartOk(first.client(),
+                     {"/bin/sh", "-c",
+                      absl::StrCat(PROCTOR_CLI_PATH, " start --daemon --json /bin/sleep 1000 > ",
+                                   place_.path(), "/child.json && ", parent_ends.ShellWait())});
+    ASSERT_TRUE(WaitFor([&] { return first.client().Status(parent.id())->children_size() == 1; }))
+        << ReadFile(place_.path() + "/child.json") << first.Log();
+    first.Kill();
+    ASSERT_TRUE(parent_ends.Open());
+    ASSERT_TRUE(WaitFor([&] { return IsZombie(parent.pid()); }));
+  }
+  TestDaemon second(Flags());
+  v1::Process after = StatusOf(second, parent.id());
+  ASSERT_EQ(after.children_size(), 1);
+  absl::StatusOr<v1::Process> child = second.client().Join(after.children(0));
+  ASSERT_TRUE(child.ok()) << child.status();
+  EXPECT_EQ(child->exitcode(), -SIGTERM) << "ended with its parent, as multiprocessing does";
+  EXPECT_EQ(StatusOf(second, parent.id()).exitcode(), 0);
+}
+
+TEST_F(RestartTest, ASessionIsKeptForItsTtlAndCanBeResumedWithItsKey) {
+  uint64_t session_id = 0;
+  v1::Process resumed_child, abandoned_child;
+  {
+    TestDaemon first(Flags());
+    absl::StatusOr<std::unique_ptr<Session>> resumed = first.client().OpenSession(absl::Seconds(2));
+    absl::StatusOr<std::unique_ptr<Session>> abandoned =
+        first.client().OpenSession(absl::Seconds(2));
+    ASSERT_TRUE(resumed.ok() && abandoned.ok());
+    session_id = (*resumed)->id();
+    for (auto [session, child] : {std::pair{resumed->get(), &resumed_child},
+                                  std::pair{abandoned->get(), &abandoned_child}}) {
+      v1::StartRequest request;
+      request.set_target("/bin/sleep");
+      request.add_args("1000");
+      request.set_daemon(true);
+      request.set_session(session->id());
+      absl::StatusOr<v1::Process> started = first.client().Start(request);
+      ASSERT_TRUE(started.ok()) << started.status();
+      *child = *started;
+    }
+    first.Kill();
+    // The sessions' streams break with the daemon; their ends go nowhere.
+    resumed->reset();
+    abandoned->reset();
+  }
+  TestDaemon second(Flags());
+  EXPECT_THAT(second.Log(), HasSubstr("2 sessions kept"));
+  EXPECT_TRUE(IsAlive(resumed_child.pid()));
+  EXPECT_TRUE(IsAlive(abandoned_child.pid()));
+
+  absl::StatusOr<std::unique_ptr<Session>> session =
+      second.client().ResumeSession(session_id, absl::Seconds(2));
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_EQ((*session)->id(), session_id);
+  EXPECT_EQ(second.client().ResumeSession(session_id).status().code(),
+            absl::StatusCode::kFailedPrecondition)
+      << "held by the stream that resumed it";
+
+  // The other one's TTL passes, counted from the restart: its daemonic process ends.
+  absl::StatusOr<v1::Process> ended = second.client().Join(abandoned_child.id());
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(ended->exitcode(), -SIGTERM);
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_TRUE(IsAlive(resumed_child.pid())) << "its session was resumed";
+  EXPECT_EQ(StatusOf(second, resumed_child.id()).state(), v1::STATE_RUNNING);
+  session->reset();  // ends the session: its daemonic process goes
+  absl::StatusOr<v1::Process> gone = second.client().Join(resumed_child.id());
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  EXPECT_EQ(gone->exitcode(), -SIGTERM);
+  EXPECT_EQ(second.client().ResumeSession(session_id).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(RestartTest, SigusrTwoRestartsInPlaceKeepingTheWorkers) {
+  TestDaemon daemon(Flags());
+  testing::Gate let_go(Gate("g"));
+  v1::Process worker =
+      StartOk(daemon.client(), {"/bin/sh", "-c", let_go.ShellWait() + "; exit 9"});
+  const pid_t pid = daemon.pid();
+  ASSERT_EQ(kill(pid, SIGUSR2), 0);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Log().find("starting again") != std::string::npos; }));
+  ASSERT_TRUE(daemon.Restarted()) << daemon.Log();
+  EXPECT_EQ(daemon.pid(), pid) << "the same process, as a service manager expects";
+  EXPECT_TRUE(IsAlive(worker.pid()));
+  ASSERT_TRUE(let_go.Open());
+  absl::StatusOr<v1::Process> joined = daemon.client().Join(worker.id());
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(joined->exitcode(), 9);
+}
+
+TEST_F(RestartTest, SigtermEndsTheWorkersAndTheKeeper) {
+  std::vector<std::string> flags = Flags();
+  flags.insert(flags.end(), {"--shutdown-grace", "0.1"});
+  TestDaemon daemon(flags);
+  v1::Process worker = StartOk(daemon.client(), {"/bin/sleep", "1000"});
+  const pid_t keeper = KeeperPid(daemon.Log());
+  ASSERT_GT(keeper, 1);
+  EXPECT_TRUE(IsAlive(keeper));
+  EXPECT_EQ(daemon.Stop(), 0);
+  EXPECT_FALSE(IsAlive(worker.pid()));
+  EXPECT_TRUE(WaitFor([&] { return !IsAlive(keeper); })) << "the keeper exits with proctord";
+}
+
+// The records a client sees: every exit code is the one the worker chose (its last argument),
+// and nothing is lost.
+void ExpectTrueExits(TestDaemon& daemon, size_t* ended_count = nullptr) {
+  v1::StatusRequest all;
+  absl::StatusOr<std::vector<v1::Process>> listed = daemon.client().List(all);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  size_t ended = 0;
+  for (const v1::Process& process : *listed) {
+    EXPECT_FALSE(process.lost()) << process.id();
+    if (process.state() != v1::STATE_EXITED) continue;
+    ++ended;
+    ASSERT_GE(process.args_size(), 2);
+    int chosen = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(process.args(process.args_size() - 1), &chosen));
+    EXPECT_EQ(process.exitcode(), chosen) << "id " << process.id() << daemon.Log();
+  }
+  if (ended_count != nullptr) *ended_count = ended;
+}
+
+TEST_F(RestartTest, TwentyKillsAtRandomMomentsUnderLoadLoseNoExitAndLeaveNothingBehind) {
+  std::mt19937 random(20261126);
+  std::vector<pid_t> worker_pids;
+  pid_t keeper = 0;
+  constexpr int kRounds = 20;
+  for (int round = 0; round < kRounds; ++round) {
+    TestDaemon daemon(Flags());
+    if (keeper == 0) keeper = KeeperPid(daemon.Log());
+    ExpectTrueExits(daemon);
+    std::atomic<bool> stop = false;
+    std::vector<std::thread> load;
+    std::mutex mu;
+    for (int t = 0; t < 2; ++t) {
+      load.emplace_back([&, seed = random()] {
+        std::mt19937 r(seed);
+        while (!stop) {
+          // Short and long workers, with the exit code they will choose as last argument.
+          int code = static_cast<int>(r() % 100);
+          std::string sleep = r() % 4 == 0 ? absl::StrCat(0.5 + (r() % 20) / 10.0)
+                                           : absl::StrCat((r() % 50) / 1000.0);
+          v1::StartRequest request;
+          request.set_target("/bin/sh");
+          request.add_args("-c");
+          request.add_args(absl::StrCat("sleep ", sleep, "; exit $0"));
+          request.add_args(absl::StrCat(code));
+          absl::StatusOr<v1::Process> started = daemon.client().Start(request);
+          if (started.ok()) {
+            std::lock_guard<std::mutex> lock(mu);
+            worker_pids.push_back(started->pid());
+          }
+        }
+      });
+    }
+    absl::SleepFor(absl::Milliseconds(100 + random() % 400));
+    daemon.Kill();
+    stop = true;
+    for (std::thread& t : load) t.join();
+  }
+  TestDaemon last(Flags());
+  ASSERT_EQ(KeeperPid(last.Log()), 0) << "the same keeper all along";
+  v1::StatusRequest running;
+  running.set_state(v1::STATE_RUNNING);
+  absl::StatusOr<std::vector<v1::Process>> live = last.client().List(running);
+  ASSERT_TRUE(live.ok());
+  for (const v1::Process& process : *live) {
+    absl::StatusOr<v1::Process> joined = last.client().Join(process.id());
+    ASSERT_TRUE(joined.ok()) << joined.status();
+  }
+  size_t ended = 0;
+  ExpectTrueExits(last, &ended);
+  EXPECT_GT(ended, 100u) << "a load worth the name";
+  EXPECT_EQ(last.Stop(), 0);
+  EXPECT_TRUE(WaitFor([&] { return !IsAlive(keeper); }));
+  for (pid_t pid : worker_pids) EXPECT_FALSE(IsAlive(pid) || IsZombie(pid)) << pid;
+}
+
+TEST_F(RestartTest, WatchFromACursorSeesEveryEventOnceAcrossKillNine) {
+  uint64_t from = 0;
+  testing::Gate ends_while_down(Gate("w"));
+  v1::Process across;
+  {
+    TestDaemon first(Flags());
+    v1::Process quick = StartOk(first.client(), {"/bin/true"});
+    ASSERT_TRUE(first.client().Join(quick.id()).ok());
+    ASSERT_TRUE(first.client().List(v1::StatusRequest(), &from).ok());
+    across = StartOk(first.client(), {"/bin/sh", "-c", ends_while_down.ShellWait() + "; exit 6"});
+    first.Kill();
+    ASSERT_TRUE(ends_while_down.Open());
+    ASSERT_TRUE(WaitFor([&] { return IsZombie(across.pid()); }));
+  }
+  TestDaemon second(Flags());
+  v1::Process after = StartOk(second.client(), {"/bin/true"});
+  ASSERT_TRUE(second.client().Join(after.id()).ok());
+  uint64_t now = 0;
+  ASSERT_TRUE(second.client().List(v1::StatusRequest(), &now).ok());
+
+  v1::WatchRequest request;
+  request.set_since(from);
+  std::vector<v1::Event> events;
+  absl::Status watched = second.client().Watch(request, [&](const v1::Event& event) {
+    events.push_back(event);
+    return event.cursor() < now;
+  });
+  ASSERT_TRUE(watched.ok()) << watched;
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front().cursor(), from + 1);
+  int exits_of_across = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (i > 0) {
+      EXPECT_EQ(events[i].cursor(), events[i - 1].cursor() + 1) << "gap or duplicate";
+    }
+    if (events[i].type() == v1::EVENT_EXITED && events[i].process().id() == across.id()) {
+      ++exits_of_across;
+      EXPECT_EQ(events[i].process().exitcode(), 6);
+    }
+  }
+  EXPECT_EQ(exits_of_across, 1);
+}
+
+}  // namespace
+}  // namespace proctor::testing
