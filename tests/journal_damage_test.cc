@@ -27,13 +27,18 @@ struct Worker {
 
 // Runs `sh -c "exit N"` for each code, one after another, each joined (so none is left
 // running when the test kills proctord), and finds each one's EXITED event by watching the
-// daemon's events from before the first.
-std::vector<Worker> RunWorkers(Client& client, const std::vector<int>& codes) {
+// daemon's events from before the first. Each worker waits at a gate in `dir` until Start has
+// answered, so that its exit is a commit of its own, never one with its start.
+std::vector<Worker> RunWorkers(Client& client, const std::string& dir,
+                               const std::vector<int>& codes) {
   uint64_t since = 0;
   EXPECT_TRUE(client.List(v1::StatusRequest(), &since).ok());
   std::vector<Worker> workers;
   for (int code : codes) {
-    v1::Process started = StartOk(client, {"/bin/sh", "-c", absl::StrCat("exit ", code)});
+    Gate gate(absl::StrCat(dir, "/gate-", workers.size()));
+    v1::Process started = StartOk(
+        client, {"/bin/sh", "-c", absl::StrCat(gate.ShellWait(), "; exit ", code)});
+    EXPECT_TRUE(gate.Open());
     absl::StatusOr<v1::Process> joined = client.Join(started.id());
     EXPECT_TRUE(joined.ok() && joined->exitcode() == code) << joined.status();
     workers.push_back({.id = started.id(), .exitcode = code});
@@ -79,14 +84,15 @@ uint32_t BigEndian32(const std::string& bytes, size_t at) {
 }
 
 // proctord is SIGKILLed, so the latest commits are only in journal.db-wal, one frame each
-// (a worker's exit is one transaction); the log is then cut in the middle of its last frame,
-// the commit of the last worker's exit, as a power loss would leave it.
+// (a worker's exit is one transaction, apart from its start); the log is then cut in the
+// middle of its last frame, the commit of the last worker's exit, as a power loss would
+// leave it.
 TEST(JournalDamageTest, ATornLastFrameIsCutOffAndLoggedAndEveryEarlierCommitLoads) {
   TempDir state;
   std::vector<Worker> workers;
   {
     TestDaemon daemon({"--state-dir", state.path()});
-    workers = RunWorkers(daemon.client(), {3, 5, 7, 11});
+    workers = RunWorkers(daemon.client(), daemon.dir(), {3, 5, 7, 11});
     ASSERT_EQ(kill(daemon.pid(), SIGKILL), 0);
     EXPECT_EQ(daemon.Stop(), 128 + SIGKILL);
   }
@@ -142,7 +148,7 @@ TEST(JournalDamageTest, ARecordThatFailsItsCrcIsDroppedAndNamedAndTheOthersLoad)
   uint64_t last_cursor = 0;
   {
     TestDaemon daemon({"--state-dir", state.path()});
-    workers = RunWorkers(daemon.client(), {3, 5, 7});
+    workers = RunWorkers(daemon.client(), daemon.dir(), {3, 5, 7});
     ASSERT_TRUE(daemon.client().List(v1::StatusRequest(), &last_cursor).ok());
     EXPECT_EQ(daemon.Stop(), 0);
   }
