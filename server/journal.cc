@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "server/wal_tail.h"
 #include "spdlog/spdlog.h"
 
 namespace proctor {
@@ -172,6 +173,22 @@ void WarnDamagedRow(const std::string& path, uint64_t cursor, const absl::Status
   spdlog::warn("journal {}: dropping the event of cursor {}: {}", path, cursor, std::string(why.message()));
 }
 
+void WarnCutWalTail(const std::string& path, const WalTail& tail) {
+  if (tail.cut_bytes == 0) return;
+  if (tail.torn) {
+    spdlog::error(
+        "journal {}: its write-ahead log ends in {} bytes (frames: {}) that are torn or damaged "
+        "after the last intact commit (a power loss? a bad disk?); they are cut off, and the "
+        "events of the transactions in them are lost; the rest loads",
+        path, tail.cut_bytes, tail.cut_frames);
+  } else {
+    spdlog::warn(
+        "journal {}: its write-ahead log ends in a transaction that never committed (frames: "
+        "{}); it is cut off (no reply had reported its events)",
+        path, tail.cut_frames);
+  }
+}
+
 // Opens (creating if need be) and checks the database. DATA_LOSS when the file is damaged.
 absl::StatusOr<Db> OpenDatabase(const std::string& path, bool durable) {
   sqlite3* raw = nullptr;
@@ -275,7 +292,11 @@ Salvaged Salvage(const std::string& path) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Journal>> Journal::Open(const std::string& path, bool durable) {
+  // SQLite drops the end of a log left behind that it cannot replay without a word: read it
+  // first, so that the loss is told. (Unreadable, it fails SQLite's open below as well.)
+  absl::StatusOr<WalTail> wal_tail = ReadWalTailFile(path + "-wal");
   absl::StatusOr<Db> db = OpenDatabase(path, durable);
+  if (db.ok() && wal_tail.ok()) WarnCutWalTail(path, *wal_tail);
   std::string aside;
   Salvaged salvaged;
   if (!db.ok()) {

@@ -14,7 +14,9 @@
 // caller's: one Append is one transaction, so an event-loop turn's events should go in one
 // call (group commit; see tests/bench/journal_bench.cc for the cost per batch size).
 //
-// Damage. Open runs SQLite's quick_check. A file SQLite cannot open as a database, or one
+// Damage. A write-ahead log left by a proctord that died is replayed by SQLite up to its last
+// intact commit; what follows (a transaction that never committed, or a torn or damaged
+// end) is cut off, and Open logs it (see wal_tail.h). Open runs SQLite's quick_check. A file SQLite cannot open as a database, or one
 // whose structure is damaged, is moved aside (with its -wal and -shm files) to
 // `<path>.corrupt-<UTC time>` and logged, and a fresh journal starts in its place. Whatever
 // rows could still be read from the damaged file (and whose CRC matches) are copied into the
