@@ -683,6 +683,7 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
   info.usage = exit.usage;
   info.end_time = clock_.Now();
   --live_count_;
+  if (end_listener_) out.Call([this, id] { end_listener_(id, 0); });
   spdlog::info("exited id={} name=\"{}\" pid={} exitcode={}{}", id, info.name, info.pid,
                exit.status.exitcode(),
                exit.status.signal != 0
@@ -969,6 +970,17 @@ absl::Status Supervisor::TouchSession(uint64_t session) {
   return absl::OkStatus();
 }
 
+bool Supervisor::IsRunning(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  return record != nullptr && record->info.running;
+}
+
+bool Supervisor::IsSessionOpen(uint64_t session) {
+  absl::MutexLock lock(&mu_);
+  return sessions_.contains(session);
+}
+
 void Supervisor::RestoreEnded(std::vector<ProcessInfo> ended) {
   Outbox out(*this);
   absl::MutexLock lock(&mu_);
@@ -1009,6 +1021,7 @@ void Supervisor::EndSessionLocked(uint64_t session, Outbox& out) {
   sessions_.erase(it);
   timers_.Cancel(state.timer);
   out.Emit(EventKind::kSessionEnded, nullptr, session);
+  if (end_listener_) out.Call([this, session] { end_listener_(0, session); });
   for (uint64_t id : state.processes) {
     Record* record = FindLocked(id);
     if (record != nullptr && record->info.daemon && record->info.running) {
