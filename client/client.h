@@ -54,6 +54,10 @@ struct ClientOptions {
   absl::Duration call_timeout = absl::Seconds(30);
 };
 
+// google.protobuf.Duration from absl. Negative durations go through as they are: the daemon
+// says what is wrong with them.
+google::protobuf::Duration DurationToProto(absl::Duration d);
+
 class Client;
 
 // An open session: a lease that makes this client the parent of the processes it starts with
@@ -132,6 +136,7 @@ class Client {
   absl::StatusOr<std::unique_ptr<Session>> OpenSession(absl::Duration ttl = absl::Seconds(10));
 
  private:
+  friend class SyncClient;  // proctor.v1.Sync on the same channel and key (client/sync_client.h)
   Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth,
          absl::Duration call_timeout);
   // A signed context for one call of `method`, with a deadline `timeout` from now (none when
