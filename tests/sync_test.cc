@@ -1,6 +1,7 @@
-// Sync objects against a real proctord: the library (client/sync.h) in this program and in
-// real worker processes, the raw calls' errors, SIGKILLed holders, and the CLI. This binary is
-// also the program its function targets re-execute (main() at the end).
+// Sync objects against a real proctord: the library (client/sync.h) in this
+// program and in real worker processes, the raw calls' errors, SIGKILLed
+// holders, and the CLI. This binary is also the program its function targets
+// re-execute (main() at the end).
 #include <signal.h>
 
 #include <atomic>
@@ -11,14 +12,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "grpcpp/grpcpp.h"
 #include "client/credentials.h"
 #include "client/process.h"
 #include "client/sync.h"
 #include "client/sync_client.h"
+#include "grpcpp/grpcpp.h"
+#include "tests/test_daemon.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/test_daemon.h"
 
 namespace proctor {
 namespace {
@@ -35,14 +36,16 @@ using ::testing::HasSubstr;
 
 // Takes the lock, says so in `ready`, and holds it until killed.
 int HoldForever(Lock lock, std::string ready) {
-  if (!lock.acquire().value_or(false)) return 2;
+  if (!lock.acquire().value_or(false))
+    return 2;
   WriteFile(ready, "held");
   absl::SleepFor(absl::Hours(1));
   return 0;
 }
 PROCTOR_FUNCTION(HoldForever);
 
-// Adds 1 to the number in `path`, `times` times, each under the lock: read, then write back.
+// Adds 1 to the number in `path`, `times` times, each under the lock: read,
+// then write back.
 int Increment(Lock lock, std::string path, int times) {
   for (int i = 0; i < times; ++i) {
     std::scoped_lock hold(lock);
@@ -61,7 +64,8 @@ int WaitAtBarrier(Barrier barrier, std::string ready) {
 }
 PROCTOR_FUNCTION(WaitAtBarrier);
 
-// Tries a top-level object (refused) and one passed down from the session (reached).
+// Tries a top-level object (refused) and one passed down from the session
+// (reached).
 int Reach(Event passed, std::string top_id) {
   Event top = *Event::FromArg(absl::StrCat("proctor-sync:Event:", top_id));
   absl::Status refused = top.set();
@@ -74,10 +78,10 @@ PROCTOR_FUNCTION(Reach);
 // ---------------------------------------------------------------------------------------------
 
 class SyncTest : public ::testing::Test {
- protected:
+protected:
   void SetUp() override {
-    absl::Status used =
-        UseDaemon({.address = daemon_.address(), .authkey_file = daemon_.authkey_path()});
+    absl::Status used = UseDaemon(
+        {.address = daemon_.address(), .authkey_file = daemon_.authkey_path()});
     ASSERT_TRUE(used.ok()) << used;
   }
 
@@ -96,10 +100,12 @@ TEST_F(SyncTest, BadRequestsGetTheirCodeAndTheDaemonServesOn) {
   v1::SyncCreateRequest create;
   EXPECT_TRUE(absl::IsInvalidArgument(sync_.Create(create).status()));
   create.set_kind(static_cast<v1::SyncKind>(42));
-  EXPECT_THAT(sync_.Create(create).status().message(), HasSubstr("is not a proctor.v1.SyncKind"));
+  EXPECT_THAT(sync_.Create(create).status().message(),
+              HasSubstr("is not a proctor.v1.SyncKind"));
   create.set_kind(v1::SYNC_SEMAPHORE);
   create.set_value(-1);
-  EXPECT_EQ(sync_.Create(create).status().message(), "semaphore initial value must be >= 0");
+  EXPECT_EQ(sync_.Create(create).status().message(),
+            "semaphore initial value must be >= 0");
   create.set_kind(v1::SYNC_BARRIER);
   EXPECT_EQ(sync_.Create(create).status().message(), "parties must be >= 1");
   create.set_kind(v1::SYNC_LOCK);
@@ -115,7 +121,8 @@ TEST_F(SyncTest, BadRequestsGetTheirCodeAndTheDaemonServesOn) {
   create.set_exist_ok(true);
   EXPECT_EQ(sync_.Create(create)->id(), lock->id());
   create.set_kind(v1::SYNC_EVENT);
-  EXPECT_THAT(sync_.Create(create).status().message(), HasSubstr("is a Lock, not a Event"));
+  EXPECT_THAT(sync_.Create(create).status().message(),
+              HasSubstr("is a Lock, not a Event"));
 
   v1::SyncReleaseRequest release;
   release.set_id(lock->id());
@@ -136,10 +143,12 @@ TEST_F(SyncTest, BadRequestsGetTheirCodeAndTheDaemonServesOn) {
             "timeout value must be a non-negative number");
   v1::SyncWaitRequest wait;
   wait.set_id(lock->id());
-  EXPECT_THAT(sync_.Wait(wait).status().message(), HasSubstr("which has no wait()"));
+  EXPECT_THAT(sync_.Wait(wait).status().message(),
+              HasSubstr("which has no wait()"));
   v1::SyncUpdateRequest update;
   update.set_id(lock->id());
-  EXPECT_THAT(sync_.Update(update).status().message(), HasSubstr("op is required"));
+  EXPECT_THAT(sync_.Update(update).status().message(),
+              HasSubstr("op is required"));
   update.set_op(v1::SYNC_EVENT_SET);
   EXPECT_TRUE(absl::IsInvalidArgument(sync_.Update(update).status()));
   EXPECT_TRUE(daemon_.client().List(v1::StatusRequest()).ok());
@@ -175,7 +184,8 @@ TEST_F(SyncTest, LockableRLockAndSemaphoreThroughTheDaemon) {
   EXPECT_EQ(*sem.get_value(), 1);
   ASSERT_TRUE(sem.release().ok());
   EXPECT_EQ(sem.release().message(), "Semaphore released too many times");
-  EXPECT_EQ(Semaphore(-1).status().message(), "semaphore initial value must be >= 0");
+  EXPECT_EQ(Semaphore(-1).status().message(),
+            "semaphore initial value must be >= 0");
 }
 
 TEST_F(SyncTest, EventConditionAndBarrier) {
@@ -191,14 +201,15 @@ TEST_F(SyncTest, EventConditionAndBarrier) {
 
   // A producer and a consumer with a Condition: every item is seen, in order.
   Condition cond;
-  std::vector<int> items;  // guarded by `cond`
+  std::vector<int> items; // guarded by `cond`
   std::vector<int> seen;
   EXPECT_EQ(cond.wait().status().message(), "cannot wait on un-acquired lock");
   EXPECT_EQ(cond.notify().message(), "cannot notify on un-acquired lock");
   std::thread consumer([&] {
     for (int i = 0; i < 5; ++i) {
       std::scoped_lock hold(cond);
-      EXPECT_TRUE(*cond.wait_for([&] { return !items.empty(); }, absl::Seconds(10)));
+      EXPECT_TRUE(
+          *cond.wait_for([&] { return !items.empty(); }, absl::Seconds(10)));
       seen.push_back(items.front());
       items.erase(items.begin());
     }
@@ -235,7 +246,8 @@ TEST_F(SyncTest, HolderSigkilledWhileOthersWaitLeavesTheLockAbandoned) {
   Lock lock;
   std::string ready = daemon_.dir() + "/ready";
   Process holder = StartOk({.target = HoldForever, .args = {lock, ready}});
-  ASSERT_TRUE(WaitFor([&] { return !ReadFile(ready).empty(); }, absl::Seconds(10)));
+  ASSERT_TRUE(
+      WaitFor([&] { return !ReadFile(ready).empty(); }, absl::Seconds(10)));
   std::atomic<bool> got = false;
   std::thread waiter([&] { got = lock.acquire().value_or(false); });
   ASSERT_TRUE(WaitFor([&] { return lock.info()->n_waiting() == 1; }));
@@ -245,14 +257,15 @@ TEST_F(SyncTest, HolderSigkilledWhileOthersWaitLeavesTheLockAbandoned) {
   EXPECT_TRUE(lock.abandoned());
   ASSERT_TRUE(lock.release().ok());
   ASSERT_TRUE(*lock.acquire());
-  EXPECT_FALSE(lock.abandoned());  // told once
+  EXPECT_FALSE(lock.abandoned()); // told once
 }
 
 TEST_F(SyncTest, BarrierWithADeadPartyBreaks) {
   Barrier barrier(3);
   std::string ready = daemon_.dir() + "/ready";
   Process party = StartOk({.target = WaitAtBarrier, .args = {barrier, ready}});
-  ASSERT_TRUE(WaitFor([&] { return barrier.n_waiting().value_or(0) == 1; }, absl::Seconds(10)));
+  ASSERT_TRUE(WaitFor([&] { return barrier.n_waiting().value_or(0) == 1; },
+                      absl::Seconds(10)));
   std::thread killer([&] {
     WaitFor([&] { return barrier.n_waiting().value_or(0) == 2; });
     EXPECT_TRUE(party.kill().ok());
@@ -269,9 +282,10 @@ TEST_F(SyncTest, SixteenProcessesLoseNoUpdate) {
   ASSERT_TRUE(WriteFile(counter, "0"));
   std::vector<Process> workers;
   for (int i = 0; i < 16; ++i) {
-    workers.push_back(StartOk({.target = Increment, .args = {lock, counter, 1000}}));
+    workers.push_back(
+        StartOk({.target = Increment, .args = {lock, counter, 1000}}));
   }
-  for (Process& p : workers) {
+  for (Process &p : workers) {
     ASSERT_TRUE(p.join().ok());
     EXPECT_EQ(p.exitcode(), 0);
   }
@@ -286,25 +300,29 @@ TEST_F(SyncTest, AWorkersKeyReachesItsSessionsObjectsAndNothingAtTopLevel) {
     return sync_.Create(create);
   }();
   ASSERT_TRUE(top.ok());
-  Process p = StartOk({.target = Reach, .args = {passed, absl::StrCat(top->id())}});
+  Process p =
+      StartOk({.target = Reach, .args = {passed, absl::StrCat(top->id())}});
   ASSERT_TRUE(p.join().ok());
   EXPECT_EQ(p.exitcode(), 0) << ReadFile(p.record().stdout_path());
-  EXPECT_THAT(ReadFile(p.record().stdout_path()), HasSubstr("outside the reach of process"));
+  EXPECT_THAT(ReadFile(p.record().stdout_path()),
+              HasSubstr("outside the reach of process"));
   EXPECT_TRUE(*passed.is_set());
 }
 
 TEST_F(SyncTest, ACancelledWaitLeavesTheQueue) {
   Lock lock;
   ASSERT_TRUE(*lock.acquire());
-  // A raw call whose deadline passes on the caller's side: gRPC cancels it, and the daemon
-  // takes its wait out of the queue.
-  absl::StatusOr<Credentials> credentials = FindCredentials(daemon_.authkey_path());
+  // A raw call whose deadline passes on the caller's side: gRPC cancels it, and
+  // the daemon takes its wait out of the queue.
+  absl::StatusOr<Credentials> credentials =
+      FindCredentials(daemon_.authkey_path());
   ASSERT_TRUE(credentials.ok());
   CallAuth auth(*credentials);
-  std::unique_ptr<v1::Sync::Stub> stub = v1::Sync::NewStub(
-      grpc::CreateChannel(daemon_.address(), grpc::InsecureChannelCredentials()));
+  std::unique_ptr<v1::Sync::Stub> stub = v1::Sync::NewStub(grpc::CreateChannel(
+      daemon_.address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(300)));
+  context.set_deadline(
+      absl::ToChronoTime(absl::Now() + absl::Milliseconds(300)));
   auth.Sign(context, "SyncAcquire");
   v1::SyncAcquireRequest acquire;
   acquire.set_id(lock.id());
@@ -317,21 +335,25 @@ TEST_F(SyncTest, ACancelledWaitLeavesTheQueue) {
 }
 
 TEST_F(SyncTest, CliLockRunsTheCommandHoldingItAndReleasesAfter) {
-  testing::CommandResult held =
-      daemon_.Cli({"lock", "build", "--", "sh", "-c", "proctor sync ls; exit 7"},
-                  {absl::StrCat("PATH=", std::string(PROCTOR_CLI_PATH).substr(
-                                             0, std::string(PROCTOR_CLI_PATH).rfind('/')),
-                                ":/usr/bin:/bin"),
-                   absl::StrCat("PROCTOR_ADDRESS=", daemon_.address())});
+  testing::CommandResult held = daemon_.Cli(
+      {"lock", "build", "--", "sh", "-c", "proctor sync ls; exit 7"},
+      {absl::StrCat("PATH=",
+                    std::string(PROCTOR_CLI_PATH)
+                        .substr(0, std::string(PROCTOR_CLI_PATH).rfind('/')),
+                    ":/usr/bin:/bin"),
+       absl::StrCat("PROCTOR_ADDRESS=", daemon_.address())});
   EXPECT_EQ(held.status, 7) << held.err;
   EXPECT_THAT(held.out, HasSubstr("build"));
   EXPECT_THAT(held.out, HasSubstr("session:"));
-  EXPECT_EQ(daemon_.Cli({"lock", "build", "--timeout", "0", "--", "true"}).status, 0);
-  EXPECT_EQ(daemon_.Cli({"sem", "pool", "--value", "1", "--", "true"}).status, 0);
+  EXPECT_EQ(
+      daemon_.Cli({"lock", "build", "--timeout", "0", "--", "true"}).status, 0);
+  EXPECT_EQ(daemon_.Cli({"sem", "pool", "--value", "1", "--", "true"}).status,
+            0);
   EXPECT_EQ(daemon_.Cli({"event", "set", "go"}).status, 0);
   EXPECT_EQ(daemon_.Cli({"event", "wait", "go", "--timeout", "1"}).status, 0);
   EXPECT_EQ(daemon_.Cli({"event", "clear", "go"}).status, 0);
-  EXPECT_EQ(daemon_.Cli({"event", "wait", "go", "--timeout", "0.05"}).status, 124);
+  EXPECT_EQ(daemon_.Cli({"event", "wait", "go", "--timeout", "0.05"}).status,
+            124);
   testing::CommandResult ls = daemon_.Cli({"sync", "ls"});
   EXPECT_THAT(ls.out, HasSubstr("BoundedSemaphore  pool"));
   EXPECT_EQ(daemon_.Cli({"sync", "rm", "pool"}).status, 0);
@@ -343,26 +365,43 @@ TEST_F(SyncTest, CliLockRunsTheCommandHoldingItAndReleasesAfter) {
 TEST_F(SyncTest, CliLockKilledReleases) {
   std::string out = daemon_.dir() + "/out", err = daemon_.dir() + "/err";
   pid_t cli = daemon_.StartCli({"lock", "db", "--", "sleep", "8"}, out, err);
-  SyncClient& sync = sync_;
+  SyncClient &sync = sync_;
   auto held = [&] {
     v1::SyncListRequest filter;
     filter.set_name("db");
     absl::StatusOr<std::vector<v1::SyncObject>> found = sync.List(filter);
-    return found.ok() && found->size() == 1 && found->front().holders_size() == 1;
+    return found.ok() && found->size() == 1 &&
+           found->front().holders_size() == 1;
   };
   ASSERT_TRUE(WaitFor(held, absl::Seconds(10)));
   kill(cli, SIGKILL);
   testing::WaitForExit(cli, absl::Seconds(5));
   EXPECT_TRUE(WaitFor([&] { return !held(); }));
-  testing::CommandResult next = daemon_.Cli({"lock", "db", "--timeout", "5", "--", "true"});
+  testing::CommandResult next =
+      daemon_.Cli({"lock", "db", "--timeout", "5", "--", "true"});
   EXPECT_EQ(next.status, 0);
   EXPECT_THAT(next.err, HasSubstr("abandoned"));
 }
 
-}  // namespace
-}  // namespace proctor
+TEST_F(SyncTest, TheExamplesRun) {
+  std::vector<std::string> env = {
+      absl::StrCat("PROCTOR_ADDRESS=", daemon_.address()),
+      absl::StrCat("PROCTOR_AUTHKEY_FILE=", daemon_.authkey_path())};
+  testing::CommandResult hello = testing::RunCommand({LOCK_HELLO_PATH}, env);
+  EXPECT_EQ(hello.status, 0) << hello.err;
+  for (int i = 0; i < 10; ++i)
+    EXPECT_THAT(hello.out, HasSubstr(absl::StrCat("hello world ", i, "\n")));
+  testing::CommandResult pc =
+      testing::RunCommand({PRODUCER_CONSUMER_PATH}, env);
+  EXPECT_EQ(pc.status, 0) << pc.err;
+  EXPECT_EQ(pc.out,
+            "consumed 1\nconsumed 2\nconsumed 3\nconsumed 4\nconsumed 5\n");
+}
 
-int main(int argc, char** argv) {
+} // namespace
+} // namespace proctor
+
+int main(int argc, char **argv) {
   proctor::MaybeRunChild(argc, argv);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
