@@ -33,15 +33,6 @@ std::string ResolveAddress(const std::string& given) {
   return address;
 }
 
-// Negative durations go through as they are: the daemon says what is wrong with them.
-google::protobuf::Duration ToProto(absl::Duration d) {
-  google::protobuf::Duration out;
-  const int64_t seconds = absl::IDivDuration(d, absl::Seconds(1), &d);
-  out.set_seconds(seconds);
-  out.set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(d)));
-  return out;
-}
-
 std::string FileOrEnv(const std::string& given, const char* env) {
   if (!given.empty()) return given;
   const char* value = std::getenv(env);
@@ -124,6 +115,14 @@ class StepDeadline {
 };
 
 }  // namespace
+
+google::protobuf::Duration DurationToProto(absl::Duration d) {
+  google::protobuf::Duration out;
+  const int64_t seconds = absl::IDivDuration(d, absl::Seconds(1), &d);
+  out.set_seconds(seconds);
+  out.set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(d)));
+  return out;
+}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   std::string address = ResolveAddress(options.address);
@@ -224,7 +223,7 @@ absl::StatusOr<v1::Process> Client::Join(uint64_t id, std::optional<absl::Durati
     if (poll == absl::InfiniteDuration()) {
       request.clear_timeout();  // no call timeout either: one call, as long as it takes
     } else {
-      *request.mutable_timeout() = ToProto(poll);
+      *request.mutable_timeout() = DurationToProto(poll);
     }
     v1::Process process;
     if (absl::Status s = Unary("Join", &v1::Proctor::Stub::Join, request, &process,
@@ -379,7 +378,7 @@ absl::StatusOr<std::unique_ptr<Session>> Client::OpenOrResumeSession(uint64_t re
   // A stream: no deadline as a whole, but the daemon must acknowledge the opening in time.
   session->context_ = NewContext("Session", &nonce, absl::InfiniteDuration());
   v1::SessionRequest open;
-  *open.mutable_ttl() = ToProto(ttl);
+  *open.mutable_ttl() = DurationToProto(ttl);
   open.set_resume(resume);
   v1::SessionEvent opened;
   bool answered = false;

@@ -54,6 +54,10 @@ struct ClientOptions {
   absl::Duration call_timeout = absl::Seconds(30);
 };
 
+// google.protobuf.Duration from absl. Negative durations go through as they are: the daemon
+// says what is wrong with them.
+google::protobuf::Duration DurationToProto(absl::Duration d);
+
 class Client;
 
 // An open session: a lease that makes this client the parent of the processes it starts with
@@ -140,6 +144,7 @@ class Client {
   // resume 0: a new session.
   absl::StatusOr<std::unique_ptr<Session>> OpenOrResumeSession(uint64_t resume,
                                                                absl::Duration ttl);
+  friend class SyncClient;  // proctor.v1.Sync on the same channel and key (client/sync_client.h)
   Client(std::string address, std::shared_ptr<grpc::Channel> channel, CallAuth auth,
          absl::Duration call_timeout);
   // A signed context for one call of `method`, with a deadline `timeout` from now (none when

@@ -773,4 +773,11 @@ absl::StatusOr<Client*> DefaultClient() {
   return &(*runtime)->client();
 }
 
+absl::StatusOr<uint64_t> DefaultSession() {
+  absl::StatusOr<std::shared_ptr<Runtime>> runtime = CurrentRuntime();
+  if (!runtime.ok()) return runtime.status();
+  if ((*runtime)->worker()) return 0;
+  return (*runtime)->SessionId();
+}
+
 }  // namespace proctor

@@ -116,6 +116,14 @@ class Arg {
     text_.assign(buffer, ec == std::errc() ? end : buffer);
   }
 
+  // An object that travels as text of its own, such as a sync object (client/sync.h): the
+  // child rebuilds it with T::FromArg.
+  template <typename T>
+    requires requires(const T& t) {
+      { t.ToArg() } -> std::convertible_to<std::string>;
+    }
+  Arg(const T& object) : text_(object.ToArg()) {}  // NOLINT
+
   const std::string& str() const { return text_; }
 
  private:
@@ -166,41 +174,56 @@ using Maker = absl::StatusOr<std::unique_ptr<Process>> (*)(const Args& args);
 bool RegisterFunction(const char* name, FunctionKey function, Invoker invoke);
 bool RegisterClass(const char* name, std::type_index type, Maker make);
 
+// Types rebuilt from their argument text by a static FromArg (sync objects).
+template <typename T>
+concept FromArgParsable = requires(const std::string& text) {
+  { T::FromArg(text) } -> std::same_as<absl::StatusOr<T>>;
+};
+
 template <typename T>
 inline constexpr bool kParsable =
     std::is_same_v<T, std::string> || std::is_same_v<T, bool> || std::is_integral_v<T> ||
-    std::is_floating_point_v<T>;
+    std::is_floating_point_v<T> || FromArgParsable<T>;
 
 template <typename T>
 absl::StatusOr<T> Parse(const std::string& text, absl::string_view what) {
   static_assert(kParsable<T>,
-                "proctor arguments are std::string, integers, floating point or bool");
-  T value{};
-  bool ok = true;
-  if constexpr (std::is_same_v<T, std::string>) {
-    value = text;
-  } else if constexpr (std::is_same_v<T, bool>) {
-    ok = absl::SimpleAtob(text, &value);
-  } else if constexpr (std::is_floating_point_v<T>) {
-    double d = 0;
-    ok = absl::SimpleAtod(text, &d);
-    value = static_cast<T>(d);
-  } else if constexpr (sizeof(T) < sizeof(int)) {
-    int wide = 0;
-    ok = absl::SimpleAtoi(text, &wide) && wide >= std::numeric_limits<T>::min() &&
-         wide <= std::numeric_limits<T>::max();
-    value = static_cast<T>(wide);
+                "proctor arguments are std::string, integers, floating point, bool or sync "
+                "objects");
+  if constexpr (FromArgParsable<T>) {
+    absl::StatusOr<T> object = T::FromArg(text);
+    if (!object.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", object.status().message()));
+    }
+    return object;
   } else {
-    ok = absl::SimpleAtoi(text, &value);
+    T value{};
+    bool ok = true;
+    if constexpr (std::is_same_v<T, std::string>) {
+      value = text;
+    } else if constexpr (std::is_same_v<T, bool>) {
+      ok = absl::SimpleAtob(text, &value);
+    } else if constexpr (std::is_floating_point_v<T>) {
+      double d = 0;
+      ok = absl::SimpleAtod(text, &d);
+      value = static_cast<T>(d);
+    } else if constexpr (sizeof(T) < sizeof(int)) {
+      int wide = 0;
+      ok = absl::SimpleAtoi(text, &wide) && wide >= std::numeric_limits<T>::min() &&
+           wide <= std::numeric_limits<T>::max();
+      value = static_cast<T>(wide);
+    } else {
+      ok = absl::SimpleAtoi(text, &value);
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " is \"", text, "\", which is not a valid ",
+                       std::is_same_v<T, bool> ? "bool"
+                       : std::is_floating_point_v<T> ? "number"
+                                                     : "integer"));
+    }
+    return value;
   }
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " is \"", text, "\", which is not a valid ",
-                     std::is_same_v<T, bool> ? "bool"
-                     : std::is_floating_point_v<T> ? "number"
-                                                   : "integer"));
-  }
-  return value;
 }
 
 // Python's TypeError for a call that does not fit: count, then keywords, then each value.
@@ -479,6 +502,9 @@ absl::Status UseDaemon(const ClientOptions& options);
 
 // The client Processes use now (made on first use); for calls of your own.
 absl::StatusOr<Client*> DefaultClient();
+// The session this program acts in with an admin key (opened on first use), or 0 inside a
+// worker, which acts as itself. Sync objects (client/sync.h) are held in it.
+absl::StatusOr<uint64_t> DefaultSession();
 
 }  // namespace proctor
 

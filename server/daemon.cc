@@ -132,6 +132,10 @@ void DeclareFlags(CLI::App& app, DaemonOptions& options) {
                options.max_processes);
   AddCountFlag(app, "--max-children", 1, "live children of one worker", options.max_children);
   AddCountFlag(app, "--max-depth", 1, "depth of a process tree; top level is 1", options.max_depth);
+  AddCountFlag(app, "--max-sync-objects", 1, "sync objects of one process tree or session",
+               options.max_sync_objects);
+  AddCountFlag(app, "--max-sync-waiters", 1, "callers waiting on one sync object",
+               options.max_sync_waiters);
   AddCountFlag(app, "--capture-spares", 0, "capture files made ahead of time, off the start path",
                options.capture_spares);
   AddCountFlag(app, "--max-log-bytes", 0,
@@ -634,6 +638,10 @@ absl::Status Daemon::Init() {
   authenticator_->SetAdminKeys(*std::move(admin_keys));
   service_ = std::make_unique<ProctorService>(*supervisor_, *loop_, *authenticator_, clock_,
                                               *event_log_);
+  sync_ = std::make_unique<SyncObjects>(
+      *supervisor_, *loop_, *service_,
+      SyncLimits{.max_objects_per_tree = options_.max_sync_objects,
+                 .max_waiters_per_object = options_.max_sync_waiters});
   if (options_.max_log_bytes > 0) {
     log_trimmer_ = std::make_unique<LogTrimmer>(
         static_cast<int64_t>(options_.max_log_bytes), absl::Seconds(1),
@@ -743,6 +751,7 @@ absl::Status Daemon::StartServer() {
     if (absl::Status s = Listen(address, builder); !s.ok()) return s;
   }
   builder.RegisterService(service_.get());
+  builder.RegisterService(sync_->service());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr) {
     return absl::UnavailableError("cannot start the gRPC server (see the log above)");

@@ -29,6 +29,7 @@
 #include "server/log_trimmer.h"
 #include "server/proctor_service.h"
 #include "server/supervisor.h"
+#include "server/sync_service.h"
 
 namespace proctor {
 
@@ -40,6 +41,8 @@ struct DaemonOptions {
   size_t max_processes = 4096;
   size_t max_children = 512;
   size_t max_depth = 16;
+  size_t max_sync_objects = 1024;  // per process tree or session
+  size_t max_sync_waiters = 16384;  // per sync object
   size_t capture_spares = 4096;  // capture files made ahead of time (see CaptureFiles)
   size_t max_log_bytes = 64 << 20;  // per capture file (see LogTrimmer); 0: no cap
   absl::Duration shutdown_grace = absl::Seconds(10);
@@ -192,6 +195,7 @@ class Daemon {
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<Authenticator> authenticator_;
   std::unique_ptr<ProctorService> service_;
+  std::unique_ptr<SyncObjects> sync_;  // after the supervisor it listens to
   std::unique_ptr<LogTrimmer> log_trimmer_;  // after the supervisor it asks: stops first
   // The one exception to the order: made before the os, but destroyed before it and the
   // supervisor, since its reader thread calls both.

@@ -749,6 +749,10 @@ std::vector<std::pair<pid_t, int>> PosixProcessOs::CgroupMembersLocked(const std
 
 bool PosixProcessOs::GroupExists(uint64_t token) {
   absl::MutexLock lock(&mu_);
+  return GroupExistsLocked(token);
+}
+
+bool PosixProcessOs::GroupExistsLocked(uint64_t token) {
   // The leader, unreaped (its zombie counts: its group is not done until it is reaped).
   if (tokens_.contains(token) || releasing_.contains(token)) return true;
   auto group = leftover_groups_.find(token);
@@ -763,6 +767,35 @@ bool PosixProcessOs::GroupExists(uint64_t token) {
   if (maybe && GroupMayHaveMembers(group->second)) return true;
   leftover_groups_.erase(group);
   return false;
+}
+
+bool PosixProcessOs::GroupHasLiveMembers(uint64_t token) {
+  pid_t pgid = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto releasing = releasing_.find(token);
+    if (releasing == releasing_.end()) return GroupExistsLocked(token);
+    // Its zombie still counts for kill(0): another member must be found. An ended process
+    // leaves its cgroup at once, so where there is one it answers.
+    if (auto cgroup = cgroups_.find(token); cgroup != cgroups_.end()) {
+      return cgroup->second.populated;
+    }
+    pgid = releasing->second;
+  }
+  // No cgroup: any live process in the group but the leader (rare: only while it is reaped).
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return true;
+  bool found = false;
+  while (dirent* entry = readdir(proc)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid) || pid == pgid) continue;
+    if (getpgid(pid) == pgid && ParentOf(pid) != 0) {
+      found = true;
+      break;
+    }
+  }
+  closedir(proc);
+  return found;
 }
 
 bool PosixProcessOs::AnythingAlive(uint64_t token) {
@@ -826,6 +859,9 @@ bool PosixProcessOs::ProcessExists(pid_t pid) {
   auto stray = strays_.find(pid);
   if (stray == strays_.end()) return false;
   if (!PidfdExited(stray->second)) return true;
+  // Ended; an orphan of the keeper's is there until the keeper has reaped it (OnOrphanReaped
+  // forgets it then), so that no zombie outlives a termination that waited for its tree.
+  if (ParentOf(pid) == keeper_.keeper_pid()) return true;
   close(stray->second);
   strays_.erase(stray);
   return false;

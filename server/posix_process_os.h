@@ -70,6 +70,7 @@ class PosixProcessOs final : public ProcessOs {
   absl::StatusOr<Launched> Launch(const LaunchSpec& spec, uint64_t token) override;
   absl::Status SignalGroup(uint64_t token, int sig) override;
   bool GroupExists(uint64_t token) override;
+  bool GroupHasLiveMembers(uint64_t token) override;
   bool AnythingAlive(uint64_t token) override;
   absl::Status KillCgroup(uint64_t token) override;
   absl::Status Confine(uint64_t token) override;
@@ -98,6 +99,7 @@ class PosixProcessOs final : public ProcessOs {
   // Finds cgroup v2 and makes the daemon's directory of worker cgroups; logs the outcome.
   void SetUpCgroups();
   void Adopt(const internal::HeldWorker& worker);
+  bool GroupExistsLocked(uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Watches the cgroup named after `token` below the base; false (errno set) if it cannot.
   bool WatchCgroupLocked(uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Keeper reports.

@@ -91,6 +91,9 @@ class ProcessOs {
 
   // True while the worker's group may have members (its leader unreaped included).
   virtual bool GroupExists(uint64_t token) = 0;
+  // The same, except that a leader that has ended and is only waiting to be reaped does not
+  // count: whether anything of the group is still alive.
+  virtual bool GroupHasLiveMembers(uint64_t token) = 0;
 
   // True while anything the worker started may be alive: its group, or anything in its
   // cgroup (what left the group too). Without cgroups, the same as GroupExists.

@@ -31,24 +31,31 @@ constexpr size_t kLogChunkBytes = 64 * 1024;
 // How often a followed log is read again while the process runs and has written nothing.
 constexpr absl::Duration kFollowInterval = absl::Milliseconds(50);
 
+}  // namespace
+
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                       std::string(status.message()));
 }
 
+namespace {
+
 google::protobuf::Timestamp ToTimestamp(absl::Time t) {
   return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
 }
+
+}  // namespace
 
 google::protobuf::Duration ToDurationProto(absl::Duration d) {
   return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
 }
 
-// REQUIRES: ValidateRequest passed on the message that holds `d`.
 absl::Duration FromDurationProto(const google::protobuf::Duration& d) {
   return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
 }
+
+namespace {
 
 // The rules google/protobuf/duration.proto sets: about ±10,000 years, nanos below one second
 // and of the seconds' sign.
@@ -119,7 +126,8 @@ absl::Status ValidateFields(const google::protobuf::Message& message, absl::stri
   return absl::OkStatus();
 }
 
-// Parses a request body into `request` and validates it.
+}  // namespace
+
 absl::Status ParseRequest(const grpc::ByteBuffer& raw, google::protobuf::Message& request) {
   if (!raw.Valid()) {
     return absl::InvalidArgumentError(
@@ -135,14 +143,15 @@ absl::Status ParseRequest(const grpc::ByteBuffer& raw, google::protobuf::Message
   return ValidateRequest(request);
 }
 
-// Replaces what `out` held (the serializer refuses a buffer that holds something).
 void SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer* out) {
-  out->Clear();
+  out->Clear();  // the serializer refuses a buffer that holds something
   bool own_buffer;
   // Only fails for a message over 2 GiB, which no reply of ours comes near.
   grpc::SerializationTraits<google::protobuf::Message>::Serialize(reply, out, &own_buffer)
       .IgnoreError();
 }
+
+namespace {
 
 // A unary call answered later by a supervisor callback. The shared state lets whichever of
 // "answer" and "cancel" comes first finish the call, and the other do nothing.

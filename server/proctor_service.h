@@ -34,6 +34,16 @@ namespace proctor {
 // The record as the API shows it.
 void ToProto(const ProcessInfo& info, v1::Process* out);
 
+// For the handlers of proctord's services.
+grpc::Status ToGrpc(const absl::Status& status);
+// Parses a request body into `request` and validates it (ValidateRequest).
+absl::Status ParseRequest(const grpc::ByteBuffer& raw, google::protobuf::Message& request);
+// Replaces what `out` held with `reply`, serialized.
+void SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer* out);
+google::protobuf::Duration ToDurationProto(absl::Duration d);
+// REQUIRES: ValidateRequest passed on the message that holds `d`.
+absl::Duration FromDurationProto(const google::protobuf::Duration& d);
+
 // OK when every field of `request`, nested messages included, holds a value the API defines:
 // each enum field one of its enum's values, each google.protobuf.Duration within that type's
 // rules. Otherwise INVALID_ARGUMENT naming the field.
@@ -80,11 +90,21 @@ class ProctorService final : public RawProctorService {
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
       grpc::CallbackServerContext* context) override;
 
- private:
+  // Admission, shared with proctord's other services (SyncService): their calls are
+  // authenticated, parsed and refused exactly as this service's own.
+  //
   // The caller, with the daemon's proof added to the reply, and its request parsed into
   // `request`; or why the call is refused.
   absl::StatusOr<Caller> Admit(grpc::CallbackServerContext* context, absl::string_view method,
                                const grpc::ByteBuffer& raw, google::protobuf::Message& request);
+  // Refuse() with HoldBack(): for a call Admit or AdmitOnId turned away.
+  grpc::ServerUnaryReactor* Deny(grpc::CallbackServerContext* context, const absl::Status& refused);
+  // Finishes a unary call with an error, after `delay`.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                   const absl::Status& status,
+                                   absl::Duration delay = absl::ZeroDuration());
+
+ private:
   // The caller, with the daemon's proof added to the reply (also to a refusal for the key's
   // rate); or why the call is refused.
   absl::StatusOr<Caller> Authenticate(grpc::CallbackServerContext* context,
@@ -103,12 +123,6 @@ class ProctorService final : public RawProctorService {
     if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return s;
     return caller;
   }
-  // Finishes a unary call with an error, after `delay`.
-  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
-                                   const absl::Status& status,
-                                   absl::Duration delay = absl::ZeroDuration());
-  // Refuse() with HoldBack(): for a call Admit or AdmitOnId turned away.
-  grpc::ServerUnaryReactor* Deny(grpc::CallbackServerContext* context, const absl::Status& refused);
 
   Supervisor& supervisor_;
   Timers& timers_;

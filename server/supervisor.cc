@@ -693,6 +693,7 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
   info.usage = exit.usage;
   info.end_time = clock_.Now();
   --live_count_;
+  if (end_listener_) out.Call([this, id] { end_listener_(id, 0); });
   spdlog::info("exited id={} name=\"{}\" pid={} exitcode={}{}", id, info.name, info.pid,
                exit.status.exitcode(),
                exit.status.signal != 0
@@ -881,7 +882,7 @@ absl::Status Supervisor::Release(uint64_t id) {
         "process ", id, " is still running; join or terminate it before releasing it"));
   }
   PruneStraysLocked(*record);
-  if (os_.GroupExists(id) || !record->strays.empty()) {
+  if (os_.GroupHasLiveMembers(id) || !record->strays.empty()) {
     // Its captured output is still being written, and nothing else would end them.
     return absl::FailedPreconditionError(
         absl::StrCat("process ", id, " has ended but processes it started are still alive; "
@@ -1028,6 +1029,17 @@ absl::Status Supervisor::TouchSession(uint64_t session) {
   timers_.Cancel(it->second.timer);
   ArmSessionTimerLocked(session);
   return absl::OkStatus();
+}
+
+bool Supervisor::IsRunning(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  return record != nullptr && record->info.running;
+}
+
+bool Supervisor::IsSessionOpen(uint64_t session) {
+  absl::MutexLock lock(&mu_);
+  return sessions_.contains(session);
 }
 
 void Supervisor::RestoreEnded(std::vector<ProcessInfo> ended) {
@@ -1182,6 +1194,7 @@ void Supervisor::EndSessionLocked(uint64_t session, Outbox& out) {
   timers_.Cancel(state.timer);
   KeepSessionLocked(session, out);
   out.Emit(EventKind::kSessionEnded, nullptr, session);
+  if (end_listener_) out.Call([this, session] { end_listener_(0, session); });
   for (uint64_t id : state.processes) {
     Record* record = FindLocked(id);
     if (record != nullptr && record->info.daemon && record->info.running) {

@@ -260,6 +260,15 @@ class Supervisor {
   // Ends a session now (its daemonic processes are terminated); no-op when already ended.
   void CloseSession(uint64_t session);
 
+  // Told once, outside the lock, when a worker has ended by any cause: (id, 0); or when a
+  // session has ended: (0, session). What others keep for a worker or session (sync objects
+  // it holds) is freed from here. Set before the first Start or OpenSession.
+  using EndListener = std::function<void(uint64_t process, uint64_t session)>;
+  void SetEndListener(EndListener listener) { end_listener_ = std::move(listener); }
+  // Whether the worker runs now; whether the session is open now.
+  bool IsRunning(uint64_t id);
+  bool IsSessionOpen(uint64_t session);
+
  private:
   struct Waiter {
     WaiterId id;
@@ -433,6 +442,7 @@ class Supervisor {
   bool shutdown_grace_over_ ABSL_GUARDED_BY(mu_) = false;
   absl::Duration shutdown_grace_ ABSL_GUARDED_BY(mu_);
   std::function<void()> shutdown_done_ ABSL_GUARDED_BY(mu_);
+  EndListener end_listener_;  // set before use, then only read
 };
 
 }  // namespace proctor

@@ -42,6 +42,7 @@ class FakeProcessOs final : public ProcessOs {
     return absl::OkStatus();
   }
 
+  bool GroupHasLiveMembers(uint64_t token) override { return GroupExists(token); }
   bool GroupExists(uint64_t token) override {
     pid_t pgid = PidOf(token);
     if (pgid <= 1) {

@@ -40,6 +40,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/cli/sync_commands.h"
 #include "client/client.h"
 #include "common/authkey.h"
 #include "common/default_paths.h"
@@ -229,6 +230,7 @@ enum class Operands {
   kNone,     // nothing
   kId,       // exactly one process id
   kCommand,  // TARGET [ARG...]: the first operand ends option parsing, as with env(1)
+  kAny,      // counted by the handler: NAME [-- CMD...], or a verb and its operands
 };
 
 struct Args {
@@ -362,6 +364,8 @@ absl::StatusOr<Args> ParseArgs(const Command& command, std::span<const std::stri
         return absl::InvalidArgumentError(
             absl::StrCat("unexpected argument \"", args.operands[1], "\""));
       }
+      break;
+    case Operands::kAny:
       break;
     case Operands::kCommand:
       if (args.operands.empty()) {
@@ -1026,6 +1030,76 @@ int CmdEvents(Cli& cli, const Command& command, const Args& args) {
   return kExitOk;
 }
 
+// The optional --timeout of the sync commands; a usage error is reported and returned.
+std::optional<int> SyncTimeout(Cli& cli, const Command& command, const Args& args,
+                               std::optional<absl::Duration>* timeout) {
+  std::optional<std::string> text = args.Last("timeout");
+  if (!text.has_value()) return std::nullopt;
+  absl::StatusOr<absl::Duration> parsed = ParseSeconds("timeout", *text);
+  if (!parsed.ok()) return cli.UsageError(&command, parsed.status().message());
+  *timeout = *parsed;
+  return std::nullopt;
+}
+
+// lock and sem: NAME -- CMD [ARG...], held while CMD runs.
+int HoldWhileRunning(Cli& cli, const Command& command, const Args& args, v1::SyncKind kind,
+                     int64_t value) {
+  if (args.operands.size() < 2) {
+    return cli.UsageError(&command, args.operands.empty() ? "missing NAME" : "missing CMD");
+  }
+  std::optional<absl::Duration> timeout;
+  if (std::optional<int> rc = SyncTimeout(cli, command, args, &timeout)) return *rc;
+  // Blocked before the client exists, so gRPC's threads inherit the mask: these signals
+  // reach the watcher, which passes them on to CMD, and the lock is released after CMD ends.
+  ScopedSignalBlock block({SIGINT, SIGTERM, SIGHUP});
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  std::atomic<pid_t> child{0};
+  SignalWatcher watcher(block, [&child](int sig, int) {
+    if (pid_t pid = child.load(); pid > 1) kill(pid, sig);
+  });
+  SyncCommandIo io{**client, cli.out(), cli.err(), cli.json()};
+  std::vector<std::string> cmd(args.operands.begin() + 1, args.operands.end());
+  return HoldAndRun(io, kind, args.operands[0], value, timeout, cmd,
+                    [&child](pid_t pid) { child.store(pid); });
+}
+
+int CmdLock(Cli& cli, const Command& command, const Args& args) {
+  return HoldWhileRunning(cli, command, args, v1::SYNC_LOCK, 1);
+}
+
+int CmdSem(Cli& cli, const Command& command, const Args& args) {
+  std::optional<std::string> text = args.Last("value");
+  int64_t value = 0;
+  if (!text.has_value() || !absl::SimpleAtoi(*text, &value) || value < 1) {
+    return cli.UsageError(&command, "--value N is required: the number of holders, 1 or more");
+  }
+  return HoldWhileRunning(cli, command, args, v1::SYNC_BOUNDED_SEMAPHORE, value);
+}
+
+int CmdEvent(Cli& cli, const Command& command, const Args& args) {
+  if (args.operands.size() != 2 ||
+      (args.operands[0] != "set" && args.operands[0] != "clear" && args.operands[0] != "wait")) {
+    return cli.UsageError(&command, "expected set, clear or wait, then NAME");
+  }
+  std::optional<absl::Duration> timeout;
+  if (std::optional<int> rc = SyncTimeout(cli, command, args, &timeout)) return *rc;
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  SyncCommandIo io{**client, cli.out(), cli.err(), cli.json()};
+  return EventCommand(io, args.operands[0], args.operands[1], timeout);
+}
+
+int CmdSync(Cli& cli, const Command& command, const Args& args) {
+  const bool ls = args.operands.size() == 1 && args.operands[0] == "ls";
+  const bool rm = args.operands.size() == 2 && args.operands[0] == "rm";
+  if (!ls && !rm) return cli.UsageError(&command, "expected ls, or rm NAME");
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  SyncCommandIo io{**client, cli.out(), cli.err(), cli.json()};
+  return ls ? SyncListCommand(io) : SyncRemoveCommand(io, args.operands[1]);
+}
+
 constexpr OptionSpec kStartOptions[] = {
     {"name", true}, {"daemon", false}, {"env", true},
     {"cwd", true},  {"kwarg", true},   {"user", true}, {"group", true}};
@@ -1035,6 +1109,8 @@ constexpr OptionSpec kKillOptions[] = {{"no-wait", false}};
 constexpr OptionSpec kPsOptions[] = {
     {"all", false}, {"name", true}, {"parent", true}, {"tree", false}};
 constexpr OptionSpec kLogsOptions[] = {{"follow", false}, {"stderr", false}, {"tail", true}};
+constexpr OptionSpec kSyncTimeoutOptions[] = {{"timeout", true}};
+constexpr OptionSpec kSemOptions[] = {{"value", true}, {"timeout", true}};
 constexpr OptionSpec kEventsOptions[] = {
     {"since", true}, {"follow", false}, {"id", true}, {"type", true}};
 
@@ -1064,6 +1140,23 @@ constexpr Command kCommands[] = {
      {},
      Operands::kId,
      CmdRelease},
+    {"lock", "lock NAME [--timeout SECONDS] -- CMD [ARG...]",
+     "run CMD holding the Lock NAME (made if missing), like flock(1); released when CMD ends",
+     kSyncTimeoutOptions, Operands::kAny, CmdLock,
+     "\n"
+     "NAME is a name, or an object's id. The lock is released when CMD ends however it ends,\n"
+     "and also when this command dies (SIGKILL included). SIGINT, SIGTERM and SIGHUP are\n"
+     "passed on to CMD. Exit status: CMD's (128+N for signal N), 124 when --timeout passed\n"
+     "before the lock was acquired, 127 when CMD cannot be run, 1 when proctord failed.\n"},
+    {"sem", "sem NAME --value N [--timeout SECONDS] -- CMD [ARG...]",
+     "run CMD holding one unit of the BoundedSemaphore NAME (of N units, made if missing)",
+     kSemOptions, Operands::kAny, CmdSem},
+    {"event", "event set|clear|wait NAME [--timeout SECONDS]",
+     "set or clear the Event NAME (made if missing), or wait until it is set (124 on timeout)",
+     kSyncTimeoutOptions, Operands::kAny, CmdEvent},
+    {"sync", "sync ls | sync rm NAME",
+     "list the sync objects in reach (ID KIND NAME OWNER VALUE WAITING HOLDERS), or free one",
+     {}, Operands::kAny, CmdSync},
     {"events", "events [--since CURSOR] [--follow] [--id ID]... [--type TYPE]...",
      "print what happens to processes and sessions, each event with its cursor", kEventsOptions,
      Operands::kNone, CmdEvents,

@@ -1,0 +1,753 @@
+#include "server/sync_table.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace proctor {
+namespace {
+
+bool IsLockLike(SyncKind kind) {
+  return kind == SyncKind::kLock || kind == SyncKind::kRLock || kind == SyncKind::kSemaphore ||
+         kind == SyncKind::kBoundedSemaphore;
+}
+
+bool IsSemaphore(SyncKind kind) {
+  return kind == SyncKind::kSemaphore || kind == SyncKind::kBoundedSemaphore;
+}
+
+// "a Lock", "an Event", "an RLock".
+std::string WithArticle(SyncKind kind) {
+  absl::string_view name = SyncKindName(kind);
+  bool vowel = name[0] == 'E' || name[0] == 'R';  // "an RLock": said "ar-lock"
+  return absl::StrCat(vowel ? "an " : "a ", name);
+}
+
+absl::Status ValidateName(const std::string& name) {
+  if (name.empty()) return absl::OkStatus();
+  if (name.size() > SyncTable::kMaxNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("a sync object's name has at most ",
+                                                   SyncTable::kMaxNameBytes, " bytes, not ",
+                                                   name.size()));
+  }
+  bool digits_only = true;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(c) && c != '_' && c != '.' && c != ':' && c != '-') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sync object name \"", absl::CHexEscape(name),
+                       "\" may hold only letters, digits and \"_.:-\""));
+    }
+    digits_only = digits_only && absl::ascii_isdigit(c);
+  }
+  if (digits_only) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sync object name \"", name, "\" is a number, which would read as an id; add a letter"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BrokenBarrier(uint64_t id) {
+  return absl::AbortedError(absl::StrCat(
+      "Barrier ", id,
+      " is broken (BrokenBarrierError): it was aborted, reset while waited on, a wait timed "
+      "out or a party ended; reset() makes it usable again"));
+}
+
+}  // namespace
+
+std::string SyncParty::ToString() const {
+  if (process != 0) return absl::StrCat("process ", process);
+  if (session != 0) return absl::StrCat("session ", session);
+  return "the admin key";
+}
+
+absl::string_view SyncKindName(SyncKind kind) {
+  switch (kind) {
+    case SyncKind::kLock:
+      return "Lock";
+    case SyncKind::kRLock:
+      return "RLock";
+    case SyncKind::kSemaphore:
+      return "Semaphore";
+    case SyncKind::kBoundedSemaphore:
+      return "BoundedSemaphore";
+    case SyncKind::kEvent:
+      return "Event";
+    case SyncKind::kCondition:
+      return "Condition";
+    case SyncKind::kBarrier:
+      return "Barrier";
+  }
+  return "?";
+}
+
+SyncTable::SyncTable(Timers& timers, SyncLimits limits, Alive alive)
+    : timers_(timers), limits_(limits), alive_(std::move(alive)) {}
+
+SyncTable::~SyncTable() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, waiter] : waiters_) {
+    if (waiter.timer != 0) timers_.Cancel(waiter.timer);
+  }
+}
+
+SyncTable::Out::~Out() {
+  for (Delivery& delivery : deliveries_) {
+    if (!delivery.reply) continue;
+    bool taken = delivery.reply(delivery.result);
+    // The caller went away between the grant and its answer: the grant goes back.
+    if (!taken && delivery.units > 0) table_.GiveBack(delivery);
+  }
+  for (const SyncParty& party : check_) {
+    if (!party.admin() && table_.alive_ != nullptr && !table_.alive_(party)) {
+      table_.PartyEnded(party);
+    }
+  }
+}
+
+absl::StatusOr<SyncTable::Object*> SyncTable::FindLocked(uint64_t id) {
+  auto it = objects_.find(id);
+  if (it == objects_.end()) {
+    return absl::NotFoundError(absl::StrCat("no sync object with id ", id));
+  }
+  return &it->second;
+}
+
+absl::StatusOr<SyncTable::Object*> SyncTable::LockLikeLocked(uint64_t id, absl::string_view call) {
+  absl::StatusOr<Object*> object = FindLocked(id);
+  if (!object.ok()) return object;
+  if ((*object)->info.kind == SyncKind::kCondition) return FindLocked((*object)->info.lock_id);
+  if (!IsLockLike((*object)->info.kind)) {
+    return absl::InvalidArgumentError(absl::StrCat("sync object ", id, " is ",
+                                                   WithArticle((*object)->info.kind),
+                                                   ", which has no ", call, "()"));
+  }
+  return object;
+}
+
+absl::StatusOr<SyncTable::Object*> SyncTable::KindLocked(uint64_t id, SyncKind kind,
+                                                         absl::string_view call) {
+  absl::StatusOr<Object*> object = FindLocked(id);
+  if (!object.ok()) return object;
+  if ((*object)->info.kind != kind) {
+    return absl::InvalidArgumentError(absl::StrCat("sync object ", id, " is ",
+                                                   WithArticle((*object)->info.kind),
+                                                   ", which has no ", call, "(); ", call,
+                                                   "() is for ", WithArticle(kind)));
+  }
+  return object;
+}
+
+void SyncTable::Touch(const SyncParty& party, uint64_t object) {
+  if (!party.admin()) touched_[party].insert(object);
+}
+
+int64_t SyncTable::HeldBy(const Object& lock, const SyncHolderId& holder) const {
+  int64_t count = 0;
+  for (const SyncHeld& held : lock.info.holders) {
+    if (held.holder == holder) count += held.count;
+  }
+  return count;
+}
+
+bool SyncTable::CanTake(const Object& lock, const SyncHolderId& holder) const {
+  if (lock.info.kind == SyncKind::kRLock) {
+    return lock.info.holders.empty() || lock.info.holders.front().holder == holder;
+  }
+  return lock.info.value > 0;
+}
+
+bool SyncTable::Take(Object& lock, const SyncHolderId& holder, int64_t units) {
+  if (lock.info.kind == SyncKind::kRLock) {
+    lock.info.value = 0;
+  } else {
+    lock.info.value -= units;
+  }
+  auto it = std::find_if(lock.info.holders.begin(), lock.info.holders.end(),
+                         [&](const SyncHeld& held) { return held.holder == holder; });
+  if (it == lock.info.holders.end()) {
+    lock.info.holders.push_back(SyncHeld{holder, units});
+  } else {
+    it->count += units;
+  }
+  Touch(holder.party, lock.info.id);
+  if (lock.abandoned == 0) return false;
+  --lock.abandoned;
+  return true;
+}
+
+int64_t SyncTable::Drop(Object& lock, const SyncHolderId& holder, int64_t units) {
+  auto it = std::find_if(lock.info.holders.begin(), lock.info.holders.end(),
+                         [&](const SyncHeld& held) { return held.holder == holder; });
+  if (it == lock.info.holders.end()) return 0;
+  int64_t dropped = units < 0 ? it->count : std::min(units, it->count);
+  it->count -= dropped;
+  if (it->count == 0) lock.info.holders.erase(it);
+  if (lock.info.kind == SyncKind::kRLock) {
+    if (lock.info.holders.empty()) lock.info.value = 1;
+  } else {
+    lock.info.value += dropped;
+  }
+  return dropped;
+}
+
+void SyncTable::ServeLocked(Object& lock, Out& out) {
+  while (!lock.queue.empty()) {
+    const Waiter& head = waiters_.at(lock.queue.front());
+    if (!CanTake(lock, head.holder)) return;
+    bool abandoned = Take(lock, head.holder, head.units);
+    Waiter granted = UnparkLocked(head.id);
+    SyncWaitResult result{.ok = granted.phase == Phase::kAcquire || granted.notified,
+                          .abandoned = abandoned};
+    out.Deliver(Delivery{.reply = std::move(granted.reply),
+                         .result = result,
+                         .object = lock.info.id,
+                         .holder = granted.holder,
+                         .units = granted.units});
+  }
+}
+
+SyncTable::WaiterId SyncTable::ParkLocked(Object& object, Waiter waiter,
+                                          std::optional<absl::Duration> timeout) {
+  if (waiter.id == 0) waiter.id = next_waiter_++;
+  waiter.queue_object = object.info.id;
+  object.queue.push_back(waiter.id);
+  waiter.position = std::prev(object.queue.end());
+  if (timeout.has_value()) {
+    WaiterId id = waiter.id;
+    waiter.timer = timers_.After(std::max(*timeout, absl::ZeroDuration()),
+                                 [this, id] { OnTimeout(id); });
+  }
+  Touch(waiter.holder.party, object.info.id);
+  WaiterId id = waiter.id;
+  waiters_.emplace(id, std::move(waiter));
+  return id;
+}
+
+SyncTable::Waiter SyncTable::UnparkLocked(WaiterId id) {
+  auto it = waiters_.find(id);
+  Waiter waiter = std::move(it->second);
+  waiters_.erase(it);
+  objects_.at(waiter.queue_object).queue.erase(waiter.position);
+  if (waiter.timer != 0) timers_.Cancel(waiter.timer);
+  waiter.timer = 0;
+  return waiter;
+}
+
+SyncTable::WaiterId SyncTable::RequeueOnLockLocked(Waiter& waiter, uint64_t lock_id, Out& out) {
+  Object& lock = objects_.at(lock_id);
+  WaiterId id = ParkLocked(lock, std::move(waiter), std::nullopt);
+  ServeLocked(lock, out);
+  return id;
+}
+
+void SyncTable::AnswerLocked(Waiter waiter, absl::StatusOr<SyncWaitResult> result, Out& out) {
+  out.Deliver(Delivery{.reply = std::move(waiter.reply), .result = std::move(result)});
+}
+
+void SyncTable::BreakBarrierLocked(Object& barrier, Out& out) {
+  barrier.info.broken = true;
+  while (!barrier.queue.empty()) {
+    AnswerLocked(UnparkLocked(barrier.queue.front()), BrokenBarrier(barrier.info.id), out);
+  }
+}
+
+SyncInfo SyncTable::SnapshotLocked(const Object& object) const {
+  SyncInfo info = object.info;
+  info.n_waiting = static_cast<int64_t>(object.queue.size());
+  return info;
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Create(const SyncCreateSpec& spec) {
+  if (absl::Status s = ValidateName(spec.name); !s.ok()) return s;
+  if (IsSemaphore(spec.kind) && spec.value < 0) {
+    return absl::InvalidArgumentError("semaphore initial value must be >= 0");
+  }
+  if (spec.kind == SyncKind::kBarrier) {
+    if (spec.parties < 1) return absl::InvalidArgumentError("parties must be >= 1");
+    if (spec.timeout.has_value() && *spec.timeout < absl::ZeroDuration()) {
+      return absl::InvalidArgumentError("timeout value must be a non-negative number");
+    }
+  }
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  SyncParty owner_key = spec.owner.value_or(SyncParty{});
+  if (!spec.name.empty()) {
+    auto it = names_.find(std::make_pair(owner_key, spec.name));
+    if (it != names_.end()) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "a sync object named ", spec.name, " already exists in this scope: ",
+          WithArticle(objects_.at(it->second).info.kind), " with id ", it->second));
+    }
+  }
+  if (spec.kind == SyncKind::kCondition && spec.lock_id != 0) {
+    absl::StatusOr<Object*> given = FindLocked(spec.lock_id);
+    if (!given.ok()) return given.status();
+    const SyncInfo& lock_info = (*given)->info;
+    if (lock_info.kind != SyncKind::kLock && lock_info.kind != SyncKind::kRLock) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a Condition's lock must be a Lock or an RLock; sync object ",
+                       spec.lock_id, " is ", WithArticle(lock_info.kind)));
+    }
+    if (lock_info.owner != spec.owner) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a Condition and its lock must have the same owner, and lock ", spec.lock_id,
+          " belongs to ",
+          lock_info.owner.has_value() ? lock_info.owner->ToString() : "nobody (top level)"));
+    }
+  }
+  size_t needed = spec.kind == SyncKind::kCondition && spec.lock_id == 0 ? 2 : 1;
+  size_t& in_tree = per_tree_[spec.tree];
+  if (in_tree + needed > limits_.max_objects_per_tree) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the tree of ", spec.tree, " already has ", in_tree,
+                     " sync objects, the limit (proctord --max-sync-objects=",
+                     limits_.max_objects_per_tree, "); remove some first"));
+  }
+  auto make = [&](SyncKind kind, const std::string& name) -> Object& {
+    uint64_t id = next_id_++;
+    Object& object = objects_[id];
+    object.tree = spec.tree;
+    object.info.id = id;
+    object.info.name = name;
+    object.info.kind = kind;
+    object.info.owner = spec.owner;
+    if (IsSemaphore(kind)) {
+      object.info.value = object.info.initial_value = spec.value;
+    } else if (IsLockLike(kind)) {
+      object.info.value = object.info.initial_value = 1;
+    }
+    if (!name.empty()) names_[std::make_pair(owner_key, name)] = id;
+    if (spec.owner.has_value()) Touch(*spec.owner, id);
+    ++in_tree;
+    return object;
+  };
+  Object& object = make(spec.kind, spec.name);
+  if (spec.kind == SyncKind::kBarrier) {
+    object.info.parties = spec.parties;
+    object.info.timeout = spec.timeout;
+  }
+  if (spec.kind == SyncKind::kCondition) {
+    uint64_t lock_id = spec.lock_id;
+    if (lock_id == 0) {
+      lock_id = make(SyncKind::kRLock, "").info.id;
+      object.own_lock = true;
+    }
+    object.info.lock_id = lock_id;
+    objects_.at(lock_id).conditions.push_back(object.info.id);
+  }
+  if (spec.owner.has_value()) out.Check(*spec.owner);
+  return SnapshotLocked(object);
+}
+
+void SyncTable::RemoveLocked(uint64_t id, const absl::Status& why, Out& out) {
+  auto it = objects_.find(id);
+  if (it == objects_.end()) return;
+  Object& object = it->second;
+  while (!object.queue.empty()) AnswerLocked(UnparkLocked(object.queue.front()), why, out);
+  uint64_t own_lock = 0;
+  if (object.info.kind == SyncKind::kCondition) {
+    Object& lock = objects_.at(object.info.lock_id);
+    std::erase(lock.conditions, id);
+    if (object.own_lock) own_lock = object.info.lock_id;
+  }
+  if (!object.info.name.empty()) {
+    names_.erase(std::make_pair(object.info.owner.value_or(SyncParty{}), object.info.name));
+  }
+  if (--per_tree_[object.tree] == 0) per_tree_.erase(object.tree);
+  objects_.erase(it);
+  if (own_lock != 0) RemoveLocked(own_lock, why, out);
+}
+
+absl::Status SyncTable::Remove(uint64_t id) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> object = FindLocked(id);
+  if (!object.ok()) return object.status();
+  if (!(*object)->conditions.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sync object ", id, " is the lock of Condition ", (*object)->conditions.front(),
+        "; remove the Condition first"));
+  }
+  RemoveLocked(id, absl::NotFoundError(absl::StrCat("sync object ", id, " was removed")), out);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Get(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> object = FindLocked(id);
+  if (!object.ok()) return object.status();
+  return SnapshotLocked(**object);
+}
+
+std::optional<SyncInfo> SyncTable::FindByName(const std::optional<SyncParty>& owner,
+                                              absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  auto it = names_.find(std::make_pair(owner.value_or(SyncParty{}), std::string(name)));
+  if (it == names_.end()) return std::nullopt;
+  return SnapshotLocked(objects_.at(it->second));
+}
+
+std::vector<SyncInfo> SyncTable::List() {
+  absl::MutexLock lock(&mu_);
+  std::vector<SyncInfo> all;
+  all.reserve(objects_.size());
+  for (const auto& [id, object] : objects_) all.push_back(SnapshotLocked(object));
+  std::sort(all.begin(), all.end(),
+            [](const SyncInfo& a, const SyncInfo& b) { return a.id < b.id; });
+  return all;
+}
+
+SyncTable::WaiterId SyncTable::Acquire(uint64_t id, const SyncHolderId& holder, bool blocking,
+                                       std::optional<absl::Duration> timeout, Reply reply) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  auto answer = [&](absl::StatusOr<SyncWaitResult> result, uint64_t object = 0,
+                    int64_t units = 0) {
+    out.Deliver(Delivery{.reply = std::move(reply),
+                         .result = std::move(result),
+                         .object = object,
+                         .holder = holder,
+                         .units = units});
+    return WaiterId{0};
+  };
+  if (!blocking && timeout.has_value()) {
+    return answer(absl::InvalidArgumentError("can't specify a timeout for a non-blocking call"));
+  }
+  if (timeout.has_value() && *timeout < absl::ZeroDuration()) {
+    return answer(absl::InvalidArgumentError("timeout value must be a non-negative number"));
+  }
+  absl::StatusOr<Object*> found = LockLikeLocked(id, "acquire");
+  if (!found.ok()) return answer(found.status());
+  Object& object = **found;
+  // An RLock's owner re-enters at once; anyone else goes behind those already waiting.
+  bool reenter = object.info.kind == SyncKind::kRLock && HeldBy(object, holder) > 0;
+  if (reenter || (object.queue.empty() && CanTake(object, holder))) {
+    bool abandoned = Take(object, holder, 1);
+    out.Check(holder.party);
+    return answer(SyncWaitResult{.ok = true, .abandoned = abandoned}, object.info.id, 1);
+  }
+  if (!blocking || (timeout.has_value() && *timeout <= absl::ZeroDuration())) {
+    return answer(SyncWaitResult{.ok = false});
+  }
+  if (object.queue.size() >= limits_.max_waiters_per_object) {
+    return answer(absl::ResourceExhaustedError(absl::StrCat(
+        "sync object ", object.info.id, " already has ", object.queue.size(),
+        " waiters, the limit (proctord --max-sync-waiters=", limits_.max_waiters_per_object,
+        ")")));
+  }
+  out.Check(holder.party);
+  return ParkLocked(
+      object, Waiter{.holder = holder, .reply = std::move(reply), .phase = Phase::kAcquire},
+      timeout);
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Release(uint64_t id, const SyncHolderId& holder, int64_t n) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> found = LockLikeLocked(id, "release");
+  if (!found.ok()) return found.status();
+  Object& object = **found;
+  switch (object.info.kind) {
+    case SyncKind::kLock:
+      // multiprocessing lets any process release a Lock.
+      if (object.info.value > 0) return absl::FailedPreconditionError("release unlocked lock");
+      object.info.holders.clear();
+      object.info.value = 1;
+      break;
+    case SyncKind::kRLock:
+      if (HeldBy(object, holder) == 0) {
+        return absl::FailedPreconditionError("cannot release un-acquired lock");
+      }
+      Drop(object, holder, 1);
+      break;
+    default: {
+      if (n < 1) return absl::InvalidArgumentError("n must be one or more");
+      if (object.info.kind == SyncKind::kBoundedSemaphore &&
+          object.info.value + n > object.info.initial_value) {
+        return absl::FailedPreconditionError("Semaphore released too many times");
+      }
+      // The releaser's own units first, then the oldest holders': a dead holder's units
+      // are then never returned twice.
+      int64_t left = n - Drop(object, holder, n);
+      object.info.value += left;
+      for (auto it = object.info.holders.begin(); left > 0 && it != object.info.holders.end();) {
+        int64_t taken = std::min(left, it->count);
+        it->count -= taken;
+        left -= taken;
+        it = it->count == 0 ? object.info.holders.erase(it) : std::next(it);
+      }
+    }
+  }
+  ServeLocked(object, out);
+  return SnapshotLocked(object);
+}
+
+SyncTable::WaiterId SyncTable::Wait(uint64_t id, const SyncHolderId& holder,
+                                    std::optional<absl::Duration> timeout, Reply reply) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  auto answer = [&](absl::StatusOr<SyncWaitResult> result) {
+    out.Deliver(Delivery{.reply = std::move(reply), .result = std::move(result)});
+    return WaiterId{0};
+  };
+  absl::StatusOr<Object*> found = FindLocked(id);
+  if (!found.ok()) return answer(found.status());
+  Object& object = **found;
+  auto room = [&]() -> absl::Status {
+    if (object.queue.size() < limits_.max_waiters_per_object) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "sync object ", id, " already has ", object.queue.size(),
+        " waiters, the limit (proctord --max-sync-waiters=", limits_.max_waiters_per_object,
+        ")"));
+  };
+  bool expired = timeout.has_value() && *timeout <= absl::ZeroDuration();
+  switch (object.info.kind) {
+    case SyncKind::kEvent: {
+      if (object.info.is_set || expired) return answer(SyncWaitResult{.ok = object.info.is_set});
+      if (absl::Status s = room(); !s.ok()) return answer(s);
+      out.Check(holder.party);
+      return ParkLocked(
+          object, Waiter{.holder = holder, .reply = std::move(reply), .phase = Phase::kEvent},
+          timeout);
+    }
+    case SyncKind::kCondition: {
+      Object& lock_object = objects_.at(object.info.lock_id);
+      if (HeldBy(lock_object, holder) == 0) {
+        return answer(absl::FailedPreconditionError("cannot wait on un-acquired lock"));
+      }
+      if (absl::Status s = room(); !s.ok()) return answer(s);
+      // The whole recursion level goes now and comes back with the lock.
+      int64_t level = Drop(lock_object, holder, -1);
+      Waiter waiter{.holder = holder,
+                    .reply = std::move(reply),
+                    .phase = Phase::kCondition,
+                    .units = level};
+      out.Check(holder.party);
+      if (expired) {
+        WaiterId id = RequeueOnLockLocked(waiter, lock_object.info.id, out);
+        return waiters_.contains(id) ? id : 0;
+      }
+      WaiterId parked = ParkLocked(object, std::move(waiter), timeout);
+      ServeLocked(lock_object, out);
+      return parked;
+    }
+    case SyncKind::kBarrier: {
+      if (object.info.broken) return answer(BrokenBarrier(id));
+      object.participants.insert(holder.party);
+      Touch(holder.party, id);
+      int64_t index = static_cast<int64_t>(object.queue.size());
+      if (index + 1 == object.info.parties) {
+        while (!object.queue.empty()) {
+          Waiter passed = UnparkLocked(object.queue.front());
+          int64_t their_index = passed.index;
+          AnswerLocked(std::move(passed), SyncWaitResult{.ok = true, .index = their_index}, out);
+        }
+        ++object.generation;
+        return answer(SyncWaitResult{.ok = true, .index = index});
+      }
+      std::optional<absl::Duration> limit = timeout.has_value() ? timeout : object.info.timeout;
+      if (limit.has_value() && *limit <= absl::ZeroDuration()) {
+        // As threading.Barrier: a wait that times out breaks the barrier for everyone.
+        BreakBarrierLocked(object, out);
+        return answer(BrokenBarrier(id));
+      }
+      if (absl::Status s = room(); !s.ok()) return answer(s);
+      out.Check(holder.party);
+      return ParkLocked(object,
+                         Waiter{.holder = holder,
+                                .reply = std::move(reply),
+                                .phase = Phase::kBarrier,
+                                .index = index},
+                         limit);
+    }
+    default:
+      return answer(absl::InvalidArgumentError(absl::StrCat(
+          "sync object ", id, " is ", WithArticle(object.info.kind),
+          ", which has no wait(); wait() is for an Event, a Condition or a Barrier")));
+  }
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Set(uint64_t id) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kEvent, "set");
+  if (!found.ok()) return found.status();
+  Object& event = **found;
+  event.info.is_set = true;
+  while (!event.queue.empty()) {
+    AnswerLocked(UnparkLocked(event.queue.front()), SyncWaitResult{.ok = true}, out);
+  }
+  return SnapshotLocked(event);
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Clear(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kEvent, "clear");
+  if (!found.ok()) return found.status();
+  (*found)->info.is_set = false;
+  return SnapshotLocked(**found);
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Notify(uint64_t id, const SyncHolderId& holder, int64_t n) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kCondition, "notify");
+  if (!found.ok()) return found.status();
+  Object& condition = **found;
+  if (HeldBy(objects_.at(condition.info.lock_id), holder) == 0) {
+    return absl::FailedPreconditionError("cannot notify on un-acquired lock");
+  }
+  for (int64_t woken = 0; (n < 0 || woken < n) && !condition.queue.empty(); ++woken) {
+    Waiter waiter = UnparkLocked(condition.queue.front());
+    waiter.notified = true;
+    RequeueOnLockLocked(waiter, condition.info.lock_id, out);
+  }
+  return SnapshotLocked(condition);
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Abort(uint64_t id) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kBarrier, "abort");
+  if (!found.ok()) return found.status();
+  BreakBarrierLocked(**found, out);
+  return SnapshotLocked(**found);
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Reset(uint64_t id) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kBarrier, "reset");
+  if (!found.ok()) return found.status();
+  Object& barrier = **found;
+  BreakBarrierLocked(barrier, out);  // those waiting get BrokenBarrierError, as in threading
+  barrier.info.broken = false;
+  ++barrier.generation;
+  return SnapshotLocked(barrier);
+}
+
+void SyncTable::OnTimeout(WaiterId id) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  auto it = waiters_.find(id);
+  if (it == waiters_.end()) return;
+  it->second.timer = 0;  // it has fired
+  Object& object = objects_.at(it->second.queue_object);
+  switch (it->second.phase) {
+    case Phase::kAcquire:
+      AnswerLocked(UnparkLocked(id), SyncWaitResult{.ok = false}, out);
+      break;
+    case Phase::kEvent:
+      AnswerLocked(UnparkLocked(id), SyncWaitResult{.ok = object.info.is_set}, out);
+      break;
+    case Phase::kCondition: {
+      // Not notified in time: it still gets the lock back before it returns.
+      Waiter waiter = UnparkLocked(id);
+      RequeueOnLockLocked(waiter, object.info.lock_id, out);
+      break;
+    }
+    case Phase::kBarrier:
+      BreakBarrierLocked(object, out);
+      break;
+  }
+}
+
+void SyncTable::Cancel(WaiterId id) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  auto it = waiters_.find(id);
+  if (it == waiters_.end()) return;
+  Object& object = objects_.at(it->second.queue_object);
+  Waiter gone = UnparkLocked(id);
+  if (gone.phase == Phase::kBarrier) {
+    BreakBarrierLocked(object, out);
+  } else if (IsLockLike(object.info.kind)) {
+    ServeLocked(object, out);
+  }
+}
+
+void SyncTable::GiveBack(const Delivery& delivery) {
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  auto it = objects_.find(delivery.object);
+  if (it == objects_.end()) return;
+  Object& lock_object = it->second;
+  if (Drop(lock_object, delivery.holder, delivery.units) > 0 && delivery.result.ok() &&
+      delivery.result->abandoned) {
+    ++lock_object.abandoned;  // nobody was told: the next acquirer is
+  }
+  ServeLocked(lock_object, out);
+}
+
+void SyncTable::PartyEnded(const SyncParty& party) {
+  if (party.admin()) return;
+  Out out(*this);
+  absl::MutexLock lock(&mu_);
+  auto node = touched_.extract(party);
+  if (node.empty()) return;
+  const absl::Status ended =
+      absl::CancelledError(absl::StrCat(party.ToString(), " ended while waiting"));
+  std::vector<uint64_t> owned;
+  for (uint64_t id : node.mapped()) {
+    auto it = objects_.find(id);
+    if (it == objects_.end()) continue;
+    Object& object = it->second;
+    bool was_waiting = false;
+    for (auto w = object.queue.begin(); w != object.queue.end();) {
+      WaiterId waiter = *w++;
+      if (waiters_.at(waiter).holder.party != party) continue;
+      was_waiting = true;
+      AnswerLocked(UnparkLocked(waiter), ended, out);
+    }
+    if (object.info.kind == SyncKind::kBarrier) {
+      if (was_waiting || (object.participants.contains(party) && !object.queue.empty())) {
+        BreakBarrierLocked(object, out);
+      }
+      object.participants.erase(party);
+    }
+    if (IsLockLike(object.info.kind)) {
+      int64_t freed = 0;
+      std::erase_if(object.info.holders, [&](const SyncHeld& held) {
+        if (held.holder.party != party) return false;
+        freed += held.count;
+        return true;
+      });
+      if (freed > 0) {
+        if (IsSemaphore(object.info.kind)) {
+          object.info.value += freed;
+          if (object.info.kind == SyncKind::kBoundedSemaphore) {
+            object.info.value = std::min(object.info.value, object.info.initial_value);
+          }
+          object.abandoned += freed;
+        } else {
+          object.info.value = 1;
+          object.abandoned = 1;
+        }
+      }
+      ServeLocked(object, out);
+    }
+    if (object.info.owner == party) owned.push_back(id);
+  }
+  // Conditions first: a lock they use can go only after them.
+  std::stable_partition(owned.begin(), owned.end(), [&](uint64_t id) {
+    auto it = objects_.find(id);
+    return it != objects_.end() && it->second.info.kind == SyncKind::kCondition;
+  });
+  for (uint64_t id : owned) {
+    RemoveLocked(id,
+                 absl::NotFoundError(absl::StrCat("sync object ", id, " was freed: its owner, ",
+                                                  party.ToString(), ", ended")),
+                 out);
+  }
+}
+
+size_t SyncTable::WaiterCount() {
+  absl::MutexLock lock(&mu_);
+  return waiters_.size();
+}
+
+}  // namespace proctor

@@ -1,0 +1,408 @@
+// Sync objects against a real proctord: the library (client/sync.h) in this
+// program and in real worker processes, the raw calls' errors, SIGKILLed
+// holders, and the CLI. This binary is also the program its function targets
+// re-execute (main() at the end).
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/credentials.h"
+#include "client/process.h"
+#include "client/sync.h"
+#include "client/sync_client.h"
+#include "grpcpp/grpcpp.h"
+#include "tests/test_daemon.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace proctor {
+namespace {
+
+using ::proctor::testing::Gate;
+using ::proctor::testing::ReadFile;
+using ::proctor::testing::TestDaemon;
+using ::proctor::testing::WaitFor;
+using ::proctor::testing::WriteFile;
+using ::testing::HasSubstr;
+
+// ---------------------------------------------------------------------------------------------
+// Targets run in workers.
+
+// Takes the lock, says so in `ready`, and holds it until killed.
+int HoldForever(Lock lock, std::string ready) {
+  if (!lock.acquire().value_or(false))
+    return 2;
+  WriteFile(ready, "held");
+  absl::SleepFor(absl::Hours(1));
+  return 0;
+}
+PROCTOR_FUNCTION(HoldForever);
+
+// Adds 1 to the number in `path`, `times` times, each under the lock: read,
+// then write back.
+int Increment(Lock lock, std::string path, int times) {
+  for (int i = 0; i < times; ++i) {
+    std::scoped_lock hold(lock);
+    int64_t n = 0;
+    std::ifstream(path) >> n;
+    std::ofstream(path, std::ios::trunc) << n + 1;
+  }
+  return 0;
+}
+PROCTOR_FUNCTION(Increment);
+
+// Waits at the barrier (and so holds it back) until killed.
+int WaitAtBarrier(Barrier barrier, std::string ready) {
+  WriteFile(ready, "waiting");
+  return barrier.wait().ok() ? 0 : 3;
+}
+PROCTOR_FUNCTION(WaitAtBarrier);
+
+// Tries a top-level object (refused) and one passed down from the session
+// (reached).
+int Reach(Event passed, std::string top_id) {
+  Event top = *Event::FromArg(absl::StrCat("proctor-sync:Event:", top_id));
+  absl::Status refused = top.set();
+  std::cout << refused.code() << " " << refused.message() << std::endl;
+  absl::Status allowed = passed.set();
+  return allowed.ok() && absl::IsPermissionDenied(refused) ? 0 : 4;
+}
+PROCTOR_FUNCTION(Reach);
+
+// ---------------------------------------------------------------------------------------------
+
+class SyncTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    absl::Status used = UseDaemon(
+        {.address = daemon_.address(), .authkey_file = daemon_.authkey_path()});
+    ASSERT_TRUE(used.ok()) << used;
+  }
+
+  Process StartOk(ProcessOptions options) {
+    Process p(std::move(options));
+    absl::Status started = p.start();
+    EXPECT_TRUE(started.ok()) << started;
+    return p;
+  }
+
+  TestDaemon daemon_;
+  SyncClient sync_{daemon_.client()};
+};
+
+TEST_F(SyncTest, BadRequestsGetTheirCodeAndTheDaemonServesOn) {
+  v1::SyncCreateRequest create;
+  EXPECT_TRUE(absl::IsInvalidArgument(sync_.Create(create).status()));
+  create.set_kind(static_cast<v1::SyncKind>(42));
+  EXPECT_THAT(sync_.Create(create).status().message(),
+              HasSubstr("is not a proctor.v1.SyncKind"));
+  create.set_kind(v1::SYNC_SEMAPHORE);
+  create.set_value(-1);
+  EXPECT_EQ(sync_.Create(create).status().message(),
+            "semaphore initial value must be >= 0");
+  create.set_kind(v1::SYNC_BARRIER);
+  EXPECT_EQ(sync_.Create(create).status().message(), "parties must be >= 1");
+  create.set_kind(v1::SYNC_LOCK);
+  create.set_session(999);
+  EXPECT_TRUE(absl::IsNotFound(sync_.Create(create).status()));
+  create.clear_session();
+  create.set_name("two words");
+  EXPECT_TRUE(absl::IsInvalidArgument(sync_.Create(create).status()));
+  create.set_name("db");
+  absl::StatusOr<v1::SyncObject> lock = sync_.Create(create);
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  EXPECT_TRUE(absl::IsAlreadyExists(sync_.Create(create).status()));
+  create.set_exist_ok(true);
+  EXPECT_EQ(sync_.Create(create)->id(), lock->id());
+  create.set_kind(v1::SYNC_EVENT);
+  EXPECT_THAT(sync_.Create(create).status().message(),
+              HasSubstr("is a Lock, not a Event"));
+
+  v1::SyncReleaseRequest release;
+  release.set_id(lock->id());
+  absl::Status unlocked = sync_.Release(release).status();
+  EXPECT_TRUE(absl::IsFailedPrecondition(unlocked));
+  EXPECT_EQ(unlocked.message(), "release unlocked lock");
+  v1::SyncAcquireRequest acquire;
+  acquire.set_id(777);
+  EXPECT_TRUE(absl::IsNotFound(sync_.Acquire(acquire).status()));
+  acquire.set_id(lock->id());
+  acquire.set_blocking(false);
+  acquire.mutable_timeout()->set_seconds(1);
+  EXPECT_EQ(sync_.Acquire(acquire).status().message(),
+            "can't specify a timeout for a non-blocking call");
+  acquire.clear_blocking();
+  acquire.mutable_timeout()->set_seconds(-1);
+  EXPECT_EQ(sync_.Acquire(acquire).status().message(),
+            "timeout value must be a non-negative number");
+  v1::SyncWaitRequest wait;
+  wait.set_id(lock->id());
+  EXPECT_THAT(sync_.Wait(wait).status().message(),
+              HasSubstr("which has no wait()"));
+  v1::SyncUpdateRequest update;
+  update.set_id(lock->id());
+  EXPECT_THAT(sync_.Update(update).status().message(),
+              HasSubstr("op is required"));
+  update.set_op(v1::SYNC_EVENT_SET);
+  EXPECT_TRUE(absl::IsInvalidArgument(sync_.Update(update).status()));
+  EXPECT_TRUE(daemon_.client().List(v1::StatusRequest()).ok());
+}
+
+TEST_F(SyncTest, LockableRLockAndSemaphoreThroughTheDaemon) {
+  Lock lock;
+  ASSERT_TRUE(lock.status().ok()) << lock.status();
+  {
+    std::scoped_lock hold(lock);
+    EXPECT_TRUE(*lock.locked());
+    EXPECT_FALSE(lock.try_lock());
+    EXPECT_FALSE(lock.try_lock_for(std::chrono::milliseconds(50)));
+  }
+  EXPECT_FALSE(*lock.locked());
+  EXPECT_EQ(lock.release().message(), "release unlocked lock");
+
+  RLock rlock;
+  ASSERT_TRUE(*rlock.acquire());
+  ASSERT_TRUE(*rlock.acquire());
+  std::thread other([&] {
+    // Another thread is another owner, as in threading.
+    EXPECT_FALSE(*rlock.acquire(false));
+    EXPECT_EQ(rlock.release().message(), "cannot release un-acquired lock");
+  });
+  other.join();
+  EXPECT_EQ(rlock.info()->holders(0).count(), 2);
+  ASSERT_TRUE(rlock.release().ok());
+  ASSERT_TRUE(rlock.release().ok());
+
+  BoundedSemaphore sem(2);
+  ASSERT_TRUE(*sem.acquire());
+  EXPECT_EQ(*sem.get_value(), 1);
+  ASSERT_TRUE(sem.release().ok());
+  EXPECT_EQ(sem.release().message(), "Semaphore released too many times");
+  EXPECT_EQ(Semaphore(-1).status().message(),
+            "semaphore initial value must be >= 0");
+}
+
+TEST_F(SyncTest, EventConditionAndBarrier) {
+  Event event;
+  std::thread setter([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_TRUE(event.set().ok());
+  });
+  EXPECT_TRUE(*event.wait(absl::Seconds(10)));
+  setter.join();
+  ASSERT_TRUE(event.clear().ok());
+  EXPECT_FALSE(*event.wait(absl::Milliseconds(20)));
+
+  // A producer and a consumer with a Condition: every item is seen, in order.
+  Condition cond;
+  std::vector<int> items; // guarded by `cond`
+  std::vector<int> seen;
+  EXPECT_EQ(cond.wait().status().message(), "cannot wait on un-acquired lock");
+  EXPECT_EQ(cond.notify().message(), "cannot notify on un-acquired lock");
+  std::thread consumer([&] {
+    for (int i = 0; i < 5; ++i) {
+      std::scoped_lock hold(cond);
+      EXPECT_TRUE(
+          *cond.wait_for([&] { return !items.empty(); }, absl::Seconds(10)));
+      seen.push_back(items.front());
+      items.erase(items.begin());
+    }
+  });
+  for (int i = 0; i < 5; ++i) {
+    std::scoped_lock hold(cond);
+    items.push_back(i);
+    ASSERT_TRUE(cond.notify().ok());
+  }
+  consumer.join();
+  EXPECT_THAT(seen, ::testing::ElementsAre(0, 1, 2, 3, 4));
+  {
+    std::scoped_lock hold(cond);
+    EXPECT_FALSE(*cond.wait_for([] { return false; }, absl::Milliseconds(30)));
+  }
+
+  Barrier barrier(2);
+  std::atomic<int64_t> other_index = -1;
+  std::thread party([&] { other_index = barrier.wait().value_or(-2); });
+  absl::StatusOr<int64_t> index = barrier.wait();
+  party.join();
+  ASSERT_TRUE(index.ok()) << index.status();
+  EXPECT_EQ(*index + other_index, 1);
+  absl::StatusOr<int64_t> alone = barrier.wait(absl::Milliseconds(20));
+  EXPECT_TRUE(absl::IsAborted(alone.status()));
+  EXPECT_TRUE(*barrier.broken());
+  ASSERT_TRUE(barrier.reset().ok());
+  EXPECT_FALSE(*barrier.broken());
+  ASSERT_TRUE(barrier.abort().ok());
+  EXPECT_TRUE(*barrier.broken());
+}
+
+TEST_F(SyncTest, HolderSigkilledWhileOthersWaitLeavesTheLockAbandoned) {
+  Lock lock;
+  std::string ready = daemon_.dir() + "/ready";
+  Process holder = StartOk({.target = HoldForever, .args = {lock, ready}});
+  ASSERT_TRUE(
+      WaitFor([&] { return !ReadFile(ready).empty(); }, absl::Seconds(10)));
+  std::atomic<bool> got = false;
+  std::thread waiter([&] { got = lock.acquire().value_or(false); });
+  ASSERT_TRUE(WaitFor([&] { return lock.info()->n_waiting() == 1; }));
+  ASSERT_TRUE(holder.kill().ok());
+  waiter.join();
+  EXPECT_TRUE(got);
+  EXPECT_TRUE(lock.abandoned());
+  ASSERT_TRUE(lock.release().ok());
+  ASSERT_TRUE(*lock.acquire());
+  EXPECT_FALSE(lock.abandoned()); // told once
+}
+
+TEST_F(SyncTest, BarrierWithADeadPartyBreaks) {
+  Barrier barrier(3);
+  std::string ready = daemon_.dir() + "/ready";
+  Process party = StartOk({.target = WaitAtBarrier, .args = {barrier, ready}});
+  ASSERT_TRUE(WaitFor([&] { return barrier.n_waiting().value_or(0) == 1; },
+                      absl::Seconds(10)));
+  std::thread killer([&] {
+    WaitFor([&] { return barrier.n_waiting().value_or(0) == 2; });
+    EXPECT_TRUE(party.kill().ok());
+  });
+  absl::StatusOr<int64_t> index = barrier.wait();
+  killer.join();
+  EXPECT_TRUE(absl::IsAborted(index.status())) << index.status();
+  EXPECT_THAT(index.status().message(), HasSubstr("BrokenBarrierError"));
+}
+
+TEST_F(SyncTest, SixteenProcessesLoseNoUpdate) {
+  Lock lock;
+  std::string counter = daemon_.dir() + "/counter";
+  ASSERT_TRUE(WriteFile(counter, "0"));
+  std::vector<Process> workers;
+  for (int i = 0; i < 16; ++i) {
+    workers.push_back(
+        StartOk({.target = Increment, .args = {lock, counter, 1000}}));
+  }
+  for (Process &p : workers) {
+    ASSERT_TRUE(p.join().ok());
+    EXPECT_EQ(p.exitcode(), 0);
+  }
+  EXPECT_EQ(ReadFile(counter), "16000");
+}
+
+TEST_F(SyncTest, AWorkersKeyReachesItsSessionsObjectsAndNothingAtTopLevel) {
+  Event passed;
+  absl::StatusOr<v1::SyncObject> top = [&] {
+    v1::SyncCreateRequest create;
+    create.set_kind(v1::SYNC_EVENT);
+    return sync_.Create(create);
+  }();
+  ASSERT_TRUE(top.ok());
+  Process p =
+      StartOk({.target = Reach, .args = {passed, absl::StrCat(top->id())}});
+  ASSERT_TRUE(p.join().ok());
+  EXPECT_EQ(p.exitcode(), 0) << ReadFile(p.record().stdout_path());
+  EXPECT_THAT(ReadFile(p.record().stdout_path()),
+              HasSubstr("outside the reach of process"));
+  EXPECT_TRUE(*passed.is_set());
+}
+
+TEST_F(SyncTest, ACancelledWaitLeavesTheQueue) {
+  Lock lock;
+  ASSERT_TRUE(*lock.acquire());
+  // A raw call whose deadline passes on the caller's side: gRPC cancels it, and
+  // the daemon takes its wait out of the queue.
+  absl::StatusOr<Credentials> credentials =
+      FindCredentials(daemon_.authkey_path());
+  ASSERT_TRUE(credentials.ok());
+  CallAuth auth(*credentials);
+  std::unique_ptr<v1::Sync::Stub> stub = v1::Sync::NewStub(grpc::CreateChannel(
+      daemon_.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(
+      absl::ToChronoTime(absl::Now() + absl::Milliseconds(300)));
+  auth.Sign(context, "SyncAcquire");
+  v1::SyncAcquireRequest acquire;
+  acquire.set_id(lock.id());
+  v1::SyncWaitResponse response;
+  grpc::Status status = stub->SyncAcquire(&context, acquire, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(WaitFor([&] { return lock.info()->n_waiting() == 0; }));
+  ASSERT_TRUE(lock.release().ok());
+  EXPECT_TRUE(*lock.acquire(false));
+}
+
+TEST_F(SyncTest, CliLockRunsTheCommandHoldingItAndReleasesAfter) {
+  testing::CommandResult held = daemon_.Cli(
+      {"lock", "build", "--", "sh", "-c", "proctor sync ls; exit 7"},
+      {absl::StrCat("PATH=",
+                    std::string(PROCTOR_CLI_PATH)
+                        .substr(0, std::string(PROCTOR_CLI_PATH).rfind('/')),
+                    ":/usr/bin:/bin"),
+       absl::StrCat("PROCTOR_ADDRESS=", daemon_.address())});
+  EXPECT_EQ(held.status, 7) << held.err;
+  EXPECT_THAT(held.out, HasSubstr("build"));
+  EXPECT_THAT(held.out, HasSubstr("session:"));
+  EXPECT_EQ(
+      daemon_.Cli({"lock", "build", "--timeout", "0", "--", "true"}).status, 0);
+  EXPECT_EQ(daemon_.Cli({"sem", "pool", "--value", "1", "--", "true"}).status,
+            0);
+  EXPECT_EQ(daemon_.Cli({"event", "set", "go"}).status, 0);
+  EXPECT_EQ(daemon_.Cli({"event", "wait", "go", "--timeout", "1"}).status, 0);
+  EXPECT_EQ(daemon_.Cli({"event", "clear", "go"}).status, 0);
+  EXPECT_EQ(daemon_.Cli({"event", "wait", "go", "--timeout", "0.05"}).status,
+            124);
+  testing::CommandResult ls = daemon_.Cli({"sync", "ls"});
+  EXPECT_THAT(ls.out, HasSubstr("BoundedSemaphore  pool"));
+  EXPECT_EQ(daemon_.Cli({"sync", "rm", "pool"}).status, 0);
+  EXPECT_EQ(daemon_.Cli({"sync", "rm", "pool"}).status, 1);
+  EXPECT_EQ(daemon_.Cli({"lock", "build"}).status, 2);
+  EXPECT_EQ(daemon_.Cli({"event", "ring", "go"}).status, 2);
+}
+
+TEST_F(SyncTest, CliLockKilledReleases) {
+  std::string out = daemon_.dir() + "/out", err = daemon_.dir() + "/err";
+  pid_t cli = daemon_.StartCli({"lock", "db", "--", "sleep", "8"}, out, err);
+  SyncClient &sync = sync_;
+  auto held = [&] {
+    v1::SyncListRequest filter;
+    filter.set_name("db");
+    absl::StatusOr<std::vector<v1::SyncObject>> found = sync.List(filter);
+    return found.ok() && found->size() == 1 &&
+           found->front().holders_size() == 1;
+  };
+  ASSERT_TRUE(WaitFor(held, absl::Seconds(10)));
+  kill(cli, SIGKILL);
+  testing::WaitForExit(cli, absl::Seconds(5));
+  EXPECT_TRUE(WaitFor([&] { return !held(); }));
+  testing::CommandResult next =
+      daemon_.Cli({"lock", "db", "--timeout", "5", "--", "true"});
+  EXPECT_EQ(next.status, 0);
+  EXPECT_THAT(next.err, HasSubstr("abandoned"));
+}
+
+TEST_F(SyncTest, TheExamplesRun) {
+  std::vector<std::string> env = {
+      absl::StrCat("PROCTOR_ADDRESS=", daemon_.address()),
+      absl::StrCat("PROCTOR_AUTHKEY_FILE=", daemon_.authkey_path())};
+  testing::CommandResult hello = testing::RunCommand({LOCK_HELLO_PATH}, env);
+  EXPECT_EQ(hello.status, 0) << hello.err;
+  for (int i = 0; i < 10; ++i)
+    EXPECT_THAT(hello.out, HasSubstr(absl::StrCat("hello world ", i, "\n")));
+  testing::CommandResult pc =
+      testing::RunCommand({PRODUCER_CONSUMER_PATH}, env);
+  EXPECT_EQ(pc.status, 0) << pc.err;
+  EXPECT_EQ(pc.out,
+            "consumed 1\nconsumed 2\nconsumed 3\nconsumed 4\nconsumed 5\n");
+}
+
+} // namespace
+} // namespace proctor
+
+int main(int argc, char **argv) {
+  proctor::MaybeRunChild(argc, argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
