@@ -221,6 +221,17 @@ std::string CgroupV2Mount() {
   return "";
 }
 
+// Whether `pid` is a live proctor-keeper (not a zombie, not another program given its number).
+bool KeeperAlive(pid_t pid) {
+  if (ReadSmallFile(AT_FDCWD, absl::StrCat("/proc/", pid, "/comm")) != "proctor-keeper\n") {
+    return false;
+  }
+  std::string stat = ReadSmallFile(AT_FDCWD, absl::StrCat("/proc/", pid, "/stat"));
+  size_t close_paren = stat.rfind(')');
+  return close_paren != std::string::npos && close_paren + 2 < stat.size() &&
+         stat[close_paren + 2] != 'Z';
+}
+
 int OpenPidfd(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 
 // Whether any process may be in group `pgid`. Signal 0 delivers nothing: this only asks, and
@@ -311,9 +322,9 @@ void PosixProcessOs::SetUpCgroups() {
     while (dirent* entry = readdir(dir)) {
       pid_t owner = 0;
       absl::string_view name = entry->d_name;
-      // Left alone while a process of the owner's number exists: a live keeper's.
+      // Left alone while its keeper lives (a keeper of that number that is not a zombie).
       if (!absl::ConsumePrefix(&name, "proctord-") || !absl::SimpleAtoi(name, &owner) ||
-          access(absl::StrCat("/proc/", owner).c_str(), F_OK) == 0) {
+          KeeperAlive(owner)) {
         continue;
       }
       std::string stale = absl::StrCat(parent, "/", entry->d_name);
@@ -549,11 +560,18 @@ void PosixProcessOs::OnWorkerExited(const internal::Exited& exit) {
       .system_cpu = absl::Microseconds(exit.system_cpu_us()),
       .max_rss_bytes = exit.max_rss_kib() * 1024,
   };
+  {
+    // Ended: its group may be judged by its other members from now on (a Release answered
+    // right after the Join this exit answers must not wait for the reaping).
+    absl::MutexLock lock(&mu_);
+    ended_leaders_.insert(token);
+  }
   // The zombie keeps its pid (and group id) until released, so the leader still counts as
   // unreaped while the exit is recorded and its consequences (signals to the group) are sent.
   on_exit_(token, status, usage);
   {
     absl::MutexLock lock(&mu_);
+    ended_leaders_.erase(token);
     auto leader = tokens_.find(token);
     if (leader != tokens_.end()) {
       // From here on its group id is no proof of ownership: the keeper is about to reap it.
@@ -771,16 +789,28 @@ bool PosixProcessOs::GroupExistsLocked(uint64_t token) {
 
 bool PosixProcessOs::GroupHasLiveMembers(uint64_t token) {
   pid_t pgid = 0;
+  std::string cgroup_name;
   {
     absl::MutexLock lock(&mu_);
     auto releasing = releasing_.find(token);
-    if (releasing == releasing_.end()) return GroupExistsLocked(token);
-    // Its zombie still counts for kill(0): another member must be found. An ended process
-    // leaves its cgroup at once, so where there is one it answers.
-    if (auto cgroup = cgroups_.find(token); cgroup != cgroups_.end()) {
-      return cgroup->second.populated;
+    auto ended = tokens_.find(token);
+    if (releasing != releasing_.end()) {
+      pgid = releasing->second;
+    } else if (ended != tokens_.end() && ended_leaders_.contains(token)) {
+      pgid = ended->second;
+    } else {
+      return GroupExistsLocked(token);
     }
-    pgid = releasing->second;
+    // Its zombie still counts for kill(0): another member must be found. An ended process
+    // leaves its cgroup at once, so where there is one it answers (read now: the watch on it
+    // may not have been read yet).
+    if (auto cgroup = cgroups_.find(token); cgroup != cgroups_.end()) {
+      cgroup_name = cgroup->second.name;
+    }
+  }
+  if (!cgroup_name.empty()) {
+    return absl::StrContains(ReadSmallFile(cgroup_base_fd_, cgroup_name + "/cgroup.events"),
+                             "populated 1");
   }
   // No cgroup: any live process in the group but the leader (rare: only while it is reaped).
   DIR* proc = opendir("/proc");

@@ -37,6 +37,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "proctor/internal/keeper.pb.h"
 #include "server/event_loop.h"
@@ -148,6 +149,8 @@ class PosixProcessOs final : public ProcessOs {
   absl::flat_hash_map<pid_t, uint64_t> workers_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, pid_t> tokens_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, pid_t> releasing_ ABSL_GUARDED_BY(mu_);
+  // Unreleased workers whose exit is being recorded (their zombie holds their pid).
+  absl::flat_hash_set<uint64_t> ended_leaders_ ABSL_GUARDED_BY(mu_);
   // The group ids of reaped workers whose groups may still have members, by token.
   absl::flat_hash_map<uint64_t, pid_t> leftover_groups_ ABSL_GUARDED_BY(mu_);
   // Workers' cgroups, by token, until empty and their leader reaped.

@@ -805,6 +805,15 @@ uint64_t Supervisor::RootOf(uint64_t id) {
   }
 }
 
+uint64_t Supervisor::SessionOfTree(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  Record* record = FindAnyLocked(id);
+  while (record != nullptr && record->info.parent_id != 0) {
+    record = FindAnyLocked(record->info.parent_id);
+  }
+  return record == nullptr ? 0 : record->info.parent_session;
+}
+
 bool Supervisor::InSubtree(uint64_t root, uint64_t id) {
   absl::MutexLock lock(&mu_);
   return InSubtreeLocked(root, id);

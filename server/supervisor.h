@@ -199,6 +199,9 @@ class Supervisor {
   std::optional<std::string> CredentialOf(uint64_t id);
   // The top of the tree `id` belongs to (`id` itself at top level).
   uint64_t RootOf(uint64_t id);
+  // The session the top of `id`'s tree was started in, or 0; like RootOf, also while a launch
+  // is in flight (the worker may call before Start returns).
+  uint64_t SessionOfTree(uint64_t id);
   // Whether `id` is `root` or one of its descendants.
   bool InSubtree(uint64_t root, uint64_t id);
   // `cursor`, when given, receives the cursor of the last event the listing reflects: watch

@@ -140,8 +140,8 @@ absl::Status SyncService::Reach(const Caller& caller, const SyncInfo& object) {
       return absl::OkStatus();
     }
   } else if (object.owner.has_value()) {
-    absl::StatusOr<ProcessInfo> root = supervisor_.Get(supervisor_.RootOf(worker));
-    if (root.ok() && root->parent_session == object.owner->session) return absl::OkStatus();
+    // Not Get(): a worker may call while its own launch is still in flight.
+    if (supervisor_.SessionOfTree(worker) == object.owner->session) return absl::OkStatus();
   }
   return absl::PermissionDeniedError(absl::StrCat(
       "sync object ", object.id, " belongs to ",

@@ -45,6 +45,12 @@ class FakeTime final : public Clock, public Timers {
     }
   }
 
+  // Forgets every pending timer (their owner is gone, as a restarted daemon's is).
+  void DropAll() {
+    absl::MutexLock lock(&mu_);
+    timers_.clear();
+  }
+
   // Moves time forward, running each timer that comes due, in deadline order.
   void Advance(absl::Duration by) {
     absl::Time end;

@@ -221,6 +221,64 @@ TEST_F(RestartTest, SigtermEndsTheWorkersAndTheKeeper) {
   EXPECT_TRUE(WaitFor([&] { return !IsAlive(keeper); })) << "the keeper exits with proctord";
 }
 
+TEST_F(RestartTest, AWorkerNobodyKeptIsListedAsLostAndWhatIsLeftOfItIsKilled) {
+  v1::Process orphaned;
+  {
+    TestDaemon first(Flags());
+    orphaned = StartOk(first.client(), {"/bin/sleep", "1000"});
+    const pid_t keeper = KeeperPid(first.Log());
+    ASSERT_GT(keeper, 1);
+    first.Kill();
+    // The keeper too: nothing holds the worker any more; it runs on, orphaned.
+    ASSERT_EQ(kill(keeper, SIGKILL), 0);
+    ASSERT_TRUE(WaitFor([&] { return !IsAlive(keeper); }));
+    ASSERT_TRUE(IsAlive(orphaned.pid()));
+  }
+  TestDaemon second(Flags());
+  v1::Process lost = StatusOf(second, orphaned.id());
+  EXPECT_EQ(lost.state(), v1::STATE_EXITED);
+  EXPECT_TRUE(lost.lost());
+  EXPECT_FALSE(lost.has_exitcode());
+  CommandResult ps = second.Cli({"ps", "--all"});
+  EXPECT_THAT(ps.out, HasSubstr("lost"));
+  if (second.Log().find("its own cgroup") != std::string::npos) {
+    // Its cgroup proves it ours: it is killed rather than left behind.
+    EXPECT_TRUE(WaitFor([&] { return !IsAlive(orphaned.pid()); })) << second.Log();
+  } else {
+    kill(orphaned.pid(), SIGKILL);
+  }
+}
+
+TEST_F(RestartTest, ProctordExitsWhenItsKeeperIsKilled) {
+  TestDaemon daemon(Flags());
+  v1::Process worker = StartOk(daemon.client(), {"/bin/sleep", "1000"});
+  const pid_t keeper = KeeperPid(daemon.Log());
+  ASSERT_GT(keeper, 1);
+  ASSERT_EQ(kill(keeper, SIGKILL), 0);
+  EXPECT_TRUE(WaitFor([&] { return daemon.Log().find("the keeper is gone") != std::string::npos; }));
+  EXPECT_EQ(daemon.Stop(), 3) << "it cannot supervise any more" << daemon.Log();
+  // What is left is the next proctord's to clean up (see the lost-worker test).
+  TestDaemon next(Flags());
+  EXPECT_TRUE(StatusOf(next, worker.id()).lost());
+}
+
+// The unit systemd runs: a crash restart must leave the keeper and the workers alone
+// (KillMode=process) and start proctord again; stop goes through proctord (SIGTERM).
+TEST(ServiceUnitTest, ACrashRestartKeepsTheWorkersAndStopEndsThem) {
+  std::string unit = ReadFile(PROCTOR_SOURCE_DIR "/deploy/proctord.service");
+  ASSERT_FALSE(unit.empty());
+  std::map<std::string, std::string> settings;
+  for (absl::string_view line : absl::StrSplit(unit, '\n')) {
+    if (line.empty() || line[0] == '#' || line.find('=') == absl::string_view::npos) continue;
+    std::pair<std::string, std::string> setting = absl::StrSplit(line, absl::MaxSplits('=', 1));
+    settings[setting.first] = setting.second;
+  }
+  EXPECT_EQ(settings["KillMode"], "process");
+  EXPECT_EQ(settings["KillSignal"], "SIGTERM");
+  EXPECT_EQ(settings["Restart"], "on-failure");
+  EXPECT_THAT(unit, HasSubstr("--signal=SIGUSR2"));
+}
+
 // The records a client sees: every exit code is the one the worker chose (its last argument),
 // and nothing is lost.
 void ExpectTrueExits(TestDaemon& daemon, size_t* ended_count = nullptr) {

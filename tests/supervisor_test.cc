@@ -685,3 +685,87 @@ TEST_F(SupervisorTest, EveryChangeIsAnEventRecordedBeforeItIsReported) {
 
 }  // namespace
 }  // namespace proctor
+
+namespace proctor {
+namespace {
+
+// A restarted proctord: the same fake os (its workers live on), a new supervisor.
+class RestoreTest : public SupervisorTest {
+ protected:
+  // The record as the journal has it, and the memo the os kept, for `info`'s launch.
+  Supervisor::Reattached Kept(const ProcessInfo& info) {
+    for (const LaunchSpec& launch : os_.launches) {
+      if (launch.stdout_path == info.stdout_path) return {.info = info, .memo = launch.memo};
+    }
+    ADD_FAILURE() << "no launch for " << info.id;
+    return {};
+  }
+  void Restart() {
+    os_.signals.clear();
+    time_.DropAll();
+    Make(SupervisorOptions{});
+  }
+};
+
+TEST_F(RestoreTest, RunningWorkersComeBackWithTheirKeysAndOrphanedDaemonicOnesEnd) {
+  ProcessInfo parent = StartTrue();
+  ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .daemon = true,
+                                        .parent_id = parent.id});
+  ProcessInfo sibling = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
+  const std::string credential = *supervisor_->CredentialOf(child.id);
+  Supervisor::Reattached kept_child = Kept(child);
+  Supervisor::Reattached kept_sibling = Kept(sibling);
+  Restart();
+  ProcessInfo ended_parent = parent;  // it ended while nobody watched (journaled before)
+  ended_parent.running = false;
+  ended_parent.status = WaitStatus::Exited(0);
+  supervisor_->Restore(
+      Supervisor::Restored{.ended = {ended_parent}, .running = {kept_child, kept_sibling}});
+  EXPECT_EQ(supervisor_->CredentialOf(child.id), credential) << "its calls are recognised";
+  EXPECT_THAT(supervisor_->Get(parent.id)->children, ElementsAre(child.id, sibling.id));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(child.pid, kSigterm)))
+      << "the daemonic child ends with its parent; the other lives on";
+  // Default names go on from the restored ones.
+  EXPECT_EQ(StartTrue().name, "Process-2");
+}
+
+TEST_F(RestoreTest, ALostWorkerEndsAsLostWithAnEvent) {
+  ProcessInfo worker = StartTrue();
+  Restart();
+  supervisor_->Restore(Supervisor::Restored{.lost = {worker}});
+  absl::StatusOr<ProcessInfo> lost = supervisor_->Get(worker.id);
+  ASSERT_TRUE(lost.ok());
+  EXPECT_FALSE(lost->running);
+  EXPECT_TRUE(lost->lost);
+  EXPECT_FALSE(lost->status.has_value());
+}
+
+TEST_F(RestoreTest, ASessionIsResumedOnlyWithItsOwnersKeyAndOtherwiseExpires) {
+  uint64_t kept = *supervisor_->OpenSession(absl::Seconds(3), [] {}, "alice");
+  uint64_t left = *supervisor_->OpenSession(absl::Seconds(3), [] {}, "alice");
+  EXPECT_TRUE(os_.notes.contains(absl::StrCat("session/", kept))) << "kept outside proctord";
+  ProcessInfo in_kept = StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = kept});
+  ProcessInfo in_left = StartOk(StartSpec{.target = "/bin/true", .daemon = true, .session = left});
+  Supervisor::Restored restored{.running = {Kept(in_kept), Kept(in_left)}};
+  for (uint64_t session : {kept, left}) {
+    restored.sessions.push_back({.id = session, .ttl = absl::Seconds(3), .owner = "alice"});
+  }
+  Restart();
+  supervisor_->Restore(std::move(restored));
+  EXPECT_TRUE(os_.signals.empty()) << "sessions wait for their TTL";
+  EXPECT_EQ(supervisor_->ResumeSession(kept, "bob", std::nullopt, [] {}).code(),
+            absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(supervisor_->ResumeSession(kept, "alice", std::nullopt, [] {}).ok());
+  EXPECT_EQ(supervisor_->ResumeSession(kept, "alice", std::nullopt, [] {}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  time_.Advance(absl::Seconds(2));
+  ASSERT_TRUE(supervisor_->TouchSession(kept).ok());
+  time_.Advance(absl::Seconds(2));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(in_left.pid, kSigterm)));
+  EXPECT_EQ(supervisor_->ResumeSession(left, "alice", std::nullopt, [] {}).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(os_.notes.contains(absl::StrCat("session/", left)));
+}
+
+}  // namespace
+}  // namespace proctor

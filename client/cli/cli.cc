@@ -95,6 +95,11 @@ absl::string_view StateName(v1::State state) {
   }
 }
 
+// "lost" for a process whose end nobody saw (see v1::Process.lost).
+std::string StateOf(const v1::Process& p) {
+  return p.lost() ? "lost" : std::string(StateName(p.state()));
+}
+
 struct EventTypeName {
   v1::EventType type;
   absl::string_view name;
@@ -153,7 +158,7 @@ Json ProcessObject(const v1::Process& p) {
       {"id", p.id()},
       {"name", p.name()},
       {"pid", p.pid()},
-      {"state", std::string(StateName(p.state()))},
+      {"state", StateOf(p)},
       {"exitcode", ValueOrNull(p.has_exitcode(), p.exitcode())},
       {"signal", p.signal()},
       {"core_dumped", p.core_dumped()},
@@ -212,7 +217,7 @@ std::string EventLine(const v1::Event& e) {
   }
   const v1::Process& p = e.process();
   return EventRow({absl::StrCat(e.cursor()), time, type, absl::StrCat(p.id()),
-                   p.name().empty() ? "-" : p.name(), std::string(StateName(p.state())),
+                   p.name().empty() ? "-" : p.name(), StateOf(p),
                    p.has_exitcode() ? absl::StrCat(p.exitcode()) : "-"});
 }
 
@@ -1322,7 +1327,7 @@ std::string ProcessTree(const std::vector<v1::Process>& processes) {
       [&](const v1::Process& p, const std::string& lead, const std::string& indent) {
         std::string exit = p.has_exitcode() ? absl::StrCat(" exit ", p.exitcode()) : "";
         absl::StrAppend(&out, lead, p.id(), " ", p.name(), " (pid ", p.pid(), ", ",
-                        p.state() == v1::STATE_RUNNING ? "running" : "exited", exit,
+                        StateOf(p), exit,
                         p.daemon() ? ", daemon" : "", ") ", p.target(), "\n");
         const auto& kids = children[p.id()];
         for (size_t i = 0; i < kids.size(); ++i) {
@@ -1340,8 +1345,7 @@ std::string ProcessTable(const std::vector<v1::Process>& processes) {
   for (const v1::Process& p : processes) {
     std::vector<std::string> command = {DisplayArg(p.target())};
     for (const std::string& arg : p.args()) command.push_back(DisplayArg(arg));
-    rows.push_back({absl::StrCat(p.id()), p.name(), absl::StrCat(p.pid()),
-                    std::string(StateName(p.state())),
+    rows.push_back({absl::StrCat(p.id()), p.name(), absl::StrCat(p.pid()), StateOf(p),
                     p.has_exitcode() ? absl::StrCat(p.exitcode()) : "-", p.daemon() ? "yes" : "no",
                     ParentText(p), absl::StrJoin(command, " ")});
   }
