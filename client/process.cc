@@ -161,6 +161,18 @@ class Runtime;
 struct ChildState {
   ChildState(Runtime& runtime, uint64_t id, bool daemon)
       : runtime(runtime), id(id), daemon(daemon) {}
+  // A child dropped unjoined (it ended and its Process is gone) may still have forwarder
+  // threads that have written everything but were never joined.
+  ~ChildState() {
+    for (std::thread& t : forwarders) {
+      if (!t.joinable()) continue;
+      if (t.get_id() == std::this_thread::get_id()) {
+        t.detach();  // the last reference went with the forwarder's own end
+      } else {
+        t.join();
+      }
+    }
+  }
 
   // Returns once both forwarders have written all they will write.
   void WaitForwarders() {

@@ -1042,7 +1042,8 @@ absl::Status Supervisor::TouchSession(uint64_t session) {
 
 bool Supervisor::IsRunning(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  Record* record = FindLocked(id);
+  // A launch in flight counts: its worker may call before Start returns.
+  Record* record = FindAnyLocked(id);
   return record != nullptr && record->info.running;
 }
 

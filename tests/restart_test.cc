@@ -122,8 +122,10 @@ TEST_F(RestartTest, ADaemonicChildWhoseParentEndedWhileDownIsEndedOnReattach) {
                      {"/bin/sh", "-c",
                       absl::StrCat(PROCTOR_CLI_PATH, " start --daemon --json /bin/sleep 1000 > ",
                                    place_.path(), "/child.json && ", parent_ends.ShellWait())});
-    ASSERT_TRUE(WaitFor([&] { return first.client().Status(parent.id())->children_size() == 1; }))
-        << ReadFile(place_.path() + "/child.json") << first.Log();
+    // Once the CLI in the parent has its answer (it wrote it), not merely once it is recorded.
+    ASSERT_TRUE(WaitFor([&] { return !ReadFile(place_.path() + "/child.json").empty(); }))
+        << first.Log();
+    ASSERT_EQ(first.client().Status(parent.id())->children_size(), 1);
     first.Kill();
     ASSERT_TRUE(parent_ends.Open());
     ASSERT_TRUE(WaitFor([&] { return IsZombie(parent.pid()); }));
