@@ -642,6 +642,24 @@ absl::Status Daemon::Init() {
       *supervisor_, *loop_, *service_,
       SyncLimits{.max_objects_per_tree = options_.max_sync_objects,
                  .max_waiters_per_object = options_.max_sync_waiters});
+  absl::StatusOr<std::unique_ptr<IdAllocator>> sync_ids =
+      IdAllocator::Open(options_.state_dir + "/next-sync-id");
+  if (!sync_ids.ok()) return sync_ids.status();
+  sync_ids_ = *std::move(sync_ids);
+  // Sync objects are kept by the keeper, like the workers that hold them (see README).
+  sync_->table().Persist(sync_ids_.get(), [os = os_.get()](const std::string& key,
+                                                           std::optional<std::string> value) {
+    if (value.has_value()) {
+      os->Remember(key, *value);
+    } else {
+      os->Forget(key);
+    }
+  });
+  if (!kept_sync_.empty()) {
+    size_t restored = sync_->table().Restore(kept_sync_);
+    spdlog::info("restored {} of {} kept sync objects", restored, kept_sync_.size());
+    kept_sync_.clear();
+  }
   if (options_.max_log_bytes > 0) {
     log_trimmer_ = std::make_unique<LogTrimmer>(
         static_cast<int64_t>(options_.max_log_bytes), absl::Seconds(1),
@@ -711,6 +729,10 @@ absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
     held_by_id.erase(it);
   }
   for (const internal::Note& note : held.notes()) {
+    if (absl::StartsWith(note.key(), "sync/")) {
+      kept_sync_.push_back(note.value());
+      continue;
+    }
     internal::SessionMemo memo;
     if (!absl::StartsWith(note.key(), "session/") || !memo.ParseFromString(note.value())) continue;
     restored.sessions.push_back({.id = memo.id(),
@@ -1002,6 +1024,7 @@ void Daemon::BeginStop() {
   }
   event_log_->EndAll(absl::UnavailableError("proctord is shutting down; watch again from your "
                                             "last cursor once it is back"));
+  sync_->table().EndWaits(absl::UnavailableError("proctord is shutting down"));
   // On the loop thread, before the server's shutdown starts: no connection is handed to it
   // afterwards.
   CloseListeners();
@@ -1021,6 +1044,9 @@ void Daemon::BeginRestart() {
   spdlog::info("asked to restart: no new calls; the workers live on with the keeper");
   event_log_->EndAll(absl::UnavailableError(
       "proctord is restarting; watch again from your last cursor once it is back"));
+  // Sync objects live on (the keeper keeps them), their waiters do not.
+  sync_->table().EndWaits(absl::UnavailableError(
+      "proctord is restarting; the sync object is kept: call again once it is back"));
   CloseListeners();
   stopper_ = std::thread([this] {
     // Calls in flight (Join, Logs --follow) end now; their clients call again.

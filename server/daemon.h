@@ -195,6 +195,8 @@ class Daemon {
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<Authenticator> authenticator_;
   std::unique_ptr<ProctorService> service_;
+  std::unique_ptr<IdAllocator> sync_ids_;  // sync object ids, never reused either
+  std::vector<std::string> kept_sync_;      // the keeper's "sync/" notes, until restored
   std::unique_ptr<SyncObjects> sync_;  // after the supervisor it listens to
   std::unique_ptr<LogTrimmer> log_trimmer_;  // after the supervisor it asks: stops first
   // The one exception to the order: made before the os, but destroyed before it and the

@@ -79,40 +79,7 @@ class WaitCall final : public grpc::ServerUnaryReactor {
   std::shared_ptr<State> state_;
 };
 
-v1::SyncKind ToProto(SyncKind kind) { return static_cast<v1::SyncKind>(kind); }
-
 }  // namespace
-
-void ToProto(const SyncInfo& info, v1::SyncObject* out) {
-  out->set_id(info.id);
-  out->set_name(info.name);
-  out->set_kind(ToProto(info.kind));
-  if (info.owner.has_value()) {
-    if (info.owner->process != 0) {
-      out->set_owner_process(info.owner->process);
-    } else {
-      out->set_owner_session(info.owner->session);
-    }
-  }
-  out->set_value(info.value);
-  out->set_initial_value(info.initial_value);
-  out->set_is_set(info.is_set);
-  out->set_parties(info.parties);
-  out->set_broken(info.broken);
-  out->set_n_waiting(info.n_waiting);
-  for (const SyncHeld& held : info.holders) {
-    v1::SyncHolder* holder = out->add_holders();
-    if (held.holder.party.process != 0) {
-      holder->set_process(held.holder.party.process);
-    } else if (held.holder.party.session != 0) {
-      holder->set_session(held.holder.party.session);
-    }
-    holder->set_thread(held.holder.thread);
-    holder->set_count(held.count);
-  }
-  out->set_lock_id(info.lock_id);
-  if (info.timeout.has_value()) *out->mutable_timeout() = ToDurationProto(*info.timeout);
-}
 
 SyncService::SyncService(SyncTable& table, Supervisor& supervisor, ProctorService& gate)
     : table_(table), supervisor_(supervisor), gate_(gate) {}
@@ -295,7 +262,8 @@ grpc::ServerUnaryReactor* SyncService::SyncList(grpc::CallbackServerContext* con
   } else {
     for (const SyncInfo& info : table_.List()) {
       if (!request.name().empty() && info.name != request.name()) continue;
-      if (request.kind() != v1::SYNC_KIND_UNSPECIFIED && ToProto(info.kind) != request.kind()) {
+      if (request.kind() != v1::SYNC_KIND_UNSPECIFIED &&
+          static_cast<v1::SyncKind>(info.kind) != request.kind()) {
         continue;
       }
       if (Reach(*caller, info).ok()) ToProto(info, reply.add_objects());

@@ -30,9 +30,6 @@
 
 namespace proctor {
 
-// The object as the API shows it.
-void ToProto(const SyncInfo& info, v1::SyncObject* out);
-
 using RawSyncService = v1::Sync::WithRawCallbackMethod_SyncCreate<
     v1::Sync::WithRawCallbackMethod_SyncRemove<v1::Sync::WithRawCallbackMethod_SyncList<
         v1::Sync::WithRawCallbackMethod_SyncAcquire<v1::Sync::WithRawCallbackMethod_SyncRelease<

@@ -6,6 +6,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "proctor/internal/sync_memo.pb.h"
+#include "server/proctor_service.h"
 
 namespace proctor {
 namespace {
@@ -56,6 +58,21 @@ absl::Status BrokenBarrier(uint64_t id) {
       "out or a party ended; reset() makes it usable again"));
 }
 
+// A party as a SyncHolder's oneof shows it.
+void SetParty(const SyncParty& party, v1::SyncHolder* out) {
+  if (party.process != 0) {
+    out->set_process(party.process);
+  } else if (party.session != 0) {
+    out->set_session(party.session);
+  }
+}
+
+SyncParty PartyOf(const v1::SyncHolder& holder) {
+  return SyncParty{.process = holder.process(), .session = holder.session()};
+}
+
+std::string NoteKey(uint64_t id) { return absl::StrCat("sync/", id); }
+
 }  // namespace
 
 std::string SyncParty::ToString() const {
@@ -82,6 +99,55 @@ absl::string_view SyncKindName(SyncKind kind) {
       return "Barrier";
   }
   return "?";
+}
+
+void ToProto(const SyncInfo& info, v1::SyncObject* out) {
+  out->set_id(info.id);
+  out->set_name(info.name);
+  out->set_kind(static_cast<v1::SyncKind>(info.kind));
+  if (info.owner.has_value()) {
+    if (info.owner->process != 0) {
+      out->set_owner_process(info.owner->process);
+    } else {
+      out->set_owner_session(info.owner->session);
+    }
+  }
+  out->set_value(info.value);
+  out->set_initial_value(info.initial_value);
+  out->set_is_set(info.is_set);
+  out->set_parties(info.parties);
+  out->set_broken(info.broken);
+  out->set_n_waiting(info.n_waiting);
+  for (const SyncHeld& held : info.holders) {
+    v1::SyncHolder* holder = out->add_holders();
+    SetParty(held.holder.party, holder);
+    holder->set_thread(held.holder.thread);
+    holder->set_count(held.count);
+  }
+  out->set_lock_id(info.lock_id);
+  if (info.timeout.has_value()) *out->mutable_timeout() = ToDurationProto(*info.timeout);
+}
+
+SyncInfo FromProto(const v1::SyncObject& object) {
+  SyncInfo info;
+  info.id = object.id();
+  info.name = object.name();
+  info.kind = static_cast<SyncKind>(object.kind());
+  if (object.has_owner_process()) info.owner = SyncParty{.process = object.owner_process()};
+  if (object.has_owner_session()) info.owner = SyncParty{.session = object.owner_session()};
+  info.value = object.value();
+  info.initial_value = object.initial_value();
+  info.is_set = object.is_set();
+  info.parties = object.parties();
+  info.broken = object.broken();
+  info.n_waiting = object.n_waiting();
+  for (const v1::SyncHolder& holder : object.holders()) {
+    info.holders.push_back(SyncHeld{
+        .holder = {.party = PartyOf(holder), .thread = holder.thread()}, .count = holder.count()});
+  }
+  info.lock_id = object.lock_id();
+  if (object.has_timeout()) info.timeout = FromDurationProto(object.timeout());
+  return info;
 }
 
 SyncTable::SyncTable(Timers& timers, SyncLimits limits, Alive alive)
@@ -174,6 +240,7 @@ bool SyncTable::Take(Object& lock, const SyncHolderId& holder, int64_t units) {
     it->count += units;
   }
   Touch(holder.party, lock.info.id);
+  MarkLocked(lock);
   if (lock.abandoned == 0) return false;
   --lock.abandoned;
   return true;
@@ -183,6 +250,7 @@ int64_t SyncTable::Drop(Object& lock, const SyncHolderId& holder, int64_t units)
   auto it = std::find_if(lock.info.holders.begin(), lock.info.holders.end(),
                          [&](const SyncHeld& held) { return held.holder == holder; });
   if (it == lock.info.holders.end()) return 0;
+  MarkLocked(lock);
   int64_t dropped = units < 0 ? it->count : std::min(units, it->count);
   it->count -= dropped;
   if (it->count == 0) lock.info.holders.erase(it);
@@ -250,6 +318,7 @@ void SyncTable::AnswerLocked(Waiter waiter, absl::StatusOr<SyncWaitResult> resul
 
 void SyncTable::BreakBarrierLocked(Object& barrier, Out& out) {
   barrier.info.broken = true;
+  MarkLocked(barrier);
   while (!barrier.queue.empty()) {
     AnswerLocked(UnparkLocked(barrier.queue.front()), BrokenBarrier(barrier.info.id), out);
   }
@@ -273,7 +342,7 @@ absl::StatusOr<SyncInfo> SyncTable::Create(const SyncCreateSpec& spec) {
     }
   }
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   SyncParty owner_key = spec.owner.value_or(SyncParty{});
   if (!spec.name.empty()) {
     auto it = names_.find(std::make_pair(owner_key, spec.name));
@@ -307,8 +376,15 @@ absl::StatusOr<SyncInfo> SyncTable::Create(const SyncCreateSpec& spec) {
                      " sync objects, the limit (proctord --max-sync-objects=",
                      limits_.max_objects_per_tree, "); remove some first"));
   }
+  absl::StatusOr<uint64_t> first_id = NextIdLocked();
+  if (!first_id.ok()) return first_id.status();
+  absl::StatusOr<uint64_t> second_id = uint64_t{0};
+  if (needed == 2) second_id = NextIdLocked();
+  if (!second_id.ok()) return second_id.status();
+  bool first = true;
   auto make = [&](SyncKind kind, const std::string& name) -> Object& {
-    uint64_t id = next_id_++;
+    uint64_t id = first ? *first_id : *second_id;
+    first = false;
     Object& object = objects_[id];
     object.tree = spec.tree;
     object.info.id = id;
@@ -323,6 +399,7 @@ absl::StatusOr<SyncInfo> SyncTable::Create(const SyncCreateSpec& spec) {
     if (!name.empty()) names_[std::make_pair(owner_key, name)] = id;
     if (spec.owner.has_value()) Touch(*spec.owner, id);
     ++in_tree;
+    MarkLocked(object);
     return object;
   };
   Object& object = make(spec.kind, spec.name);
@@ -347,6 +424,7 @@ void SyncTable::RemoveLocked(uint64_t id, const absl::Status& why, Out& out) {
   auto it = objects_.find(id);
   if (it == objects_.end()) return;
   Object& object = it->second;
+  MarkLocked(object);  // gone: its note is dropped
   while (!object.queue.empty()) AnswerLocked(UnparkLocked(object.queue.front()), why, out);
   uint64_t own_lock = 0;
   if (object.info.kind == SyncKind::kCondition) {
@@ -364,7 +442,7 @@ void SyncTable::RemoveLocked(uint64_t id, const absl::Status& why, Out& out) {
 
 absl::Status SyncTable::Remove(uint64_t id) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> object = FindLocked(id);
   if (!object.ok()) return object.status();
   if (!(*object)->conditions.empty()) {
@@ -377,7 +455,7 @@ absl::Status SyncTable::Remove(uint64_t id) {
 }
 
 absl::StatusOr<SyncInfo> SyncTable::Get(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> object = FindLocked(id);
   if (!object.ok()) return object.status();
   return SnapshotLocked(**object);
@@ -385,14 +463,14 @@ absl::StatusOr<SyncInfo> SyncTable::Get(uint64_t id) {
 
 std::optional<SyncInfo> SyncTable::FindByName(const std::optional<SyncParty>& owner,
                                               absl::string_view name) {
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   auto it = names_.find(std::make_pair(owner.value_or(SyncParty{}), std::string(name)));
   if (it == names_.end()) return std::nullopt;
   return SnapshotLocked(objects_.at(it->second));
 }
 
 std::vector<SyncInfo> SyncTable::List() {
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   std::vector<SyncInfo> all;
   all.reserve(objects_.size());
   for (const auto& [id, object] : objects_) all.push_back(SnapshotLocked(object));
@@ -404,7 +482,7 @@ std::vector<SyncInfo> SyncTable::List() {
 SyncTable::WaiterId SyncTable::Acquire(uint64_t id, const SyncHolderId& holder, bool blocking,
                                        std::optional<absl::Duration> timeout, Reply reply) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   auto answer = [&](absl::StatusOr<SyncWaitResult> result, uint64_t object = 0,
                     int64_t units = 0) {
     out.Deliver(Delivery{.reply = std::move(reply),
@@ -447,10 +525,11 @@ SyncTable::WaiterId SyncTable::Acquire(uint64_t id, const SyncHolderId& holder, 
 
 absl::StatusOr<SyncInfo> SyncTable::Release(uint64_t id, const SyncHolderId& holder, int64_t n) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> found = LockLikeLocked(id, "release");
   if (!found.ok()) return found.status();
   Object& object = **found;
+  MarkLocked(object);
   switch (object.info.kind) {
     case SyncKind::kLock:
       // multiprocessing lets any process release a Lock.
@@ -489,7 +568,7 @@ absl::StatusOr<SyncInfo> SyncTable::Release(uint64_t id, const SyncHolderId& hol
 SyncTable::WaiterId SyncTable::Wait(uint64_t id, const SyncHolderId& holder,
                                     std::optional<absl::Duration> timeout, Reply reply) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   auto answer = [&](absl::StatusOr<SyncWaitResult> result) {
     out.Deliver(Delivery{.reply = std::move(reply), .result = std::move(result)});
     return WaiterId{0};
@@ -537,7 +616,7 @@ SyncTable::WaiterId SyncTable::Wait(uint64_t id, const SyncHolderId& holder,
     }
     case SyncKind::kBarrier: {
       if (object.info.broken) return answer(BrokenBarrier(id));
-      object.participants.insert(holder.party);
+      if (object.participants.insert(holder.party).second) MarkLocked(object);
       Touch(holder.party, id);
       int64_t index = static_cast<int64_t>(object.queue.size());
       if (index + 1 == object.info.parties) {
@@ -547,6 +626,7 @@ SyncTable::WaiterId SyncTable::Wait(uint64_t id, const SyncHolderId& holder,
           AnswerLocked(std::move(passed), SyncWaitResult{.ok = true, .index = their_index}, out);
         }
         ++object.generation;
+        MarkLocked(object);
         return answer(SyncWaitResult{.ok = true, .index = index});
       }
       std::optional<absl::Duration> limit = timeout.has_value() ? timeout : object.info.timeout;
@@ -573,11 +653,12 @@ SyncTable::WaiterId SyncTable::Wait(uint64_t id, const SyncHolderId& holder,
 
 absl::StatusOr<SyncInfo> SyncTable::Set(uint64_t id) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kEvent, "set");
   if (!found.ok()) return found.status();
   Object& event = **found;
   event.info.is_set = true;
+  MarkLocked(event);
   while (!event.queue.empty()) {
     AnswerLocked(UnparkLocked(event.queue.front()), SyncWaitResult{.ok = true}, out);
   }
@@ -585,16 +666,17 @@ absl::StatusOr<SyncInfo> SyncTable::Set(uint64_t id) {
 }
 
 absl::StatusOr<SyncInfo> SyncTable::Clear(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kEvent, "clear");
   if (!found.ok()) return found.status();
   (*found)->info.is_set = false;
+  MarkLocked(**found);
   return SnapshotLocked(**found);
 }
 
 absl::StatusOr<SyncInfo> SyncTable::Notify(uint64_t id, const SyncHolderId& holder, int64_t n) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kCondition, "notify");
   if (!found.ok()) return found.status();
   Object& condition = **found;
@@ -611,7 +693,7 @@ absl::StatusOr<SyncInfo> SyncTable::Notify(uint64_t id, const SyncHolderId& hold
 
 absl::StatusOr<SyncInfo> SyncTable::Abort(uint64_t id) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kBarrier, "abort");
   if (!found.ok()) return found.status();
   BreakBarrierLocked(**found, out);
@@ -620,19 +702,20 @@ absl::StatusOr<SyncInfo> SyncTable::Abort(uint64_t id) {
 
 absl::StatusOr<SyncInfo> SyncTable::Reset(uint64_t id) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kBarrier, "reset");
   if (!found.ok()) return found.status();
   Object& barrier = **found;
   BreakBarrierLocked(barrier, out);  // those waiting get BrokenBarrierError, as in threading
   barrier.info.broken = false;
   ++barrier.generation;
+  MarkLocked(barrier);
   return SnapshotLocked(barrier);
 }
 
 void SyncTable::OnTimeout(WaiterId id) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   auto it = waiters_.find(id);
   if (it == waiters_.end()) return;
   it->second.timer = 0;  // it has fired
@@ -658,7 +741,7 @@ void SyncTable::OnTimeout(WaiterId id) {
 
 void SyncTable::Cancel(WaiterId id) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   auto it = waiters_.find(id);
   if (it == waiters_.end()) return;
   Object& object = objects_.at(it->second.queue_object);
@@ -672,10 +755,11 @@ void SyncTable::Cancel(WaiterId id) {
 
 void SyncTable::GiveBack(const Delivery& delivery) {
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   auto it = objects_.find(delivery.object);
   if (it == objects_.end()) return;
   Object& lock_object = it->second;
+  MarkLocked(lock_object);
   if (Drop(lock_object, delivery.holder, delivery.units) > 0 && delivery.result.ok() &&
       delivery.result->abandoned) {
     ++lock_object.abandoned;  // nobody was told: the next acquirer is
@@ -686,7 +770,7 @@ void SyncTable::GiveBack(const Delivery& delivery) {
 void SyncTable::PartyEnded(const SyncParty& party) {
   if (party.admin()) return;
   Out out(*this);
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   auto node = touched_.extract(party);
   if (node.empty()) return;
   const absl::Status ended =
@@ -707,7 +791,7 @@ void SyncTable::PartyEnded(const SyncParty& party) {
       if (was_waiting || (object.participants.contains(party) && !object.queue.empty())) {
         BreakBarrierLocked(object, out);
       }
-      object.participants.erase(party);
+      if (object.participants.erase(party) > 0) MarkLocked(object);
     }
     if (IsLockLike(object.info.kind)) {
       int64_t freed = 0;
@@ -717,6 +801,7 @@ void SyncTable::PartyEnded(const SyncParty& party) {
         return true;
       });
       if (freed > 0) {
+        MarkLocked(object);
         if (IsSemaphore(object.info.kind)) {
           object.info.value += freed;
           if (object.info.kind == SyncKind::kBoundedSemaphore) {
@@ -745,8 +830,121 @@ void SyncTable::PartyEnded(const SyncParty& party) {
   }
 }
 
+SyncTable::Locked::Locked(SyncTable& table) : table_(table) { table_.mu_.Lock(); }
+
+SyncTable::Locked::~Locked() {
+  table_.KeepChangedLocked();
+  table_.mu_.Unlock();
+}
+
+void SyncTable::Persist(IdAllocator* ids, Keep keep) {
+  ids_ = ids;
+  keep_ = std::move(keep);
+}
+
+absl::StatusOr<uint64_t> SyncTable::NextIdLocked() {
+  if (ids_ != nullptr) return ids_->Next();
+  return next_id_++;
+}
+
+void SyncTable::KeepChangedLocked() {
+  if (dirty_.empty()) return;
+  std::sort(dirty_.begin(), dirty_.end());
+  dirty_.erase(std::unique(dirty_.begin(), dirty_.end()), dirty_.end());
+  for (uint64_t id : dirty_) {
+    auto it = objects_.find(id);
+    if (it == objects_.end()) {
+      keep_(NoteKey(id), std::nullopt);
+      continue;
+    }
+    const Object& object = it->second;
+    internal::SyncMemo memo;
+    ToProto(object.info, memo.mutable_object());
+    memo.set_tree(object.tree);
+    memo.set_abandoned(object.abandoned);
+    memo.set_generation(object.generation);
+    for (const SyncParty& party : object.participants) SetParty(party, memo.add_participants());
+    memo.set_own_lock(object.own_lock);
+    keep_(NoteKey(id), memo.SerializeAsString());
+  }
+  dirty_.clear();
+}
+
+size_t SyncTable::Restore(const std::vector<std::string>& memos) {
+  absl::flat_hash_set<SyncParty> parties;
+  size_t restored = 0;
+  {
+    Locked lock(*this);
+    for (const std::string& value : memos) {
+      internal::SyncMemo memo;
+      if (!memo.ParseFromString(value)) continue;
+      SyncInfo info = FromProto(memo.object());
+      if (info.id == 0 || objects_.contains(info.id) || info.kind < SyncKind::kLock ||
+          info.kind > SyncKind::kBarrier) {
+        continue;
+      }
+      info.n_waiting = 0;
+      Object& object = objects_[info.id];
+      object.tree = memo.tree();
+      object.abandoned = memo.abandoned();
+      object.generation = memo.generation();
+      object.own_lock = memo.own_lock();
+      for (const v1::SyncHolder& party : memo.participants()) {
+        object.participants.insert(PartyOf(party));
+      }
+      object.info = std::move(info);
+      const SyncInfo& kept = object.info;
+      // Every party it names: what PartyEnded will look at.
+      std::vector<SyncParty> named(object.participants.begin(), object.participants.end());
+      for (const SyncHeld& held : kept.holders) named.push_back(held.holder.party);
+      if (kept.owner.has_value()) named.push_back(*kept.owner);
+      for (const SyncParty& party : named) {
+        Touch(party, kept.id);
+        parties.insert(party);
+      }
+      if (!kept.name.empty()) {
+        names_[std::make_pair(kept.owner.value_or(SyncParty{}), kept.name)] = kept.id;
+      }
+      ++per_tree_[object.tree];
+      next_id_ = std::max(next_id_, kept.id + 1);
+      ++restored;
+    }
+    std::vector<uint64_t> lockless;  // a Condition whose lock's note is missing goes
+    for (auto& [id, object] : objects_) {
+      if (object.info.kind != SyncKind::kCondition) continue;
+      auto lock = objects_.find(object.info.lock_id);
+      if (lock == objects_.end()) {
+        lockless.push_back(id);
+      } else {
+        lock->second.conditions.push_back(id);
+      }
+    }
+    for (uint64_t id : lockless) {
+      Object& object = objects_.at(id);
+      if (!object.info.name.empty()) {
+        names_.erase(std::make_pair(object.info.owner.value_or(SyncParty{}), object.info.name));
+      }
+      if (--per_tree_[object.tree] == 0) per_tree_.erase(object.tree);
+      MarkLocked(object);
+      objects_.erase(id);
+      --restored;
+    }
+  }
+  // Outside the lock, as `alive` asks the supervisor.
+  for (const SyncParty& party : parties) {
+    if (!party.admin() && alive_ != nullptr && !alive_(party)) PartyEnded(party);
+  }
+  return restored;
+}
+
+void SyncTable::EndWaits(const absl::Status& why) {
+  Out out(*this);
+  Locked lock(*this);
+  while (!waiters_.empty()) AnswerLocked(UnparkLocked(waiters_.begin()->first), why, out);
+}
+
 size_t SyncTable::WaiterCount() {
-  absl::MutexLock lock(&mu_);
+  Locked lock(*this);
   return waiters_.size();
 }
 

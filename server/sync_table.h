@@ -30,6 +30,13 @@
 //   (outside its lock) whether that party still exists, and runs PartyEnded itself when it
 //   does not: a party that ended just before its call landed leaves nothing behind.
 //
+// Restarts (see README, "Synchronisation objects", Restart): with Persist(), every change of
+// an object's state is handed to `keep` as a note "sync/<id>" (a serialized internal::SyncMemo,
+// proto/proctor/internal/sync_memo.proto), under the table's lock so that notes follow the
+// changes in order; Restore() brings the objects back from those notes in a new proctord,
+// without their waiters, and ends the parties that did not live through the restart as
+// PartyEnded does.
+//
 // Thread-safe.
 #ifndef PROCTOR_SERVER_SYNC_TABLE_H_
 #define PROCTOR_SERVER_SYNC_TABLE_H_
@@ -51,7 +58,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "proctor/v1/sync.pb.h"
 #include "server/clock.h"
+#include "server/id_allocator.h"
 
 namespace proctor {
 
@@ -103,6 +112,10 @@ struct SyncInfo {
   std::optional<absl::Duration> timeout;  // Barrier: wait()'s default
 };
 
+// The object as the API shows it; and back, as a restart reads it from its note.
+void ToProto(const SyncInfo& info, v1::SyncObject* out);
+SyncInfo FromProto(const v1::SyncObject& object);
+
 struct SyncCreateSpec {
   SyncKind kind = SyncKind::kLock;
   std::string name;                // optional; unique per owner
@@ -135,9 +148,21 @@ class SyncTable {
 
   static constexpr size_t kMaxNameBytes = 128;
 
+  // Keeps a note across a restart (`value` set) or drops it (unset).
+  using Keep = std::function<void(const std::string& key, std::optional<std::string> value)>;
+
   // `timers` must outlive the table. `alive` null: every party is alive.
   SyncTable(Timers& timers, SyncLimits limits, Alive alive = nullptr);
   ~SyncTable();
+
+  // Ids come from `ids` (null: a counter in memory), which must outlive the table; every
+  // change is kept with `keep` (null: nothing is kept). Call before any other call. Without
+  // `ids`, ids go on after the highest one restored.
+  void Persist(IdAllocator* ids, Keep keep);
+  // Brings back the objects of the notes `Keep` was given before a restart (their values);
+  // then ends, as PartyEnded, every party they name that `alive` says is gone. Call once,
+  // after Persist and before any other call. Returns how many objects came back.
+  size_t Restore(const std::vector<std::string>& memos);
 
   // INVALID_ARGUMENT for a bad name or value (Python's messages: "semaphore initial value
   // must be >= 0", "parties must be >= 1"); ALREADY_EXISTS for a name its owner already
@@ -172,6 +197,9 @@ class SyncTable {
   void Cancel(WaiterId waiter);
   // See the rules above. Idempotent.
   void PartyEnded(const SyncParty& party);
+  // Answers every waiter with `why` (proctord stops or restarts): their calls end, and no
+  // object changes (a Barrier they waited on is not broken; they may wait again).
+  void EndWaits(const absl::Status& why);
 
   size_t WaiterCount();
 
@@ -230,6 +258,24 @@ class SyncTable {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Object*> KindLocked(uint64_t id, SyncKind kind, absl::string_view call)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Locks mu_; on unlocking, first keeps the objects changed meanwhile.
+  class ABSL_SCOPED_LOCKABLE Locked {
+   public:
+    explicit Locked(SyncTable& table) ABSL_EXCLUSIVE_LOCK_FUNCTION(table.mu_);
+    ~Locked() ABSL_UNLOCK_FUNCTION();
+    Locked(const Locked&) = delete;
+    Locked& operator=(const Locked&) = delete;
+
+   private:
+    SyncTable& table_;
+  };
+
+  // The object's state changed: it is kept when the lock is released.
+  void MarkLocked(const Object& object) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (keep_ != nullptr) dirty_.push_back(object.info.id);
+  }
+  void KeepChangedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> NextIdLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(const SyncParty& party, uint64_t object) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t HeldBy(const Object& lock, const SyncHolderId& holder) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -266,8 +312,12 @@ class SyncTable {
   const SyncLimits limits_;
   const Alive alive_;
 
+  IdAllocator* ids_ = nullptr;
+  Keep keep_;
+
   absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<uint64_t> dirty_ ABSL_GUARDED_BY(mu_);  // changed objects, to keep
   WaiterId next_waiter_ ABSL_GUARDED_BY(mu_) = 1;
   // Node maps: references to an object or waiter stay valid while others come and go.
   absl::node_hash_map<uint64_t, Object> objects_ ABSL_GUARDED_BY(mu_);

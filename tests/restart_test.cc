@@ -5,6 +5,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <random>
@@ -15,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/sync_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_daemon.h"
@@ -397,6 +399,115 @@ TEST_F(RestartTest, WatchFromACursorSeesEveryEventOnceAcrossKillNine) {
     }
   }
   EXPECT_EQ(exits_of_across, 1);
+}
+
+// Sync objects live through a kill -9: a holder still alive after the restart still holds,
+// and one that ends afterwards leaves its lock abandoned for the next acquirer; an Event keeps
+// its flag; ids are never used twice.
+TEST_F(RestartTest, SyncObjectsAndTheirHoldersLiveThroughKillNine) {
+  uint64_t lock_id = 0, event_id = 0;
+  v1::Process holder;
+  {
+    TestDaemon first(Flags());
+    absl::StatusOr<std::unique_ptr<Session>> session =
+        first.client().OpenSession(absl::Seconds(120));
+    ASSERT_TRUE(session.ok()) << session.status();
+    SyncClient sync(first.client());
+    v1::SyncCreateRequest create;
+    create.set_kind(v1::SYNC_LOCK);
+    create.set_name("db");
+    create.set_session((*session)->id());
+    absl::StatusOr<v1::SyncObject> lock = sync.Create(create);
+    ASSERT_TRUE(lock.ok()) << lock.status();
+    lock_id = lock->id();
+    create.Clear();
+    create.set_kind(v1::SYNC_EVENT);
+    create.set_name("ready");
+    absl::StatusOr<v1::SyncObject> event = sync.Create(create);
+    ASSERT_TRUE(event.ok()) << event.status();
+    event_id = event->id();
+    v1::SyncUpdateRequest set;
+    set.set_id(event_id);
+    set.set_op(v1::SYNC_EVENT_SET);
+    ASSERT_TRUE(sync.Update(set).ok());
+
+    // A worker of the session holds the session's lock (found by name) while it sleeps.
+    v1::StartRequest start;
+    start.set_target(PROCTOR_CLI_PATH);
+    for (const char* arg : {"lock", "db", "--", "/bin/sleep", "1000"}) start.add_args(arg);
+    start.set_session((*session)->id());
+    absl::StatusOr<v1::Process> started = first.client().Start(start);
+    ASSERT_TRUE(started.ok()) << started.status();
+    holder = *started;
+    ASSERT_TRUE(WaitFor([&] {
+      absl::StatusOr<v1::SyncObject> now = sync.Get(lock_id);
+      return now.ok() && now->holders_size() == 1 && now->holders(0).process() == holder.id();
+    }, absl::Seconds(10))) << first.Log();
+    first.Kill();
+    session->reset();  // its stream breaks with the daemon; the session is kept for its TTL
+  }
+  TestDaemon second(Flags());
+  EXPECT_THAT(second.Log(), HasSubstr("restored 2 of 2 kept sync objects"));
+  SyncClient sync(second.client());
+  absl::StatusOr<v1::SyncObject> lock = sync.Get(lock_id);
+  ASSERT_TRUE(lock.ok()) << lock.status() << second.Log();
+  EXPECT_EQ(lock->name(), "db");
+  ASSERT_EQ(lock->holders_size(), 1);
+  EXPECT_EQ(lock->holders(0).process(), holder.id());
+  v1::SyncAcquireRequest acquire;
+  acquire.set_id(lock_id);
+  *acquire.mutable_timeout() = DurationToProto(absl::Milliseconds(200));
+  absl::StatusOr<v1::SyncWaitResponse> refused = sync.Acquire(acquire);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_FALSE(refused->ok()) << "still held by the worker";
+  EXPECT_TRUE(sync.Get(event_id)->is_set());
+
+  ASSERT_EQ(kill(-holder.pid(), SIGKILL), 0);
+  *acquire.mutable_timeout() = DurationToProto(absl::Seconds(10));
+  absl::StatusOr<v1::SyncWaitResponse> next = sync.Acquire(acquire);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_TRUE(next->ok());
+  EXPECT_TRUE(next->abandoned());
+
+  v1::SyncCreateRequest create;
+  create.set_kind(v1::SYNC_LOCK);
+  absl::StatusOr<v1::SyncObject> fresh = sync.Create(create);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_GT(fresh->id(), std::max(lock_id, event_id)) << "ids are never used twice";
+}
+
+// The same through a SIGUSR2 restart in place; a call waiting at the restart ends UNAVAILABLE.
+TEST_F(RestartTest, SyncObjectsLiveThroughSigusrTwoAndWaitersAreToldUnavailable) {
+  TestDaemon daemon(Flags());
+  SyncClient sync(daemon.client());
+  v1::SyncCreateRequest create;
+  create.set_kind(v1::SYNC_BOUNDED_SEMAPHORE);
+  create.set_value(2);
+  absl::StatusOr<v1::SyncObject> sem = sync.Create(create);
+  ASSERT_TRUE(sem.ok()) << sem.status();
+  v1::SyncAcquireRequest acquire;
+  acquire.set_id(sem->id());
+  ASSERT_TRUE(sync.Acquire(acquire)->ok());
+  create.Clear();
+  create.set_kind(v1::SYNC_EVENT);
+  absl::StatusOr<v1::SyncObject> event = sync.Create(create);
+  ASSERT_TRUE(event.ok()) << event.status();
+  absl::StatusOr<v1::SyncWaitResponse> waited;
+  std::thread waiter([&] {
+    v1::SyncWaitRequest wait;
+    wait.set_id(event->id());
+    waited = sync.Wait(wait);
+  });
+  ASSERT_TRUE(WaitFor([&] { return sync.Get(event->id())->n_waiting() == 1; }));
+  ASSERT_EQ(kill(daemon.pid(), SIGUSR2), 0);
+  waiter.join();
+  EXPECT_EQ(waited.status().code(), absl::StatusCode::kUnavailable) << waited.status();
+  ASSERT_TRUE(daemon.Restarted()) << daemon.Log();
+  absl::StatusOr<v1::SyncObject> after = sync.Get(sem->id());
+  ASSERT_TRUE(after.ok()) << after.status() << daemon.Log();
+  EXPECT_EQ(after->value(), 1) << "the admin key's unit is still taken";
+  EXPECT_EQ(after->initial_value(), 2);
+  EXPECT_EQ(sync.Get(event->id())->n_waiting(), 0);
 }
 
 }  // namespace

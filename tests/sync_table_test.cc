@@ -2,11 +2,14 @@
 // races, and what a party's end frees.
 #include "server/sync_table.h"
 
+#include <map>
 #include <memory>
+#include <string>
 #include <optional>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fake_time.h"
@@ -382,6 +385,109 @@ TEST_F(SyncTableTest, LimitsAndNames) {
   absl::Status full = table_.Create(named).status();
   EXPECT_TRUE(absl::IsResourceExhausted(full));
   EXPECT_THAT(full.message(), HasSubstr("--max-sync-objects=8"));
+}
+
+// What Persist hands the keeper: its notes, as the keeper holds them.
+std::vector<std::string> Values(const std::map<std::string, std::string>& notes) {
+  std::vector<std::string> values;
+  for (const auto& [key, value] : notes) values.push_back(value);
+  return values;
+}
+
+TEST_F(SyncTableTest, ObjectsAndHoldersComeBackFromTheirNotes) {
+  std::map<std::string, std::string> notes;
+  auto keep = [&notes](const std::string& key, std::optional<std::string> value) {
+    if (value.has_value()) {
+      notes[key] = *value;
+    } else {
+      notes.erase(key);
+    }
+  };
+  SyncLimits limits{.max_objects_per_tree = 8, .max_waiters_per_object = 3};
+  auto alive = [this](const SyncParty& party) { return !dead_.contains(party); };
+  const SyncHolderId a_thread{.party = kA.party, .thread = 3};
+  uint64_t lock = 0, rlock = 0, sem = 0, event = 0, barrier = 0, cond = 0, gone = 0;
+  // Stands for <state-dir>/next-sync-id, which outlives proctord.
+  absl::StatusOr<std::unique_ptr<IdAllocator>> ids = IdAllocator::Open("");
+  ASSERT_TRUE(ids.ok());
+  {
+    SyncTable before(time_, limits, alive);
+    before.Persist(ids->get(), keep);
+    auto make = [&](SyncCreateSpec spec) {
+      spec.tree = "t";
+      absl::StatusOr<SyncInfo> info = before.Create(spec);
+      EXPECT_TRUE(info.ok()) << info.status();
+      return info.ok() ? info->id : 0;
+    };
+    auto acquire = [&](uint64_t id, const SyncHolderId& holder) {
+      Answer answer;
+      before.Acquire(id, holder, false, std::nullopt, Into(answer));
+      EXPECT_TRUE(Ok(answer));
+    };
+    lock = make({.kind = SyncKind::kLock, .name = "held", .owner = kA.party});
+    rlock = make({.kind = SyncKind::kRLock});
+    sem = make({.kind = SyncKind::kBoundedSemaphore, .value = 3});
+    event = make({.kind = SyncKind::kEvent, .name = "ready"});
+    barrier = make({.kind = SyncKind::kBarrier, .parties = 2, .timeout = absl::Seconds(5)});
+    cond = make({.kind = SyncKind::kCondition});
+    gone = make({.kind = SyncKind::kEvent});
+    acquire(lock, kB);
+    acquire(rlock, a_thread);
+    acquire(rlock, a_thread);
+    acquire(sem, kB);
+    acquire(sem, kB);
+    acquire(cond, kC);
+    ASSERT_TRUE(before.Set(event).ok());
+    ASSERT_TRUE(before.Remove(gone).ok());
+    Answer a, c;
+    before.Wait(barrier, kA, std::nullopt, Into(a));
+    before.Wait(barrier, kC, std::nullopt, Into(c));
+    ASSERT_TRUE(Ok(a) && Ok(c));
+    Answer parked;  // a waiter is not kept: its call ends with the old proctord
+    before.Acquire(lock, kC, true, std::nullopt, Into(parked));
+    EXPECT_EQ(notes.size(), 7u);  // the Condition's own RLock has a note too
+    EXPECT_FALSE(notes.contains(absl::StrCat("sync/", gone)));
+  }
+
+  dead_.insert(kB.party);  // B ended while proctord was down
+  SyncTable after(time_, limits, alive);
+  after.Persist(ids->get(), keep);
+  EXPECT_EQ(after.Restore(Values(notes)), 7u);
+  // B's lock and semaphore units are free, abandoned for the next acquirers.
+  EXPECT_EQ(after.Get(lock)->value, 1);
+  EXPECT_EQ(after.Get(lock)->n_waiting, 0);
+  Answer next;
+  after.Acquire(lock, kC, false, std::nullopt, Into(next));
+  ASSERT_TRUE(Ok(next));
+  EXPECT_TRUE((*next.result)->abandoned);
+  EXPECT_EQ(after.Get(sem)->value, 3);
+  after.Acquire(sem, kC, false, std::nullopt, Into(next));
+  EXPECT_TRUE((*next.result)->abandoned);
+  // A's RLock is still A's thread's, two levels deep.
+  absl::StatusOr<SyncInfo> r = after.Get(rlock);
+  ASSERT_EQ(r->holders.size(), 1u);
+  EXPECT_EQ(r->holders[0].count, 2);
+  EXPECT_TRUE(absl::IsFailedPrecondition(after.Release(rlock, kC).status()));
+  ASSERT_TRUE(after.Release(rlock, a_thread).ok());
+  ASSERT_TRUE(after.Release(rlock, a_thread).ok());
+  EXPECT_EQ(after.Get(rlock)->value, 1);
+  // The Event's flag, the Barrier's round and timeout, the names and owners.
+  EXPECT_TRUE(after.Get(event)->is_set);
+  EXPECT_EQ(after.FindByName(std::nullopt, "ready")->id, event);
+  EXPECT_EQ(after.FindByName(kA.party, "held")->id, lock);
+  EXPECT_EQ(after.Get(barrier)->timeout, absl::Seconds(5));
+  EXPECT_FALSE(after.Get(barrier)->broken);
+  // The Condition still works with its lock, which C holds.
+  Answer woken;
+  after.Wait(cond, kC, std::nullopt, Into(woken));
+  EXPECT_TRUE(Pending(woken));
+  // Ids go on above every id used before.
+  absl::StatusOr<SyncInfo> fresh = after.Create({.kind = SyncKind::kLock, .tree = "t"});
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_GT(fresh->id, gone);
+  // A's end frees its object, and its note goes.
+  after.PartyEnded(kA.party);
+  EXPECT_FALSE(notes.contains(absl::StrCat("sync/", lock)));
 }
 
 }  // namespace

@@ -125,7 +125,7 @@ bool Keeper::Done() const {
   // Until the first proctord has connected (it is in the backlog already), there is a
   // reason to be.
   if (!ever_connected_ || !workers_.empty()) return false;
-  return shutdown_requested_ || connection_ < 0;
+  return shutdown_requested_ || (connection_ < 0 && notes_.empty());
 }
 
 void Keeper::OnAcceptable() {

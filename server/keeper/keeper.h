@@ -12,8 +12,10 @@
 // One connection at a time: a new one (a restarted proctord) replaces the old. On Hello the
 // keeper lists what it holds (Held) and reports again every exit not released. Orphans that
 // come to it are reaped at once (OrphanReaped). It exits when it holds no worker and either
-// proctord asked it to (Shutdown) or no proctord is connected. SIGINT, SIGHUP and SIGPIPE are
-// ignored: the keeper is in a session of its own and outlives terminals and proctord alike.
+// proctord asked it to (Shutdown) or no proctord is connected and it holds no note either
+// (an open session, a sync object: the next proctord needs them back). SIGINT, SIGHUP and
+// SIGPIPE are ignored: the keeper is in a session of its own and outlives terminals and
+// proctord alike.
 #ifndef PROCTOR_SERVER_KEEPER_KEEPER_H_
 #define PROCTOR_SERVER_KEEPER_KEEPER_H_
 
