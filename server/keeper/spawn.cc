@@ -1,7 +1,6 @@
 #include "server/keeper/spawn.h"
 
 #include <fcntl.h>
-#include <linux/sched.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -36,28 +35,14 @@ struct ChildPlan {
   const gid_t* groups = nullptr;
   size_t group_count = 0;
   // Written by a child whose step failed; read by the parent once clone() has returned,
-  // which with CLONE_VFORK is after the child's exec or exit. A child that does not share
-  // our memory (clone3 into its cgroup) writes a Failure to `report_fd` instead.
+  // which with CLONE_VFORK is after the child's exec or exit.
   int error = 0;
   const char* failed_step = nullptr;
-  int report_fd = -1;
-};
-
-// What a child with memory of its own reports; `step` points into memory it shares with us
-// by copy (a literal or the plan's strings), so it reads the same in the parent.
-struct Failure {
-  int error;
-  const char* step;
 };
 
 [[noreturn]] void ChildFailed(ChildPlan* plan, const char* step) {
-  if (plan->report_fd >= 0) {
-    Failure failure{errno, step};
-    (void)!write(plan->report_fd, &failure, sizeof(failure));
-  } else {
-    plan->error = errno;
-    plan->failed_step = step;
-  }
+  plan->error = errno;
+  plan->failed_step = step;
   _exit(127);
 }
 
@@ -110,14 +95,8 @@ int ChildMain(void* arg) {
   }
   // After the switch, so the worker's user is the one that must be allowed there.
   if (plan->cwd != nullptr && chdir(plan->cwd) != 0) ChildFailed(plan, plan->cwd);
-  // Our descriptors are all close-on-exec, but libraries' may not be. The report pipe stays
-  // until the exec closes it.
-  if (plan->report_fd >= 3) {
-    if (plan->report_fd > 3) syscall(SYS_close_range, 3U, plan->report_fd - 1U, 0U);
-    syscall(SYS_close_range, plan->report_fd + 1U, ~0U, 0U);
-  } else {
-    syscall(SYS_close_range, 3U, ~0U, 0U);
-  }
+  // Our descriptors are all close-on-exec, but libraries' may not be.
+  syscall(SYS_close_range, 3U, ~0U, 0U);
   sigset_t empty;
   sigemptyset(&empty);
   if (sigprocmask(SIG_SETMASK, &empty, nullptr) != 0) ChildFailed(plan, "sigprocmask");
@@ -135,34 +114,12 @@ std::vector<char*> CStrings(const google::protobuf::RepeatedPtrField<std::string
 
 }  // namespace
 
-namespace {
-
-// clone3 with CLONE_INTO_CGROUP: the child is born in its cgroup, so nothing has to move it
-// there (a write to cgroup.procs takes the cgroup threadgroup lock for writing, which waits
-// for an RCU grace period: milliseconds). Without CLONE_VM (clone3 would need a stack switch
-// in assembly), so the child has a copy of our memory — the keeper is small — and reports a
-// failure through a pipe. Returns the pid, 0 in the child (which never returns), or -1 with
-// errno (ENOSYS, EINVAL: a kernel without it, then the caller moves the child itself).
-pid_t CloneIntoCgroup(int cgroup_fd, ChildPlan& plan, int* pidfd) {
-  clone_args args{};
-  args.flags = CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP;
-  args.pidfd = reinterpret_cast<uint64_t>(pidfd);
-  args.exit_signal = SIGCHLD;
-  args.cgroup = static_cast<uint64_t>(cgroup_fd);
-  pid_t pid = static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
-  if (pid == 0) ChildMain(&plan);
-  return pid;
-}
-
-}  // namespace
-
 SpawnOutcome SpawnWorker(const internal::Spawn& spawn) {
   SpawnOutcome outcome;
-  int cgroup_fd = -1;
   int cgroup_procs = -1;
   if (!spawn.cgroup_dir().empty()) {
-    cgroup_fd = open(spawn.cgroup_dir().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (cgroup_fd < 0) {
+    cgroup_procs = open((spawn.cgroup_dir() + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+    if (cgroup_procs < 0) {
       outcome.error = errno;
       outcome.failed_step = kEnterCgroupStep;
       return outcome;
@@ -179,6 +136,7 @@ SpawnOutcome SpawnWorker(const internal::Spawn& spawn) {
       .cwd = spawn.cwd().empty() ? nullptr : spawn.cwd().c_str(),
       .stdout_path = spawn.stdout_path().c_str(),
       .stderr_path = spawn.stderr_path().c_str(),
+      .cgroup_procs = cgroup_procs,
   };
   if (spawn.has_descriptors()) {
     descriptors.rlim_cur = spawn.descriptors().soft();
@@ -193,51 +151,16 @@ SpawnOutcome SpawnWorker(const internal::Spawn& spawn) {
     plan.group_count = groups.size();
   }
   auto stack = std::make_unique<char[]>(kChildStackBytes);
-  // No signal may be taken in the child before it execs.
+  // No signal may be taken in the child, which shares our memory until it execs.
   sigset_t all, old;
   sigfillset(&all);
   sigprocmask(SIG_SETMASK, &all, &old);
   int pidfd = -1;
-  pid_t pid = -1;
-  int clone_error = 0;
-  int report[2] = {-1, -1};
-  if (cgroup_fd >= 0 && pipe2(report, O_CLOEXEC | O_NONBLOCK) == 0) {
-    plan.report_fd = report[1];
-    pid = CloneIntoCgroup(cgroup_fd, plan, &pidfd);
-    clone_error = errno;
-    close(report[1]);
-    plan.report_fd = -1;
-    if (pid > 0) {
-      Failure failure{};
-      if (read(report[0], &failure, sizeof(failure)) == sizeof(failure)) {
-        plan.error = failure.error;
-        plan.failed_step = failure.step;
-      }
-    }
-    close(report[0]);
-  }
-  if (pid < 0) {
-    // No clone3 into a cgroup here (or no cgroup): the child shares our memory and moves
-    // itself into its cgroup.
-    if (cgroup_fd >= 0) {
-      cgroup_procs = openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
-      if (cgroup_procs < 0) {
-        clone_error = errno;
-        sigprocmask(SIG_SETMASK, &old, nullptr);
-        close(cgroup_fd);
-        outcome.error = clone_error;
-        outcome.failed_step = kEnterCgroupStep;
-        return outcome;
-      }
-      plan.cgroup_procs = cgroup_procs;
-    }
-    pid = clone(ChildMain, stack.get() + kChildStackBytes,
-                CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
-    clone_error = errno;
-  }
+  pid_t pid = clone(ChildMain, stack.get() + kChildStackBytes,
+                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+  int clone_error = errno;
   sigprocmask(SIG_SETMASK, &old, nullptr);
   if (cgroup_procs >= 0) close(cgroup_procs);
-  if (cgroup_fd >= 0) close(cgroup_fd);
 
   if (pid < 0) {
     outcome.error = clone_error;
