@@ -576,6 +576,11 @@ absl::StatusOr<DaemonCommandLine> ParseDaemonFlags(const std::vector<std::string
   DaemonOptions options;
   CLI::App app("proctord: supervises the processes its clients start through its gRPC API.",
                "proctord");
+  app.footer(
+      "Signals: SIGTERM or SIGINT end every worker (and the keeper), then proctord exits; SIGHUP "
+      "reloads the admin keys; SIGUSR2 restarts proctord in place, keeping the workers (they are "
+      "held by proctor-keeper, which a restarted or newly started proctord on the same "
+      "--state-dir reattaches).");
   try {
     DeclareFlags(app, options);
     // CLI11 takes its arguments last first.

@@ -202,6 +202,7 @@ TEST(DaemonFlagsTest, HelpIsNotAnError) {
       EXPECT_THAT(text, HasSubstr(documented)) << flag;
     }
     EXPECT_THAT(text, HasSubstr("(default 10000)")) << "defaults are shown";
+    EXPECT_THAT(text, HasSubstr("SIGUSR2 restarts proctord in place, keeping the workers"));
     EXPECT_THAT(text, HasSubstr("(default 0600)"));
     EXPECT_THAT(text, HasSubstr(DefaultAddress()));
   }
