@@ -247,8 +247,25 @@ bool PidfdExited(int pidfd) {
   return poll(&p, 1, 0) > 0;
 }
 
-absl::Status PidfdSignal(int pidfd, pid_t pid, int sig) {
-  if (syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0) != 0) {
+// pidfd_send_signal's flag (Linux 6.9) for the process group the pidfd's struct pid leads:
+// the group is named by the struct pid the pidfd pins, never by a number that may be reused.
+// A worker leads its own group, so its pidfd names its group.
+constexpr unsigned kPidfdSignalProcessGroup = 1U << 2;
+
+// Whether the kernel takes kPidfdSignalProcessGroup: asked with signal 0 (nothing is sent)
+// through a pidfd of ourselves, which leads no group here or leads our own. An older kernel
+// refuses the flag (EINVAL); a newer one finds no such group (ESRCH) or checks ours (0).
+bool PidfdGroupSignalsWork() {
+  int self = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+  if (self < 0) return false;
+  bool works = syscall(SYS_pidfd_send_signal, self, 0, nullptr, kPidfdSignalProcessGroup) == 0 ||
+               errno == ESRCH;
+  close(self);
+  return works;
+}
+
+absl::Status PidfdSignal(int pidfd, pid_t pid, int sig, unsigned flags = 0) {
+  if (syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, flags) != 0) {
     int err = errno;
     if (err == ESRCH) return absl::NotFoundError(absl::StrCat("process ", pid, " has ended"));
     return PosixError(absl::StrCat("pidfd_send_signal(", pid, ")"), err);
@@ -290,6 +307,12 @@ uint64_t WorkerIdInEnvironment(pid_t pid) {
 absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
     EventLoop& loop, KeeperClient& keeper, const internal::Held& held, Options options) {
   std::unique_ptr<PosixProcessOs> os(new PosixProcessOs(loop, keeper, std::move(options)));
+  os->group_pidfds_work_ = PidfdGroupSignalsWork();
+  if (!os->group_pidfds_work_) {
+    spdlog::info("this kernel cannot signal a process group through a pidfd (Linux < 6.9): a "
+                 "worker's group is signalled while its leader is unreleased, then through its "
+                 "cgroup");
+  }
   if (os->options_.worker_cgroups) {
     os->SetUpCgroups();
   } else {
@@ -388,6 +411,7 @@ PosixProcessOs::~PosixProcessOs() {
     rmdir(cgroup_base_path_.c_str());
   }
   for (const auto& [pid, pidfd] : strays_) close(pidfd);
+  for (const auto& [token, pidfd] : group_pidfds_) close(pidfd);
   if (cpu_group_procs_ >= 0) close(cpu_group_procs_);
   if (unknown_orphans_ > 0) {
     spdlog::info("the keeper reaped {} orphans that belonged to no worker", unknown_orphans_);
@@ -425,6 +449,7 @@ void PosixProcessOs::Adopt(const internal::HeldWorker& worker) {
   absl::MutexLock lock(&mu_);
   workers_[worker.pid()] = worker.token();
   tokens_[worker.token()] = worker.pid();
+  HoldGroupLocked(worker.token(), worker.pid());
   const std::string expected = absl::StrCat(cgroup_base_path_, "/", worker.token());
   if (worker.cgroup_dir().empty() || cgroup_base_fd_ < 0 || worker.cgroup_dir() != expected) {
     if (!worker.cgroup_dir().empty()) {
@@ -549,6 +574,22 @@ void PosixProcessOs::OnSpawned(uint64_t token, pid_t pid) {
   absl::MutexLock lock(&mu_);
   workers_[pid] = token;
   tokens_[token] = pid;
+  HoldGroupLocked(token, pid);
+}
+
+void PosixProcessOs::HoldGroupLocked(uint64_t token, pid_t pid) {
+  if (!group_pidfds_work_) return;
+  // The keeper has not reaped it (it waits for our release), so the number is still its.
+  int pidfd = OpenPidfd(pid);
+  if (pidfd >= 0) group_pidfds_[token] = pidfd;
+}
+
+void PosixProcessOs::ForgetGroupLocked(uint64_t token) {
+  leftover_groups_.erase(token);
+  if (auto held = group_pidfds_.find(token); held != group_pidfds_.end()) {
+    close(held->second);
+    group_pidfds_.erase(held);
+  }
 }
 
 void PosixProcessOs::OnWorkerExited(const internal::Exited& exit) {
@@ -592,7 +633,11 @@ void PosixProcessOs::OnWorkerReaped(uint64_t token) {
     workers_.erase(pid);
     releasing_.erase(leader);
     // Members of its group may outlive it; the group is remembered until found empty.
-    if (GroupMayHaveMembers(pid)) leftover_groups_[token] = pid;
+    if (GroupMayHaveMembers(pid)) {
+      leftover_groups_[token] = pid;
+    } else {
+      ForgetGroupLocked(token);
+    }
     MaybeRemoveCgroupLocked(token);
   }
   // Terminations waiting for the worker's group to empty may be done.
@@ -658,7 +703,7 @@ void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
   if (it == cgroups_.end() || it->second.populated || tokens_.contains(token)) return;
   // EBUSY if something entered meanwhile: then the next event removes it.
   if (unlinkat(cgroup_base_fd_, it->second.name.c_str(), AT_REMOVEDIR) != 0) return;
-  leftover_groups_.erase(token);  // its members were all in the cgroup
+  ForgetGroupLocked(token);  // its members were all in the cgroup
   inotify_rm_watch(inotify_fd_, it->second.watch);
   cgroup_watches_.erase(it->second.watch);
   cgroups_.erase(it);
@@ -679,6 +724,15 @@ void PosixProcessOs::OnSigchld() {
 
 absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {
   absl::MutexLock lock(&mu_);
+  if (auto held = group_pidfds_.find(token); held != group_pidfds_.end()) {
+    // The pidfd pins the leader's struct pid, which is the group's: only members of this
+    // group can be reached, whoever has reaped the leader and whatever took its number.
+    absl::Status sent = PidfdSignal(held->second, 0, sig, kPidfdSignalProcessGroup);
+    if (absl::IsNotFound(sent)) {
+      return absl::NotFoundError(absl::StrCat("nothing of worker ", token, "'s group is left"));
+    }
+    return sent;
+  }
   pid_t pgid = 0;
   bool provably_ours = false;
   if (auto leader = tokens_.find(token); leader != tokens_.end()) {
@@ -690,7 +744,7 @@ absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {
     pgid = group->second;
     if (workers_.contains(pgid)) {
       // The number leads another worker now, so the old group emptied long ago.
-      leftover_groups_.erase(group);
+      ForgetGroupLocked(token);
       return absl::NotFoundError(absl::StrCat("nothing of worker ", token, "'s group is left"));
     }
   } else if (auto releasing = releasing_.find(token); releasing != releasing_.end()) {
@@ -783,7 +837,7 @@ bool PosixProcessOs::GroupExistsLocked(uint64_t token) {
                !workers_.contains(group->second);  // the number leads another worker now
   // Once the group is found empty it is forgotten for good.
   if (maybe && GroupMayHaveMembers(group->second)) return true;
-  leftover_groups_.erase(group);
+  ForgetGroupLocked(token);
   return false;
 }
 

@@ -7,7 +7,12 @@
 // returned) and released it.
 //
 // Ownership, so that a signal only ever reaches a process proctord provably owns:
-// - A worker's group is signalled with kill(-pgid) while its leader is unreleased (the keeper
+// - A worker's group is signalled through a pidfd of its leader, taken while the keeper still
+//   held it unreaped, with pidfd_send_signal's PIDFD_SIGNAL_PROCESS_GROUP (Linux 6.9): the
+//   pidfd pins the group's struct pid, so only that group's members are reached, even after
+//   the leader is reaped (by the keeper, or by init if the keeper died) and its number reused.
+//   The pidfd is kept until the group is found empty.
+// - On older kernels, with kill(-pgid) while its leader is unreleased (the keeper
 //   reaps only what proctord released, and an unreaped process keeps its pid, and so its
 //   group id). Otherwise only members of the worker's cgroup that are checked to be in the
 //   group are signalled, each through a pidfd.
@@ -108,6 +113,10 @@ class PosixProcessOs final : public ProcessOs {
   void OnWorkerExited(const internal::Exited& exit);
   void OnWorkerReaped(uint64_t token);
   void OnOrphanReaped(pid_t pid, const std::string& cgroup);
+  // Takes a pidfd of the worker's leader, to signal its group by (where the kernel can).
+  void HoldGroupLocked(uint64_t token, pid_t pid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The group is empty, or can no longer be told apart: forgotten, its pidfd closed.
+  void ForgetGroupLocked(uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A cgroup could not be made or entered: new workers get none from now on (said once).
   void GiveUpCgroups(const std::string& what, int err);
   // Reads the inotify descriptor and refreshes `populated` of the cgroups that changed.
@@ -153,6 +162,10 @@ class PosixProcessOs final : public ProcessOs {
   absl::flat_hash_set<uint64_t> ended_leaders_ ABSL_GUARDED_BY(mu_);
   // The group ids of reaped workers whose groups may still have members, by token.
   absl::flat_hash_map<uint64_t, pid_t> leftover_groups_ ABSL_GUARDED_BY(mu_);
+  // Pidfds of workers' leaders, by token, from launch until the group is forgotten; only
+  // where the kernel signals a group through a pidfd (set once, by Create).
+  bool group_pidfds_work_ = false;
+  absl::flat_hash_map<uint64_t, int> group_pidfds_ ABSL_GUARDED_BY(mu_);
   // Workers' cgroups, by token, until empty and their leader reaped.
   absl::flat_hash_map<uint64_t, WorkerCgroup> cgroups_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<int, uint64_t> cgroup_watches_ ABSL_GUARDED_BY(mu_);  // watch → token

@@ -272,6 +272,30 @@ TEST(EscapeeTest, OrphansOwnedByNoWorkerAreLoggedAndCounted) {
   })) << daemon.Log();
 }
 
+// Without cgroups, the only proof that a group id is still a worker's, once its leader is
+// reaped, is a pidfd of the leader (which pins the group's struct pid): it reaches what is
+// left of the group, and nothing that took the number since.
+TEST(GroupSignalTest, WhatIsLeftOfAGroupIsReachedAfterItsLeaderIsReaped) {
+  TestDaemon daemon({"--no-worker-cgroups"});
+  if (daemon.Log().find("cannot signal a process group through a pidfd") != std::string::npos) {
+    GTEST_SKIP() << "needs pidfd_send_signal(PIDFD_SIGNAL_PROCESS_GROUP), Linux 6.9";
+  }
+  v1::Process worker = StartOk(daemon.client(), {"/bin/sh", "-c", "sleep 3011 & exit 0"});
+  ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
+  ASSERT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", "3011"}).size() == 1; }));
+  pid_t left = ProcessesRunning({"sleep", "3011"})[0];
+  ASSERT_EQ(getpgid(left), worker.pid()) << "still in the worker's group";
+  ASSERT_TRUE(WaitFor([&] { return !IsZombie(worker.pid()) && !IsAlive(worker.pid()); }))
+      << "the leader is reaped";
+  v1::TerminateRequest terminate;
+  terminate.set_id(worker.id());
+  terminate.set_tree(false);  // its group only: no search for strays
+  terminate.set_signal(SIGTERM);
+  absl::StatusOr<v1::Process> ended = daemon.client().Terminate(terminate);
+  ASSERT_TRUE(ended.ok()) << ended.status() << daemon.Log();
+  EXPECT_TRUE(WaitFor([&] { return !IsAlive(left); })) << daemon.Log();
+}
+
 TEST(ReleaseTest, ReleaseIsRefusedWhileProcessesOfTheWorkerLive) {
   TestDaemon daemon;
   v1::Process worker =

@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -1059,14 +1061,21 @@ int HoldWhileRunning(Cli& cli, const Command& command, const Args& args, v1::Syn
   ScopedSignalBlock block({SIGINT, SIGTERM, SIGHUP});
   absl::StatusOr<Client*> client = cli.client();
   if (!client.ok()) return cli.Fail(client.status());
-  std::atomic<pid_t> child{0};
-  SignalWatcher watcher(block, [&child](int sig, int) {
-    if (pid_t pid = child.load(); pid > 1) kill(pid, sig);
+  // CMD through a pidfd taken while it is our unreaped child: a signal that comes after it
+  // was reaped reaches nothing, whatever took its number.
+  absl::Mutex child_mu;
+  int child_pidfd = -1;
+  SignalWatcher watcher(block, [&](int sig, int) {
+    absl::MutexLock lock(&child_mu);
+    if (child_pidfd >= 0) syscall(SYS_pidfd_send_signal, child_pidfd, sig, nullptr, 0);
   });
   SyncCommandIo io{**client, cli.out(), cli.err(), cli.json()};
   std::vector<std::string> cmd(args.operands.begin() + 1, args.operands.end());
-  return HoldAndRun(io, kind, args.operands[0], value, timeout, cmd,
-                    [&child](pid_t pid) { child.store(pid); });
+  return HoldAndRun(io, kind, args.operands[0], value, timeout, cmd, [&](pid_t pid) {
+    absl::MutexLock lock(&child_mu);
+    if (child_pidfd >= 0) close(child_pidfd);
+    child_pidfd = pid > 1 ? static_cast<int>(syscall(SYS_pidfd_open, pid, 0)) : -1;
+  });
 }
 
 int CmdLock(Cli& cli, const Command& command, const Args& args) {
