@@ -81,6 +81,7 @@ TEST_F(RestartTest, WorkersLiveOnAcrossKillNineWithTheirTrueExitCodes) {
   EXPECT_EQ(was_down.exitcode(), 3);
   EXPECT_FALSE(was_down.lost());
   EXPECT_GT(was_down.end_time().seconds(), 0);
+  EXPECT_GT(was_down.max_rss_bytes(), 0) << "its resource usage, as the keeper read it";
   EXPECT_TRUE(WaitFor([&] { return !IsAlive(down.pid()) && !IsZombie(down.pid()); }))
       << "reaped once recorded";
 
