@@ -27,6 +27,14 @@ v1::EventType TypeOf(EventKind kind) {
       return v1::EVENT_SESSION_OPENED;
     case EventKind::kSessionEnded:
       return v1::EVENT_SESSION_ENDED;
+    case EventKind::kRestarting:
+      return v1::EVENT_RESTARTING;
+    case EventKind::kGaveUp:
+      return v1::EVENT_GAVE_UP;
+    case EventKind::kReady:
+      return v1::EVENT_READY;
+    case EventKind::kWatchdog:
+      return v1::EVENT_WATCHDOG;
   }
   return v1::EVENT_TYPE_UNSPECIFIED;
 }
@@ -50,46 +58,12 @@ v1::Event EventRecorder::ToProto(const SupervisorEvent& event) {
   } else {
     proctor::ToProto(event.process, out.mutable_process());
   }
+  if (event.kind == EventKind::kRestarting) *out.mutable_delay() = ToDurationProto(event.delay);
   return out;
 }
 
 ProcessInfo EventRecorder::FromProto(const v1::Process& process) {
-  auto time_of = [](const google::protobuf::Timestamp& t) {
-    return absl::FromUnixNanos(TimeUtil::TimestampToNanoseconds(t));
-  };
-  auto duration_of = [](const google::protobuf::Duration& d) {
-    return absl::Nanoseconds(TimeUtil::DurationToNanoseconds(d));
-  };
-  ProcessInfo info;
-  info.id = process.id();
-  info.name = process.name();
-  info.pid = process.pid();
-  info.running = process.state() == v1::STATE_RUNNING;
-  info.lost = process.lost();
-  if (!info.running) {
-    if (!info.lost) {
-      info.status = process.signal() != 0
-                        ? WaitStatus::Signaled(process.signal(), process.core_dumped())
-                        : WaitStatus::Exited(process.exitcode());
-    }
-    info.end_time = time_of(process.end_time());
-    info.usage = ResourceUsage{.user_cpu = duration_of(process.user_cpu()),
-                               .system_cpu = duration_of(process.system_cpu()),
-                               .max_rss_bytes = process.max_rss_bytes()};
-  } else {
-    info.end_time = absl::InfinitePast();
-  }
-  info.daemon = process.daemon();
-  info.parent_id = process.parent_id();
-  info.parent_session = process.parent_session();
-  info.children.assign(process.children().begin(), process.children().end());
-  info.target = process.target();
-  info.args.assign(process.args().begin(), process.args().end());
-  info.cwd = process.cwd();
-  info.start_time = time_of(process.start_time());
-  info.stdout_path = process.stdout_path();
-  info.stderr_path = process.stderr_path();
-  return info;
+  return proctor::FromProto(process);
 }
 
 EventRecorder::Rebuilt EventRecorder::Rebuild(const std::vector<v1::Event>& events) {

@@ -41,22 +41,6 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 namespace {
 
-google::protobuf::Timestamp ToTimestamp(absl::Time t) {
-  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
-}
-
-}  // namespace
-
-google::protobuf::Duration ToDurationProto(absl::Duration d) {
-  return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
-}
-
-absl::Duration FromDurationProto(const google::protobuf::Duration& d) {
-  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-}
-
-namespace {
-
 // The rules google/protobuf/duration.proto sets: about ±10,000 years, nanos below one second
 // and of the seconds' sign.
 absl::Status ValidateDuration(const google::protobuf::Duration& d, absl::string_view field) {
@@ -497,38 +481,6 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
 
 }  // namespace
 
-void ToProto(const ProcessInfo& info, v1::Process* out) {
-  out->set_id(info.id);
-  out->set_name(info.name);
-  out->set_pid(info.pid);
-  out->set_state(info.running ? v1::STATE_RUNNING : v1::STATE_EXITED);
-  out->set_lost(info.lost);
-  if (info.status.has_value()) {
-    out->set_exitcode(info.status->exitcode());
-    out->set_signal(info.status->signal);
-    out->set_core_dumped(info.status->core_dumped);
-  }
-  out->set_daemon(info.daemon);
-  if (info.parent_id != 0) {
-    out->set_parent_id(info.parent_id);
-  } else if (info.parent_session != 0) {
-    out->set_parent_session(info.parent_session);
-  }
-  for (uint64_t child : info.children) out->add_children(child);
-  out->set_target(info.target);
-  for (const std::string& arg : info.args) out->add_args(arg);
-  *out->mutable_start_time() = ToTimestamp(info.start_time);
-  if (!info.running) {
-    *out->mutable_end_time() = ToTimestamp(info.end_time);
-    *out->mutable_user_cpu() = ToDurationProto(info.usage.user_cpu);
-    *out->mutable_system_cpu() = ToDurationProto(info.usage.system_cpu);
-    out->set_max_rss_bytes(info.usage.max_rss_bytes);
-  }
-  out->set_stdout_path(info.stdout_path);
-  out->set_stderr_path(info.stderr_path);
-  out->set_cwd(info.cwd);
-}
-
 absl::Status ValidateRequest(const google::protobuf::Message& request) {
   return ValidateFields(request, "");
 }
@@ -615,15 +567,7 @@ grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* con
                                "sessions are for clients that are not workers; a worker's "
                                "key makes the worker itself the parent"));
   }
-  spec.target = request.target();
-  spec.args.assign(request.args().begin(), request.args().end());
-  spec.kwargs.insert(request.kwargs().begin(), request.kwargs().end());
-  spec.name = request.name();
-  spec.daemon = request.daemon();
-  spec.env.assign(request.env().begin(), request.env().end());
-  spec.cwd = request.cwd();
-  spec.user = request.user();
-  spec.group = request.group();
+  if (absl::Status s = StartSpecFromRequest(request, spec); !s.ok()) return Refuse(context, s);
   absl::StatusOr<ProcessInfo> started = supervisor_.Start(spec);
   if (absl::IsResourceExhausted(started.status())) {
     std::string tree = caller->admin() ? absl::StrCat("admin@", context->peer())

@@ -27,12 +27,10 @@
 #include "server/authenticator.h"
 #include "server/clock.h"
 #include "server/event_log.h"
+#include "server/process_proto.h"
 #include "server/supervisor.h"
 
 namespace proctor {
-
-// The record as the API shows it.
-void ToProto(const ProcessInfo& info, v1::Process* out);
 
 // For the handlers of proctord's services.
 grpc::Status ToGrpc(const absl::Status& status);
@@ -40,9 +38,6 @@ grpc::Status ToGrpc(const absl::Status& status);
 absl::Status ParseRequest(const grpc::ByteBuffer& raw, google::protobuf::Message& request);
 // Replaces what `out` held with `reply`, serialized.
 void SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer* out);
-google::protobuf::Duration ToDurationProto(absl::Duration d);
-// REQUIRES: ValidateRequest passed on the message that holds `d`.
-absl::Duration FromDurationProto(const google::protobuf::Duration& d);
 
 // OK when every field of `request`, nested messages included, holds a value the API defines:
 // each enum field one of its enum's values, each google.protobuf.Duration within that type's

@@ -65,6 +65,38 @@
 
 namespace proctor {
 
+// When a process that ended runs again (see README, "Restart policies").
+struct RestartPolicy {
+  enum class Mode { kNo, kOnFailure, kAlways };
+  Mode mode = Mode::kNo;
+  uint32_t max_restarts = 0;             // within `window`; 0: unlimited
+  std::optional<absl::Duration> window;  // unset: since the last reset
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(30);
+  absl::Duration reset_after = absl::Seconds(60);
+};
+
+// How one run of a restarting process ended.
+struct RunExit {
+  pid_t pid = 0;
+  WaitStatus status;
+  absl::Time start_time;
+  absl::Time end_time;
+  bool watchdog = false;  // the watchdog ended it
+};
+
+// What a worker started with notify said over the sd_notify protocol.
+struct NotifyInfo {
+  bool ready = false;  // during the current run
+  std::string status;
+  bool stopping = false;
+  bool reloading = false;
+  int errno_value = 0;
+  absl::Duration watchdog = absl::ZeroDuration();  // the period in force; 0: none
+  absl::Time last_watchdog_ping = absl::InfinitePast();
+  uint64_t dropped = 0;
+};
+
 // A snapshot of one record, as Status reports it.
 struct ProcessInfo {
   uint64_t id = 0;
@@ -85,6 +117,13 @@ struct ProcessInfo {
   ResourceUsage usage;
   std::string stdout_path;
   std::string stderr_path;
+  RestartPolicy restart;
+  uint32_t restarts = 0;
+  std::optional<RunExit> last_exit;  // the most recent run that ended
+  bool backoff = false;              // ended, waiting to run again (running is false)
+  absl::Time next_start_time = absl::InfinitePast();  // while in backoff
+  std::optional<NotifyInfo> notify;  // set when started with notify
+  std::string service;               // the declared service it runs
 };
 
 struct StartSpec {
@@ -100,6 +139,10 @@ struct StartSpec {
   std::string authkey;           // multiprocessing's attribute; empty: the parent's, or fresh
   std::string user;              // run as this user (see ResolveWorkerUser); empty: default
   std::string group;
+  RestartPolicy restart;
+  bool notify = false;          // NOTIFY_SOCKET (implied by a watchdog)
+  absl::Duration watchdog = absl::ZeroDuration();  // 0: none unless the worker asks
+  std::string service;          // the declared service it runs
 };
 
 struct ListFilter {
@@ -119,6 +162,10 @@ enum class EventKind {
   kEvicted,
   kSessionOpened,
   kSessionEnded,
+  kRestarting,  // a run ended; it runs again after SupervisorEvent::delay
+  kGaveUp,      // the restart policy gave up: ended for good
+  kReady,       // READY=1
+  kWatchdog,    // the watchdog period passed without WATCHDOG=1: SIGABRT
 };
 
 struct SupervisorEvent {
@@ -127,6 +174,7 @@ struct SupervisorEvent {
   EventKind kind;
   ProcessInfo process;  // the record as it stands after the event (process events)
   uint64_t session = 0;  // session events
+  absl::Duration delay;  // kRestarting: until it runs again
 };
 
 // Where the events go: a journal and the watchers. Record() is called outside the
