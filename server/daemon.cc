@@ -28,6 +28,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/authkey.h"
@@ -536,9 +537,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TcpCredentials(
 // The daemon's environment for its workers, without proctor's own variables: a worker gets
 // its own PROCTOR_ID/PROCTOR_AUTHKEY, and must not find the daemon's admin key file instead.
 std::vector<std::string> WorkerBaseEnvironment() {
+  // What systemd hands proctord itself (its own notify socket, watchdog, sockets) is not the
+  // workers': a worker that inherited NOTIFY_SOCKET could speak for proctord.
+  constexpr absl::string_view kServiceManagerEnv[] = {
+      "NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID=", "LISTEN_FDS=", "LISTEN_PID=",
+      "LISTEN_FDNAMES="};
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, kEnvPrefix)) env.emplace_back(*e);
+    absl::string_view entry = *e;
+    if (absl::StartsWith(entry, kEnvPrefix)) continue;
+    if (std::any_of(std::begin(kServiceManagerEnv), std::end(kServiceManagerEnv),
+                    [&](absl::string_view name) { return absl::StartsWith(entry, name); })) {
+      continue;
+    }
+    env.emplace_back(entry);
   }
   return env;
 }
@@ -736,6 +748,11 @@ absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
   for (const internal::Note& note : held.notes()) {
     if (absl::StartsWith(note.key(), "sync/")) {
       kept_sync_.push_back(note.value());
+      continue;
+    }
+    if (uint64_t id = 0; absl::StartsWith(note.key(), "launch/") &&
+                         absl::SimpleAtoi(absl::StripPrefix(note.key(), "launch/"), &id)) {
+      restored.launches[id] = note.value();
       continue;
     }
     internal::SessionMemo memo;

@@ -497,6 +497,7 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
   }
   spawn.set_stdout_path(spec.stdout_path);
   spawn.set_stderr_path(spec.stderr_path);
+  spawn.set_append_output(spec.append_output);
   spawn.set_memo(spec.memo);
   if (options_.worker_descriptors.has_value()) {
     spawn.mutable_descriptors()->set_soft(options_.worker_descriptors->rlim_cur);
@@ -720,6 +721,13 @@ void PosixProcessOs::OnSigchld() {
       spdlog::info("the keeper (pid {}) exited with status {}", pid, status);
     }
   }
+}
+
+bool PosixProcessOs::Reusable(uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  return !tokens_.contains(token) && !releasing_.contains(token) &&
+         !ended_leaders_.contains(token) && !leftover_groups_.contains(token) &&
+         !group_pidfds_.contains(token) && !cgroups_.contains(token);
 }
 
 absl::Status PosixProcessOs::SignalGroup(uint64_t token, int sig) {

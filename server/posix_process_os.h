@@ -83,6 +83,7 @@ class PosixProcessOs final : public ProcessOs {
   absl::Status SignalProcess(pid_t pid, int sig) override;
   bool ProcessExists(pid_t pid) override;
   std::vector<pid_t> FindDescendants(const std::vector<uint64_t>& tokens) override;
+  bool Reusable(uint64_t token) override;
   void Remember(const std::string& key, const std::string& value) override {
     keeper_.Remember(key, value);
   }

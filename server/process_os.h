@@ -51,6 +51,7 @@ struct LaunchSpec {
   std::string cwd;                 // empty: the daemon's
   std::string stdout_path;         // created (mode 0600) or truncated
   std::string stderr_path;
+  bool append_output = false;      // appended to instead of truncated (a restart's run)
   std::optional<WorkerIdentity> identity;  // unset: the daemon's user
   // Kept with the worker outside proctord (never on disk) and handed back after a restart.
   std::string memo;
@@ -120,6 +121,10 @@ class ProcessOs {
   // is held (a pidfd) from then on, so SignalProcess reaches that process and no other.
   // Reads /proc: never call it under a lock that others wait on.
   virtual std::vector<pid_t> FindDescendants(const std::vector<uint64_t>& tokens) = 0;
+
+  // Whether a new Launch() may use `token` again: nothing of an earlier worker launched with
+  // it is held any more (reaped, its group and cgroup empty and forgotten).
+  virtual bool Reusable(uint64_t token) = 0;
 
   // Keeps `value` under `key` outside proctord (never on disk), for the next proctord after a
   // restart that keeps the workers; Forget drops it.

@@ -278,7 +278,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   bool IsRunning() {
     absl::StatusOr<ProcessInfo> info = supervisor_.Get(id_);
-    return info.ok() && info->running;
+    return info.ok() && (info->running || info->backoff);  // a restart writes on
   }
 
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -574,6 +574,16 @@ grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* con
                                        : absl::StrCat(supervisor_.RootOf(caller->worker_id));
     return Refuse(context, started.status(), limit_refusals_.Refused(tree));
   }
+  if (started.ok() && request.wait_ready()) {
+    // Answered once the worker has sent READY=1 (or ended, or run out of time).
+    absl::Duration timeout = request.has_ready_timeout()
+                                 ? FromDurationProto(request.ready_timeout())
+                                 : kDefaultReadyTimeout;
+    uint64_t id = started->id;
+    return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
+      return supervisor_.AwaitReady(id, timeout, std::move(done));
+    });
+  }
   if (started.ok()) {
     v1::Process process;
     ToProto(*started, &process);
@@ -631,6 +641,7 @@ grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* co
   ListFilter filter;
   if (request.state() != v1::STATE_UNSPECIFIED) {
     filter.running = request.state() == v1::STATE_RUNNING;
+    filter.backoff = request.state() == v1::STATE_BACKOFF;
   }
   filter.name = request.name();
   if (request.has_parent_id()) filter.parent_id = request.parent_id();

@@ -3,10 +3,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -18,6 +20,7 @@
 namespace proctor {
 namespace {
 
+constexpr int kSigabrt = 6;
 constexpr int kSigkill = 9;
 constexpr int kSigterm = 15;
 // After SIGKILL, how often to look again for group members nobody told us about (for
@@ -104,6 +107,48 @@ size_t ExecSize(const std::vector<std::string>& argv, const std::vector<std::str
   return total;
 }
 
+// What the "launch/<id>" note keeps: the launch of each run of a restarting process.
+std::string LaunchNote(const LaunchSpec& spec) {
+  internal::LaunchMemo memo;
+  memo.set_path(spec.path);
+  for (const std::string& arg : spec.argv) memo.add_argv(arg);
+  for (const std::string& entry : spec.envp) memo.add_envp(entry);
+  memo.set_cwd(spec.cwd);
+  memo.set_stdout_path(spec.stdout_path);
+  memo.set_stderr_path(spec.stderr_path);
+  if (spec.identity.has_value()) {
+    memo.set_switch_user(true);
+    memo.set_uid(spec.identity->uid);
+    memo.set_gid(spec.identity->gid);
+    for (gid_t group : spec.identity->groups) memo.add_groups(group);
+  }
+  memo.set_memo(spec.memo);
+  return memo.SerializeAsString();
+}
+
+std::optional<LaunchSpec> LaunchFromNote(const std::string& note) {
+  internal::LaunchMemo memo;
+  if (!memo.ParseFromString(note) || memo.argv().empty()) return std::nullopt;
+  LaunchSpec spec;
+  spec.path = memo.path();
+  spec.argv.assign(memo.argv().begin(), memo.argv().end());
+  spec.envp.assign(memo.envp().begin(), memo.envp().end());
+  spec.cwd = memo.cwd();
+  spec.stdout_path = memo.stdout_path();
+  spec.stderr_path = memo.stderr_path();
+  spec.append_output = true;
+  if (memo.switch_user()) {
+    spec.identity = WorkerIdentity{.uid = memo.uid(), .gid = memo.gid(),
+                                   .groups = {memo.groups().begin(), memo.groups().end()}};
+  }
+  spec.memo = memo.memo();
+  return spec;
+}
+
+std::string LaunchNoteKey(uint64_t id) { return absl::StrCat("launch/", id); }
+
+bool Failed(const WaitStatus& status) { return status.signal != 0 || status.exit_code != 0; }
+
 }  // namespace
 
 Supervisor::Supervisor(SupervisorOptions options, ProcessOs& os, Clock& clock,
@@ -166,9 +211,23 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
   absl::StatusOr<uint64_t> next = ids_.Next();
   if (!next.ok()) return next.status();
   const uint64_t id = *next;
+  if (spec.notify) {
+    if (options_.notify == nullptr) {
+      return absl::FailedPreconditionError("this proctord takes no sd_notify messages");
+    }
+    std::optional<uid_t> owner;
+    if (launch->identity.has_value()) owner = launch->identity->uid;
+    // Binds a socket: before the lock.
+    absl::StatusOr<std::string> endpoint = options_.notify->Open(id, owner);
+    if (!endpoint.ok()) return endpoint.status();
+    launch->envp = BuildEnv(launch->envp, {absl::StrCat("NOTIFY_SOCKET=", *endpoint)});
+  }
   {
     absl::MutexLock lock(&mu_);
-    if (absl::Status admitted = AdmitLocked(spec, id, *launch); !admitted.ok()) return admitted;
+    if (absl::Status admitted = AdmitLocked(spec, id, *launch); !admitted.ok()) {
+      if (spec.notify) options_.notify->Close(id);
+      return admitted;
+    }
   }
 
   if (options_.capture_files != nullptr) {
@@ -183,6 +242,7 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     absl::MutexLock lock(&mu_);
     if (!launched.ok()) {
       RollBackLocked(id, out);
+      if (spec.notify) out.Call([this, id] { options_.notify->Close(id); });
       return launched.status();
     }
     info = CommitLocked(id, *launched, out);
@@ -254,6 +314,13 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
   info.cwd = spec.cwd;
   info.start_time = clock_.Now();
   info.end_time = absl::InfinitePast();
+  info.restart = spec.restart;
+  info.service = spec.service;
+  if (spec.notify) {
+    info.notify.emplace();
+    info.notify->watchdog = spec.watchdog;
+  }
+  record.start_watchdog = spec.watchdog;
   info.stdout_path = absl::StrCat(options_.log_dir, "/", id, ".out");
   info.stderr_path = absl::StrCat(options_.log_dir, "/", id, ".err");
   launch.stdout_path = info.stdout_path;
@@ -270,8 +337,13 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
   memo.set_credential(record.credential);
   memo.set_authkey(authkey);
   memo.set_depth(static_cast<uint32_t>(record.depth));
+  if (launch.identity.has_value()) memo.set_uid(launch.identity->uid);
   launch.memo = memo.SerializeAsString();
   record.authkey = std::move(authkey);
+  if (spec.restart.mode != RestartPolicy::Mode::kNo) {
+    record.relaunch = launch;
+    record.relaunch->append_output = true;
+  }
   starting_.emplace(id, std::move(record));
   return absl::OkStatus();
 }
@@ -312,6 +384,13 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
     }
   }
   if (info.name.empty()) info.name = absl::StrCat("Process-", record.identity);
+  record.run_started = clock_.MonotonicNow();
+  if (record.relaunch.has_value()) {
+    out.Call([this, id, note = LaunchNote(*record.relaunch)] {
+      os_.Remember(LaunchNoteKey(id), note);
+    });
+  }
+  ArmWatchdogLocked(record);
   out.Emit(EventKind::kStarted, &info);
   spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, info.name, info.pid,
                info.target, info.daemon ? " daemon" : "");
@@ -378,8 +457,8 @@ Supervisor::Outbox::~Outbox() {
   supervisor_.Drop(files_);
 }
 
-void Supervisor::Outbox::Emit(EventKind kind, const ProcessInfo* process, uint64_t session)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+void Supervisor::Outbox::Emit(EventKind kind, const ProcessInfo* process, uint64_t session,
+                              absl::Duration delay) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   supervisor_.mu_.AssertHeld();
   SupervisorEvent& event = events_.emplace_back();
   event.cursor = ++supervisor_.last_cursor_;
@@ -387,6 +466,7 @@ void Supervisor::Outbox::Emit(EventKind kind, const ProcessInfo* process, uint64
   event.kind = kind;
   if (process != nullptr) event.process = *process;
   event.session = session;
+  event.delay = delay;
 }
 
 void Supervisor::RecordInOrder(const std::vector<SupervisorEvent>& events) {
@@ -425,7 +505,8 @@ Supervisor::WaiterId Supervisor::Join(uint64_t id, std::optional<absl::Duration>
                                     " is negative; give 0 or more")));
   } else if (record == nullptr) {
     out.Answer(std::move(done), NoSuchProcess(id));
-  } else if (!record->info.running || timeout == absl::ZeroDuration()) {
+  } else if ((!record->info.running && !record->info.backoff && !record->relaunching) ||
+             timeout == absl::ZeroDuration()) {
     out.Answer(std::move(done), record->info);
   } else {
     WaiterId waiter = next_waiter_++;
@@ -454,6 +535,141 @@ void Supervisor::OnJoinTimeout(uint64_t id, WaiterId waiter) {
   waiter_record_.erase(waiter);
 }
 
+Supervisor::WaiterId Supervisor::AwaitReady(uint64_t id, absl::Duration timeout, Done done) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (record == nullptr) {
+    out.Answer(std::move(done), NoSuchProcess(id));
+    return 0;
+  }
+  const ProcessInfo& info = record->info;
+  if (!info.notify.has_value() || info.notify->ready) {
+    out.Answer(std::move(done), info);
+    return 0;
+  }
+  if (!info.running && !info.backoff && !record->relaunching) {
+    out.Answer(std::move(done),
+               absl::FailedPreconditionError(absl::StrCat(
+                   "process ", id, " ended before it was ready (exit code ",
+                   info.status.has_value() ? info.status->exitcode() : 0, ")")));
+    return 0;
+  }
+  WaiterId waiter = next_waiter_++;
+  Waiter w{waiter, std::move(done)};
+  w.deadline = clock_.MonotonicNow() + timeout;
+  w.timer = timers_.After(timeout, [this, id, waiter] { OnReadyTimeout(id, waiter); });
+  record->ready_waiters.push_back(std::move(w));
+  waiter_record_[waiter] = id;
+  return waiter;
+}
+
+void Supervisor::OnReadyTimeout(uint64_t id, WaiterId waiter) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (record == nullptr) return;
+  auto& waiters = record->ready_waiters;
+  auto w = std::find_if(waiters.begin(), waiters.end(),
+                        [&](const Waiter& r) { return r.id == waiter; });
+  if (w == waiters.end()) return;
+  spdlog::warn("id={} name=\"{}\": not ready (READY=1) in time: terminating it", id,
+               record->info.name);
+  out.Answer(std::move(w->done),
+             absl::DeadlineExceededError(absl::StrCat(
+                 "process ", id, " did not send READY=1 in time; it is being terminated")));
+  waiters.erase(w);
+  waiter_record_.erase(waiter);
+  record->tree = true;
+  out.Emit(EventKind::kTerminateRequested, &record->info);
+  SignalTreeLocked(*record, kSigterm, kDefaultGrace, out);
+  EvictLocked(out);
+}
+
+void Supervisor::OnNotify(uint64_t id, const NotifyMessage& message) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (record == nullptr || !record->info.running || !record->info.notify.has_value()) return;
+  NotifyInfo& notify = *record->info.notify;
+  if (message.status.has_value()) notify.status = *message.status;
+  if (message.errno_value.has_value()) notify.errno_value = *message.errno_value;
+  if (message.stopping) notify.stopping = true;
+  if (message.reloading) notify.reloading = true;
+  if (message.extend_timeout.has_value()) {
+    // Each waiter's deadline moves to at least that far from now, never closer.
+    const absl::Duration deadline = clock_.MonotonicNow() + *message.extend_timeout;
+    for (Waiter& w : record->ready_waiters) {
+      if (deadline <= w.deadline) continue;
+      timers_.Cancel(w.timer);
+      w.deadline = deadline;
+      WaiterId waiter = w.id;
+      w.timer = timers_.After(*message.extend_timeout,
+                              [this, id, waiter] { OnReadyTimeout(id, waiter); });
+    }
+  }
+  if (message.watchdog_period.has_value()) notify.watchdog = *message.watchdog_period;
+  if (message.watchdog_ping) notify.last_watchdog_ping = clock_.Now();
+  if (message.watchdog_period.has_value() || message.watchdog_ping) ArmWatchdogLocked(*record);
+  if (message.ready) {
+    notify.reloading = false;
+    if (!notify.ready) {
+      notify.ready = true;
+      spdlog::info("id={} name=\"{}\" is ready", id, record->info.name);
+      out.Emit(EventKind::kReady, &record->info);
+      for (Waiter& w : record->ready_waiters) {
+        timers_.Cancel(w.timer);
+        waiter_record_.erase(w.id);
+        out.Answer(std::move(w.done), record->info);
+      }
+      record->ready_waiters.clear();
+    }
+  }
+  if (message.watchdog_trigger) {
+    timers_.Cancel(record->watchdog_timer);
+    record->watchdog_timer = 0;
+    uint32_t run = record->info.restarts;
+    out.Call([this, id, run] { OnWatchdog(id, run); });
+  }
+}
+
+void Supervisor::OnNotifyDropped(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  if (record != nullptr && record->info.notify.has_value()) ++record->info.notify->dropped;
+}
+
+void Supervisor::ArmWatchdogLocked(Record& record) {
+  if (record.watchdog_timer != 0) timers_.Cancel(record.watchdog_timer);
+  record.watchdog_timer = 0;
+  const ProcessInfo& info = record.info;
+  if (!info.running || !info.notify.has_value() || info.notify->watchdog <= absl::ZeroDuration()) {
+    return;
+  }
+  uint64_t id = info.id;
+  uint32_t run = info.restarts;
+  record.watchdog_timer =
+      timers_.After(info.notify->watchdog, [this, id, run] { OnWatchdog(id, run); });
+}
+
+void Supervisor::OnWatchdog(uint64_t id, uint32_t run) {
+  Outbox out(*this);
+  absl::MutexLock lock(&mu_);
+  Record* record = FindLocked(id);
+  // A timer of an earlier run, or of a run that has ended meanwhile, has nothing to do.
+  if (record == nullptr || !record->info.running || record->info.restarts != run ||
+      record->watchdog_fired) {
+    return;
+  }
+  record->watchdog_timer = 0;
+  record->watchdog_fired = true;
+  spdlog::warn("id={} name=\"{}\" pid={}: no WATCHDOG=1 within {}: SIGABRT", id,
+               record->info.name, record->info.pid,
+               absl::FormatDuration(record->info.notify->watchdog));
+  out.Emit(EventKind::kWatchdog, &record->info);
+  SignalLocked(*record, kSigabrt, kDefaultGrace, out);
+}
+
 Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& options,
                                            Done done) {
   Outbox out(*this);
@@ -475,6 +691,7 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& 
   }
   record->tree = record->tree || options.tree;
   out.Emit(EventKind::kTerminateRequested, &record->info);
+  StopRestartsLocked(*record, out);
   // An ended worker may still have left processes in its group (or tree): they are its too.
   if (options.tree) {
     SignalTreeLocked(*record, options.signal, options.grace, out);
@@ -483,6 +700,7 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& 
   }
   if (!options.wait) {
     out.Answer(std::move(done), record->info);
+    EvictLocked(out);
     return 0;
   }
   // Answered by SettleDrains once nothing of it is left, which may be at once.
@@ -491,6 +709,7 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& 
   waiter_record_[waiter] = id;
   draining_.insert(id);
   out.Settle();
+  EvictLocked(out);
   return waiter;
 }
 
@@ -526,6 +745,7 @@ void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace, O
     // No new children below a process being terminated: a Start already on its way from
     // inside the tree must not outlive the signal (see CommitLocked).
     record->terminating = true;
+    StopRestartsLocked(*record, out);
     SignalLocked(*record, sig, grace, out);
     // Everything the worker started, whatever it did to leave its group, at once.
     if (sig == kSigkill && os_.AnythingAlive(record->info.id)) out.KillCgroup(record->info.id);
@@ -563,6 +783,8 @@ void Supervisor::SweepStrays(uint64_t root_id, int sig) {
 }
 
 bool Supervisor::AnythingAliveLocked(Record& record) {
+  // A restart's launch in flight is about to be alive (and is ended at its commit).
+  if (record.relaunching) return true;
   if (!record.tree) return record.info.running || os_.GroupExists(record.info.id);
   if (!record.strays.empty()) return true;
   for (Record* r : SubtreeLocked(record)) {
@@ -662,7 +884,7 @@ void Supervisor::CancelWait(WaiterId waiter) {
   Record* record = FindLocked(wr->second);
   waiter_record_.erase(wr);
   if (record == nullptr) return;
-  for (auto* list : {&record->joiners, &record->terminators}) {
+  for (auto* list : {&record->joiners, &record->terminators, &record->ready_waiters}) {
     auto w = std::find_if(list->begin(), list->end(),
                           [&](const Waiter& j) { return j.id == waiter; });
     if (w == list->end()) continue;
@@ -679,10 +901,15 @@ void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usa
     starting->second.early_exit = Exit{status, usage};
     return;
   }
-  // Not running: an exit reported again after a restart that was journaled already.
-  if (Record* record = FindLocked(id); record != nullptr && record->info.running) {
-    ExitLocked(*record, Exit{status, usage}, out);
+  Record* record = FindLocked(id);
+  if (record == nullptr) return;
+  if (record->relaunching) {
+    // A restart's run, reaped before its launch was committed: the commit applies the exit.
+    record->early_exit = Exit{status, usage};
+    return;
   }
+  // Not running: an exit reported again after a restart that was journaled already.
+  if (record->info.running) ExitLocked(*record, Exit{status, usage}, out);
 }
 
 void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
@@ -693,6 +920,8 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
   info.usage = exit.usage;
   info.end_time = clock_.Now();
   --live_count_;
+  if (record.watchdog_timer != 0) timers_.Cancel(record.watchdog_timer);
+  record.watchdog_timer = 0;
   if (end_listener_) out.Call([this, id] { end_listener_(id, 0); });
   spdlog::info("exited id={} name=\"{}\" pid={} exitcode={}{}", id, info.name, info.pid,
                exit.status.exitcode(),
@@ -712,6 +941,94 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
   if (daemonic > 0) {
     spdlog::info("parent id={} ended: terminated {} daemonic children", id, daemonic);
   }
+  RunEndedLocked(record, out);
+  // `record` may be evicted here: nothing below may use it.
+  EvictLocked(out);
+}
+
+void Supervisor::RunEndedLocked(Record& record, Outbox& out) {
+  ProcessInfo& info = record.info;
+  const uint64_t id = info.id;
+  if (info.restart.mode != RestartPolicy::Mode::kNo) {
+    info.last_exit = RunExit{.pid = info.pid,
+                             .status = *info.status,
+                             .start_time = info.start_time,
+                             .end_time = info.end_time,
+                             .watchdog = record.watchdog_fired};
+  }
+  bool gave_up = false;
+  std::optional<absl::Duration> delay = NextRestartLocked(record, gave_up);
+  if (!delay.has_value()) {
+    if (gave_up) {
+      spdlog::warn("id={} name=\"{}\": {} restarts{}, the limit of its policy: giving up", id,
+                   info.name, record.restart_times.size(),
+                   info.restart.window.has_value()
+                       ? absl::StrCat(" within ", absl::FormatDuration(*info.restart.window))
+                       : "");
+      out.Emit(EventKind::kGaveUp, &info);
+    }
+    EndForGoodLocked(record, out);
+    return;
+  }
+  info.backoff = true;
+  info.next_start_time = clock_.Now() + *delay;
+  if (info.notify.has_value()) {
+    info.notify->ready = false;
+    info.notify->stopping = false;
+    info.notify->reloading = false;
+  }
+  spdlog::info("id={} name=\"{}\": restarting in {} (restart {})", id, info.name,
+               absl::FormatDuration(*delay), info.restarts + 1);
+  out.Emit(EventKind::kRestarting, &info, 0, *delay);
+  // What the run left in its group ends before the next run takes its place: SIGTERM now,
+  // SIGKILL when the next run is due.
+  if (os_.GroupHasLiveMembers(id)) out.SignalGroup(GroupSignal{id, info.pid, kSigterm, *delay});
+  record.restart_timer = timers_.After(*delay, [this, id] { OnRestartDue(id); });
+  out.Settle();
+}
+
+std::optional<absl::Duration> Supervisor::NextRestartLocked(Record& record, bool& gave_up) {
+  const RestartPolicy& policy = record.info.restart;
+  if (policy.mode == RestartPolicy::Mode::kNo || record.no_restart || shutting_down_ ||
+      !record.relaunch.has_value()) {
+    return std::nullopt;
+  }
+  if (policy.mode == RestartPolicy::Mode::kOnFailure && !Failed(*record.info.status)) {
+    return std::nullopt;
+  }
+  const absl::Duration now = clock_.MonotonicNow();
+  if (now - record.run_started >= policy.reset_after) {
+    record.backoff_step = 0;
+    record.restart_times.clear();
+  }
+  if (policy.window.has_value()) {
+    while (!record.restart_times.empty() && now - record.restart_times.front() > *policy.window) {
+      record.restart_times.pop_front();
+    }
+  }
+  if (policy.max_restarts > 0 && record.restart_times.size() >= policy.max_restarts) {
+    gave_up = true;
+    return std::nullopt;
+  }
+  absl::Duration delay = policy.initial_backoff;
+  for (int i = 0; i < record.backoff_step && delay < policy.max_backoff; ++i) delay *= 2;
+  if (options_.restart_jitter > 0) {
+    delay *= absl::Uniform(bit_gen_, 1 - options_.restart_jitter, 1 + options_.restart_jitter);
+  }
+  delay = std::min(delay, policy.max_backoff);
+  ++record.backoff_step;
+  record.restart_times.push_back(now);
+  return delay;
+}
+
+void Supervisor::EndForGoodLocked(Record& record, Outbox& out) {
+  ProcessInfo& info = record.info;
+  const uint64_t id = info.id;
+  info.backoff = false;
+  info.next_start_time = absl::InfinitePast();
+  if (record.restart_timer != 0) timers_.Cancel(record.restart_timer);
+  record.restart_timer = 0;
+  restarts_due_.erase(id);
   out.Emit(EventKind::kExited, &info);
   for (Waiter& w : record.joiners) {
     if (w.timer != 0) timers_.Cancel(w.timer);
@@ -719,19 +1036,136 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
     out.Answer(std::move(w.done), info);
   }
   record.joiners.clear();
+  for (Waiter& w : record.ready_waiters) {
+    if (w.timer != 0) timers_.Cancel(w.timer);
+    waiter_record_.erase(w.id);
+    out.Answer(std::move(w.done),
+               absl::FailedPreconditionError(absl::StrCat(
+                   "process ", id, " ended before it was ready (exit code ",
+                   info.status.has_value() ? info.status->exitcode() : 0, ")")));
+  }
+  record.ready_waiters.clear();
+  if (info.notify.has_value() && options_.notify != nullptr) {
+    out.Call([this, id] { options_.notify->Close(id); });
+  }
+  if (record.relaunch.has_value()) {
+    record.relaunch.reset();
+    out.Call([this, id] { os_.Forget(LaunchNoteKey(id)); });
+  }
   ended_order_.push_back(id);
   ++ended_count_;
   out.Settle();
-  // `record` may be evicted here: nothing below may use it.
-  EvictLocked(out);
+}
+
+void Supervisor::StopRestartsLocked(Record& record, Outbox& out) {
+  record.no_restart = true;
+  if (record.info.backoff) {
+    spdlog::info("id={}: terminated while waiting to restart; it has ended", record.info.id);
+    EndForGoodLocked(record, out);
+  }
+}
+
+void Supervisor::OnRestartDue(uint64_t id) {
+  LaunchSpec launch;
+  {
+    Outbox out(*this);
+    absl::MutexLock lock(&mu_);
+    Record* record = FindLocked(id);
+    if (record == nullptr || !record->info.backoff || record->relaunching) return;
+    if (record->restart_timer != 0) timers_.Cancel(record->restart_timer);
+    record->restart_timer = 0;
+    if (!os_.Reusable(id)) {
+      // The last run's leftovers had their SIGTERM and their time: SIGKILL, then try again
+      // once they are reaped (OnOrphanReaped), or soon.
+      if (!restarts_due_.contains(id)) {
+        spdlog::info("id={}: what its last run left is still there: SIGKILL", id);
+        if (os_.GroupHasLiveMembers(id)) {
+          out.SignalGroup(GroupSignal{id, record->info.pid, kSigkill, absl::ZeroDuration()});
+        }
+        if (os_.AnythingAlive(id)) out.KillCgroup(id);
+      }
+      restarts_due_.insert(id);
+      record->restart_timer = timers_.After(kDrainRecheck, [this, id] { OnRestartDue(id); });
+      return;
+    }
+    restarts_due_.erase(id);
+    if (size_t live = live_count_ + starting_.size(); live >= options_.max_processes) {
+      spdlog::warn("id={}: cannot restart yet, {} processes are running (--max-processes={})",
+                   id, live, options_.max_processes);
+      absl::Duration retry = std::max(record->info.restart.initial_backoff, kDrainRecheck);
+      record->restart_timer = timers_.After(retry, [this, id] { OnRestartDue(id); });
+      return;
+    }
+    record->relaunching = true;
+    ++live_count_;
+    launch = *record->relaunch;
+  }
+  absl::StatusOr<Launched> launched = os_.Launch(launch, id);
+  {
+    Outbox out(*this);
+    absl::MutexLock lock(&mu_);
+    Record& record = *FindLocked(id);  // a record in backoff is neither released nor evicted
+    ProcessInfo& info = record.info;
+    record.relaunching = false;
+    if (!launched.ok()) {
+      --live_count_;
+      spdlog::warn("id={} name=\"{}\": restart failed: {}", id, info.name,
+                   std::string(launched.status().message()));
+      // It counts as a run that failed at once (exit code 127, as a shell reports it).
+      info.backoff = false;
+      info.status = WaitStatus::Exited(127);
+      info.start_time = info.end_time = clock_.Now();
+      record.run_started = clock_.MonotonicNow();
+      RunEndedLocked(record, out);
+      EvictLocked(out);
+      return;
+    }
+    info.pid = launched->pid;
+    info.target = launched->path;
+    info.running = true;
+    info.backoff = false;
+    info.next_start_time = absl::InfinitePast();
+    ++info.restarts;
+    info.status.reset();
+    info.usage = ResourceUsage{};
+    info.start_time = clock_.Now();
+    info.end_time = absl::InfinitePast();
+    record.run_started = clock_.MonotonicNow();
+    record.watchdog_fired = false;
+    if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
+    record.kill_timer = 0;
+    record.kill_deadline = absl::InfiniteDuration();
+    if (info.notify.has_value()) info.notify->watchdog = record.start_watchdog;
+    ArmWatchdogLocked(record);
+    out.Emit(EventKind::kStarted, &info);
+    spdlog::info("restarted id={} name=\"{}\" pid={} (restart {})", id, info.name, info.pid,
+                 info.restarts);
+    if (record.no_restart || shutting_down_) {
+      // Terminated (or the daemon began to stop) while the launch was in flight.
+      if (shutting_down_) draining_.insert(id);
+      SignalTreeLocked(record, kSigterm, shutting_down_ ? shutdown_grace_ : kDefaultGrace, out);
+    }
+    if (record.early_exit.has_value()) {
+      Exit exit = *std::exchange(record.early_exit, std::nullopt);
+      ExitLocked(record, exit, out);
+    }
+  }
+  if (absl::Status confined = os_.Confine(id); !confined.ok()) {
+    spdlog::warn("id={}: {}", id, std::string(confined.message()));
+  }
 }
 
 void Supervisor::OnOrphanReaped() {
+  std::vector<uint64_t> due;
+  bool draining;
   {
     absl::MutexLock lock(&mu_);
-    if (draining_.empty()) return;
+    draining = !draining_.empty();
+    due.assign(restarts_due_.begin(), restarts_due_.end());
   }
-  SettleDrains();
+  // A restart waiting for the last run's leftovers may go now.
+  for (uint64_t id : due) OnRestartDue(id);
+  if (draining) SettleDrains();
 }
 
 void Supervisor::EvictLocked(Outbox& out) {
@@ -845,6 +1279,7 @@ std::vector<ProcessInfo> Supervisor::List(const ListFilter& filter, uint64_t* cu
     for (const auto& [id, record] : records_) {
       const ProcessInfo& info = record.info;
       if (filter.running.has_value() && info.running != *filter.running) continue;
+      if (filter.backoff.has_value() && info.backoff != *filter.backoff) continue;
       if (!filter.name.empty() && info.name != filter.name) continue;
       if (filter.parent_id.has_value() && info.parent_id != *filter.parent_id) continue;
       if (filter.parent_session.has_value() && info.parent_session != *filter.parent_session) {
@@ -874,7 +1309,7 @@ std::vector<std::string> Supervisor::CaptureFilesInUse() {
   std::vector<std::string> paths;
   absl::MutexLock lock(&mu_);
   for (auto& [id, record] : records_) {
-    if (!record.info.running && !os_.AnythingAlive(id)) continue;
+    if (!record.info.running && !record.info.backoff && !os_.AnythingAlive(id)) continue;
     paths.push_back(record.info.stdout_path);
     paths.push_back(record.info.stderr_path);
   }
@@ -886,6 +1321,10 @@ absl::Status Supervisor::Release(uint64_t id) {
   absl::MutexLock lock(&mu_);
   Record* record = FindLocked(id);
   if (record == nullptr) return NoSuchProcess(id);
+  if (record->info.backoff || record->relaunching) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "process ", id, " is waiting to restart; terminate it before releasing it"));
+  }
   if (record->info.running || draining_.contains(id)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "process ", id, " is still running; join or terminate it before releasing it"));
@@ -920,6 +1359,9 @@ void Supervisor::Shutdown(absl::Duration grace, std::function<void()> all_done) 
   spdlog::info("shutting down: {} live processes, {} starting, grace {}", live_count_,
                starting_.size(), absl::FormatDuration(grace));
   for (auto& [id, record] : records_) {
+    // Nothing restarts from now on; what waits to restart has ended.
+    record.no_restart = true;
+    if (record.info.backoff) EndForGoodLocked(record, out);
     if (!record.info.running && !os_.GroupExists(record.info.id)) continue;
     draining_.insert(id);
     if (record.info.daemon) SignalLocked(record, kSigterm, grace, out);
@@ -1096,10 +1538,54 @@ uint64_t TopLevelNumber(const ProcessInfo& info) {
 void Supervisor::Restore(Restored restored) {
   Outbox out(*this);
   absl::MutexLock lock(&mu_);
+  auto relaunch_of = [&](uint64_t id) -> std::optional<LaunchSpec> {
+    auto note = restored.launches.find(id);
+    if (note == restored.launches.end()) return std::nullopt;
+    std::optional<LaunchSpec> launch = LaunchFromNote(note->second);
+    restored.launches.erase(note);
+    return launch;
+  };
+  auto reopen_endpoint = [&](uint64_t id, std::optional<uid_t> owner) {
+    if (options_.notify == nullptr) return;
+    out.Call([this, id, owner] {
+      if (absl::StatusOr<std::string> opened = options_.notify->Open(id, owner); !opened.ok()) {
+        spdlog::warn("id={}: its notify socket cannot be opened again: {}", id,
+                     std::string(opened.status().message()));
+      }
+    });
+  };
   for (ProcessInfo& info : restored.ended) {
     top_level_started_ = std::max(top_level_started_, TopLevelNumber(info));
     const uint64_t id = info.id;
-    records_[id].info = std::move(info);
+    Record& record = records_[id];
+    record.info = std::move(info);
+    if (record.info.backoff) {
+      // It was waiting to run again: it does, when its wait is over, if the keeper kept
+      // what to launch it with.
+      if (record.info.last_exit.has_value()) record.info.status = record.info.last_exit->status;
+      record.no_restart = false;
+      record.relaunch = relaunch_of(id);
+      if (record.relaunch.has_value()) {
+        record.run_started = clock_.MonotonicNow();
+        if (record.info.notify.has_value()) {
+          std::optional<uid_t> owner;
+          if (record.relaunch->identity.has_value()) owner = record.relaunch->identity->uid;
+          reopen_endpoint(id, owner);
+          record.start_watchdog = record.info.notify->watchdog;
+        }
+        absl::Duration delay = std::clamp(record.info.next_start_time - clock_.Now(),
+                                           absl::ZeroDuration(), record.info.restart.max_backoff);
+        record.restart_timer = timers_.After(delay, [this, id] { OnRestartDue(id); });
+        spdlog::info("id={}: restarts in {}, as before proctord stopped", id,
+                     absl::FormatDuration(delay));
+        continue;
+      }
+      spdlog::warn("id={} was waiting to restart, but nothing kept what to launch it with "
+                   "(its keeper was gone): it has ended",
+                   id);
+      EndForGoodLocked(record, out);
+      continue;
+    }
     ended_order_.push_back(id);
     ++ended_count_;
   }
@@ -1118,6 +1604,18 @@ void Supervisor::Restore(Restored restored) {
     record.credential = memo.credential();
     record.authkey = memo.authkey().empty() ? RandomBytes(kAuthkeyBytes) : memo.authkey();
     record.depth = std::max<size_t>(memo.depth(), 1);
+    record.run_started = clock_.MonotonicNow();
+    record.relaunch = relaunch_of(id);
+    if (record.info.restart.mode != RestartPolicy::Mode::kNo && !record.relaunch.has_value()) {
+      spdlog::warn("id={}: nothing kept what to launch it with; it will not be restarted", id);
+    }
+    if (record.info.notify.has_value()) {
+      std::optional<uid_t> owner;
+      if (memo.has_uid()) owner = memo.uid();
+      reopen_endpoint(id, owner);
+      record.start_watchdog = record.info.notify->watchdog;
+      ArmWatchdogLocked(record);
+    }
     ++live_count_;
   }
   for (ProcessInfo& info : restored.lost) {
@@ -1156,6 +1654,10 @@ void Supervisor::Restore(Restored restored) {
     ArmSessionTimerLocked(restored_session.id);
     spdlog::info("session {} kept across the restart: resume it within {}", restored_session.id,
                  absl::FormatDuration(state.ttl));
+  }
+  // Notes of processes that have ended for good meanwhile.
+  for (const auto& [id, note] : restored.launches) {
+    out.Call([this, id] { os_.Forget(LaunchNoteKey(id)); });
   }
   // What happened while nobody watched: daemonic processes end with their parent or session.
   for (auto& [id, record] : records_) {

@@ -36,6 +36,18 @@
 //   the grace, and reports when nothing is left.
 // - Every interval (grace, timeouts, TTLs) is measured on the monotonic clock; the times in
 //   records are wall-clock.
+// - Restart policies: a process whose run ends as its policy says (any exit, or a failure:
+//   a non-zero exit or a signal) waits in backoff and runs again with the same id, name,
+//   keys and capture files (appended to). What its run left in its group gets SIGTERM at
+//   once and SIGKILL when the next run is due. The wait starts at initial_backoff and
+//   doubles per restart up to max_backoff, spread by jitter; a run that lasted reset_after
+//   resets it and the count. Past max_restarts within the window the policy gives up. An
+//   exit after Terminate (or a tree terminate, a session's or parent's end, the shutdown)
+//   never restarts, and Terminate in backoff ends the process at once. Join completes only
+//   when it has ended for good.
+// - Notify: a worker started with notify gets its own NOTIFY_SOCKET; READY=1 makes it ready
+//   (once per run), WATCHDOG=1 restarts its watchdog period, after which it gets SIGABRT
+//   (SIGKILL after the grace) and its policy applies.
 #ifndef PROCTOR_SERVER_SUPERVISOR_H_
 #define PROCTOR_SERVER_SUPERVISOR_H_
 
@@ -52,6 +64,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -60,6 +73,8 @@
 #include "server/capture_files.h"
 #include "server/clock.h"
 #include "server/id_allocator.h"
+#include "server/notify_endpoints.h"
+#include "server/notify_message.h"
 #include "server/process_os.h"
 #include "server/worker_user.h"
 
@@ -147,6 +162,7 @@ struct StartSpec {
 
 struct ListFilter {
   std::optional<bool> running;
+  std::optional<bool> backoff;  // waiting to run again under a restart policy
   std::string name;
   std::optional<uint64_t> parent_id;  // 0 matches top-level processes
   std::optional<uint64_t> parent_session;
@@ -211,6 +227,11 @@ struct SupervisorOptions {
   size_t max_depth = 16;        // top-level processes are at depth 1
   // What set max_processes, for the refusal to name; empty: "limit --max-processes=N".
   std::string max_processes_reason;
+  // Where workers started with notify send sd_notify messages; null: such Starts are refused.
+  NotifyEndpoints* notify = nullptr;
+  // Restart delays are spread by up to this fraction either way, so that processes that
+  // crashed together do not all come back at the same instant.
+  double restart_jitter = 0.2;
 };
 
 class Supervisor {
@@ -233,8 +254,20 @@ class Supervisor {
   // Without `options.wait`, `done` runs as soon as everything has been signalled. An ended
   // process whose group and tree are empty is signalled nothing; its record is the answer.
   WaiterId Terminate(uint64_t id, const TerminateOptions& options, Done done);
-  // Forgets a pending Join/Terminate wait (its caller went away); `done` will not run.
+  // Completes with the record once the worker is ready (READY=1; at once for a worker started
+  // without notify, or one ready already). If it ends for good first: FAILED_PRECONDITION.
+  // After `timeout` (pushed back by EXTEND_TIMEOUT_USEC=): DEADLINE_EXCEEDED, and the process
+  // is terminated with its tree and not restarted. A run that ends and restarts keeps the
+  // wait going.
+  WaiterId AwaitReady(uint64_t id, absl::Duration timeout, Done done);
+  // Forgets a pending Join/Terminate/AwaitReady wait (its caller went away); `done` will not
+  // run.
   void CancelWait(WaiterId waiter);
+
+  // What arrived on worker `id`'s notify endpoint; ignored unless it is running.
+  void OnNotify(uint64_t id, const NotifyMessage& message);
+  // A message on its endpoint was dropped (malformed, too large, from outside its tree).
+  void OnNotifyDropped(uint64_t id);
 
   absl::StatusOr<ProcessInfo> Get(uint64_t id);
   // A Logs reader counts from OpenLogs to CloseLogs (the files it holds open stay readable
@@ -291,10 +324,15 @@ class Supervisor {
     std::string owner;
   };
   struct Restored {
-    std::vector<ProcessInfo> ended;       // ended records, from the journal
+    // Ended records, from the journal; those in backoff run again if `launches` holds
+    // what to launch them with (and end for good otherwise).
+    std::vector<ProcessInfo> ended;
     std::vector<Reattached> running;      // workers that live on (the os holds them)
     std::vector<ProcessInfo> lost;        // running in the journal, held by nobody
     std::vector<RestoredSession> sessions;  // sessions open when it stopped
+    // The os's "launch/<id>" notes (internal::LaunchMemo), by id: processes with a restart
+    // policy.
+    absl::flat_hash_map<uint64_t, std::string> launches;
   };
   // Takes all of it back (call before the first Start, after the os has adopted the running
   // workers): ended records as RestoreEnded does; running ones as live records again, with
@@ -325,6 +363,7 @@ class Supervisor {
     WaiterId id;
     Done done;
     TimerId timer = 0;
+    absl::Duration deadline = absl::InfiniteDuration();  // monotonic; AwaitReady's
   };
   struct Exit {
     WaitStatus status;
@@ -348,6 +387,19 @@ class Supervisor {
     TimerId kill_timer = 0;
     absl::Duration kill_deadline = absl::InfiniteDuration();  // monotonic
     std::optional<Exit> early_exit;  // reaped before its launch was committed
+    // Restarts (a policy other than kNo).
+    std::optional<LaunchSpec> relaunch;  // what each run is launched with
+    bool relaunching = false;            // a restart's launch is in flight
+    bool no_restart = false;             // terminated: its next exit is its last
+    absl::Duration run_started;          // monotonic
+    int backoff_step = 0;
+    std::deque<absl::Duration> restart_times;  // monotonic, counted against max_restarts
+    TimerId restart_timer = 0;
+    // Notify.
+    std::vector<Waiter> ready_waiters;
+    absl::Duration start_watchdog;  // the period each run starts with
+    TimerId watchdog_timer = 0;
+    bool watchdog_fired = false;  // during this run
   };
   // Capture files of forgotten records, given back once the lock is released: reused only
   // when nothing has them open any more, removed otherwise (see CaptureFiles).
@@ -383,7 +435,8 @@ class Supervisor {
     FilesToDrop& files() { return files_; }
     // Numbers the event now (REQUIRES: the supervisor's lock); it is recorded before anything
     // else this outbox does.
-    void Emit(EventKind kind, const ProcessInfo* process, uint64_t session = 0);
+    void Emit(EventKind kind, const ProcessInfo* process, uint64_t session = 0,
+              absl::Duration delay = absl::ZeroDuration());
 
    private:
     Supervisor& supervisor_;
@@ -407,6 +460,24 @@ class Supervisor {
   void OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage);
   void OnOrphanReaped();
   void OnJoinTimeout(uint64_t id, WaiterId waiter);
+  void OnReadyTimeout(uint64_t id, WaiterId waiter);
+  void OnWatchdog(uint64_t id, uint32_t run);
+  // The backoff is over: launches the next run (or waits for the last one's leftovers).
+  void OnRestartDue(uint64_t id);
+  // A run has ended (info.status and end_time set, running false): back off and restart
+  // as the policy says, or end for good.
+  void RunEndedLocked(Record& record, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The wait before the next run, or none when the policy says the process has ended for
+  // good (`gave_up` then tells whether it was the restart limit).
+  std::optional<absl::Duration> NextRestartLocked(Record& record, bool& gave_up)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The process has ended for good: exited event, joiners and ready waiters answered,
+  // endpoint closed. Does not evict (the caller may still use the record).
+  void EndForGoodLocked(Record& record, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Terminated: no run after this one; one waiting in backoff ends now.
+  void StopRestartsLocked(Record& record, Outbox& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ArmWatchdogLocked(Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   void OnGraceExpired(uint64_t id);
   void OnShutdownGraceExpired();
   void ExitLocked(Record& record, const Exit& exit, Outbox& out)
@@ -469,6 +540,9 @@ class Supervisor {
   // Launches in flight: admitted, not yet visible.
   absl::flat_hash_map<uint64_t, Record> starting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint64_t> draining_ ABSL_GUARDED_BY(mu_);  // have terminators
+  // Restarts whose wait is over but whose last run's leftovers are not gone yet.
+  absl::flat_hash_set<uint64_t> restarts_due_ ABSL_GUARDED_BY(mu_);
+  absl::BitGen bit_gen_ ABSL_GUARDED_BY(mu_);  // restart jitter
   std::deque<uint64_t> ended_order_ ABSL_GUARDED_BY(mu_);        // may hold released ids
   size_t ended_count_ ABSL_GUARDED_BY(mu_) = 0;
   size_t live_count_ ABSL_GUARDED_BY(mu_) = 0;

@@ -85,6 +85,12 @@ class FakeProcessOs final : public ProcessOs {
     return found;
   }
 
+  // A token is free again once the group of the last process launched with it is gone.
+  bool Reusable(uint64_t token) override {
+    pid_t pid = PidOf(token);
+    return pid == 0 || !groups_.contains(pid);
+  }
+
   void Remember(const std::string& key, const std::string& value) override {
     notes[key] = value;
   }
@@ -123,11 +129,13 @@ class FakeProcessOs final : public ProcessOs {
   std::vector<pid_t> refused_pids;
 
  private:
+  // The last process launched with `token` (a restarted worker keeps its token).
   pid_t PidOf(uint64_t token) const {
+    pid_t last = 0;  // a token never launched: refused like any pid <= 1
     for (const auto& [pid, t] : tokens_) {
-      if (t == token) return pid;
+      if (t == token) last = pid;
     }
-    return 0;  // a token never launched: refused like any pid <= 1
+    return last;
   }
   absl::Status RefusePid(pid_t pid) {
     refused_pids.push_back(pid);

@@ -27,6 +27,7 @@ struct ChildPlan {
   const char* cwd;  // null: the keeper's
   const char* stdout_path;
   const char* stderr_path;
+  bool append_output = false;  // a restart's run adds to what earlier runs wrote
   int cgroup_procs = -1;  // the worker's cgroup.procs, or -1
   const rlimit* descriptors = nullptr;  // RLIMIT_NOFILE to set, or null
   bool switch_user = false;
@@ -77,7 +78,7 @@ int ChildMain(void* arg) {
     ChildFailed(plan, kEnterCgroupStep);
   }
   if (!OpenAs(0, "/dev/null", O_RDONLY)) ChildFailed(plan, "open /dev/null");
-  constexpr int kCapture = O_WRONLY | O_CREAT | O_TRUNC | O_APPEND;
+  const int kCapture = O_WRONLY | O_CREAT | O_APPEND | (plan->append_output ? 0 : O_TRUNC);
   if (!OpenAs(1, plan->stdout_path, kCapture)) ChildFailed(plan, plan->stdout_path);
   if (!OpenAs(2, plan->stderr_path, kCapture)) ChildFailed(plan, plan->stderr_path);
   // Raw syscalls: glibc's wrappers would try to change the ids of every thread of the
@@ -136,6 +137,7 @@ SpawnOutcome SpawnWorker(const internal::Spawn& spawn) {
       .cwd = spawn.cwd().empty() ? nullptr : spawn.cwd().c_str(),
       .stdout_path = spawn.stdout_path().c_str(),
       .stderr_path = spawn.stderr_path().c_str(),
+      .append_output = spawn.append_output(),
       .cgroup_procs = cgroup_procs,
   };
   if (spawn.has_descriptors()) {
