@@ -1,11 +1,14 @@
 // The supervision rules, driven by a fake os and fake time: no real process here.
 #include "server/supervisor.h"
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/authkey.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -765,6 +768,271 @@ TEST_F(RestoreTest, ASessionIsResumedOnlyWithItsOwnersKeyAndOtherwiseExpires) {
   EXPECT_EQ(supervisor_->ResumeSession(left, "alice", std::nullopt, [] {}).code(),
             absl::StatusCode::kNotFound);
   EXPECT_FALSE(os_.notes.contains(absl::StrCat("session/", left)));
+}
+
+}  // namespace
+}  // namespace proctor
+
+namespace proctor {
+namespace {
+
+// Endpoints that exist only as names: which are open, and what they were opened for.
+class FakeNotifyEndpoints final : public NotifyEndpoints {
+ public:
+  absl::StatusOr<std::string> Open(uint64_t id, std::optional<uid_t> owner) override {
+    open[id] = owner;
+    return absl::StrCat("/run/notify/", id);
+  }
+  void Close(uint64_t id) override { open.erase(id); }
+  std::map<uint64_t, std::optional<uid_t>> open;
+};
+
+class RestartPolicyTest : public SupervisorTest {
+ protected:
+  RestartPolicyTest() {
+    Make(SupervisorOptions{.events = &sink_, .notify = &endpoints_, .restart_jitter = 0});
+  }
+  ProcessInfo StartRestarting(RestartPolicy policy, StartSpec spec = {.target = "/bin/true"}) {
+    spec.restart = policy;
+    return StartOk(spec);
+  }
+  ProcessInfo Now(uint64_t id) { return supervisor_->Get(id).value_or(ProcessInfo{}); }
+  std::vector<EventKind> Kinds() {
+    std::vector<EventKind> kinds;
+    for (const SupervisorEvent& event : sink_.recorded) kinds.push_back(event.kind);
+    return kinds;
+  }
+  NotifyMessage Ready() { return NotifyMessage{.ready = true}; }
+
+  RecordingSink sink_;
+  FakeNotifyEndpoints endpoints_;
+};
+
+constexpr RestartPolicy kOnFailure{.mode = RestartPolicy::Mode::kOnFailure,
+                                   .initial_backoff = absl::Milliseconds(100),
+                                   .max_backoff = absl::Milliseconds(250)};
+
+TEST_F(RestartPolicyTest, AFailedRunComesBackAfterADoublingWaitWithItsIdAndName) {
+  ProcessInfo first = StartRestarting(kOnFailure);
+  os_.Exit(first.pid, WaitStatus::Exited(3));
+  ProcessInfo waiting = Now(first.id);
+  EXPECT_TRUE(waiting.backoff);
+  EXPECT_FALSE(waiting.running);
+  ASSERT_TRUE(waiting.last_exit.has_value());
+  EXPECT_EQ(waiting.last_exit->status.exitcode(), 3);
+  EXPECT_EQ(waiting.last_exit->pid, first.pid);
+  time_.Advance(absl::Milliseconds(99));
+  EXPECT_EQ(os_.launches.size(), 1u) << "not before its wait is over";
+  time_.Advance(absl::Milliseconds(1));
+  ASSERT_EQ(os_.launches.size(), 2u);
+  EXPECT_TRUE(os_.launches.back().append_output) << "its output follows the earlier run's";
+  ProcessInfo second = Now(first.id);
+  EXPECT_TRUE(second.running);
+  EXPECT_FALSE(second.backoff);
+  EXPECT_EQ(second.name, first.name);
+  EXPECT_NE(second.pid, first.pid);
+  EXPECT_EQ(second.restarts, 1u);
+  EXPECT_EQ(LastEnv(os_, "PROCTOR_ID"), absl::StrCat(first.id));
+
+  os_.Exit(second.pid, WaitStatus::Signaled(kSigkill));  // a signal is a failure too
+  time_.Advance(absl::Milliseconds(199));
+  EXPECT_EQ(os_.launches.size(), 2u) << "the wait doubled";
+  time_.Advance(absl::Milliseconds(1));
+  ASSERT_EQ(os_.launches.size(), 3u);
+  os_.Exit(Now(first.id).pid, WaitStatus::Exited(1));
+  time_.Advance(absl::Milliseconds(249));
+  EXPECT_EQ(os_.launches.size(), 3u) << "capped at max_backoff, not 400 ms";
+  time_.Advance(absl::Milliseconds(1));
+  ASSERT_EQ(os_.launches.size(), 4u);
+
+  Result joined;
+  supervisor_->Join(first.id, std::nullopt, joined.Callback());
+  os_.Exit(Now(first.id).pid, WaitStatus::Exited(0));  // success: on-failure lets it end
+  ASSERT_TRUE(joined.value.has_value());
+  EXPECT_EQ((*joined.value)->status->exitcode(), 0);
+  EXPECT_EQ((*joined.value)->restarts, 3u);
+  EXPECT_FALSE((*joined.value)->backoff);
+  EXPECT_THAT(Kinds(), ElementsAre(EventKind::kStarted, EventKind::kRestarting,
+                                   EventKind::kStarted, EventKind::kRestarting,
+                                   EventKind::kStarted, EventKind::kRestarting,
+                                   EventKind::kStarted, EventKind::kExited));
+  EXPECT_EQ(sink_.recorded[1].delay, absl::Milliseconds(100));
+  EXPECT_EQ(sink_.recorded[3].delay, absl::Milliseconds(200));
+  EXPECT_FALSE(os_.notes.contains(absl::StrCat("launch/", first.id)))
+      << "what it was launched with is kept only while it may run again";
+}
+
+TEST_F(RestartPolicyTest, JoinWaitsThroughRestartsAndTerminateInBackoffEndsIt) {
+  ProcessInfo info =
+      StartRestarting(RestartPolicy{.mode = RestartPolicy::Mode::kAlways});
+  EXPECT_TRUE(os_.notes.contains(absl::StrCat("launch/", info.id)));
+  Result joined;
+  supervisor_->Join(info.id, std::nullopt, joined.Callback());
+  os_.Exit(info.pid, WaitStatus::Exited(0));  // always: even a success restarts
+  EXPECT_FALSE(joined.value.has_value()) << "it has not ended for good";
+  EXPECT_EQ(supervisor_->Release(info.id).code(), absl::StatusCode::kFailedPrecondition);
+  Result terminated;
+  supervisor_->Terminate(info.id, TerminateOptions{}, terminated.Callback());
+  ASSERT_TRUE(joined.value.has_value());
+  EXPECT_FALSE((*joined.value)->backoff);
+  EXPECT_EQ((*joined.value)->status->exitcode(), 0);
+  ASSERT_TRUE(terminated.value.has_value());
+  time_.Advance(absl::Minutes(1));
+  EXPECT_EQ(os_.launches.size(), 1u) << "Terminate stopped the restarts";
+  EXPECT_TRUE(supervisor_->Release(info.id).ok());
+}
+
+TEST_F(RestartPolicyTest, AnExitCausedByTerminateNeverRestarts) {
+  ProcessInfo info = StartRestarting(RestartPolicy{.mode = RestartPolicy::Mode::kAlways});
+  Result terminated;
+  supervisor_->Terminate(info.id, TerminateOptions{.grace = absl::Seconds(1)},
+                         terminated.Callback());
+  os_.Exit(info.pid, WaitStatus::Signaled(kSigterm));
+  time_.Advance(absl::Minutes(1));
+  EXPECT_EQ(os_.launches.size(), 1u);
+  EXPECT_FALSE(Now(info.id).backoff);
+  EXPECT_EQ(Now(info.id).status->exitcode(), -kSigterm);
+}
+
+TEST_F(RestartPolicyTest, GivesUpPastItsLimitWithinTheWindowAndALongRunResetsTheCount) {
+  RestartPolicy policy = kOnFailure;
+  policy.max_restarts = 2;
+  policy.window = absl::Seconds(10);
+  policy.reset_after = absl::Seconds(5);
+  ProcessInfo info = StartRestarting(policy);
+  // One long run first: the count and the wait start over after it.
+  os_.Exit(info.pid, WaitStatus::Exited(1));
+  time_.Advance(absl::Milliseconds(100));
+  time_.Advance(absl::Seconds(6));
+  os_.Exit(Now(info.id).pid, WaitStatus::Exited(1));
+  EXPECT_EQ(sink_.recorded.back().delay, absl::Milliseconds(100)) << "the wait was reset";
+  time_.Advance(absl::Milliseconds(100));
+  os_.Exit(Now(info.id).pid, WaitStatus::Exited(1));
+  time_.Advance(absl::Milliseconds(200));
+  ASSERT_EQ(Now(info.id).restarts, 3u);
+  os_.Exit(Now(info.id).pid, WaitStatus::Exited(1));  // a third restart within 10 s: too many
+  ProcessInfo ended = Now(info.id);
+  EXPECT_FALSE(ended.backoff);
+  EXPECT_FALSE(ended.running);
+  EXPECT_EQ(ended.status->exitcode(), 1);
+  std::vector<EventKind> kinds = Kinds();
+  ASSERT_GE(kinds.size(), 2u);
+  EXPECT_THAT(std::vector<EventKind>(kinds.end() - 2, kinds.end()),
+              ElementsAre(EventKind::kGaveUp, EventKind::kExited));
+  time_.Advance(absl::Minutes(1));
+  EXPECT_EQ(os_.launches.size(), 4u);
+}
+
+TEST_F(RestartPolicyTest, WhatARunLeftInItsGroupEndsBeforeTheNextRun) {
+  ProcessInfo info = StartRestarting(kOnFailure);
+  os_.Exit(info.pid, WaitStatus::Exited(1), /*group_empties=*/false);
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, kSigterm)));
+  time_.Advance(absl::Milliseconds(100));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, kSigterm), Pair(info.pid, kSigkill)));
+  EXPECT_EQ(os_.launches.size(), 1u) << "its token is still in use";
+  os_.DrainGroup(info.pid);
+  EXPECT_EQ(os_.launches.size(), 2u) << "runs as soon as the group is gone";
+  EXPECT_TRUE(Now(info.id).running);
+}
+
+TEST_F(RestartPolicyTest, TheWatchdogAbortsARunThatStopsPingingAndThePolicyApplies) {
+  StartSpec spec{.target = "/bin/true", .notify = true, .watchdog = absl::Seconds(1)};
+  ProcessInfo info = StartRestarting(kOnFailure, spec);
+  EXPECT_EQ(LastEnv(os_, "NOTIFY_SOCKET"), absl::StrCat("/run/notify/", info.id));
+  time_.Advance(absl::Milliseconds(900));
+  supervisor_->OnNotify(info.id, NotifyMessage{.watchdog_ping = true});
+  time_.Advance(absl::Milliseconds(900));
+  EXPECT_THAT(os_.signals, IsEmpty()) << "the ping restarted the period";
+  time_.Advance(absl::Milliseconds(100));
+  EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, 6)));
+  EXPECT_EQ(Kinds().back(), EventKind::kWatchdog);
+  os_.Exit(info.pid, WaitStatus::Signaled(6, true));
+  ASSERT_TRUE(Now(info.id).last_exit.has_value());
+  EXPECT_TRUE(Now(info.id).last_exit->watchdog);
+  time_.Advance(absl::Milliseconds(100));
+  ProcessInfo again = Now(info.id);
+  EXPECT_TRUE(again.running);
+  EXPECT_TRUE(endpoints_.open.contains(info.id)) << "its endpoint stays across restarts";
+  EXPECT_EQ(LastEnv(os_, "NOTIFY_SOCKET"), absl::StrCat("/run/notify/", info.id));
+  // A worker may ask for its own period.
+  supervisor_->OnNotify(info.id, NotifyMessage{.watchdog_period = absl::Seconds(5)});
+  time_.Advance(absl::Milliseconds(4900));
+  EXPECT_EQ(os_.signals.size(), 1u);
+  time_.Advance(absl::Milliseconds(100));
+  EXPECT_THAT(os_.signals.back(), Pair(again.pid, 6));
+  Result terminated;
+  supervisor_->Terminate(info.id, TerminateOptions{}, terminated.Callback());
+  os_.Exit(again.pid, WaitStatus::Signaled(6));
+  EXPECT_FALSE(endpoints_.open.contains(info.id)) << "closed once it has ended for good";
+}
+
+TEST_F(RestartPolicyTest, AwaitReadyCompletesOnReadyAndTheTimeoutTerminates) {
+  ProcessInfo ready = StartOk(StartSpec{.target = "/bin/true", .notify = true});
+  Result waited;
+  supervisor_->AwaitReady(ready.id, absl::Seconds(5), waited.Callback());
+  EXPECT_FALSE(waited.value.has_value());
+  supervisor_->OnNotify(ready.id, NotifyMessage{.status = "warming up"});
+  EXPECT_EQ(Now(ready.id).notify->status, "warming up");
+  EXPECT_FALSE(waited.value.has_value());
+  supervisor_->OnNotify(ready.id, Ready());
+  ASSERT_TRUE(waited.value.has_value());
+  ASSERT_TRUE(waited.value->ok());
+  EXPECT_TRUE((*waited.value)->notify->ready);
+  EXPECT_EQ(Kinds().back(), EventKind::kReady);
+  Result again;
+  supervisor_->AwaitReady(ready.id, absl::Seconds(5), again.Callback());
+  EXPECT_TRUE(again.value.has_value()) << "ready already";
+
+  ProcessInfo slow = StartOk(StartSpec{.target = "/bin/true", .notify = true});
+  Result timed_out;
+  supervisor_->AwaitReady(slow.id, absl::Seconds(2), timed_out.Callback());
+  time_.Advance(absl::Seconds(1));
+  supervisor_->OnNotify(slow.id, NotifyMessage{.extend_timeout = absl::Seconds(3)});
+  time_.Advance(absl::Milliseconds(2900));
+  EXPECT_FALSE(timed_out.value.has_value()) << "EXTEND_TIMEOUT_USEC= moved the deadline";
+  time_.Advance(absl::Milliseconds(100));
+  ASSERT_TRUE(timed_out.value.has_value());
+  EXPECT_EQ(timed_out.value->status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(os_.signals, Contains(Pair(slow.pid, kSigterm)));
+
+  ProcessInfo plain = StartTrue();
+  Result at_once;
+  supervisor_->AwaitReady(plain.id, absl::Seconds(5), at_once.Callback());
+  EXPECT_TRUE(at_once.value.has_value() && at_once.value->ok()) << "no notify: nothing to wait for";
+
+  ProcessInfo dies = StartOk(StartSpec{.target = "/bin/true", .notify = true});
+  Result died;
+  supervisor_->AwaitReady(dies.id, absl::Seconds(5), died.Callback());
+  os_.Exit(dies.pid, WaitStatus::Exited(2));
+  ASSERT_TRUE(died.value.has_value());
+  EXPECT_EQ(died.value->status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(died.value->status().message(), HasSubstr("ended before it was ready (exit code 2)"));
+}
+
+TEST_F(RestartPolicyTest, AfterARestartOfProctordABackoffResumesAndARunningOneStillRestarts) {
+  ProcessInfo waiting = StartRestarting(kOnFailure);
+  ProcessInfo running = StartRestarting(kOnFailure);
+  os_.Exit(waiting.pid, WaitStatus::Exited(1));
+  ProcessInfo journaled_waiting = Now(waiting.id);
+  std::map<std::string, std::string> notes = os_.notes;
+  Supervisor::Reattached kept{.info = running, .memo = os_.launches[1].memo};
+  time_.DropAll();
+  Make(SupervisorOptions{.notify = &endpoints_, .restart_jitter = 0});
+  Supervisor::Restored restored{.ended = {journaled_waiting}, .running = {kept}};
+  for (const auto& [key, value] : notes) {
+    uint64_t id = 0;
+    if (absl::SimpleAtoi(absl::StripPrefix(key, "launch/"), &id)) restored.launches[id] = value;
+  }
+  supervisor_->Restore(std::move(restored));
+  EXPECT_TRUE(Now(waiting.id).backoff);
+  time_.Advance(absl::Milliseconds(100));
+  EXPECT_TRUE(Now(waiting.id).running) << "its wait resumed";
+  EXPECT_EQ(os_.launches.size(), 3u);
+  os_.Exit(running.pid, WaitStatus::Exited(1));
+  time_.Advance(absl::Milliseconds(100));
+  EXPECT_TRUE(Now(running.id).running);
+  EXPECT_EQ(os_.launches.size(), 4u);
+  EXPECT_EQ(os_.launches.back().envp, os_.launches[1].envp) << "same keys, same environment";
 }
 
 }  // namespace
