@@ -158,6 +158,7 @@ void ToProto(const ProcessInfo& info, v1::Process* out) {
   }
   out->set_restarts(info.restarts);
   if (info.last_exit.has_value()) RunExitToProto(*info.last_exit, out->mutable_last_exit());
+  for (absl::Time t : info.recent_restarts) *out->add_recent_restarts() = ToTimestamp(t);
   if (info.backoff) *out->mutable_next_start_time() = ToTimestamp(info.next_start_time);
   if (info.notify.has_value()) {
     const NotifyInfo& notify = *info.notify;
@@ -212,6 +213,9 @@ ProcessInfo FromProto(const v1::Process& process) {
   if (process.has_restart()) RestartFromProto(process.restart(), info.restart).IgnoreError();
   info.restarts = process.restarts();
   if (process.has_last_exit()) info.last_exit = RunExitFromProto(process.last_exit());
+  for (const google::protobuf::Timestamp& t : process.recent_restarts()) {
+    info.recent_restarts.push_back(FromTimestamp(t));
+  }
   if (info.backoff) info.next_start_time = FromTimestamp(process.next_start_time());
   if (process.has_notify()) {
     const v1::NotifyState& state = process.notify();

@@ -949,13 +949,6 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
 void Supervisor::RunEndedLocked(Record& record, Outbox& out) {
   ProcessInfo& info = record.info;
   const uint64_t id = info.id;
-  if (info.restart.mode != RestartPolicy::Mode::kNo) {
-    info.last_exit = RunExit{.pid = info.pid,
-                             .status = *info.status,
-                             .start_time = info.start_time,
-                             .end_time = info.end_time,
-                             .watchdog = record.watchdog_fired};
-  }
   bool gave_up = false;
   std::optional<absl::Duration> delay = NextRestartLocked(record, gave_up);
   if (!delay.has_value()) {
@@ -970,6 +963,11 @@ void Supervisor::RunEndedLocked(Record& record, Outbox& out) {
     EndForGoodLocked(record, out);
     return;
   }
+  info.last_exit = RunExit{.pid = info.pid,
+                           .status = *info.status,
+                           .start_time = info.start_time,
+                           .end_time = info.end_time,
+                           .watchdog = record.watchdog_fired};
   info.backoff = true;
   info.next_start_time = clock_.Now() + *delay;
   if (info.notify.has_value()) {
@@ -997,13 +995,16 @@ std::optional<absl::Duration> Supervisor::NextRestartLocked(Record& record, bool
     return std::nullopt;
   }
   const absl::Duration now = clock_.MonotonicNow();
+  std::vector<absl::Time>& recent = record.info.recent_restarts;
   if (now - record.run_started >= policy.reset_after) {
     record.backoff_step = 0;
     record.restart_times.clear();
+    recent.clear();
   }
   if (policy.window.has_value()) {
     while (!record.restart_times.empty() && now - record.restart_times.front() > *policy.window) {
       record.restart_times.pop_front();
+      recent.erase(recent.begin());
     }
   }
   if (policy.max_restarts > 0 && record.restart_times.size() >= policy.max_restarts) {
@@ -1018,6 +1019,7 @@ std::optional<absl::Duration> Supervisor::NextRestartLocked(Record& record, bool
   delay = std::min(delay, policy.max_backoff);
   ++record.backoff_step;
   record.restart_times.push_back(now);
+  recent.push_back(clock_.Now());
   return delay;
 }
 
@@ -1545,6 +1547,18 @@ void Supervisor::Restore(Restored restored) {
     restored.launches.erase(note);
     return launch;
   };
+  // Wall-clock times from the journal, as the monotonic clock would have read them.
+  const absl::Duration mono_now = clock_.MonotonicNow();
+  const absl::Time wall_now = clock_.Now();
+  auto monotonic_of = [&](absl::Time t) {
+    return mono_now - std::max(absl::ZeroDuration(), wall_now - t);
+  };
+  auto restore_restart_count = [&](Record& record) {
+    for (absl::Time t : record.info.recent_restarts) {
+      record.restart_times.push_back(monotonic_of(t));
+    }
+    record.backoff_step = static_cast<int>(record.restart_times.size());
+  };
   auto reopen_endpoint = [&](uint64_t id, std::optional<uid_t> owner) {
     if (options_.notify == nullptr) return;
     out.Call([this, id, owner] {
@@ -1566,7 +1580,8 @@ void Supervisor::Restore(Restored restored) {
       record.no_restart = false;
       record.relaunch = relaunch_of(id);
       if (record.relaunch.has_value()) {
-        record.run_started = clock_.MonotonicNow();
+        restore_restart_count(record);
+        record.run_started = monotonic_of(record.info.start_time);
         if (record.info.notify.has_value()) {
           std::optional<uid_t> owner;
           if (record.relaunch->identity.has_value()) owner = record.relaunch->identity->uid;
@@ -1604,8 +1619,9 @@ void Supervisor::Restore(Restored restored) {
     record.credential = memo.credential();
     record.authkey = memo.authkey().empty() ? RandomBytes(kAuthkeyBytes) : memo.authkey();
     record.depth = std::max<size_t>(memo.depth(), 1);
-    record.run_started = clock_.MonotonicNow();
+    record.run_started = monotonic_of(record.info.start_time);
     record.relaunch = relaunch_of(id);
+    restore_restart_count(record);
     if (record.info.restart.mode != RestartPolicy::Mode::kNo && !record.relaunch.has_value()) {
       spdlog::warn("id={}: nothing kept what to launch it with; it will not be restarted", id);
     }

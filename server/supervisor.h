@@ -134,7 +134,8 @@ struct ProcessInfo {
   std::string stderr_path;
   RestartPolicy restart;
   uint32_t restarts = 0;
-  std::optional<RunExit> last_exit;  // the most recent run that ended
+  std::optional<RunExit> last_exit;  // the run before the current one (see v1::Process)
+  std::vector<absl::Time> recent_restarts;  // counted against max_restarts
   bool backoff = false;              // ended, waiting to run again (running is false)
   absl::Time next_start_time = absl::InfinitePast();  // while in backoff
   std::optional<NotifyInfo> notify;  // set when started with notify

@@ -692,7 +692,8 @@ TEST_F(CliTest, EventsFilteredByTypeAndId) {
   EXPECT_EQ(bad.out, "");
   EXPECT_EQ(bad.err,
             "proctor: invalid --type \"ended\" (expected started, exited, terminate-requested, "
-            "released, evicted, session-opened, session-ended)\n"
+            "released, evicted, session-opened, session-ended, restarting, gave-up, ready, "
+            "watchdog)\n"
             "usage: proctor events [--since CURSOR] [--follow] [--id ID]... [--type TYPE]...\n");
   EXPECT_EQ(Cli({"events", "--since", "-1"}).status, 2);
   EXPECT_EQ(Cli({"events", "--id", "x"}).status, 2);

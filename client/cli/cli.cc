@@ -40,6 +40,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/cli/sync_commands.h"
@@ -92,6 +93,8 @@ absl::string_view StateName(v1::State state) {
       return "running";
     case v1::STATE_EXITED:
       return "exited";
+    case v1::STATE_BACKOFF:
+      return "backoff";
     default:
       return "unknown";
   }
@@ -116,6 +119,10 @@ constexpr EventTypeName kEventTypeNames[] = {
     {v1::EVENT_EVICTED, "evicted"},
     {v1::EVENT_SESSION_OPENED, "session-opened"},
     {v1::EVENT_SESSION_ENDED, "session-ended"},
+    {v1::EVENT_RESTARTING, "restarting"},
+    {v1::EVENT_GAVE_UP, "gave-up"},
+    {v1::EVENT_READY, "ready"},
+    {v1::EVENT_WATCHDOG, "watchdog"},
 };
 
 absl::string_view EventTypeText(v1::EventType type) {
@@ -154,6 +161,59 @@ std::string ParentText(const v1::Process& p) {
   }
 }
 
+absl::string_view RestartModeName(v1::RestartPolicy::Mode mode) {
+  switch (mode) {
+    case v1::RestartPolicy::ON_FAILURE:
+      return "on-failure";
+    case v1::RestartPolicy::ALWAYS:
+      return "always";
+    default:
+      return "no";
+  }
+}
+
+Json RestartObject(const v1::Process& p) {
+  if (!p.has_restart()) return nullptr;
+  const v1::RestartPolicy& r = p.restart();
+  return {
+      {"mode", std::string(RestartModeName(r.mode()))},
+      {"max_restarts", r.max_restarts()},
+      {"window", JsonSeconds(r.has_window(), r.window())},
+      {"initial_backoff", JsonSeconds(r.has_initial_backoff(), r.initial_backoff())},
+      {"max_backoff", JsonSeconds(r.has_max_backoff(), r.max_backoff())},
+      {"reset_after", JsonSeconds(r.has_reset_after(), r.reset_after())},
+  };
+}
+
+Json LastExitObject(const v1::Process& p) {
+  if (!p.has_last_exit()) return nullptr;
+  const v1::ExitRecord& e = p.last_exit();
+  return {
+      {"pid", e.pid()},
+      {"exitcode", ValueOrNull(e.has_exitcode(), e.exitcode())},
+      {"signal", e.signal()},
+      {"core_dumped", e.core_dumped()},
+      {"start_time", JsonTime(e.has_start_time(), e.start_time())},
+      {"end_time", JsonTime(e.has_end_time(), e.end_time())},
+      {"watchdog", e.watchdog()},
+  };
+}
+
+Json NotifyObject(const v1::Process& p) {
+  if (!p.has_notify()) return nullptr;
+  const v1::NotifyState& n = p.notify();
+  return {
+      {"ready", n.ready()},
+      {"status", n.status()},
+      {"stopping", n.stopping()},
+      {"reloading", n.reloading()},
+      {"errno", n.errno_value()},
+      {"watchdog", JsonSeconds(n.has_watchdog(), n.watchdog())},
+      {"last_watchdog_ping", JsonTime(n.has_last_watchdog_ping(), n.last_watchdog_ping())},
+      {"dropped", n.dropped()},
+  };
+}
+
 // ProcessJson's object.
 Json ProcessObject(const v1::Process& p) {
   return {
@@ -178,6 +238,12 @@ Json ProcessObject(const v1::Process& p) {
       {"max_rss_bytes", p.max_rss_bytes()},
       {"stdout_path", p.stdout_path()},
       {"stderr_path", p.stderr_path()},
+      {"restart", RestartObject(p)},
+      {"restarts", p.restarts()},
+      {"last_exit", LastExitObject(p)},
+      {"next_start_time", JsonTime(p.has_next_start_time(), p.next_start_time())},
+      {"notify", NotifyObject(p)},
+      {"service", ValueOrNull(!p.service().empty(), p.service())},
   };
 }
 
@@ -464,6 +530,88 @@ class Cli {
 // ---------------------------------------------------------------------------------------------
 // Subcommands
 
+google::protobuf::Duration DurationProto(absl::Duration d) {
+  return google::protobuf::util::TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
+}
+
+// A duration as "100ms", "1.5s", "2m" (absl's units), or bare seconds.
+absl::StatusOr<absl::Duration> ParseDurationText(absl::string_view option,
+                                                 absl::string_view text) {
+  absl::Duration d;
+  if (absl::ParseDuration(text, &d) && d >= absl::ZeroDuration() && d != absl::InfiniteDuration()) {
+    return d;
+  }
+  return ParseSeconds(option, text);
+}
+
+// --restart MODE [--max-restarts N] [--restart-window S] [--backoff MIN..MAX]
+// [--reset-after S].
+absl::Status AddRestartPolicy(const Args& args, v1::StartRequest& request) {
+  std::optional<std::string> mode = args.Last("restart");
+  const bool tuned = args.Has("max-restarts") || args.Has("restart-window") ||
+                     args.Has("backoff") || args.Has("reset-after");
+  if (!mode.has_value()) {
+    if (tuned) {
+      return absl::InvalidArgumentError(
+          "--max-restarts, --restart-window, --backoff and --reset-after need --restart");
+    }
+    return absl::OkStatus();
+  }
+  v1::RestartPolicy* policy = request.mutable_restart();
+  if (*mode == "no") {
+    policy->set_mode(v1::RestartPolicy::NO);
+  } else if (*mode == "on-failure") {
+    policy->set_mode(v1::RestartPolicy::ON_FAILURE);
+  } else if (*mode == "always") {
+    policy->set_mode(v1::RestartPolicy::ALWAYS);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid --restart \"", *mode, "\" (expected no, on-failure or always)"));
+  }
+  if (std::optional<std::string> text = args.Last("max-restarts")) {
+    uint32_t max = 0;
+    if (!absl::SimpleAtoi(*text, &max)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid --max-restarts \"", *text, "\" (expected a count, 0: no limit)"));
+    }
+    policy->set_max_restarts(max);
+  }
+  if (std::optional<std::string> text = args.Last("backoff")) {
+    std::vector<std::string> bounds = absl::StrSplit(*text, "..");
+    if (bounds.size() != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid --backoff \"", *text, "\" (expected MIN..MAX, e.g. 100ms..30s)"));
+    }
+    absl::StatusOr<absl::Duration> initial = ParseDurationText("backoff", bounds[0]);
+    if (!initial.ok()) return initial.status();
+    absl::StatusOr<absl::Duration> max = ParseDurationText("backoff", bounds[1]);
+    if (!max.ok()) return max.status();
+    if (*max < *initial) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--backoff ", *text, ": the maximum is below the minimum"));
+    }
+    *policy->mutable_initial_backoff() = DurationProto(*initial);
+    *policy->mutable_max_backoff() = DurationProto(*max);
+  }
+  struct DurationOption {
+    const char* name;
+    google::protobuf::Duration* into;
+  };
+  for (const DurationOption& option : {
+           DurationOption{"restart-window", policy->mutable_window()},
+           DurationOption{"reset-after", policy->mutable_reset_after()},
+       }) {
+    std::optional<std::string> text = args.Last(option.name);
+    if (!text.has_value()) continue;
+    absl::StatusOr<absl::Duration> d = ParseDurationText(option.name, *text);
+    if (!d.ok()) return d.status();
+    *option.into = DurationProto(*d);
+  }
+  if (!args.Has("restart-window")) policy->clear_window();
+  if (!args.Has("reset-after")) policy->clear_reset_after();
+  return absl::OkStatus();
+}
+
 // INVALID_ARGUMENT for usage errors; other codes when the environment fails us.
 absl::StatusOr<v1::StartRequest> MakeStartRequest(const Args& args) {
   v1::StartRequest request;
@@ -501,6 +649,28 @@ absl::StatusOr<v1::StartRequest> MakeStartRequest(const Args& args) {
   request.set_cwd(cwd.string());
   if (std::optional<std::string> user = args.Last("user")) request.set_user(*user);
   if (std::optional<std::string> group = args.Last("group")) request.set_group(*group);
+  if (absl::Status s = AddRestartPolicy(args, request); !s.ok()) return s;
+  request.set_notify(args.Has("notify"));
+  request.set_wait_ready(args.Has("wait-ready"));
+  struct DurationOption {
+    const char* name;
+    google::protobuf::Duration* into;
+  };
+  for (const DurationOption& option : {
+           DurationOption{"ready-timeout", request.mutable_ready_timeout()},
+           DurationOption{"watchdog", request.mutable_watchdog()},
+       }) {
+    std::optional<std::string> text = args.Last(option.name);
+    if (!text.has_value()) continue;
+    absl::StatusOr<absl::Duration> d = ParseSeconds(option.name, *text);
+    if (!d.ok()) return d.status();
+    *option.into = DurationProto(*d);
+  }
+  if (!args.Has("ready-timeout")) request.clear_ready_timeout();
+  if (!args.Has("watchdog")) request.clear_watchdog();
+  if (request.has_ready_timeout() && !request.wait_ready()) {
+    return absl::InvalidArgumentError("--ready-timeout needs --wait-ready");
+  }
   return request;
 }
 
@@ -755,7 +925,6 @@ int CmdStatus(Cli& cli, const Command& command, const Args& args) {
 
 int CmdPs(Cli& cli, const Command& command, const Args& args) {
   v1::StatusRequest filter;
-  if (!args.Has("all")) filter.set_state(v1::STATE_RUNNING);
   if (std::optional<std::string> name = args.Last("name")) filter.set_name(*name);
   if (std::optional<std::string> text = args.Last("parent")) {
     absl::StatusOr<uint64_t> parent = ParseId(*text, "parent id");
@@ -766,6 +935,12 @@ int CmdPs(Cli& cli, const Command& command, const Args& args) {
   if (!client.ok()) return cli.Fail(client.status());
   absl::StatusOr<std::vector<v1::Process>> processes = (*client)->List(filter);
   if (!processes.ok()) return cli.Fail(processes.status());
+  if (!args.Has("all")) {
+    // What lives: running, or waiting to run again.
+    std::erase_if(*processes, [](const v1::Process& p) {
+      return p.state() != v1::STATE_RUNNING && p.state() != v1::STATE_BACKOFF;
+    });
+  }
   if (cli.json()) {
     // One record per line, as `status --json` prints it, rather than Json's own layout.
     std::vector<std::string> objects;
@@ -1115,8 +1290,12 @@ int CmdSync(Cli& cli, const Command& command, const Args& args) {
 }
 
 constexpr OptionSpec kStartOptions[] = {
-    {"name", true}, {"daemon", false}, {"env", true},
-    {"cwd", true},  {"kwarg", true},   {"user", true}, {"group", true}};
+    {"name", true},          {"daemon", false},        {"env", true},
+    {"cwd", true},           {"kwarg", true},          {"user", true},
+    {"group", true},         {"restart", true},        {"max-restarts", true},
+    {"restart-window", true}, {"backoff", true},       {"reset-after", true},
+    {"notify", false},       {"wait-ready", false},    {"ready-timeout", true},
+    {"watchdog", true}};
 constexpr OptionSpec kJoinOptions[] = {{"timeout", true}};
 constexpr OptionSpec kTerminateOptions[] = {{"signal", true}, {"grace", true}, {"no-wait", false}};
 constexpr OptionSpec kKillOptions[] = {{"no-wait", false}};
@@ -1131,7 +1310,9 @@ constexpr OptionSpec kEventsOptions[] = {
 constexpr Command kCommands[] = {
     {"start",
      "start [--name N] [--daemon] [--env K=V]... [--cwd DIR] [--kwarg K=V]... [--user U "
-     "[--group G]] -- TARGET [ARG...]",
+     "[--group G]] [--restart no|on-failure|always [--max-restarts N] [--restart-window S] "
+     "[--backoff MIN..MAX] [--reset-after S]] [--notify] [--wait-ready [--ready-timeout S]] "
+     "[--watchdog S] -- TARGET [ARG...]",
      "start a process and print its id", kStartOptions, Operands::kCommand, CmdStart},
     {"run", "run [start options] -- TARGET [ARG...]",
      "start a process, stream its output, wait for it and exit like join", kStartOptions,
@@ -1316,6 +1497,7 @@ std::string EventJson(const v1::Event& e) {
   };
   if (e.has_process()) json["process"] = ProcessObject(e.process());
   if (e.session() != 0) json["session"] = e.session();
+  if (e.type() == v1::EVENT_RESTARTING) json["delay"] = JsonSeconds(e.has_delay(), e.delay());
   return Dump(json);
 }
 
