@@ -63,6 +63,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "tests/bench/bench_daemon.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -90,137 +91,6 @@ int64_t MonotonicNanos() {
   timespec now{};
   clock_gettime(CLOCK_MONOTONIC, &now);
   return int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
-}
-
-// A proctord of this program's own, ended (SIGTERM, then waited for) on destruction.
-class Daemon {
- public:
-  // Starts it with its socket and state in `dir`, and waits until it answers and its stock
-  // of spare capture files has stopped growing.
-  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const Options& options,
-                                                       const std::string& dir);
-  ~Daemon() {
-    if (pid_ <= 1) return;  // it exited at start (and was reaped): nothing to end
-    kill(pid_, SIGTERM);
-    waitpid(pid_, nullptr, 0);
-  }
-  pid_t pid() const { return pid_; }
-  const ClientOptions& client_options() const { return client_options_; }
-  Client& admin() { return *admin_; }
-
- private:
-  Daemon(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
-  // Waits until a call is answered; the daemon's log when it exited instead.
-  absl::Status AwaitAnswer(const std::string& state_dir, const std::string& address);
-
-  pid_t pid_;
-  std::string log_path_;
-  ClientOptions client_options_;
-  std::unique_ptr<Client> admin_;
-};
-
-absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Options& options,
-                                                      const std::string& dir) {
-  std::string state_dir = dir + "/state";
-  std::string address = absl::StrCat("unix:", dir, "/proctord.sock");
-  std::vector<std::string> args = {options.proctord, "--listen", address, "--state-dir",
-                                   state_dir};
-  args.insert(args.end(), options.proctord_args.begin(), options.proctord_args.end());
-  std::vector<char*> argv;
-  for (std::string& arg : args) argv.push_back(arg.data());
-  argv.push_back(nullptr);
-  std::string log_path = dir + "/proctord.log";
-
-  posix_spawn_file_actions_t actions;
-  if (int err = posix_spawn_file_actions_init(&actions); err != 0) {
-    return absl::InternalError(absl::StrCat("posix_spawn_file_actions_init: ", strerror(err)));
-  }
-  int err = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  if (err == 0) {
-    err = posix_spawn_file_actions_addopen(&actions, 2, log_path.c_str(),
-                                           O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  }
-  if (err == 0) err = posix_spawn_file_actions_adddup2(&actions, 2, 1);
-  pid_t pid = 0;
-  if (err == 0) err = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) {
-    return absl::InternalError(absl::StrCat("starting ", options.proctord, ": ", strerror(err)));
-  }
-  std::unique_ptr<Daemon> daemon(new Daemon(pid, log_path));
-  if (absl::Status s = daemon->AwaitAnswer(state_dir, address); !s.ok()) return s;
-
-  // The stock is made in the background, about 1 ms a file on ext4.
-  std::string spares = state_dir + "/logs/spare";
-  size_t last = 0;
-  absl::Time changed = absl::Now();
-  while (absl::Now() - changed < absl::Seconds(2)) {
-    std::error_code ignored;
-    auto it = std::filesystem::directory_iterator(spares, ignored);
-    size_t count = std::distance(it, std::filesystem::directory_iterator());
-    if (count != last) {
-      last = count;
-      changed = absl::Now();
-    }
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  return daemon;
-}
-
-absl::Status Daemon::AwaitAnswer(const std::string& state_dir, const std::string& address) {
-  absl::Time deadline = absl::Now() + absl::Seconds(30);
-  absl::Status last = absl::UnavailableError("not tried");
-  while (absl::Now() < deadline) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      std::ifstream log(log_path_);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "proctord exited at start (wait status ", status, "):\n",
-          std::string(std::istreambuf_iterator<char>(log), std::istreambuf_iterator<char>())));
-    }
-    client_options_ = ClientOptions{.address = address, .authkey_file = state_dir + "/authkey"};
-    if (access(client_options_.authkey_file.c_str(), R_OK) == 0) {
-      absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(client_options_);
-      if (!client.ok()) return client.status();
-      last = (*client)->List(v1::StatusRequest()).status();
-      if (last.ok()) {
-        admin_ = *std::move(client);
-        return absl::OkStatus();
-      }
-    }
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return absl::DeadlineExceededError(absl::StrCat("proctord did not answer in 30 s: ", last.message()));
-}
-
-struct DaemonStats {
-  int64_t rss_kib = 0;
-  int64_t threads = 0;
-  int64_t descriptors = 0;
-};
-
-absl::StatusOr<DaemonStats> ReadStats(pid_t pid) {
-  DaemonStats stats;
-  std::string path = absl::StrCat("/proc/", pid, "/status");
-  std::ifstream status(path);
-  if (!status) return absl::InternalError(absl::StrCat("cannot read ", path));
-  for (std::string line; std::getline(status, line);) {
-    absl::string_view rest = line;
-    int64_t* field = nullptr;
-    if (absl::ConsumePrefix(&rest, "VmRSS:")) field = &stats.rss_kib;
-    if (absl::ConsumePrefix(&rest, "Threads:")) field = &stats.threads;
-    if (field == nullptr) continue;
-    absl::ConsumeSuffix(&rest, "kB");
-    if (!absl::SimpleAtoi(rest, field)) {
-      return absl::InternalError(absl::StrCat("unexpected line in ", path, ": ", line));
-    }
-  }
-  std::error_code error;
-  auto fds = std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"), error);
-  if (error) return absl::InternalError(absl::StrCat("/proc/", pid, "/fd: ", error.message()));
-  stats.descriptors = std::distance(fds, std::filesystem::directory_iterator());
-  return stats;
 }
 
 // When each EXITED event reached a watcher, by process id.
@@ -348,7 +218,7 @@ struct Latency {
 };
 
 // Exit -> event latency with `count` unfiltered watchers over `options.n` workers.
-absl::StatusOr<Latency> MeasureLatency(Daemon& daemon, const Options& options, int count) {
+absl::StatusOr<Latency> MeasureLatency(BenchDaemon& daemon, const Options& options, int count) {
   Arrivals arrivals;
   Watchers watchers(arrivals);
   if (absl::Status s = watchers.Open(daemon.client_options(), count, v1::WatchRequest());
@@ -400,7 +270,7 @@ struct IdleCost {
 };
 
 // proctord's memory, threads and descriptors before, with, and after `count` idle watchers.
-absl::StatusOr<IdleCost> MeasureIdle(Daemon& daemon, int count) {
+absl::StatusOr<IdleCost> MeasureIdle(BenchDaemon& daemon, int count) {
   v1::WatchRequest request;
   request.set_name(kProbeName);
   Arrivals arrivals;
@@ -498,7 +368,7 @@ int Run(const Options& options, const std::string& dir) {
     std::cerr << "watch_bench: " << status.message() << std::endl;
     return 1;
   };
-  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(options, dir);
+  absl::StatusOr<std::unique_ptr<BenchDaemon>> daemon = BenchDaemon::Start(options.proctord, options.proctord_args, dir);
   if (!daemon.ok()) return fail(daemon.status());
   absl::StatusOr<IdleCost> idle = MeasureIdle(**daemon, options.idle);
   if (!idle.ok()) return fail(idle.status());

@@ -1,0 +1,54 @@
+// BenchDaemon: a proctord of a benchmark's own, on a socket and state directory of its own,
+// and what it costs (ReadStats), for the benchmarks that measure proctord from outside.
+#ifndef PROCTOR_TESTS_BENCH_BENCH_DAEMON_H_
+#define PROCTOR_TESTS_BENCH_BENCH_DAEMON_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "client/client.h"
+
+namespace proctor {
+
+// Ended (SIGTERM, then waited for) on destruction.
+class BenchDaemon {
+ public:
+  // Starts `proctord` with `args` and its socket and state in `dir`, and waits until it
+  // answers and its stock of spare capture files has stopped growing.
+  static absl::StatusOr<std::unique_ptr<BenchDaemon>> Start(const std::string& proctord,
+                                                            const std::vector<std::string>& args,
+                                                            const std::string& dir);
+  ~BenchDaemon();
+  pid_t pid() const { return pid_; }
+  const ClientOptions& client_options() const { return client_options_; }
+  Client& admin() { return *admin_; }
+
+ private:
+  BenchDaemon(pid_t pid, std::string log_path) : pid_(pid), log_path_(std::move(log_path)) {}
+  // Waits until a call is answered; the daemon's log when it exited instead.
+  absl::Status AwaitAnswer(const std::string& state_dir, const std::string& address);
+
+  pid_t pid_;
+  std::string log_path_;
+  ClientOptions client_options_;
+  std::unique_ptr<Client> admin_;
+};
+
+struct DaemonStats {
+  int64_t rss_kib = 0;
+  int64_t threads = 0;
+  int64_t descriptors = 0;
+};
+
+// From /proc/<pid>/status and /proc/<pid>/fd.
+absl::StatusOr<DaemonStats> ReadStats(pid_t pid);
+
+}  // namespace proctor
+
+#endif  // PROCTOR_TESTS_BENCH_BENCH_DAEMON_H_
