@@ -199,8 +199,16 @@ absl::Status Client::Unary(absl::string_view method,
 
 absl::StatusOr<v1::Process> Client::Start(const v1::StartRequest& request) {
   v1::Process process;
-  if (absl::Status s = Unary("Start", &v1::Proctor::Stub::Start, request, &process,
-                             call_timeout_);
+  // A Start that waits for readiness may take its ready timeout (90 s unless it says),
+  // and the daemon then answers DEADLINE_EXCEEDED itself; the call has one timeout more.
+  absl::Duration timeout = call_timeout_;
+  if (request.wait_ready()) {
+    timeout += request.has_ready_timeout()
+                   ? absl::Seconds(request.ready_timeout().seconds()) +
+                         absl::Nanoseconds(request.ready_timeout().nanos())
+                   : absl::Seconds(90);
+  }
+  if (absl::Status s = Unary("Start", &v1::Proctor::Stub::Start, request, &process, timeout);
       !s.ok()) {
     return s;
   }

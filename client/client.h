@@ -95,6 +95,7 @@ class Client {
   // The key in use and where it came from (never printed), and warnings about its file.
   const Credentials& credentials() const { return auth_.credentials(); }
 
+  // With wait_ready, the call may take its ready_timeout (90 s unset) on top of the call timeout.
   absl::StatusOr<v1::Process> Start(const v1::StartRequest& request);
   // Waits until the process ends, or `timeout` passes (the record then says running).
   // No timeout (or an infinite one) waits as long as it takes; a negative one is refused.
