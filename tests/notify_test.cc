@@ -1,17 +1,54 @@
-// sd_notify: the parser.
+// sd_notify: the parser; NotifySockets with real datagrams on a real loop, and
+// systemd-notify speaking to it.
+//
+// Nothing here sleeps to order events: the test thread waits for what the listener heard,
+// and where a sender must be gone before its message is read, the loop is held meanwhile.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/event_loop.h"
 #include "server/notify_message.h"
+#include "server/notify_sockets.h"
+#include "tests/loop_thread.h"
+#include "tests/test_daemon.h"
 
 namespace proctor {
 namespace {
 
+using testing::CommandResult;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Pair;
+using testing::RunCommand;
+using testing::TempDir;
+using ::testing::UnorderedElementsAre;
+using testing::WaitForExit;
+
+constexpr absl::Duration kPatience = absl::Seconds(10);
+constexpr uid_t kNobody = 65534;
 
 // ---------------------------------------------------------------------------------------------
 // ParseNotifyMessage
@@ -130,6 +167,495 @@ TEST(NotifyMessageTest, ALongBadLineIsQuotedShort) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("xxx...\""));
   EXPECT_LT(status.message().size(), 200u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// NotifySockets
+
+// A datagram to the socket at `path`, made ready before a fork so that the child only has
+// syscalls left to make (no allocation after fork in a threaded process).
+class Datagram {
+ public:
+  Datagram(const std::string& path, std::string text) : text_(std::move(text)) {
+    address_.sun_family = AF_UNIX;
+    std::strncpy(address_.sun_path, path.c_str(), sizeof(address_.sun_path) - 1);
+  }
+  // From this process, with `passed` as SCM_RIGHTS; 0 or the errno.
+  int Send(const std::vector<int>& passed = {}) const {
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    int err = SendOn(fd, /*to=*/true, passed);
+    close(fd);
+    return err;
+  }
+  // On a socket made (and maybe connected) already; to the address unless `to` is false.
+  int SendOn(int fd, bool to, const std::vector<int>& passed = {}) const {
+    iovec data{.iov_base = const_cast<char*>(text_.data()), .iov_len = text_.size()};
+    msghdr header{.msg_iov = &data, .msg_iovlen = 1};
+    if (to) {
+      header.msg_name = const_cast<sockaddr_un*>(&address_);
+      header.msg_namelen = sizeof(address_);
+    }
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+    if (!passed.empty()) {
+      header.msg_control = control;
+      header.msg_controllen = CMSG_SPACE(sizeof(int) * passed.size());
+      cmsghdr* c = CMSG_FIRSTHDR(&header);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * passed.size());
+      std::memcpy(CMSG_DATA(c), passed.data(), sizeof(int) * passed.size());
+    }
+    return sendmsg(fd, &header, MSG_NOSIGNAL) < 0 ? errno : 0;
+  }
+  int Connect(int fd) const {
+    return connect(fd, reinterpret_cast<const sockaddr*>(&address_), sizeof(address_)) == 0 ? 0
+                                                                                            : errno;
+  }
+
+ private:
+  sockaddr_un address_{};
+  std::string text_;
+};
+
+// What the listener heard, for the test thread to wait on.
+class Ears {
+ public:
+  struct Message {
+    uint64_t id;
+    NotifyMessage message;
+    pid_t sender;
+  };
+
+  NotifySockets::Listener Listener() {
+    return {
+        .on_message =
+            [this](uint64_t id, const NotifyMessage& message, pid_t sender) {
+              absl::MutexLock lock(&mu_);
+              messages_.push_back({id, message, sender});
+            },
+        .on_dropped =
+            [this](uint64_t id, absl::string_view why) {
+              absl::MutexLock lock(&mu_);
+              drops_.emplace_back(id, std::string(why));
+            },
+    };
+  }
+  // Once there are at least `count` (or after kPatience, however many there are).
+  std::vector<Message> Messages(size_t count) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return messages_.size() >= count; };
+    mu_.AwaitWithTimeout(absl::Condition(&enough), kPatience);
+    return messages_;
+  }
+  std::vector<std::pair<uint64_t, std::string>> Drops(size_t count) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return drops_.size() >= count; };
+    mu_.AwaitWithTimeout(absl::Condition(&enough), kPatience);
+    return drops_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Message> messages_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<uint64_t, std::string>> drops_ ABSL_GUARDED_BY(mu_);
+};
+
+// A message from worker `id` with READY=1 or not, and `status` (a string, or std::nullopt
+// for no STATUS=).
+MATCHER_P3(Said, id, ready, status, "") {
+  return arg.id == static_cast<uint64_t>(id) && arg.message.ready == ready &&
+         arg.message.status == status;
+}
+
+std::vector<std::string> Statuses(const std::vector<Ears::Message>& messages) {
+  std::vector<std::string> statuses;
+  for (const Ears::Message& m : messages) statuses.push_back(m.message.status.value_or("-"));
+  return statuses;
+}
+
+size_t OpenDescriptors() {
+  size_t count = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    ++count;
+  }
+  return count;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return lstat(path.c_str(), &st) == 0;
+}
+
+// Forks a child that runs `body` (syscalls only) and exits with what it returns; returns the
+// child's exit code once it has been reaped, or -1.
+template <typename Body>
+int RunInChild(Body body) {
+  pid_t child = fork();
+  if (child == 0) _exit(body());
+  int raw = 0;
+  if (child < 0 || waitpid(child, &raw, 0) != child || !WIFEXITED(raw)) return -1;
+  return WEXITSTATUS(raw);
+}
+
+class NotifySocketsTest : public ::testing::Test {
+ protected:
+  struct Asked {
+    uint64_t id;
+    pid_t pid;
+    bool alive;  // /proc/<pid> was there when asked
+  };
+
+  void SetUp() override {
+    // As every directory above the sockets must: workers of other users pass through.
+    ASSERT_EQ(chmod(tmp_.path().c_str(), 0711), 0);
+    dir_ = tmp_.path() + "/notify";
+    sockets_ = MakeSockets(dir_);
+    ASSERT_NE(sockets_, nullptr);
+  }
+
+  void TearDown() override {
+    runner_.Stop();
+    sockets_.reset();
+  }
+
+  std::unique_ptr<NotifySockets> MakeSockets(const std::string& dir) {
+    auto belongs = [this](uint64_t id, pid_t pid) {
+      absl::MutexLock lock(&asked_mu_);
+      asked_.push_back({id, pid, access(absl::StrCat("/proc/", pid).c_str(), F_OK) == 0});
+      return pid != refused_.load();
+    };
+    absl::StatusOr<std::unique_ptr<NotifySockets>> sockets =
+        NotifySockets::Create(*loop_, dir, belongs, ears_.Listener());
+    EXPECT_TRUE(sockets.ok()) << sockets.status();
+    return sockets.ok() ? *std::move(sockets) : nullptr;
+  }
+
+  std::string Open(uint64_t id, std::optional<uid_t> owner = std::nullopt) {
+    absl::StatusOr<std::string> path = sockets_->Open(id, owner);
+    EXPECT_TRUE(path.ok()) << path.status();
+    return path.value_or("");
+  }
+
+  std::vector<Asked> AskedSoFar() {
+    absl::MutexLock lock(&asked_mu_);
+    return asked_;
+  }
+
+  // Holds the loop thread until `release` is notified; returns once it is held.
+  void HoldLoop(absl::Notification& release) { ASSERT_TRUE(runner_.Hold(release, kPatience)); }
+
+  TempDir tmp_;
+  std::string dir_;
+  testing::LoopThread runner_;
+  EventLoop* const loop_ = &runner_.loop();
+  Ears ears_;
+  std::unique_ptr<NotifySockets> sockets_;
+  std::atomic<pid_t> refused_ = 0;  // belongs() says no for this sender
+  absl::Mutex asked_mu_;
+  std::vector<Asked> asked_ ABSL_GUARDED_BY(asked_mu_);
+};
+
+TEST_F(NotifySocketsTest, AMessageComesWithItsWorkersId) {
+  std::string path = Open(7);
+  EXPECT_EQ(path, dir_ + "/7");
+  ASSERT_EQ(Datagram(path, "READY=1\nSTATUS=up").Send(), 0);
+  std::vector<Ears::Message> heard = ears_.Messages(1);
+  ASSERT_THAT(heard, ElementsAre(Said(7, /*ready=*/true, "up")));
+  EXPECT_EQ(heard[0].sender, getpid());
+  std::vector<Asked> asked = AskedSoFar();
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(asked[0].id, 7u);
+  EXPECT_EQ(asked[0].pid, getpid());
+  EXPECT_EQ(sockets_->dropped(), 0u);
+}
+
+TEST_F(NotifySocketsTest, OnlyTheOwnerAndRootMaySend) {
+  struct stat st;
+  ASSERT_EQ(stat(dir_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0711u);
+  std::string mine = Open(1);
+  ASSERT_EQ(lstat(mine.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_uid, geteuid());
+  if (geteuid() != 0) GTEST_SKIP() << "giving a socket to another user takes root";
+  std::string nobodys = Open(2, kNobody);
+  ASSERT_EQ(lstat(nobodys.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_uid, kNobody);
+}
+
+TEST_F(NotifySocketsTest, EachWorkerHearsOnlyWhatComesOnItsOwnSocket) {
+  std::string one = Open(1);
+  std::string two = Open(2);
+  ASSERT_EQ(Datagram(one, "STATUS=one").Send(), 0);
+  ASSERT_EQ(Datagram(two, "STATUS=two").Send(), 0);
+  ASSERT_EQ(Datagram(one, "STATUS=one again").Send(), 0);
+  std::vector<std::pair<uint64_t, std::string>> heard;
+  for (const Ears::Message& m : ears_.Messages(3)) heard.emplace_back(m.id, *m.message.status);
+  EXPECT_THAT(heard, UnorderedElementsAre(Pair(1, "one"), Pair(2, "two"), Pair(1, "one again")));
+}
+
+TEST_F(NotifySocketsTest, OpeningAnOpenIdGivesItsSocketAgain) {
+  std::string first = Open(3);
+  EXPECT_EQ(Open(3), first);
+  ASSERT_EQ(Datagram(first, "STATUS=once").Send(), 0);
+  ASSERT_EQ(Datagram(first, "STATUS=twice").Send(), 0);
+  EXPECT_THAT(Statuses(ears_.Messages(2)), ElementsAre("once", "twice"));
+}
+
+TEST_F(NotifySocketsTest, ASenderThatExitedAtOnceIsStillItsWorkers) {
+  std::string path = Open(5);
+  Datagram ready(path, "READY=1");
+  absl::Notification release;
+  HoldLoop(release);
+  // Sent, exited and reaped before the loop can read anything.
+  pid_t sender = fork();
+  if (sender == 0) _exit(ready.Send());
+  ASSERT_GT(sender, 0);
+  int raw = 0;
+  ASSERT_EQ(waitpid(sender, &raw, 0), sender);
+  ASSERT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 0);
+  release.Notify();
+  std::vector<Ears::Message> heard = ears_.Messages(1);
+  ASSERT_THAT(heard, ElementsAre(Said(5, /*ready=*/true, std::nullopt)));
+  EXPECT_EQ(heard[0].sender, sender);
+  std::vector<Asked> asked = AskedSoFar();
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(asked[0].pid, sender);
+  EXPECT_FALSE(asked[0].alive);
+}
+
+TEST_F(NotifySocketsTest, ALiveSenderOutsideTheTreeIsDroppedAndCounted) {
+  std::string path = Open(4);
+  refused_ = getpid();
+  ASSERT_EQ(Datagram(path, "READY=1").Send(), 0);
+  EXPECT_THAT(ears_.Drops(1),
+              ElementsAre(Pair(4, absl::StrCat("pid ", getpid(), " is not in worker 4's tree"))));
+  EXPECT_EQ(sockets_->dropped(), 1u);
+  EXPECT_EQ(sockets_->dropped(4), 1u);
+  EXPECT_EQ(sockets_->dropped(5), 0u);
+  // The socket goes on working for those who belong.
+  refused_ = 0;
+  ASSERT_EQ(Datagram(path, "STATUS=after").Send(), 0);
+  EXPECT_THAT(Statuses(ears_.Messages(1)), ElementsAre("after"));
+}
+
+TEST_F(NotifySocketsTest, ASenderOfAnotherUserIsDroppedUnlessTheSocketIsItsOwn) {
+  if (geteuid() != 0) GTEST_SKIP() << "sending as another user takes root";
+  std::string roots = Open(1);
+  Datagram to_roots(roots, "READY=1");
+  // The file's mode keeps another user out...
+  EXPECT_EQ(RunInChild([&] {
+              if (setresuid(kNobody, kNobody, kNobody) != 0) return 100;
+              return to_roots.Send();
+            }),
+            EACCES);
+  // ...and one that got through anyway (connected while still root) is dropped.
+  EXPECT_EQ(RunInChild([&] {
+              int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+              if (fd < 0 || to_roots.Connect(fd) != 0) return 101;
+              if (setresuid(kNobody, kNobody, kNobody) != 0) return 100;
+              return to_roots.SendOn(fd, /*to=*/false);
+            }),
+            0);
+  EXPECT_THAT(ears_.Drops(1), ElementsAre(Pair(1, "foreign sender uid 65534")));
+  EXPECT_EQ(sockets_->dropped(1), 1u);
+
+  // The worker's own user, on its own socket, is heard.
+  std::string nobodys = Open(2, kNobody);
+  Datagram to_nobodys(nobodys, "STATUS=from nobody");
+  pid_t sender = fork();
+  if (sender == 0) {
+    if (setresuid(kNobody, kNobody, kNobody) != 0) _exit(100);
+    _exit(to_nobodys.Send());
+  }
+  ASSERT_GT(sender, 0);
+  std::optional<int> raw = WaitForExit(sender, kPatience);
+  ASSERT_TRUE(raw.has_value() && WIFEXITED(*raw));
+  EXPECT_EQ(WEXITSTATUS(*raw), 0);
+  std::vector<Ears::Message> heard = ears_.Messages(1);
+  ASSERT_THAT(heard, ElementsAre(Said(2, /*ready=*/false, "from nobody")));
+  EXPECT_EQ(heard[0].sender, sender);
+  EXPECT_EQ(sockets_->dropped(), 1u);
+}
+
+TEST_F(NotifySocketsTest, AnOversizedDatagramIsDroppedWhole) {
+  std::string path = Open(9);
+  const std::string padding = "STATUS=";
+  ASSERT_EQ(Datagram(path, padding + std::string(kMaxNotifyMessageBytes + 1 - padding.size(), 'x'))
+                .Send(),
+            0);
+  std::vector<std::pair<uint64_t, std::string>> drops = ears_.Drops(1);
+  ASSERT_EQ(drops.size(), 1u);
+  EXPECT_EQ(drops[0].first, 9u);
+  EXPECT_THAT(drops[0].second, HasSubstr("oversized"));
+  EXPECT_THAT(drops[0].second, HasSubstr("4097 bytes"));
+  // The largest that fits is read whole.
+  ASSERT_EQ(
+      Datagram(path, padding + std::string(kMaxNotifyMessageBytes - padding.size(), 'y')).Send(),
+      0);
+  EXPECT_THAT(ears_.Messages(1),
+              ElementsAre(Said(9, /*ready=*/false,
+                               std::string(kMaxNotifyMessageBytes - padding.size(), 'y'))));
+  EXPECT_EQ(sockets_->dropped(), 1u);
+}
+
+TEST_F(NotifySocketsTest, AMalformedMessageIsDroppedWithTheParsersReason) {
+  std::string path = Open(6);
+  ASSERT_EQ(Datagram(path, "STATUS=never\nREADY=2").Send(), 0);
+  ASSERT_EQ(Datagram(path, "STATUS=fine").Send(), 0);
+  std::vector<std::pair<uint64_t, std::string>> drops = ears_.Drops(1);
+  ASSERT_EQ(drops.size(), 1u);
+  EXPECT_EQ(drops[0].first, 6u);
+  EXPECT_THAT(drops[0].second, HasSubstr("line 2 \"READY=2\": READY takes only 1"));
+  // Nothing of the malformed one was delivered.
+  EXPECT_THAT(Statuses(ears_.Messages(1)), ElementsAre("fine"));
+  EXPECT_EQ(sockets_->dropped(6), 1u);
+}
+
+TEST_F(NotifySocketsTest, PassedDescriptorsAreClosedAtOnce) {
+  std::string path = Open(8);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0);
+  const size_t before = OpenDescriptors();
+  ASSERT_EQ(Datagram(path, "STATUS=with descriptors").Send({pipe_fds[1], pipe_fds[1], pipe_fds[0]}),
+            0);
+  EXPECT_THAT(Statuses(ears_.Messages(1)), ElementsAre("with descriptors"));
+  EXPECT_EQ(OpenDescriptors(), before);
+  // No copy of the write end is left anywhere: the read end sees the hang-up at once.
+  close(pipe_fds[1]);
+  pollfd hangup{.fd = pipe_fds[0], .events = POLLIN};
+  EXPECT_EQ(poll(&hangup, 1, 0), 1);
+  EXPECT_TRUE(hangup.revents & POLLHUP);
+  close(pipe_fds[0]);
+}
+
+TEST_F(NotifySocketsTest, ABarrierIsAnsweredAndNotDelivered) {
+  std::string path = Open(8);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe2(pipe_fds, O_CLOEXEC), 0);
+  ASSERT_EQ(Datagram(path, "BARRIER=1").Send({pipe_fds[1]}), 0);
+  close(pipe_fds[1]);
+  pollfd answer{.fd = pipe_fds[0], .events = POLLIN};
+  EXPECT_EQ(poll(&answer, 1, absl::ToInt64Milliseconds(kPatience)), 1);
+  close(pipe_fds[0]);
+  ASSERT_EQ(Datagram(path, "STATUS=after the barrier").Send(), 0);
+  EXPECT_THAT(Statuses(ears_.Messages(1)), ElementsAre("after the barrier"));
+  EXPECT_EQ(sockets_->dropped(), 0u);
+}
+
+TEST_F(NotifySocketsTest, DatagramsQueuedMeanwhileAreAllReadInOrder) {
+  std::string path = Open(2);
+  absl::Notification release;
+  HoldLoop(release);
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_EQ(Datagram(path, absl::StrCat("STATUS=", i)).Send(), 0);
+  }
+  release.Notify();
+  EXPECT_THAT(Statuses(ears_.Messages(5)), ElementsAre("0", "1", "2", "3", "4"));
+}
+
+TEST_F(NotifySocketsTest, CloseRemovesTheSocket) {
+  std::string path = Open(10);
+  Datagram late(path, "STATUS=too late");
+  int connected = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(connected, 0);
+  ASSERT_EQ(late.Connect(connected), 0);
+  sockets_->Close(10);
+  EXPECT_FALSE(Exists(path));
+  EXPECT_EQ(late.Send(), ENOENT);
+  EXPECT_EQ(late.SendOn(connected, /*to=*/false), ECONNREFUSED);
+  close(connected);
+  sockets_->Close(10);  // no-op
+  sockets_->Close(11);  // never opened: no-op
+  EXPECT_EQ(sockets_->dropped(10), 0u);
+  // Opened again, it works again, at the same address.
+  EXPECT_EQ(Open(10), path);
+  ASSERT_EQ(Datagram(path, "STATUS=back").Send(), 0);
+  EXPECT_THAT(Statuses(ears_.Messages(1)), ElementsAre("back"));
+}
+
+TEST_F(NotifySocketsTest, OpenReplacesAStaleSocketFileAtTheSamePath) {
+  const std::string path = dir_ + "/11";
+  {
+    // What a proctord that died leaves: a socket file nothing reads.
+    int stale = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un address{.sun_family = AF_UNIX};
+    std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+    ASSERT_EQ(bind(stale, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    close(stale);
+  }
+  ASSERT_EQ(Datagram(path, "STATUS=lost").Send(), ECONNREFUSED);
+  EXPECT_EQ(Open(11), path);
+  ASSERT_EQ(Datagram(path, "STATUS=heard").Send(), 0);
+  EXPECT_THAT(ears_.Messages(1), ElementsAre(Said(11, /*ready=*/false, "heard")));
+}
+
+TEST_F(NotifySocketsTest, ANewInstanceOpensTheSameAddressesAgain) {
+  std::string path = Open(12);
+  // Destroyed on the loop thread, as its contract asks: the file stays for the next one.
+  absl::Notification destroyed;
+  loop_->Post([&] {
+    sockets_.reset();
+    destroyed.Notify();
+  });
+  ASSERT_TRUE(destroyed.WaitForNotificationWithTimeout(kPatience));
+  EXPECT_TRUE(Exists(path));
+  sockets_ = MakeSockets(dir_);
+  ASSERT_NE(sockets_, nullptr);
+  EXPECT_EQ(Open(12), path);
+  ASSERT_EQ(Datagram(path, "STATUS=adopted").Send(), 0);
+  EXPECT_THAT(ears_.Messages(1), ElementsAre(Said(12, /*ready=*/false, "adopted")));
+}
+
+TEST_F(NotifySocketsTest, APathTooLongForASocketAddressIsRefusedNotShortened) {
+  const std::string dir = tmp_.path() + "/" + std::string(110, 'd');
+  std::unique_ptr<NotifySockets> sockets = MakeSockets(dir);
+  ASSERT_NE(sockets, nullptr);
+  absl::Status status = sockets->Open(1, std::nullopt).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(status.message(), HasSubstr(dir + "/1"));
+  EXPECT_THAT(status.message(), HasSubstr("at most 107"));
+  EXPECT_TRUE(std::filesystem::is_empty(dir)) << "nothing bound at a shortened path";
+}
+
+TEST_F(NotifySocketsTest, TheDirectoryIsMadeReachableWhateverTheUmask) {
+  const std::string dir = tmp_.path() + "/made";
+  mode_t old = umask(077);
+  std::unique_ptr<NotifySockets> sockets = MakeSockets(dir);
+  umask(old);
+  ASSERT_NE(sockets, nullptr);
+  struct stat st;
+  ASSERT_EQ(stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0711u);
+}
+
+TEST_F(NotifySocketsTest, OnlyADirectoryOfItsOwnUserWillDo) {
+  const std::string file = tmp_.path() + "/a-file";
+  ASSERT_TRUE(testing::WriteFile(file, ""));
+  absl::Status status = NotifySockets::Create(*loop_, file, nullptr, {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(status.message(), HasSubstr(file));
+  if (geteuid() != 0) return;
+  const std::string others = tmp_.path() + "/nobodys";
+  ASSERT_EQ(mkdir(others.c_str(), 0711), 0);
+  ASSERT_EQ(chown(others.c_str(), kNobody, kNobody), 0);
+  status = NotifySockets::Create(*loop_, others, nullptr, {}).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(NotifySocketsTest, SystemdNotifyIsUnderstood) {
+  const std::string systemd_notify = "/usr/bin/systemd-notify";
+  if (access(systemd_notify.c_str(), X_OK) != 0) GTEST_SKIP() << systemd_notify << " is absent";
+  std::string path = Open(13);
+  // It waits for its message to be read (BARRIER=1, answered by closing what it passed).
+  CommandResult result =
+      RunCommand({systemd_notify, "--ready", "--status=hello"}, {"NOTIFY_SOCKET=" + path});
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_THAT(ears_.Messages(1), ElementsAre(Said(13, /*ready=*/true, "hello")));
+  EXPECT_EQ(sockets_->dropped(), 0u);
 }
 
 }  // namespace
