@@ -1,5 +1,6 @@
 // sd_notify: the parser; NotifySockets with real datagrams on a real loop, and
-// systemd-notify speaking to it.
+// systemd-notify speaking to it; PosixProcessOs::InWorkerTree, which the sockets ask about
+// senders, against a real keeper and worker.
 //
 // Nothing here sleeps to order events: the test thread waits for what the listener heard,
 // and where a sender must be gone before its message is read, the loop is held meanwhile.
@@ -23,6 +24,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -30,9 +34,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/event_loop.h"
+#include "server/keeper_client.h"
 #include "server/notify_message.h"
 #include "server/notify_sockets.h"
 #include "tests/loop_thread.h"
+#include "server/posix_process_os.h"
 #include "tests/test_daemon.h"
 
 namespace proctor {
@@ -42,9 +48,12 @@ using testing::CommandResult;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Pair;
+using testing::ParentOf;
 using testing::RunCommand;
+using testing::StartCommand;
 using testing::TempDir;
 using ::testing::UnorderedElementsAre;
+using testing::WaitFor;
 using testing::WaitForExit;
 
 constexpr absl::Duration kPatience = absl::Seconds(10);
@@ -657,6 +666,119 @@ TEST_F(NotifySocketsTest, SystemdNotifyIsUnderstood) {
   EXPECT_THAT(ears_.Messages(1), ElementsAre(Said(13, /*ready=*/true, "hello")));
   EXPECT_EQ(sockets_->dropped(), 0u);
 }
+
+// ---------------------------------------------------------------------------------------------
+// PosixProcessOs::InWorkerTree, with a real keeper and a worker, without and with cgroups.
+
+class InWorkerTreeTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    internal::Held held;
+    absl::StatusOr<std::unique_ptr<KeeperClient>> keeper =
+        KeeperClient::Open(state_.path(), PROCTOR_KEEPER_PATH, held);
+    ASSERT_TRUE(keeper.ok()) << keeper.status();
+    keeper_ = *std::move(keeper);
+    absl::StatusOr<std::unique_ptr<PosixProcessOs>> os = PosixProcessOs::Create(
+        *loop_, *keeper_, held, PosixProcessOs::Options{.worker_cgroups = GetParam()});
+    ASSERT_TRUE(os.ok()) << os.status();
+    os_ = *std::move(os);
+    os_->SetListeners([this](uint64_t, WaitStatus, const ResourceUsage&) { exited_.Notify(); },
+                      [] {});
+    KeeperClient::Listener listener = os_->KeeperListener();
+    listener.on_lost = [] {};
+    keeper_->Start(std::move(listener));
+  }
+
+  void TearDown() override {
+    if (launched_) {
+      os_->KillCgroup(kToken).IgnoreError();
+      EXPECT_TRUE(os_->SignalGroup(kToken, SIGKILL).ok());
+      EXPECT_TRUE(exited_.WaitForNotificationWithTimeout(kPatience));
+    }
+    if (keeper_ != nullptr) keeper_->Shutdown(absl::Seconds(5));
+    runner_.Stop();
+    os_.reset();
+    keeper_.reset();
+  }
+
+  static constexpr uint64_t kToken = 41;
+  TempDir state_;
+  testing::LoopThread runner_;
+  EventLoop* const loop_ = &runner_.loop();
+  std::unique_ptr<KeeperClient> keeper_;
+  std::unique_ptr<PosixProcessOs> os_;
+  absl::Notification exited_;
+  bool launched_ = false;
+};
+
+pid_t PidIn(const std::string& path) {
+  pid_t pid = 0;
+  return absl::SimpleAtoi(absl::StripAsciiWhitespace(testing::ReadFile(path)), &pid) ? pid : 0;
+}
+
+TEST_P(InWorkerTreeTest, TellsTheWorkersProcessesFromOthers) {
+  const std::string dir = state_.path();
+  // A child; an orphan (double fork) that keeps PROCTOR_ID; one that also left that behind.
+  const std::string script =
+      absl::StrCat("sleep 60 & echo $! > ", dir, "/child; ", "(sleep 60 & echo $! > ", dir,
+                   "/orphan); ", "(PROCTOR_ID=99 sleep 60 & echo $! > ", dir, "/renamed); ",
+                   "echo > ", dir, "/ready; exec sleep 60");
+  absl::StatusOr<Launched> launched =
+      os_->Launch(LaunchSpec{.path = "/bin/sh",
+                             .argv = {"sh", "-c", script},
+                             .envp = {"PATH=/usr/bin:/bin", absl::StrCat("PROCTOR_ID=", kToken)},
+                             .stdout_path = dir + "/out",
+                             .stderr_path = dir + "/err"},
+                  kToken);
+  ASSERT_TRUE(launched.ok()) << launched.status();
+  launched_ = true;
+  ASSERT_TRUE(WaitFor([&] { return Exists(dir + "/ready"); }, kPatience))
+      << testing::ReadFile(dir + "/err");
+  const pid_t leader = launched->pid;
+  const pid_t child = PidIn(dir + "/child");
+  const pid_t orphan = PidIn(dir + "/orphan");
+  const pid_t renamed = PidIn(dir + "/renamed");
+  ASSERT_GT(child, 1);
+  ASSERT_GT(orphan, 1);
+  ASSERT_GT(renamed, 1);
+  // Orphaned (the subshells have exited), and `renamed` exec'd with its own PROCTOR_ID.
+  const pid_t keeper = keeper_->keeper_pid();
+  ASSERT_TRUE(WaitFor([&] { return ParentOf(orphan) == keeper && ParentOf(renamed) == keeper; },
+                      kPatience));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return absl::StrContains(testing::ReadFile(absl::StrCat("/proc/", renamed, "/environ")),
+                                 "PROCTOR_ID=99");
+      },
+      kPatience));
+
+  EXPECT_TRUE(os_->InWorkerTree(kToken, leader));
+  EXPECT_TRUE(os_->InWorkerTree(kToken, child)) << "below the leader";
+  EXPECT_TRUE(os_->InWorkerTree(kToken, orphan)) << "its environment";
+  // Only its cgroup still says whose it is.
+  const bool has_cgroup =
+      absl::StrContains(testing::ReadFile(absl::StrCat("/proc/", leader, "/cgroup")), "/proctord-");
+  EXPECT_EQ(os_->InWorkerTree(kToken, renamed), has_cgroup);
+  EXPECT_FALSE(os_->InWorkerTree(kToken + 1, child)) << "another worker's";
+  EXPECT_FALSE(os_->InWorkerTree(kToken, getpid())) << "not of any worker";
+  EXPECT_FALSE(os_->InWorkerTree(kToken, 0));
+  EXPECT_FALSE(os_->InWorkerTree(kToken, 1));
+
+  // Gone, or only a zombie: nothing left to check.
+  pid_t stranger = StartCommand({"sleep", "60"}, {}, "/dev/null", "/dev/null");
+  ASSERT_GT(stranger, 0);
+  EXPECT_FALSE(os_->InWorkerTree(kToken, stranger));
+  ASSERT_EQ(kill(stranger, SIGKILL), 0);
+  ASSERT_TRUE(WaitFor([&] { return testing::IsZombie(stranger); }, kPatience));
+  EXPECT_TRUE(os_->InWorkerTree(kToken, stranger));
+  ASSERT_TRUE(WaitForExit(stranger, kPatience).has_value());
+  EXPECT_TRUE(os_->InWorkerTree(kToken, stranger));
+}
+
+INSTANTIATE_TEST_SUITE_P(CgroupsOrNot, InWorkerTreeTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "WithCgroups" : "WithoutCgroups";
+                         });
 
 }  // namespace
 }  // namespace proctor
