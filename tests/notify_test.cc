@@ -1,6 +1,6 @@
-// sd_notify: the parser; NotifySockets with real datagrams on a real loop, and
-// systemd-notify speaking to it; PosixProcessOs::InWorkerTree, which the sockets ask about
-// senders, against a real keeper and worker.
+// sd_notify: the parser; NotifySockets with real datagrams on a real loop; the senders workers
+// use with it (systemd-notify, our notify_send); and PosixProcessOs::InWorkerTree, which the
+// sockets ask about senders, against a real keeper and worker.
 //
 // Nothing here sleeps to order events: the test thread waits for what the listener heard,
 // and where a sender must be gone before its message is read, the loop is held meanwhile.
@@ -665,6 +665,102 @@ TEST_F(NotifySocketsTest, SystemdNotifyIsUnderstood) {
   EXPECT_EQ(result.status, 0) << result.err;
   EXPECT_THAT(ears_.Messages(1), ElementsAre(Said(13, /*ready=*/true, "hello")));
   EXPECT_EQ(sockets_->dropped(), 0u);
+}
+
+TEST_F(NotifySocketsTest, NotifySendSendsAndWaitsForItsMessageToBeRead) {
+  std::string path = Open(14);
+  CommandResult result =
+      RunCommand({NOTIFY_SEND_PATH, "READY=1", "STATUS=from the tool"}, {"NOTIFY_SOCKET=" + path});
+  EXPECT_EQ(result.status, 0) << result.err;
+  // Read by the time it returned: no wait here.
+  EXPECT_THAT(ears_.Messages(0), ElementsAre(Said(14, /*ready=*/true, "from the tool")));
+}
+
+TEST_F(NotifySocketsTest, NotifySendFromAGrandchildThatExitsAtOnce) {
+  std::string path = Open(15);
+  CommandResult result =
+      RunCommand({NOTIFY_SEND_PATH, "--from-grandchild", "--exit-at-once", "STATUS=grandchild"},
+                 {"NOTIFY_SOCKET=" + path});
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_THAT(ears_.Messages(1), ElementsAre(Said(15, /*ready=*/false, "grandchild")));
+}
+
+TEST_F(NotifySocketsTest, NotifySendPadsToASize) {
+  std::string path = Open(16);
+  const std::string size = absl::StrCat(kMaxNotifyMessageBytes + 1);
+  CommandResult result = RunCommand({NOTIFY_SEND_PATH, "--size", size}, {"NOTIFY_SOCKET=" + path});
+  EXPECT_EQ(result.status, 0) << result.err;  // the barrier after it is answered all the same
+  std::vector<std::pair<uint64_t, std::string>> drops = ears_.Drops(1);
+  ASSERT_EQ(drops.size(), 1u);
+  EXPECT_THAT(drops[0].second, HasSubstr("oversized: 4097 bytes"));
+  result = RunCommand({NOTIFY_SEND_PATH, "--size", "100", "READY=1"}, {"NOTIFY_SOCKET=" + path});
+  EXPECT_EQ(result.status, 0) << result.err;
+  // 100 bytes: "READY=1\n", "STATUS=" and the padding.
+  EXPECT_THAT(ears_.Messages(1), ElementsAre(Said(16, /*ready=*/true, std::string(85, 'x'))));
+}
+
+TEST_F(NotifySocketsTest, NotifySendSaysWhyItFailed) {
+  std::string path = Open(17);
+  sockets_->Close(17);
+  CommandResult result = RunCommand({NOTIFY_SEND_PATH, "--socket", path, "READY=1"});
+  EXPECT_EQ(result.status, 1);
+  EXPECT_THAT(result.err, HasSubstr(path));
+  EXPECT_THAT(result.err, HasSubstr("No such file or directory"));
+  result = RunCommand({NOTIFY_SEND_PATH, "READY=1"}, {"NOTIFY_SOCKET="});
+  EXPECT_EQ(result.status, 1);
+  EXPECT_THAT(result.err, HasSubstr("NOTIFY_SOCKET is not set"));
+}
+
+TEST_F(NotifySocketsTest, NotifySendToAnAbstractAddress) {
+  const std::string name = absl::StrCat("proctor-notify-test-", getpid());
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un address{.sun_family = AF_UNIX};
+  std::memcpy(address.sun_path + 1, name.data(), name.size());
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&address),
+                 offsetof(sockaddr_un, sun_path) + 1 + name.size()),
+            0);
+  CommandResult result =
+      RunCommand({NOTIFY_SEND_PATH, "--exit-at-once", "--socket", "@" + name, "STATUS=abstract"});
+  EXPECT_EQ(result.status, 0) << result.err;
+  char buffer[64];
+  ssize_t n = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+  EXPECT_EQ(std::string(buffer, std::max<ssize_t>(n, 0)), "STATUS=abstract");
+  close(fd);
+}
+
+TEST_F(NotifySocketsTest, NotifySendReadyAfterAndWatchdogLoop) {
+  std::string path = Open(18);
+  pid_t sender = StartCommand(
+      {NOTIFY_SEND_PATH, "--ready-after", "20", "--loop-watchdog", "10", "STATUS=pinging"},
+      {"NOTIFY_SOCKET=" + path}, "/dev/null", tmp_.path() + "/err");
+  ASSERT_GT(sender, 0);
+  std::vector<Ears::Message> heard = ears_.Messages(4);
+  kill(sender, SIGTERM);
+  std::optional<int> raw = WaitForExit(sender, kPatience);
+  ASSERT_TRUE(raw.has_value());
+  EXPECT_TRUE(WIFSIGNALED(*raw)) << "it ran until killed";
+  ASSERT_GE(heard.size(), 4u);
+  EXPECT_TRUE(heard[0].message.ready);
+  EXPECT_EQ(heard[0].message.status, "pinging");
+  for (size_t i = 1; i < heard.size(); ++i) {
+    EXPECT_TRUE(heard[i].message.watchdog_ping);
+    EXPECT_FALSE(heard[i].message.ready);
+  }
+
+  // Ready alone: it stays, silent, until killed.
+  sender = StartCommand({NOTIFY_SEND_PATH, "--ready-after", "0"}, {"NOTIFY_SOCKET=" + path},
+                        "/dev/null", tmp_.path() + "/err");
+  ASSERT_GT(sender, 0);
+  const size_t before = heard.size();
+  heard = ears_.Messages(before + 1);
+  ASSERT_GT(heard.size(), before);
+  EXPECT_TRUE(heard[before].message.ready);
+  EXPECT_EQ(waitpid(sender, nullptr, WNOHANG), 0);
+  kill(sender, SIGTERM);
+  raw = WaitForExit(sender, kPatience);
+  ASSERT_TRUE(raw.has_value());
+  EXPECT_TRUE(WIFSIGNALED(*raw));
 }
 
 // ---------------------------------------------------------------------------------------------
