@@ -29,8 +29,10 @@ inline constexpr size_t kMaxNotifyMessageBytes = 4096;
 
 // Parses one datagram. Assignments proctord does not know (MAINPID=, FDSTORE=, custom ones)
 // are ignored, as systemd ignores unknown ones; a line without '=', a NUL byte, or a known
-// variable with a value it cannot take (READY=2, WATCHDOG_USEC=abc) makes the whole message
-// INVALID_ARGUMENT naming the line, so that nothing of a malformed message is applied.
+// variable with a value it cannot take (READY=2, WATCHDOG_USEC=abc or 0, ERRNO=-1) makes the
+// whole message INVALID_ARGUMENT naming the line, so that nothing of a malformed message is
+// applied. Empty lines (a trailing newline) are fine; a variable given twice takes its last
+// value; a *_USEC of 2^63 µs or more (systemd's "infinity" is 2^64-1) is InfiniteDuration().
 absl::StatusOr<NotifyMessage> ParseNotifyMessage(absl::string_view datagram);
 
 }  // namespace proctor

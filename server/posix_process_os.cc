@@ -971,6 +971,36 @@ void PosixProcessOs::HoldStrayLocked(pid_t pid, int pidfd) {
   }
 }
 
+bool PosixProcessOs::InWorkerTree(uint64_t token, pid_t pid) {
+  if (pid <= 1) return false;
+  // Pinned while it is looked at: should it end meanwhile, its /proc files vanish under the
+  // checks, and that must read as "gone", not as "someone else's".
+  int pidfd = OpenPidfd(pid);
+  if (pidfd < 0) return errno == ESRCH;  // any other failure proves nothing: refused
+  bool found = false;
+  {
+    // Held for the walk: the leader cannot be reaped (and its number reused) meanwhile.
+    absl::MutexLock lock(&mu_);
+    if (auto leader = tokens_.find(token); leader != tokens_.end()) {
+      // Bounded: numbers reused between two reads could otherwise make a loop.
+      constexpr int kMaxDepth = 1024;
+      pid_t ancestor = pid;
+      for (int depth = 0; ancestor > 1 && depth < kMaxDepth && !found; ++depth) {
+        found = ancestor == leader->second;
+        ancestor = ParentOf(ancestor);
+      }
+    }
+    if (auto cgroup = cgroups_.find(token); !found && cgroup != cgroups_.end()) {
+      const std::string expected = absl::StrCat(cgroup_base_relative_, "/", cgroup->second.name);
+      const std::string actual = CgroupOf(pid);
+      found = actual == expected || absl::StartsWith(actual, expected + "/");
+    }
+  }
+  found = found || (token != 0 && WorkerIdInEnvironment(pid) == token) || PidfdExited(pidfd);
+  close(pidfd);
+  return found;
+}
+
 std::vector<pid_t> PosixProcessOs::FindDescendants(const std::vector<uint64_t>& tokens) {
   absl::flat_hash_set<uint64_t> wanted(tokens.begin(), tokens.end());
   std::vector<pid_t> found;

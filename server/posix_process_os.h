@@ -89,6 +89,13 @@ class PosixProcessOs final : public ProcessOs {
   }
   void Forget(const std::string& key) override { keeper_.Forget(key); }
 
+  // Whether process `pid` is of worker `token`'s tree: in the worker's cgroup, below its
+  // unreleased leader by parent chain, or started with PROCTOR_ID=<token> in its environment.
+  // Also true when the process is gone (a zombie included): nothing is left to check, and
+  // whoever asks (NotifySockets' `belongs`) has its own proof of who may have sent. False for
+  // pid 0 (a process proctord cannot see) and 1. Signals nothing; reads /proc.
+  bool InWorkerTree(uint64_t token, pid_t pid);
+
   // What the keeper client must report to: pass to KeeperClient::Start.
   KeeperClient::Listener KeeperListener();
 

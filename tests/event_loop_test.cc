@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/loop_thread.h"
 
 namespace proctor {
 namespace {
@@ -50,30 +51,9 @@ class Journal {
 
 class EventLoopTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
-    ASSERT_TRUE(loop.ok()) << loop.status();
-    loop_ = *std::move(loop);
-    thread_ = std::thread([this] { loop_->Run(); });
-  }
-
-  void TearDown() override {
-    if (thread_.joinable()) {
-      loop_->Stop();
-      thread_.join();
-    }
-  }
-
   // Holds the loop thread in a posted closure until `release` is notified; returns once the
   // loop is held.
-  void HoldLoop(absl::Notification& release) {
-    absl::Notification held;
-    loop_->Post([&held, &release] {
-      held.Notify();
-      release.WaitForNotification();
-    });
-    ASSERT_TRUE(held.WaitForNotificationWithTimeout(kPatience));
-  }
+  void HoldLoop(absl::Notification& release) { ASSERT_TRUE(runner_.Hold(release, kPatience)); }
 
   // Waits until the loop has run everything posted or due before, and one more round after.
   void Drain() {
@@ -84,8 +64,8 @@ class EventLoopTest : public ::testing::Test {
     ASSERT_TRUE(done.WaitForNotificationWithTimeout(kPatience));
   }
 
-  std::unique_ptr<EventLoop> loop_;
-  std::thread thread_;
+  testing::LoopThread runner_;
+  EventLoop* const loop_ = &runner_.loop();
 };
 
 TEST_F(EventLoopTest, ZeroDelayTimerFires) {

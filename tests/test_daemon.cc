@@ -310,6 +310,12 @@ bool IsZombie(pid_t pid) {
   return !fields.empty() && fields[0] == "Z";
 }
 
+pid_t ParentOf(pid_t pid) {
+  std::vector<std::string> fields = StatFields(pid);
+  pid_t ppid = 0;
+  return fields.size() > 1 && absl::SimpleAtoi(fields[1], &ppid) ? ppid : 0;
+}
+
 bool WaitFor(const std::function<bool()>& condition, absl::Duration limit) {
   absl::Time deadline = absl::Now() + limit;
   while (!condition()) {
