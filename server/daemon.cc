@@ -713,6 +713,24 @@ absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
   os_ = *std::move(os);
   size_t max_processes = options_.max_processes;
   std::string max_processes_reason = CapWorkers(descriptors_, max_processes);
+  // sd_notify sockets of the workers started with notify; messages go to the supervisor,
+  // which exists by the time the loop runs.
+  absl::StatusOr<std::unique_ptr<NotifySockets>> notify = NotifySockets::Create(
+      *loop_, options_.state_dir + "/notify",
+      [this](uint64_t id, pid_t sender) { return os_->InWorkerTree(id, sender); },
+      NotifySockets::Listener{
+          .on_message =
+              [this](uint64_t id, const NotifyMessage& message, pid_t) {
+                supervisor_->OnNotify(id, message);
+              },
+          .on_dropped =
+              [this](uint64_t id, absl::string_view why) {
+                spdlog::warn("id={}: sd_notify message dropped: {}", id, std::string(why));
+                supervisor_->OnNotifyDropped(id);
+              },
+      });
+  if (!notify.ok()) return notify.status();
+  notify_ = *std::move(notify);
   SupervisorOptions supervisor_options{
       .log_dir = log_dir_,
       .retain = options_.retain,
@@ -727,6 +745,7 @@ absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
       .max_children = options_.max_children,
       .max_depth = options_.max_depth,
       .max_processes_reason = std::move(max_processes_reason),
+      .notify = notify_.get(),
   };
   supervisor_ = std::make_unique<Supervisor>(supervisor_options, *os_, clock_, *loop_, *ids_);
   supervisor_for_events_ = supervisor_.get();

@@ -27,6 +27,7 @@
 #include "server/keeper_client.h"
 #include "server/posix_process_os.h"
 #include "server/log_trimmer.h"
+#include "server/notify_sockets.h"
 #include "server/proctor_service.h"
 #include "server/supervisor.h"
 #include "server/sync_service.h"
@@ -191,6 +192,7 @@ class Daemon {
   Supervisor* supervisor_for_events_ = nullptr;  // set once the supervisor exists
   EventRecorder::Rebuilt rebuilt_;  // what the journal held at start
   std::unique_ptr<PosixProcessOs> os_;
+  std::unique_ptr<NotifySockets> notify_;  // workers' sd_notify sockets
   RealClock clock_;
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<Authenticator> authenticator_;

@@ -1079,12 +1079,14 @@ void Supervisor::OnRestartDue(uint64_t id) {
     if (!os_.Reusable(id)) {
       // The last run's leftovers had their SIGTERM and their time: SIGKILL, then try again
       // once they are reaped (OnOrphanReaped), or soon.
+      const bool members = os_.GroupHasLiveMembers(id);
+      const bool anything = os_.AnythingAlive(id);
       if (!restarts_due_.contains(id)) {
-        spdlog::info("id={}: what its last run left is still there: SIGKILL", id);
-        if (os_.GroupHasLiveMembers(id)) {
+        if (members) {
+          spdlog::info("id={}: what its last run left in its group is still there: SIGKILL", id);
           out.SignalGroup(GroupSignal{id, record->info.pid, kSigkill, absl::ZeroDuration()});
         }
-        if (os_.AnythingAlive(id)) out.KillCgroup(id);
+        if (anything) out.KillCgroup(id);
       }
       restarts_due_.insert(id);
       record->restart_timer = timers_.After(kDrainRecheck, [this, id] { OnRestartDue(id); });
@@ -1165,8 +1167,9 @@ void Supervisor::OnOrphanReaped() {
     draining = !draining_.empty();
     due.assign(restarts_due_.begin(), restarts_due_.end());
   }
-  // A restart waiting for the last run's leftovers may go now.
-  for (uint64_t id : due) OnRestartDue(id);
+  // A restart waiting for the last run's leftovers may go now; from the timers' thread, since
+  // this one may be the one that must carry the launch's answer.
+  for (uint64_t id : due) timers_.After(absl::ZeroDuration(), [this, id] { OnRestartDue(id); });
   if (draining) SettleDrains();
 }
 

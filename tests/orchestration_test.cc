@@ -80,6 +80,21 @@ TEST(OrchestrationTest, ACrashLoopRestartsUntilThePolicyGivesUpAndJoinSeesOnlyTh
   EXPECT_THAT(daemon.Log(), HasSubstr("giving up"));
 }
 
+// With no backoff the next run is due before the keeper has reaped the last one: the restart
+// then goes when the reaping is reported, and must not be launched from the thread that
+// carries the keeper's answers (it would wait for its own answer for ever).
+TEST(OrchestrationTest, RestartsWithoutBackoffRunBackToBack) {
+  TestDaemon daemon;
+  absl::StatusOr<v1::Process> started = daemon.client().Start(
+      Restarting({"/bin/true"}, v1::RestartPolicy::ALWAYS, absl::ZeroDuration(),
+                 absl::ZeroDuration(), /*max_restarts=*/50));
+  ASSERT_TRUE(started.ok()) << started.status();
+  absl::StatusOr<v1::Process> joined = daemon.client().Join(started->id(), absl::Seconds(30));
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(joined->state(), v1::STATE_EXITED) << daemon.Log();
+  EXPECT_EQ(joined->restarts(), 50u);
+}
+
 TEST(OrchestrationTest, TheWaitBeforeARestartIsTheBackoffAndASuccessEndsOnFailureMode) {
   TestDaemon daemon;
   testing::TempDir dir;
