@@ -1389,7 +1389,7 @@ void PrintUsage(std::ostream& out) {
       << DefaultAddress()
       << ")\n"
          "  --json               print records as JSON (start, join, terminate, kill, status,\n"
-         "                       ps) and events as JSON (events)\n"
+         "                       ps, services), events as JSON (events) and reload's outcome\n"
          "  --authkey-file PATH  the key to prove (default: $PROCTOR_AUTHKEY_FILE, a worker's\n"
          "                       $PROCTOR_AUTHKEY, else the daemon's default key file)\n"
          "  --tls-ca PATH        CA that signs the daemon's TLS certificate, for host:port\n"
