@@ -971,6 +971,8 @@ int Daemon::Run() {
   RemoveSocketFiles();
   if (restarting_) {
     spdlog::info("proctord stopped serving; starting again");
+    // Every thread blocks it, so it stays pending across the exec, for the next proctord.
+    if (stop_after_restart_) kill(getpid(), SIGTERM);
     return 0;
   }
   // Every worker has ended and been released: the keeper goes too.
@@ -997,7 +999,12 @@ void Daemon::OnSignals() {
         if (!stopping_) services_->Apply([](const v1::ReloadResponse&) {});
         break;
       case DaemonSignal::kStop:
-        if (!stopping_) BeginStop();
+        if (!stopping_) {
+          BeginStop();
+        } else if (restarting_) {
+          // For the proctord that comes next, which would otherwise never hear of it.
+          stop_after_restart_ = true;
+        }
         break;
       case DaemonSignal::kRestart:
         if (!stopping_) BeginRestart();

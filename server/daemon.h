@@ -137,7 +137,8 @@ class Daemon {
 
   // Runs until the daemon has been asked to stop and everything has ended (the keeper too),
   // or to restart (SIGUSR2: the workers live on with the keeper); the Unix socket files are
-  // then removed. Returns the process exit status: 0. Call once.
+  // then removed. A stop asked for while restarting is left pending for the restarted
+  // proctord. Returns the process exit status: 0. Call once.
   int Run();
   // After Run(): whether it ended for a restart, which main() does by executing proctord
   // again, in place, once the daemon is destroyed.
@@ -223,6 +224,8 @@ class Daemon {
   // Loop thread only.
   bool stopping_ = false;
   bool restarting_ = false;
+  // SIGTERM or SIGINT came while stopping to restart: raised again for the next proctord.
+  bool stop_after_restart_ = false;
   int stopped_parts_ = 0;  // of the gRPC server and the supervisor
   TimerId accept_retry_ = 0;
   std::optional<absl::Time> accept_paused_since_;  // set from a pause to the next accept

@@ -262,7 +262,13 @@ bool TestDaemon::Restarted(absl::Duration limit) {
           pid_ = -1;
           return true;
         }
-        return SocketAnswers(socket) && client_->List(v1::StatusRequest()).ok();
+        // The proctord that stopped to restart may still answer for a moment: the one that
+        // counts logs that it listens after the restart was announced.
+        const std::string log = Log();
+        const size_t restart = log.rfind("starting again");
+        return restart != std::string::npos &&
+               log.find("proctord listening on", restart) != std::string::npos &&
+               SocketAnswers(socket) && client_->List(v1::StatusRequest()).ok();
       },
       limit) &&
          pid_ > 0;

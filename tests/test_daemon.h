@@ -82,7 +82,8 @@ class TestDaemon {
   int Stop();
   // SIGKILL, as a crash would: the daemon ends at once; its workers live on with the keeper.
   void Kill();
-  // After a SIGUSR2: whether the daemon (the same process) answers again within `limit`.
+  // After a SIGUSR2: whether the daemon (the same process) has started again (its log says so)
+  // and answers, within `limit`.
   bool Restarted(absl::Duration limit = absl::Seconds(10));
   // What the daemon has logged so far.
   std::string Log() const;
