@@ -370,6 +370,26 @@ absl::Status Client::Release(uint64_t id) {
   return Unary("Release", &v1::Proctor::Stub::Release, request, &response, call_timeout_);
 }
 
+absl::StatusOr<v1::ReloadResponse> Client::Reload() {
+  v1::ReloadResponse response;
+  if (absl::Status s = Unary("Reload", &v1::Proctor::Stub::Reload, v1::ReloadRequest(), &response,
+                             call_timeout_);
+      !s.ok()) {
+    return s;
+  }
+  return response;
+}
+
+absl::StatusOr<std::vector<v1::Service>> Client::ListServices() {
+  v1::ListServicesResponse response;
+  if (absl::Status s = Unary("ListServices", &v1::Proctor::Stub::ListServices,
+                             v1::ListServicesRequest(), &response, call_timeout_);
+      !s.ok()) {
+    return s;
+  }
+  return std::vector<v1::Service>(response.services().begin(), response.services().end());
+}
+
 absl::StatusOr<std::unique_ptr<Session>> Client::OpenSession(absl::Duration ttl) {
   return OpenOrResumeSession(0, ttl);
 }

@@ -133,6 +133,11 @@ class Client {
                      const std::function<bool(const v1::Event&)>& sink,
                      std::stop_token stop = {});
   absl::Status Release(uint64_t id);
+  // Has proctord apply its services directory now (admin keys only): what it decided, the
+  // files it could not use among `errors` (see ReloadResponse).
+  absl::StatusOr<v1::ReloadResponse> Reload();
+  // Every declared service, in name order, with its process's record (admin keys only).
+  absl::StatusOr<std::vector<v1::Service>> ListServices();
   // Opens a session whose lease lasts `ttl` without a keep-alive.
   absl::StatusOr<std::unique_ptr<Session>> OpenSession(absl::Duration ttl = absl::Seconds(10));
   // Takes up session `id` again after a restart of proctord (it waits for its TTL, counted

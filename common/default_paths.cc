@@ -29,6 +29,12 @@ std::string DefaultStateDir() {
   return absl::StrCat(EnvOr("XDG_STATE_HOME", home + "/.local/state"), "/proctor");
 }
 
+std::string DefaultServicesDir() {
+  if (geteuid() == 0) return "/etc/proctor/services.d";
+  std::string home = EnvOr("HOME", absl::StrCat("/tmp/proctor-", geteuid()));
+  return absl::StrCat(EnvOr("XDG_CONFIG_HOME", home + "/.config"), "/proctor/services.d");
+}
+
 std::string DefaultAddress() { return absl::StrCat("unix:", DefaultSocketPath()); }
 
 }  // namespace proctor

@@ -29,6 +29,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/authkey.h"
@@ -127,6 +128,11 @@ void DeclareFlags(CLI::App& app, DaemonOptions& options) {
   app.add_option("--state-dir", options.state_dir,
                  absl::StrCat("ids and captured output (default ", DefaultStateDir(), ")"))
       ->type_name("DIR");
+  app.add_option("--services", options.services_dir,
+                 absl::StrCat("declared services, one NAME.json each, applied at start and on "
+                              "SIGHUP; a missing directory declares none (default ",
+                              DefaultServicesDir(), ")"))
+      ->type_name("DIR");
   AddCountFlag(app, "--retain", 0, "ended records kept before the oldest are forgotten",
                options.retain);
   AddCountFlag(app, "--max-processes", 1, "live processes in the whole daemon",
@@ -205,6 +211,7 @@ absl::Status FinishOptions(const CLI::App& app, DaemonOptions& options) {
   }
   if (options.listen.empty()) options.listen.push_back(DefaultAddress());
   if (options.state_dir.empty()) options.state_dir = DefaultStateDir();
+  if (options.services_dir.empty()) options.services_dir = DefaultServicesDir();
   return absl::OkStatus();
 }
 
@@ -590,9 +597,9 @@ absl::StatusOr<DaemonCommandLine> ParseDaemonFlags(const std::vector<std::string
                "proctord");
   app.footer(
       "Signals: SIGTERM or SIGINT end every worker (and the keeper), then proctord exits; SIGHUP "
-      "reloads the admin keys; SIGUSR2 restarts proctord in place, keeping the workers (they are "
-      "held by proctor-keeper, which a restarted or newly started proctord on the same "
-      "--state-dir reattaches).");
+      "reloads the admin keys and applies the services directory again; SIGUSR2 restarts "
+      "proctord in place, keeping the workers (they are held by proctor-keeper, which a "
+      "restarted or newly started proctord on the same --state-dir reattaches).");
   try {
     DeclareFlags(app, options);
     // CLI11 takes its arguments last first.
@@ -653,8 +660,11 @@ absl::Status Daemon::Init() {
         return supervisor->CredentialOf(id);
       });
   authenticator_->SetAdminKeys(*std::move(admin_keys));
+  services_ = std::make_unique<ServiceManager>(
+      options_.services_dir.empty() ? DefaultServicesDir() : options_.services_dir, *supervisor_,
+      *os_, std::move(kept_services_));
   service_ = std::make_unique<ProctorService>(*supervisor_, *loop_, *authenticator_, clock_,
-                                              *event_log_);
+                                              *event_log_, *services_);
   sync_ = std::make_unique<SyncObjects>(
       *supervisor_, *loop_, *service_,
       SyncLimits{.max_objects_per_tree = options_.max_sync_objects,
@@ -682,6 +692,12 @@ absl::Status Daemon::Init() {
         static_cast<int64_t>(options_.max_log_bytes), absl::Seconds(1),
         [supervisor = supervisor_.get()] { return supervisor->CaptureFilesInUse(); });
   }
+
+  // Decided, and the first services started, before any call is answered; services that wait
+  // for others start as those become ready.
+  absl::Notification services_applied;
+  services_->Apply([&](const v1::ReloadResponse&) { services_applied.Notify(); });
+  services_applied.WaitForNotification();
 
   // Before the server, which comes last so that a failure leaves no socket behind (the
   // destructor closes and removes those bound before it). The callback runs only once Run()
@@ -767,6 +783,11 @@ absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
   for (const internal::Note& note : held.notes()) {
     if (absl::StartsWith(note.key(), "sync/")) {
       kept_sync_.push_back(note.value());
+      continue;
+    }
+    if (absl::StartsWith(note.key(), kServiceNotePrefix)) {
+      kept_services_[std::string(absl::StripPrefix(note.key(), kServiceNotePrefix))] =
+          note.value();
       continue;
     }
     if (uint64_t id = 0; absl::StartsWith(note.key(), "launch/") &&
@@ -969,6 +990,8 @@ int Daemon::Run() {
   RemoveSocketFiles();
   if (restarting_) {
     spdlog::info("proctord stopped serving; starting again");
+    // Every thread blocks it, so it stays pending across the exec, for the next proctord.
+    if (stop_after_restart_) kill(getpid(), SIGTERM);
     return 0;
   }
   // Every worker has ended and been released: the keeper goes too.
@@ -991,9 +1014,16 @@ void Daemon::OnSignals() {
         break;
       case DaemonSignal::kReload:
         ReloadAdminKeys();
+        // The outcome is logged by the manager.
+        if (!stopping_) services_->Apply([](const v1::ReloadResponse&) {});
         break;
       case DaemonSignal::kStop:
-        if (!stopping_) BeginStop();
+        if (!stopping_) {
+          BeginStop();
+        } else if (restarting_) {
+          // For the proctord that comes next, which would otherwise never hear of it.
+          stop_after_restart_ = true;
+        }
         break;
       case DaemonSignal::kRestart:
         if (!stopping_) BeginRestart();

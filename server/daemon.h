@@ -4,6 +4,7 @@
 #ifndef PROCTOR_SERVER_DAEMON_H_
 #define PROCTOR_SERVER_DAEMON_H_
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +30,7 @@
 #include "server/log_trimmer.h"
 #include "server/notify_sockets.h"
 #include "server/proctor_service.h"
+#include "server/service_manager.h"
 #include "server/supervisor.h"
 #include "server/sync_service.h"
 
@@ -38,6 +40,7 @@ struct DaemonOptions {
   // "unix:/path" or "host:port"; empty: the default socket.
   std::vector<std::string> listen;
   std::string state_dir;  // empty: the default state directory
+  std::string services_dir;  // declared services (ServiceManager); empty: the default
   size_t retain = 10000;
   size_t max_processes = 4096;
   size_t max_children = 512;
@@ -116,9 +119,13 @@ DescriptorBudget BudgetDescriptors(size_t limit);
 // own (gRPC's, CaptureFiles', one to stop the server) and joins them by the time Run returns
 // or the destructor does.
 //
+// Declared services (--services) are applied once the workers of an earlier proctord have
+// been taken back and before the server answers its first call.
+//
 // SIGCHLD, SIGTERM, SIGINT and SIGHUP are read from a signalfd, so REQUIRES:
 // BlockDaemonSignals() was called before any thread of the process was started. SIGHUP
-// reloads the admin keys (a file that fails to load leaves the old keys in force).
+// reloads the admin keys (a file that fails to load leaves the old keys in force) and applies
+// the services directory again.
 class Daemon {
  public:
   // Errors say what could not be set up: the state directory, the ids, the admin keys, a
@@ -131,7 +138,8 @@ class Daemon {
 
   // Runs until the daemon has been asked to stop and everything has ended (the keeper too),
   // or to restart (SIGUSR2: the workers live on with the keeper); the Unix socket files are
-  // then removed. Returns the process exit status: 0. Call once.
+  // then removed. A stop asked for while restarting is left pending for the restarted
+  // proctord. Returns the process exit status: 0. Call once.
   int Run();
   // After Run(): whether it ended for a restart, which main() does by executing proctord
   // again, in place, once the daemon is destroyed.
@@ -199,11 +207,15 @@ class Daemon {
   std::unique_ptr<ProctorService> service_;
   std::unique_ptr<IdAllocator> sync_ids_;  // sync object ids, never reused either
   std::vector<std::string> kept_sync_;      // the keeper's "sync/" notes, until restored
+  // The keeper's "service/" notes (the prefix removed), until the service manager takes them.
+  std::map<std::string, std::string> kept_services_;
   std::unique_ptr<SyncObjects> sync_;  // after the supervisor it listens to
   std::unique_ptr<LogTrimmer> log_trimmer_;  // after the supervisor it asks: stops first
   // The one exception to the order: made before the os, but destroyed before it and the
   // supervisor, since its reader thread calls both.
   std::unique_ptr<KeeperClient> keeper_;
+  // Its thread starts workers through the keeper: destroyed before it.
+  std::unique_ptr<ServiceManager> services_;
   std::vector<std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>> acceptors_;
   std::vector<Listener> listeners_;
   std::unique_ptr<grpc::Server> server_;
@@ -214,6 +226,8 @@ class Daemon {
   // Loop thread only.
   bool stopping_ = false;
   bool restarting_ = false;
+  // SIGTERM or SIGINT came while stopping to restart: raised again for the next proctord.
+  bool stop_after_restart_ = false;
   int stopped_parts_ = 0;  // of the gRPC server and the supervisor
   TimerId accept_retry_ = 0;
   std::optional<absl::Time> accept_paused_since_;  // set from a pause to the next accept

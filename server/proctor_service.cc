@@ -486,11 +486,13 @@ absl::Status ValidateRequest(const google::protobuf::Message& request) {
 }
 
 ProctorService::ProctorService(Supervisor& supervisor, Timers& timers,
-                               Authenticator& authenticator, Clock& clock, EventLog& events)
+                               Authenticator& authenticator, Clock& clock, EventLog& events,
+                               ServiceManager& services)
     : supervisor_(supervisor),
       timers_(timers),
       authenticator_(authenticator),
       events_(events),
+      services_(services),
       limit_refusals_(clock, Backoff::Policy{.free_refusals = 0,
                                              .first = absl::Milliseconds(200),
                                              .max = absl::Seconds(5),
@@ -533,6 +535,19 @@ absl::Status ProctorService::Authorize(const Caller& caller, uint64_t id) {
   return absl::PermissionDeniedError(
       absl::StrCat("process ", id, " is outside the subtree of process ", caller.worker_id,
                    ", whose key made this call"));
+}
+
+absl::StatusOr<Caller> ProctorService::AdmitAdmin(grpc::CallbackServerContext* context,
+                                                  absl::string_view method,
+                                                  const grpc::ByteBuffer& raw,
+                                                  google::protobuf::Message& request) {
+  absl::StatusOr<Caller> caller = Admit(context, method, raw, request);
+  if (caller.ok() && !caller->admin()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(method, " is for admin keys; this call was made with the key of process ",
+                     caller->worker_id));
+  }
+  return caller;
 }
 
 grpc::ServerUnaryReactor* ProctorService::Refuse(grpc::CallbackServerContext* context,
@@ -731,6 +746,35 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ProctorService::Ses
       caller.ok() ? HmacSha256(caller->key, "proctor-v1 session owner") : std::string();
   return new SessionStream(supervisor_, timers_, refused, HoldBack(context, refused),
                            std::move(owner));
+}
+
+template <typename Request, typename Reply>
+grpc::ServerUnaryReactor* ProctorService::AskServices(
+    grpc::CallbackServerContext* context, absl::string_view method, const grpc::ByteBuffer& raw,
+    grpc::ByteBuffer* response, void (ServiceManager::*ask)(std::function<void(Reply)>)) {
+  Request request;
+  absl::StatusOr<Caller> caller = AdmitAdmin(context, method, raw, request);
+  if (!caller.ok()) return Deny(context, caller.status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  (services_.*ask)([reactor, response](Reply reply) {
+    SerializeReply(reply, response);
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ProctorService::Reload(grpc::CallbackServerContext* context,
+                                                 const grpc::ByteBuffer* raw,
+                                                 grpc::ByteBuffer* response) {
+  return AskServices<v1::ReloadRequest, v1::ReloadResponse>(context, "Reload", *raw, response,
+                                                            &ServiceManager::Apply);
+}
+
+grpc::ServerUnaryReactor* ProctorService::ListServices(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* raw,
+                                                       grpc::ByteBuffer* response) {
+  return AskServices<v1::ListServicesRequest, v1::ListServicesResponse>(
+      context, "ListServices", *raw, response, &ServiceManager::List);
 }
 
 }  // namespace proctor

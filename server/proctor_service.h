@@ -28,6 +28,7 @@
 #include "server/clock.h"
 #include "server/event_log.h"
 #include "server/process_proto.h"
+#include "server/service_manager.h"
 #include "server/supervisor.h"
 
 namespace proctor {
@@ -49,15 +50,17 @@ using RawProctorService =
     v1::Proctor::WithRawCallbackMethod_Start<v1::Proctor::WithRawCallbackMethod_Join<
         v1::Proctor::WithRawCallbackMethod_Terminate<v1::Proctor::WithRawCallbackMethod_Status<
             v1::Proctor::WithRawCallbackMethod_Logs<v1::Proctor::WithRawCallbackMethod_Release<
-                v1::Proctor::WithRawCallbackMethod_Session<
-                    v1::Proctor::WithRawCallbackMethod_Watch<v1::Proctor::Service>>>>>>>>;
+                v1::Proctor::WithRawCallbackMethod_Session<v1::Proctor::WithRawCallbackMethod_Watch<
+                    v1::Proctor::WithRawCallbackMethod_Reload<
+                        v1::Proctor::WithRawCallbackMethod_ListServices<
+                            v1::Proctor::Service>>>>>>>>>>;
 
 class ProctorService final : public RawProctorService {
  public:
   // All must outlive the service; `timers` paces Logs follow reads and delayed refusals;
-  // `events` feeds Watch.
+  // `events` feeds Watch; `services` answers Reload and ListServices.
   ProctorService(Supervisor& supervisor, Timers& timers, Authenticator& authenticator,
-                 Clock& clock, EventLog& events);
+                 Clock& clock, EventLog& events, ServiceManager& services);
 
   // Each handler reads its request as proctor.v1.<Method>Request and answers with the reply
   // message the proto names.
@@ -84,6 +87,14 @@ class ProctorService final : public RawProctorService {
                                     grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
       grpc::CallbackServerContext* context) override;
+  // Declared services, for admin keys only (PERMISSION_DENIED for a worker's): answered from
+  // the service manager's thread once it has decided (Reload) or looked (ListServices).
+  grpc::ServerUnaryReactor* Reload(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListServices(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
   // Admission, shared with proctord's other services (SyncService): their calls are
   // authenticated, parsed and refused exactly as this service's own.
@@ -109,6 +120,17 @@ class ProctorService final : public RawProctorService {
   absl::Duration HoldBack(grpc::CallbackServerContext* context, const absl::Status& refused);
   // OK when `caller` may act on process `id`.
   absl::Status Authorize(const Caller& caller, uint64_t id);
+  // Admit(), then PERMISSION_DENIED unless the key is an admin's.
+  absl::StatusOr<Caller> AdmitAdmin(grpc::CallbackServerContext* context,
+                                    absl::string_view method, const grpc::ByteBuffer& raw,
+                                    google::protobuf::Message& request);
+  // AdmitAdmin() for a Request, then `ask` the service manager; the call is finished with its
+  // reply, from the manager's thread.
+  template <typename Request, typename Reply>
+  grpc::ServerUnaryReactor* AskServices(grpc::CallbackServerContext* context,
+                                        absl::string_view method, const grpc::ByteBuffer& raw,
+                                        grpc::ByteBuffer* response,
+                                        void (ServiceManager::*ask)(std::function<void(Reply)>));
   // Admit(), then Authorize() on the process the request names (its `id`).
   template <typename Request>
   absl::StatusOr<Caller> AdmitOnId(grpc::CallbackServerContext* context, absl::string_view method,
@@ -123,6 +145,7 @@ class ProctorService final : public RawProctorService {
   Timers& timers_;
   Authenticator& authenticator_;
   EventLog& events_;
+  ServiceManager& services_;
   Backoff limit_refusals_;  // by the root of the calling tree
 };
 

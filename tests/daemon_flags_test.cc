@@ -40,6 +40,7 @@ absl::Status ParseError(const std::vector<std::string>& args) {
 void ExpectSameOptions(const DaemonOptions& actual, const DaemonOptions& expected) {
   EXPECT_EQ(actual.listen, expected.listen);
   EXPECT_EQ(actual.state_dir, expected.state_dir);
+  EXPECT_EQ(actual.services_dir, expected.services_dir);
   EXPECT_EQ(actual.retain, expected.retain);
   EXPECT_EQ(actual.max_processes, expected.max_processes);
   EXPECT_EQ(actual.max_children, expected.max_children);
@@ -61,6 +62,7 @@ TEST(DaemonFlagsTest, DefaultsWithoutFlags) {
   ExpectSameOptions(ParseOk({}), DaemonOptions{
                                      .listen = {DefaultAddress()},
                                      .state_dir = DefaultStateDir(),
+                                     .services_dir = DefaultServicesDir(),
                                      .retain = 10000,
                                      .max_processes = 4096,
                                      .max_children = 512,
@@ -83,6 +85,7 @@ std::vector<std::string> EveryFlag(bool equals) {
   std::vector<std::pair<std::string, std::string>> flags = {
       {"--listen", "unix:/tmp/p.sock"},
       {"--state-dir", "/var/tmp/state"},
+      {"--services", "/var/tmp/services.d"},
       {"--retain", "3"},
       {"--max-processes", "100"},
       {"--max-children", "7"},
@@ -114,6 +117,7 @@ DaemonOptions EveryFlagSet() {
   return DaemonOptions{
       .listen = {"unix:/tmp/p.sock"},
       .state_dir = "/var/tmp/state",
+      .services_dir = "/var/tmp/services.d",
       .retain = 3,
       .max_processes = 100,
       .max_children = 7,

@@ -20,11 +20,14 @@ TEST(DefaultPathsTest, RootUsesSystemDirectoriesOthersTheirOwn) {
   if (geteuid() == 0) {
     EXPECT_EQ(DefaultSocketPath(), "/run/proctor/proctord.sock");
     EXPECT_EQ(DefaultStateDir(), "/var/lib/proctor");
+    EXPECT_EQ(DefaultServicesDir(), "/etc/proctor/services.d");
   } else {
     ScopedEnv runtime_dir("XDG_RUNTIME_DIR", "/run/user/1234");
     ScopedEnv state_home("XDG_STATE_HOME", "/home/u/.state");
+    ScopedEnv config_home("XDG_CONFIG_HOME", "/home/u/.conf");
     EXPECT_EQ(DefaultSocketPath(), "/run/user/1234/proctor/proctord.sock");
     EXPECT_EQ(DefaultStateDir(), "/home/u/.state/proctor");
+    EXPECT_EQ(DefaultServicesDir(), "/home/u/.conf/proctor/services.d");
   }
 }
 
@@ -32,10 +35,12 @@ TEST(DefaultPathsTest, WithoutXdgDirectoriesOthersFallBackToHomeAndTmp) {
   if (geteuid() == 0) GTEST_SKIP() << "root always uses the system directories";
   ScopedEnv runtime_dir("XDG_RUNTIME_DIR", std::nullopt);
   ScopedEnv state_home("XDG_STATE_HOME", std::nullopt);
+  ScopedEnv config_home("XDG_CONFIG_HOME", std::nullopt);
   ScopedEnv home("HOME", "/home/u");
   EXPECT_EQ(DefaultSocketPath(),
             absl::StrCat("/tmp/proctor-", geteuid(), "/proctor/proctord.sock"));
   EXPECT_EQ(DefaultStateDir(), "/home/u/.local/state/proctor");
+  EXPECT_EQ(DefaultServicesDir(), "/home/u/.config/proctor/services.d");
 }
 
 TEST(ScopedEnvTest, PutsBackTheValueOrTheAbsence) {

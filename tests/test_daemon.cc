@@ -175,9 +175,15 @@ TestDaemon::TestDaemon(std::vector<std::string> flags,
   std::string socket = dir_.path() + "/proctord.sock";
   address_ = "unix:" + socket;
   state_dir_ = dir_.path() + "/state";
+  services_dir_ = dir_.path() + "/services";
   bool own_listen = true;
+  bool own_services = true;
   for (size_t i = 0; i + 1 < flags.size(); ++i) {
     if (flags[i] == "--state-dir") state_dir_ = flags[i + 1];
+    if (flags[i] == "--services") {
+      services_dir_ = flags[i + 1];
+      own_services = false;
+    }
     if (flags[i] == "--listen" && absl::StartsWith(flags[i + 1], "unix:")) {
       address_ = flags[i + 1];
       socket = address_.substr(5);
@@ -190,6 +196,11 @@ TestDaemon::TestDaemon(std::vector<std::string> flags,
                                    // A small stock: each test's daemon is short-lived.
                                    "--capture-spares", "16"};
   if (own_listen) args.insert(args.begin() + 1, {"--listen", address_});
+  // Never the machine's own services directory.
+  if (own_services) {
+    std::filesystem::create_directory(services_dir_);
+    args.insert(args.begin() + 1, {"--services", services_dir_});
+  }
   args.insert(args.end(), flags.begin(), flags.end());
   if (nofile.has_value()) {
     // The soft limit first: a hard limit below the soft one is refused.
@@ -251,7 +262,13 @@ bool TestDaemon::Restarted(absl::Duration limit) {
           pid_ = -1;
           return true;
         }
-        return SocketAnswers(socket) && client_->List(v1::StatusRequest()).ok();
+        // The proctord that stopped to restart may still answer for a moment: the one that
+        // counts logs that it listens after the restart was announced.
+        const std::string log = Log();
+        const size_t restart = log.rfind("starting again");
+        return restart != std::string::npos &&
+               log.find("proctord listening on", restart) != std::string::npos &&
+               SocketAnswers(socket) && client_->List(v1::StatusRequest()).ok();
       },
       limit) &&
          pid_ > 0;

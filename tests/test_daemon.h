@@ -50,9 +50,10 @@ class TempDir {
 
 class TestDaemon {
  public:
-  // Starts proctord with its socket and state in a new temporary directory, and waits until
-  // it answers. `flags` are added to the command line; a --state-dir or a unix: --listen
-  // among them is used instead of the temporary one (a restart on the same ones). With `nofile` ({soft, hard}), proctord
+  // Starts proctord with its socket, state and services directory (empty) in a new temporary
+  // directory, and waits until it answers. `flags` are added to the command line; a
+  // --state-dir, --services or a unix: --listen among them is used instead of the temporary
+  // one (a restart on the same ones). With `nofile` ({soft, hard}), proctord
   // starts with that RLIMIT_NOFILE (set by sh's ulimit; the hard limit may not exceed ours).
   explicit TestDaemon(std::vector<std::string> flags = {},
                       std::optional<std::pair<uint64_t, uint64_t>> nofile = std::nullopt);
@@ -61,6 +62,8 @@ class TestDaemon {
 
   const std::string& address() const { return address_; }
   const std::string& state_dir() const { return state_dir_; }
+  // The daemon's --services directory, where a test writes its NAME.json files.
+  const std::string& services_dir() const { return services_dir_; }
   // The admin key the daemon made in its state directory.
   std::string authkey_path() const { return state_dir_ + "/authkey"; }
   const std::string& dir() const { return dir_.path(); }
@@ -79,7 +82,8 @@ class TestDaemon {
   int Stop();
   // SIGKILL, as a crash would: the daemon ends at once; its workers live on with the keeper.
   void Kill();
-  // After a SIGUSR2: whether the daemon (the same process) answers again within `limit`.
+  // After a SIGUSR2: whether the daemon (the same process) has started again (its log says so)
+  // and answers, within `limit`.
   bool Restarted(absl::Duration limit = absl::Seconds(10));
   // What the daemon has logged so far.
   std::string Log() const;
@@ -91,6 +95,7 @@ class TestDaemon {
   TempDir dir_;
   std::string address_;
   std::string state_dir_;
+  std::string services_dir_;
   std::string log_path_;
   pid_t pid_ = -1;
   std::unique_ptr<Client> client_;

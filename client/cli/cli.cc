@@ -289,6 +289,31 @@ std::string EventLine(const v1::Event& e) {
                    p.has_exitcode() ? absl::StrCat(p.exitcode()) : "-"});
 }
 
+// A declared service's state: its process's, or, before it has one, "failed" (with an error)
+// or "waiting" (for the services it is after).
+std::string ServiceState(const v1::Service& s) {
+  if (s.has_process()) return StateOf(s.process());
+  return s.error().empty() ? "waiting" : "failed";
+}
+
+// `services`' rows under their header, each column as wide as its widest cell.
+std::string Table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      out += row[i];
+      // The last column is not padded, so lines carry no trailing blanks.
+      if (i + 1 < row.size()) out.append(widths[i] - row[i].size() + 2, ' ');
+    }
+    out += '\n';
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Argument parsing: CLI11 splits the arguments; the problems are worded here, so that every
 // usage error is one line of ours.
@@ -1289,6 +1314,78 @@ int CmdSync(Cli& cli, const Command& command, const Args& args) {
   return ls ? SyncListCommand(io) : SyncRemoveCommand(io, args.operands[1]);
 }
 
+int CmdReload(Cli& cli, const Command&, const Args&) {
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::StatusOr<v1::ReloadResponse> reply = (*client)->Reload();
+  if (!reply.ok()) return cli.Fail(reply.status());
+  if (cli.json()) {
+    Json json = {{"started", std::vector<std::string>(reply->started().begin(),
+                                                      reply->started().end())},
+                 {"stopped", std::vector<std::string>(reply->stopped().begin(),
+                                                      reply->stopped().end())},
+                 {"restarted", std::vector<std::string>(reply->restarted().begin(),
+                                                        reply->restarted().end())},
+                 {"unchanged", std::vector<std::string>(reply->unchanged().begin(),
+                                                        reply->unchanged().end())},
+                 {"errors", std::vector<std::string>(reply->errors().begin(),
+                                                     reply->errors().end())}};
+    cli.out() << Dump(json) << std::endl;
+  } else {
+    auto line = [&](absl::string_view what,
+                    const google::protobuf::RepeatedPtrField<std::string>& names) {
+      cli.out() << what << ": " << (names.empty() ? "-" : absl::StrJoin(names, " ")) << "\n";
+    };
+    line("started", reply->started());
+    line("stopped", reply->stopped());
+    line("restarted", reply->restarted());
+    line("unchanged", reply->unchanged());
+    cli.out() << std::flush;
+    for (const std::string& error : reply->errors()) cli.err() << "proctor: " << error << "\n";
+    cli.err() << std::flush;
+  }
+  return reply->errors().empty() ? kExitOk : kExitFailure;
+}
+
+int CmdServices(Cli& cli, const Command&, const Args&) {
+  absl::StatusOr<Client*> client = cli.client();
+  if (!client.ok()) return cli.Fail(client.status());
+  absl::StatusOr<std::vector<v1::Service>> services = (*client)->ListServices();
+  if (!services.ok()) return cli.Fail(services.status());
+  if (cli.json()) {
+    // One service per line, as `ps --json` prints its records.
+    std::vector<std::string> objects;
+    for (const v1::Service& s : *services) {
+      objects.push_back(Dump({
+          {"name", s.name()},
+          {"path", s.path()},
+          {"state", ServiceState(s)},
+          {"error", ValueOrNull(!s.error().empty(), s.error())},
+          {"process", s.has_process() ? ProcessObject(s.process()) : Json(nullptr)},
+      }));
+    }
+    cli.out() << (objects.empty() ? "[]"
+                                  : absl::StrCat("[\n", absl::StrJoin(objects, ",\n"), "\n]"))
+              << std::endl;
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"NAME", "STATE", "PID", "RESTARTS", "LAST-EXIT"}};
+  for (const v1::Service& s : *services) {
+    const v1::Process& p = s.process();
+    const bool exited = p.has_last_exit() && p.last_exit().has_exitcode();
+    rows.push_back({s.name(), ServiceState(s), s.has_process() ? absl::StrCat(p.pid()) : "-",
+                    s.has_process() ? absl::StrCat(p.restarts()) : "-",
+                    exited ? absl::StrCat(p.last_exit().exitcode()) : "-"});
+  }
+  cli.out() << Table(rows);
+  // Why a service does not run as its file says, under the table.
+  for (const v1::Service& s : *services) {
+    if (!s.error().empty()) cli.out() << s.name() << ": " << s.error() << "\n";
+  }
+  cli.out() << std::flush;
+  return kExitOk;
+}
+
 constexpr OptionSpec kStartOptions[] = {
     {"name", true},          {"daemon", false},        {"env", true},
     {"cwd", true},           {"kwarg", true},          {"user", true},
@@ -1352,6 +1449,22 @@ constexpr Command kCommands[] = {
     {"sync", "sync ls | sync rm NAME",
      "list the sync objects in reach (ID KIND NAME OWNER VALUE WAITING HOLDERS), or free one",
      {}, Operands::kAny, CmdSync},
+    {"reload", "reload",
+     "apply proctord's services directory now (as SIGHUP does); exit 1 if a file has errors",
+     {}, Operands::kNone, CmdReload,
+     "\n"
+     "Prints the services started (new files), stopped (removed files), restarted (changed\n"
+     "files) and left unchanged, one line each, and each file that cannot be used on stderr\n"
+     "(\"proctor: PATH: field: what is wrong\"); the others still apply. With --json, one\n"
+     "object: {\"started\", \"stopped\", \"restarted\", \"unchanged\", \"errors\"}.\n"},
+    {"services", "services",
+     "list the declared services: NAME STATE PID RESTARTS LAST-EXIT, then their errors", {},
+     Operands::kNone, CmdServices,
+     "\n"
+     "STATE is the service's process's (running, backoff, exited, lost), or waiting (for the\n"
+     "services it is after) or failed before it has one. LAST-EXIT is how its last run ended\n"
+     "(-N for signal N). With --json, an array of {\"name\", \"path\", \"state\", \"error\",\n"
+     "\"process\" (as status --json prints it, or null)}, one per line.\n"},
     {"events", "events [--since CURSOR] [--follow] [--id ID]... [--type TYPE]...",
      "print what happens to processes and sessions, each event with its cursor", kEventsOptions,
      Operands::kNone, CmdEvents,
@@ -1455,7 +1568,7 @@ void PrintUsage(std::ostream& out) {
       << DefaultAddress()
       << ")\n"
          "  --json               print records as JSON (start, join, terminate, kill, status,\n"
-         "                       ps) and events as JSON (events)\n"
+         "                       ps, services), events as JSON (events) and reload's outcome\n"
          "  --authkey-file PATH  the key to prove (default: $PROCTOR_AUTHKEY_FILE, a worker's\n"
          "                       $PROCTOR_AUTHKEY, else the daemon's default key file)\n"
          "  --tls-ca PATH        CA that signs the daemon's TLS certificate, for host:port\n"
@@ -1540,20 +1653,7 @@ std::string ProcessTable(const std::vector<v1::Process>& processes) {
                     p.has_exitcode() ? absl::StrCat(p.exitcode()) : "-", p.daemon() ? "yes" : "no",
                     ParentText(p), absl::StrJoin(command, " ")});
   }
-  std::vector<size_t> widths(rows[0].size(), 0);
-  for (const auto& row : rows) {
-    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
-  }
-  std::string out;
-  for (const auto& row : rows) {
-    for (size_t i = 0; i < row.size(); ++i) {
-      out += row[i];
-      // The last column is not padded, so lines carry no trailing blanks.
-      if (i + 1 < row.size()) out.append(widths[i] - row[i].size() + 2, ' ');
-    }
-    out += '\n';
-  }
-  return out;
+  return Table(rows);
 }
 
 int RunCli(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {

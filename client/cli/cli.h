@@ -43,6 +43,11 @@
 //     `--since CURSOR` (default: from now, none replayed), then live ones, until SIGINT or
 //     SIGTERM (exit 0) or until proctord ends the stream (exit 1). A CURSOR older than what
 //     proctord keeps or ahead of its last event is proctord's OUT_OF_RANGE (exit 1).
+//   - `reload` prints "started: ", "stopped: ", "restarted: " and "unchanged: " lines (names
+//     separated by blanks, "-" for none) and each file's error on stderr, and exits 1 when a
+//     file has errors; `services` prints the table NAME STATE PID RESTARTS LAST-EXIT, then a
+//     "NAME: error" line for each service with an error. With --json, `reload` prints one
+//     object and `services` an array of one object per line.
 //   - Errors are one line on stderr, "proctor: <problem>"; the exit status is 1 when the
 //     daemon or the call failed (among them "proctor: Status did not answer within 30s" when
 //     the daemon did not answer within --call-timeout) and 2 for usage errors (followed by a
