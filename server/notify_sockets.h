@@ -25,7 +25,11 @@
 // files, so that a proctord started again (workers kept) opens them again where the workers
 // expect them; Close removes one for good. The directory is one proctord's: whatever is at
 // an id's path and not open here is taken for a leftover.
-
+//
+// Cost (tests/bench/notify_bench.cc, 1,000 endpoints): one descriptor and under 1 KiB of RSS
+// per endpoint, and 2-3 KiB of kernel slab; 8-20 us from a sender's sendto to on_message
+// (p50, 2 vCPUs). Open makes a file: 0.1-2 ms on ext4 on a virtual disk, 30-50 us on tmpfs,
+// so a directory on /run suits it best.
 #ifndef PROCTOR_SERVER_NOTIFY_SOCKETS_H_
 #define PROCTOR_SERVER_NOTIFY_SOCKETS_H_
 

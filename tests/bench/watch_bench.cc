@@ -65,6 +65,7 @@
 #include "client/client.h"
 #include "tests/bench/bench_daemon.h"
 #include "nlohmann/json.hpp"
+#include "tests/bench/bench_support.h"
 
 extern char** environ;
 
@@ -87,11 +88,7 @@ struct Options {
   bool json = false;
 };
 
-int64_t MonotonicNanos() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
-}
+using bench::MonotonicNanos;
 
 // When each EXITED event reached a watcher, by process id.
 class Arrivals {
@@ -396,24 +393,10 @@ int Main(int argc, char** argv) {
   app.add_flag("--json", options.json, "one JSON line instead of the tables");
   CLI11_PARSE(app, argc, argv);
 
-  // One connection per watcher: raise the soft descriptor limit to the hard one.
-  rlimit limit{};
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
-    limit.rlim_cur = limit.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
-      std::cerr << "watch_bench: setrlimit(RLIMIT_NOFILE): " << strerror(errno) << std::endl;
-    }
-  }
-  std::string dir = (std::filesystem::path(options.dir) / "watch-bench-XXXXXX").string();
-  if (mkdtemp(dir.data()) == nullptr) {
-    std::cerr << "watch_bench: cannot make a directory " << dir << ": " << strerror(errno)
-              << std::endl;
-    return 1;
-  }
-  int rc = Run(options, dir);
-  std::error_code ignored;
-  std::filesystem::remove_all(dir, ignored);
-  return rc;
+  // One connection per watcher.
+  bench::RaiseDescriptorLimit("watch_bench");
+  return bench::RunInScratchDir(options.dir, "watch-bench",
+                                [&](const std::string& dir) { return Run(options, dir); });
 }
 
 }  // namespace
