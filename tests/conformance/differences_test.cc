@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/conformance/conformance_support.h"
+#include "tests/test_daemon.h"
 
 namespace proctor::conformance {
 namespace {
@@ -59,6 +61,39 @@ void StartsASleeper() {
   std::this_thread::sleep_for(std::chrono::seconds(100));
 }
 PROCTOR_FUNCTION(StartsASleeper);
+
+// In a worker started without the library: what parent_process() knows, and what proctord
+// answers about it.
+void ReportParentThroughProctord() {
+  Process* parent = parent_process();
+  if (parent == nullptr) {
+    std::cout << "none" << std::endl;
+    return;
+  }
+  absl::StatusOr<bool> alive = parent->is_alive();
+  std::cout << parent->id() << "\n"
+            << (alive.ok() ? (*alive ? "alive" : "not alive") : alive.status().ToString())
+            << std::endl;
+}
+PROCTOR_FUNCTION(ReportParentThroughProctord);
+
+// Starts ReportParentThroughProctord with a bare Start (none of the library's environment),
+// joins it and prints its output.
+int StartsAChildWithoutTheLibrary() {
+  absl::StatusOr<Client*> client = DefaultClient();
+  if (!client.ok()) return 2;
+  v1::StartRequest request;
+  request.set_target(std::filesystem::read_symlink("/proc/self/exe").string());
+  request.add_args("--proctor-run=ReportParentThroughProctord");
+  request.add_args("--proctor-nargs=0");
+  absl::StatusOr<v1::Process> started = (*client)->Start(request);
+  if (!started.ok()) return 3;
+  absl::StatusOr<v1::Process> joined = (*client)->Join(started->id());
+  if (!joined.ok() || joined->exitcode() != 0) return 4;
+  std::cout << testing::ReadFile(joined->stdout_path()) << std::flush;
+  return 0;
+}
+PROCTOR_FUNCTION(StartsAChildWithoutTheLibrary);
 
 class Named : public ProcessClass<> {
  public:
@@ -123,6 +158,26 @@ TEST_F(Differences, AChildNumbersItsOwnChildrenUnderItsName) {
   EXPECT_THAT(ReadLines(parent.record().stdout_path()),
               ElementsAre(absl::StrCat(prefix, ":2"),
                           absl::StrCat(prefix, ":1 ", prefix, ":2")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// parent_process() through proctord
+
+TEST_F(Differences, AParentReadThroughProctordIsAliveOrRefusedClearly) {
+  Process p({.target = StartsAChildWithoutTheLibrary});
+  StartOk(p);
+  ASSERT_TRUE(p.join().ok());
+  ASSERT_EQ(p.exitcode(), 0) << Out(p);
+  std::vector<std::string> lines = ReadLines(p.record().stdout_path());
+  ASSERT_EQ(lines.size(), 2u) << Out(p);
+  EXPECT_EQ(lines[0], absl::StrCat(p.id())) << "the record's parent";
+  // proctord may refuse a worker's key outside its subtree, which its parent is; if it
+  // does, the error says what was asked.
+  if (lines[1] != "alive") {
+    EXPECT_THAT(lines[1], ::testing::StartsWith(absl::StrCat(
+                              "PERMISSION_DENIED: cannot ask proctord about parent process ",
+                              p.id(), ": ")));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
