@@ -1,9 +1,13 @@
 #include "client/process.h"
 
 #include <cxxabi.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -11,12 +15,14 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <stop_token>
 #include <string_view>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "client/credentials.h"
 #include "common/authkey.h"
@@ -27,6 +33,17 @@ namespace {
 
 constexpr char kRunFlag[] = "--proctor-run=";
 constexpr char kNargsFlag[] = "--proctor-nargs=";
+
+// What the library tells a child about its place in the names and about its parent (see
+// "Environment" in process.h).
+constexpr char kIdentityEnv[] = "PROCTOR_PROCESS_IDENTITY";
+constexpr char kParentIdEnv[] = "PROCTOR_PARENT_ID";
+constexpr char kParentPidEnv[] = "PROCTOR_PARENT_PID";
+constexpr char kParentNameEnv[] = "PROCTOR_PARENT_NAME";
+constexpr char kParentStampEnv[] = "PROCTOR_PARENT_STAMP";
+
+// The longest google.protobuf.Duration: proctord's Terminate has no "never escalate".
+constexpr absl::Duration kNoEscalation = absl::Seconds(315'576'000'000);
 
 absl::Status Misuse(absl::string_view message) { return absl::FailedPreconditionError(message); }
 
@@ -62,6 +79,61 @@ const WorkerIdentity& Worker() {
     return found;
   }();
   return *identity;
+}
+
+// This program's place in the names (see "Names" in process.h): "" in a main program, "3:1"
+// in the worker the library named Process-3:1, empty (proctord names) in other workers.
+const std::optional<std::string>& OwnIdentity() {
+  static const std::optional<std::string>* identity = [] {
+    if (Worker().id == 0) return new std::optional<std::string>("");
+    const char* given = std::getenv(kIdentityEnv);
+    if (given == nullptr || *given == '\0') return new std::optional<std::string>;
+    return new std::optional<std::string>(given);
+  }();
+  return *identity;
+}
+
+// multiprocessing's _process_counter: the number of the next process this program makes.
+std::atomic<uint64_t>& ProcessCounter() {
+  static std::atomic<uint64_t> counter = 0;
+  return counter;
+}
+
+std::string ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return std::string(absl::StripAsciiWhitespace(text));
+}
+
+// When `pid` started, in clock ticks after boot (field 22 of /proc/<pid>/stat); nothing when
+// there is no such process.
+std::optional<uint64_t> StartTicks(pid_t pid) {
+  std::string stat = ReadSmallFile(absl::StrCat("/proc/", pid, "/stat"));
+  // The command name, in parentheses, may hold spaces and parentheses of its own.
+  size_t end_of_name = stat.rfind(')');
+  if (end_of_name == std::string::npos) return std::nullopt;
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(stat).substr(end_of_name + 1), ' ', absl::SkipEmpty());
+  uint64_t ticks = 0;
+  // Fields after the name start at 3 (state).
+  if (fields.size() < 20 || !absl::SimpleAtoi(fields[22 - 3], &ticks)) return std::nullopt;
+  return ticks;
+}
+
+// The boot and pid namespace this program runs in: processes that share them see the same
+// pids.
+std::string HostPlace() {
+  std::error_code ec;
+  std::string pid_namespace = std::filesystem::read_symlink("/proc/self/ns/pid", ec).string();
+  return absl::StrCat(ReadSmallFile("/proc/sys/kernel/random/boot_id"), "/", pid_namespace);
+}
+
+// This process, told apart from any other that has had or will have its pid:
+// "<boot id>/<pid namespace>/<start ticks>".
+const std::string& OwnStamp() {
+  static const std::string* stamp =
+      new std::string(absl::StrCat(HostPlace(), "/", StartTicks(getpid()).value_or(0)));
+  return *stamp;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,14 +228,26 @@ bool RegisterClass(const char* name, std::type_index type, Maker make) {
 
 class Runtime;
 
+// How a child watches its parent (parent_process()).
+struct ParentLink {
+  ~ParentLink() {
+    if (ended_fd >= 0) close(ended_fd);
+  }
+  // Where the parent runs on this host: readable once it has ended (a pidfd, or an eventfd
+  // already written when it had ended before we looked). -1 elsewhere.
+  int ended_fd = -1;
+};
+
 // What outlives a Process object: the child's forwarders, and whether it has ended, for
 // join() and for the exit handler.
 struct ChildState {
-  ChildState(Runtime& runtime, uint64_t id, bool daemon)
-      : runtime(runtime), id(id), daemon(daemon) {}
+  // Takes `ended_fd`, an eventfd.
+  ChildState(Runtime& runtime, uint64_t id, bool daemon, int ended_fd)
+      : runtime(runtime), id(id), daemon(daemon), ended_fd(ended_fd) {}
   // A child dropped unjoined (it ended and its Process is gone) may still have forwarder
   // threads that have written everything but were never joined.
   ~ChildState() {
+    close(ended_fd);
     for (std::thread& t : forwarders) {
       if (!t.joinable()) continue;
       if (t.get_id() == std::this_thread::get_id()) {
@@ -183,9 +267,19 @@ struct ChildState {
     }
   }
 
+  // Called by whoever learns that the process has ended; the first call makes the sentinel
+  // readable.
+  void NoteEnded() {
+    if (ended.exchange(true)) return;
+    uint64_t one = 1;
+    // Cannot fail: the counter is far from full and the descriptor is ours.
+    [[maybe_unused]] ssize_t n = write(ended_fd, &one, sizeof(one));
+  }
+
   Runtime& runtime;
   const uint64_t id;
   const bool daemon;
+  const int ended_fd;  // the sentinel: readable once `ended`
   std::atomic<bool> ended = false;
   std::atomic<int> forwarding = 0;
   absl::Mutex join_mu;
@@ -220,6 +314,13 @@ class Runtime {
       if (!opened.ok()) return opened.status();
       session_ = *std::move(opened);
     }
+    return session_->id();
+  }
+
+  // The session if it is open, without opening it.
+  std::optional<uint64_t> OpenSessionId() {
+    absl::MutexLock lock(&mu_);
+    if (session_ == nullptr) return std::nullopt;
     return session_->id();
   }
 
@@ -323,7 +424,7 @@ void Forward(ChildState& child, v1::Stream stream, FILE* out) {
       child.stop_forwarding.get_token());
   if (!pending.empty()) emit(pending);
   // A followed stream ends without error only once the process has ended.
-  if (status.ok()) child.ended = true;
+  if (status.ok()) child.NoteEnded();
   --child.forwarding;
 }
 
@@ -354,7 +455,7 @@ void ExitHandler() {
     for (const std::shared_ptr<ChildState>& child : runtime->Children()) {
       if (!child->ended) {
         absl::StatusOr<v1::Process> joined = runtime->client().Join(child->id);
-        if (joined.ok() && joined->state() == v1::STATE_EXITED) child->ended = true;
+        if (joined.ok() && joined->state() == v1::STATE_EXITED) child->NoteEnded();
         // The daemon gone or not answering: its streams would not end either.
         if (!joined.ok()) child->stop_forwarding.request_stop();
       }
@@ -421,6 +522,21 @@ Process::Process(ProcessOptions options) : options_(std::move(options)) {
   if (authkey_.empty()) {
     authkey_ = Worker().id != 0 ? Worker().authkey : RandomBytes(kAuthkeyBytes);
   }
+  // Numbered at construction, whether it is ever started or not, as in multiprocessing.
+  uint64_t number = ++ProcessCounter();
+  if (const std::optional<std::string>& own = OwnIdentity(); own.has_value()) {
+    identity_ = own->empty() ? absl::StrCat(number) : absl::StrCat(*own, ":", number);
+  }
+}
+
+Process::Process(Parent, uint64_t id, std::optional<pid_t> pid, std::string name,
+                 std::shared_ptr<internal::ParentLink> link)
+    : parent_link_(std::move(link)) {
+  parent_ = true;
+  started_ = true;
+  id_ = id;
+  pid_ = pid;
+  options_.name = std::move(name);
 }
 
 Process::Process(Self, uint64_t id) {
@@ -428,6 +544,7 @@ Process::Process(Self, uint64_t id) {
   started_ = true;
   id_ = id;
   pid_ = getpid();
+  if (id != 0) identity_ = OwnIdentity().value_or("");
   if (id == 0) {
     options_.name = "MainProcess";
     authkey_ = RandomBytes(kAuthkeyBytes);
@@ -437,6 +554,20 @@ Process::Process(Self, uint64_t id) {
 }
 
 Process::~Process() = default;
+
+const std::string& Process::name() const {
+  if (!options_.name.empty() || identity_.empty()) return options_.name;
+  if (default_name_.empty()) {
+    // multiprocessing names a subclass after its class, unqualified: Piao-1.
+    std::string type = typeid(*this) == typeid(Process) ? "Process"
+                                                        : Demangle(typeid(*this).name());
+    if (type.find('<') == std::string::npos) {
+      if (size_t scope = type.rfind("::"); scope != std::string::npos) type.erase(0, scope + 2);
+    }
+    default_name_ = absl::StrCat(type, "-", identity_);
+  }
+  return default_name_;
+}
 
 absl::Status Process::CheckUsable() const {
   if (closed_) return Misuse("process object is closed");
@@ -449,7 +580,7 @@ void Process::Update(const v1::Process& record) {
   pid_ = record.pid();
   if (options_.name.empty()) options_.name = record.name();
   if (current_) options_.daemon = record.daemon();
-  if (child_ != nullptr && record.state() == v1::STATE_EXITED) child_->ended = true;
+  if (child_ != nullptr && record.state() == v1::STATE_EXITED) child_->NoteEnded();
 }
 
 absl::Status Process::FillTarget(v1::StartRequest& request) const {
@@ -512,9 +643,9 @@ absl::Status Process::start() {
 
   v1::StartRequest request;
   if (absl::Status s = FillTarget(request); !s.ok()) return s;
-  request.set_name(options_.name);
+  request.set_name(name());
   request.set_daemon(options_.daemon);
-  for (const std::string& entry : options_.env) request.add_env(entry);
+  FillEnvironment(request);
   absl::StatusOr<std::string> cwd = ResolveCwd(options_.cwd);
   if (!cwd.ok()) return cwd.status();
   request.set_cwd(*cwd);
@@ -525,15 +656,38 @@ absl::Status Process::start() {
     request.set_session(*session);
   }
 
+  // Made before the Start: once the process runs, there must be a sentinel to give.
+  int ended_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (ended_fd < 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot make the process's sentinel: eventfd: ", std::strerror(errno)));
+  }
   absl::StatusOr<v1::Process> started = (*runtime)->client().Start(request);
-  if (!started.ok()) return started.status();
+  if (!started.ok()) {
+    ::close(ended_fd);
+    return started.status();
+  }
   started_ = true;
-  child_ = std::make_shared<ChildState>(**runtime, started->id(), options_.daemon);
+  child_ = std::make_shared<ChildState>(**runtime, started->id(), options_.daemon, ended_fd);
   Update(*started);
   StartForwarding(*child_);
   (*runtime)->Adopt(child_);
   InstallExitHandler();
   return absl::OkStatus();
+}
+
+void Process::FillEnvironment(v1::StartRequest& request) {
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    if (absl::StartsWith(*entry, kEnvPrefix)) continue;
+    request.add_env(*entry);
+  }
+  if (!identity_.empty()) request.add_env(absl::StrCat(kIdentityEnv, "=", identity_));
+  Process& self = current_process();
+  request.add_env(absl::StrCat(kParentIdEnv, "=", self.id()));
+  request.add_env(absl::StrCat(kParentPidEnv, "=", getpid()));
+  request.add_env(absl::StrCat(kParentNameEnv, "=", self.name()));
+  request.add_env(absl::StrCat(kParentStampEnv, "=", OwnStamp()));
+  for (const std::string& entry : options_.env) request.add_env(entry);
 }
 
 void Process::run() {
@@ -567,6 +721,9 @@ absl::Status Process::join(std::optional<absl::Duration> timeout) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   if (current_) return Misuse("can only join a child process");
   if (!started_) return Misuse("can only join a started process");
+  // Python's join(-1) looks and returns; proctord would refuse a negative timeout.
+  if (timeout.has_value()) timeout = std::max(*timeout, absl::ZeroDuration());
+  if (parent_) return JoinParent(timeout);
   if (!child_->ended || !record_.has_exitcode()) {
     absl::StatusOr<v1::Process> joined = child_->runtime.client().Join(id_, timeout);
     if (!joined.ok()) return joined.status();
@@ -581,32 +738,63 @@ absl::Status Process::join(std::optional<absl::Duration> timeout) {
 absl::StatusOr<bool> Process::is_alive() {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   if (current_) return true;
+  if (parent_) return ParentAlive();
   if (!started_ || child_->ended) return false;
   if (absl::Status s = Refresh(); !s.ok()) return s;
   return record_.state() == v1::STATE_RUNNING;
 }
 
-absl::Status Process::Signal(int sig, const char* verb) {
+absl::Status Process::Signal(int sig, const char* verb, Reach reach, absl::Duration grace) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
-  if (current_) return Misuse(absl::StrCat("can only ", verb, " a child process"));
+  if (current_ || parent_) return Misuse(absl::StrCat("can only ", verb, " a child process"));
   if (!started_) return Misuse(absl::StrCat("can only ", verb, " a started process"));
   if (child_->ended) return absl::OkStatus();
   v1::TerminateRequest request;
   request.set_id(id_);
   request.set_signal(sig);
+  *request.mutable_grace() = DurationToProto(grace);
   request.set_wait(false);
+  request.set_tree(reach == Reach::kTree);
   absl::StatusOr<v1::Process> signalled = child_->runtime.client().Terminate(request);
   if (!signalled.ok()) return signalled.status();
   Update(*signalled);
   return absl::OkStatus();
 }
 
-absl::Status Process::terminate() { return Signal(SIGTERM, "terminate"); }
+absl::Status Process::terminate(Reach reach) {
+  return Signal(SIGTERM, "terminate", reach, kNoEscalation);
+}
 
-absl::Status Process::kill() { return Signal(SIGKILL, "kill"); }
+absl::Status Process::kill(Reach reach) {
+  return Signal(SIGKILL, "kill", reach, absl::ZeroDuration());
+}
+
+absl::Status Process::interrupt(Reach reach) {
+  return Signal(SIGINT, "interrupt", reach, kNoEscalation);
+}
+
+absl::Status Process::terminate_and_wait(absl::Duration grace, Reach reach) {
+  if (absl::Status s = Signal(SIGTERM, "terminate", reach, grace); !s.ok()) return s;
+  // Joined here rather than by Terminate's own wait, which would have to answer within one
+  // call timeout whatever the grace.
+  return join();
+}
+
+absl::StatusOr<int> Process::sentinel() const {
+  if (absl::Status s = CheckUsable(); !s.ok()) return s;
+  if (parent_) {
+    if (parent_link_->ended_fd < 0) {
+      return absl::UnimplementedError(
+          "the parent process does not run on this host: it has no sentinel here");
+    }
+    return parent_link_->ended_fd;
+  }
+  if (!started_ || current_) return Misuse("process not started");
+  return child_->ended_fd;
+}
 
 absl::Status Process::close() {
-  if (closed_ || current_) return absl::OkStatus();
+  if (closed_ || current_ || parent_) return absl::OkStatus();
   if (started_) {
     if (!child_->ended) {
       if (absl::Status s = Refresh(); !s.ok()) return s;
@@ -633,7 +821,7 @@ absl::Status Process::set_daemon(bool daemon) {
 }
 
 std::optional<int> Process::exitcode() {
-  if (!started_ || current_) return std::nullopt;
+  if (!started_ || current_ || parent_) return std::nullopt;
   if (!record_.has_exitcode() && !closed_) Refresh().IgnoreError();
   if (!record_.has_exitcode()) return std::nullopt;
   return record_.exitcode();
@@ -679,6 +867,163 @@ Process& current_process() {
 
 namespace {
 
+using internal::ParentLink;
+
+absl::Status ParentUnknown() {
+  return absl::UnimplementedError(
+      "the parent process is a client program on another host: whether it still runs is not "
+      "known here");
+}
+
+absl::Status AboutParent(uint64_t id, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat("cannot ask proctord about parent process ",
+                                                  id, ": ", status.message()));
+}
+
+// Opens a pidfd of the parent when `stamp` (its OwnStamp()) says it runs on this host and
+// pid is still it. Leaves the link without a descriptor when it runs elsewhere.
+void WatchLocalParent(ParentLink& link, pid_t pid, absl::string_view stamp) {
+  size_t last = stamp.rfind('/');
+  uint64_t ticks = 0;
+  if (pid <= 1 || last == absl::string_view::npos || stamp.substr(0, last) != HostPlace() ||
+      !absl::SimpleAtoi(stamp.substr(last + 1), &ticks)) {
+    return;
+  }
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  int err = errno;
+  // The pidfd first, then the start time: if the pid was reused before the pidfd was
+  // opened, the start time is the newcomer's, and the parent is known to have ended.
+  if (pidfd >= 0 && StartTicks(pid) == ticks) {
+    link.ended_fd = pidfd;
+    return;
+  }
+  if (pidfd >= 0) close(pidfd);
+  if (pidfd < 0 && err != ESRCH) return;  // no pidfds here (ENOSYS): ask proctord instead
+  link.ended_fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);  // ended before we looked
+}
+
+// What parent_process() is made from.
+struct ParentFacts {
+  uint64_t id = 0;
+  std::optional<pid_t> pid;
+  std::string name;
+  std::shared_ptr<ParentLink> link = std::make_shared<ParentLink>();
+};
+
+std::optional<ParentFacts> FindParent() {
+  if (Worker().id == 0) return std::nullopt;
+  ParentFacts facts;
+  auto& [id, pid, name, link] = facts;
+  if (const char* stamp = std::getenv(kParentStampEnv); stamp != nullptr) {
+    // Started by this library: the parent said who it is.
+    pid_t parent_pid = 0;
+    if (!absl::SimpleAtoi(Env(kParentIdEnv), &id)) id = 0;
+    if (absl::SimpleAtoi(Env(kParentPidEnv), &parent_pid)) pid = parent_pid;
+    name = Env(kParentNameEnv);
+    if (pid.has_value()) WatchLocalParent(*link, *pid, stamp);
+  } else {
+    // Started otherwise (the CLI, a client of its own): the record says whose child it is.
+    id = current_process().parent_id();
+    if (id == 0) return std::nullopt;
+    if (absl::StatusOr<Client*> client = DefaultClient(); client.ok()) {
+      if (absl::StatusOr<v1::Process> record = (*client)->Status(id); record.ok()) {
+        pid = record->pid();
+        name = record->name();
+      }
+    }
+  }
+  return facts;
+}
+
+}  // namespace
+
+Process* parent_process() {
+  static Process* parent = [] () -> Process* {
+    std::optional<ParentFacts> found = FindParent();
+    if (!found.has_value()) return nullptr;
+    return new Process(Process::Parent{}, found->id, found->pid, std::move(found->name),
+                       std::move(found->link));
+  }();
+  return parent;
+}
+
+absl::StatusOr<bool> Process::ParentAlive() {
+  if (parent_link_->ended_fd >= 0) {
+    pollfd ended = {parent_link_->ended_fd, POLLIN, 0};
+    int ready = poll(&ended, 1, 0);
+    if (ready < 0) {
+      return absl::InternalError(absl::StrCat("poll on the parent's pidfd: ", std::strerror(errno)));
+    }
+    return ready == 0;
+  }
+  if (id_ == 0) return ParentUnknown();
+  absl::StatusOr<Client*> client = DefaultClient();
+  if (!client.ok()) return AboutParent(id_, client.status());
+  absl::StatusOr<v1::Process> record = (*client)->Status(id_);
+  if (!record.ok()) return AboutParent(id_, record.status());
+  return record->state() == v1::STATE_RUNNING;
+}
+
+absl::Status Process::JoinParent(std::optional<absl::Duration> timeout) {
+  if (parent_link_->ended_fd >= 0) {
+    absl::Time deadline = timeout.has_value() ? absl::Now() + *timeout : absl::InfiniteFuture();
+    for (;;) {
+      absl::Duration left = deadline - absl::Now();
+      int wait_ms = left == absl::InfiniteDuration()
+                        ? -1
+                        : static_cast<int>(std::clamp<int64_t>(
+                              absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))),
+                              0, std::numeric_limits<int>::max()));
+      pollfd ended = {parent_link_->ended_fd, POLLIN, 0};
+      int ready = poll(&ended, 1, wait_ms);
+      if (ready >= 0) return absl::OkStatus();  // ended, or not within the timeout
+      if (errno != EINTR) {
+        return absl::InternalError(
+            absl::StrCat("poll on the parent's pidfd: ", std::strerror(errno)));
+      }
+    }
+  }
+  if (id_ == 0) return ParentUnknown();
+  absl::StatusOr<Client*> client = DefaultClient();
+  if (!client.ok()) return AboutParent(id_, client.status());
+  absl::StatusOr<v1::Process> joined = (*client)->Join(id_, timeout);
+  if (!joined.ok()) return AboutParent(id_, joined.status());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint64_t>> active_children() {
+  std::vector<std::shared_ptr<Runtime>> runtimes;
+  {
+    Globals& g = G();
+    absl::MutexLock lock(&g.mu);
+    runtimes = g.all;
+  }
+  std::vector<uint64_t> alive;
+  for (const std::shared_ptr<Runtime>& runtime : runtimes) {
+    std::vector<std::shared_ptr<ChildState>> children = runtime->Children();
+    std::erase_if(children, [](const std::shared_ptr<ChildState>& c) { return c->ended.load(); });
+    if (children.empty()) continue;
+    v1::StatusRequest filter;
+    filter.set_state(v1::STATE_RUNNING);
+    if (runtime->worker() && Worker().id != 0) {
+      filter.set_parent_id(Worker().id);
+    } else if (std::optional<uint64_t> session = runtime->OpenSessionId(); session.has_value()) {
+      filter.set_parent_session(*session);
+    }
+    absl::StatusOr<std::vector<v1::Process>> running = runtime->client().List(filter);
+    if (!running.ok()) return running.status();
+    for (const std::shared_ptr<ChildState>& child : children) {
+      if (std::any_of(running->begin(), running->end(),
+                      [&](const v1::Process& p) { return p.id() == child->id; })) {
+        alive.push_back(child->id);
+      }
+    }
+  }
+  return alive;
+}
+
+namespace {
+
 absl::StatusOr<Args> ParseChildArgs(int argc, char** argv) {
   size_t nargs = 0;
   if (argc < 3 || !absl::StartsWith(argv[2], kNargsFlag) ||
@@ -712,6 +1057,8 @@ void ReportException(const char* type, const char* what) {
 }  // namespace
 
 int internal::RunChild(int argc, char** argv) {
+  // The child numbers its own children from 1, whatever static objects took numbers before.
+  ProcessCounter() = 0;
   std::string name = argv[1] + std::strlen(kRunFlag);
   absl::StatusOr<Args> args = ParseChildArgs(argc, argv);
   absl::StatusOr<Entry> entry =
@@ -730,6 +1077,10 @@ int internal::RunChild(int argc, char** argv) {
       }
       // Kept for the life of the program: current_process() is this object, even at exit.
       Process* self = made->release();
+      // Rebuilding it took a number; it is the parent's object again, with the parent's name.
+      ProcessCounter() = 0;
+      self->identity_ = OwnIdentity().value_or("");
+      self->default_name_.clear();
       self->current_ = true;
       self->started_ = true;
       self->id_ = Worker().id;

@@ -53,9 +53,32 @@
 // exit handler does; the program's output is then complete. A Process object going out of
 // scope neither stops nor forgets its process.
 //
-// The child's environment is proctord's plus `env` (as with the CLI: this program's own
-// environment is not copied, so e.g. $PROCTOR_AUTHKEY_FILE never reaches a worker); its
+// Environment. A child inherits this program's environment, as a forked or spawned child
+// does, with `env` layered on top, except every PROCTOR_* variable of this program:
+// PROCTOR_ID, PROCTOR_AUTHKEY, PROCTOR_PROCESS_AUTHKEY and PROCTOR_ADDRESS are set by proctord
+// for the worker itself (its own id, its own credential, its authkey attribute, the address
+// workers call back on), and PROCTOR_AUTHKEY_FILE and PROCTOR_TLS_* are this program's
+// connection settings (the admin key above all), which a worker must not reach. The library
+// adds its own: PROCTOR_PROCESS_IDENTITY (the child's place in the names below) and
+// PROCTOR_PARENT_ID, _PID, _NAME and _STAMP (what parent_process() reports in the child). Its
 // working directory is `cwd` resolved against this program's, by default this program's.
+//
+// Names, as multiprocessing gives them: each program numbers the processes it makes, from 1,
+// at construction; the n-th is "Process-n" in a main program and "Process-3:1:n" inside the
+// worker named Process-3:1 by its parent's library (a subclass is named after its class,
+// "Piao-n"); a name given in ProcessOptions::name or set_name() wins. Inside a worker that was
+// not started by this library (by the CLI, say), names are left to proctord, which numbers
+// them the same way at start().
+//
+// Where proctor differs from multiprocessing on purpose:
+//   - terminate() and kill() reach the process and everything below it (its children through
+//     proctord, whatever it forked, even what escaped with setsid), so nothing is left behind
+//     as an orphan; Reach::kGroup gives multiprocessing's reach back (only the process's own
+//     process group: its children through proctord live on);
+//   - authkeys are per tree: a top-level process gets 32 fresh random bytes of its own
+//     instead of the main program's key, and its descendants inherit that one;
+//   - the credential a worker calls proctord with is its own and never its parent's, so a
+//     worker reads only its own subtree's records (see parent_process()).
 //
 // Thread-safety: one Process object is used by one thread at a time; different objects may
 // be used from different threads. current_process() and the registry are thread-safe.
@@ -347,11 +370,10 @@ struct ProcessOptions {
   Target target;
   std::vector<Arg> args;
   std::map<std::string, Arg> kwargs;
-  // Empty: proctord names it Process-N (Process-N:M for the M-th child of Process-N) at
-  // start(); name() is empty until then.
+  // Empty: the name given at construction (see "Names" above).
   std::string name;
   bool daemon = false;
-  // KEY=VALUE entries over proctord's environment.
+  // KEY=VALUE entries over the environment the child inherits (see "Environment" above).
   std::vector<std::string> env;
   // Relative to this program's working directory; empty: this program's working directory.
   std::string cwd;
@@ -362,8 +384,18 @@ struct ProcessOptions {
   std::string authkey;
 };
 
+// Whom a signal from terminate(), kill() or interrupt() reaches.
+enum class Reach {
+  // The process and everything below it (see "Where proctor differs" above).
+  kTree,
+  // Only the process's own process group, as multiprocessing reaches only the process: its
+  // children started through proctord, and what left its group, live on.
+  kGroup,
+};
+
 namespace internal {
 struct ChildState;
+struct ParentLink;
 int RunChild(int argc, char** argv);
 }  // namespace internal
 
@@ -392,18 +424,36 @@ class Process {
   virtual void run();
 
   // Waits for the process to end, at most `timeout` when given (not ending in time is not an
-  // error: exitcode() is then still empty). When it has ended, its forwarded output has all
-  // been written and flushed. FAILED_PRECONDITION "can only join a started process".
+  // error: exitcode() is then still empty); a timeout of zero or less only looks, as Python's
+  // join(-1) does. When it has ended, its forwarded output has all been written and flushed.
+  // FAILED_PRECONDITION "can only join a started process". On parent_process(), see there.
   absl::Status join(std::optional<absl::Duration> timeout = std::nullopt);
 
-  // False before start() and once ended.
+  // False before start() and once ended. On parent_process(), see there.
   absl::StatusOr<bool> is_alive();
 
-  // SIGTERM / SIGKILL to the process and everything below it; they return without waiting
-  // (join() to wait). proctord sends SIGKILL to what ignores SIGTERM for 10 s. No-op once
-  // ended. FAILED_PRECONDITION before start().
-  absl::Status terminate();
-  absl::Status kill();
+  // SIGTERM, SIGKILL and SIGINT, as multiprocessing's terminate(), kill() and interrupt():
+  // the signal and nothing more (a process that ignores SIGTERM keeps running), to the
+  // process and, by default, everything below it (Reach). They return without waiting
+  // (join() to wait). No-op once ended. FAILED_PRECONDITION before start().
+  // proctord's Terminate escalates to SIGKILL after a grace and has no way to say "never":
+  // terminate() and interrupt() ask for the longest grace a google.protobuf.Duration holds
+  // (about 10,000 years), and do not wait for it.
+  absl::Status terminate(Reach reach = Reach::kTree);
+  absl::Status kill(Reach reach = Reach::kTree);
+  absl::Status interrupt(Reach reach = Reach::kTree);
+  // proctord's own terminate: SIGTERM, SIGKILL to whatever is left of it after `grace`, and
+  // returns once it has ended (its output forwarded, as join()).
+  absl::Status terminate_and_wait(absl::Duration grace = absl::Seconds(10),
+                                  Reach reach = Reach::kTree);
+
+  // multiprocessing's sentinel: a descriptor that becomes readable when the process ends and
+  // stays so, for poll/epoll/select. For a child, an eventfd the library writes once it knows
+  // the process has ended (its output streams or a Join said so); for parent_process(), a
+  // pidfd of the parent where it runs on this host. Owned by the library: do not read or
+  // close it; it stays valid until close() or the object is destroyed. FAILED_PRECONDITION
+  // "process not started" before start(), "process object is closed" after close().
+  absl::StatusOr<int> sentinel() const;
 
   // Releases proctord's record and captured output. OK before start() and when already
   // closed. FAILED_PRECONDITION while running: "Cannot close a process while it is still
@@ -411,7 +461,9 @@ class Process {
   // accessors is FAILED_PRECONDITION "process object is closed".
   absl::Status close();
 
-  const std::string& name() const { return options_.name; }
+  // The name given, else the one made at construction (see "Names" above); empty only inside
+  // a worker the library did not start, until start() brings proctord's.
+  const std::string& name() const;
   // Changes the local name; it reaches proctord only with start().
   void set_name(std::string name) { options_.name = std::move(name); }
   bool daemon() const { return options_.daemon; }
@@ -445,26 +497,39 @@ class Process {
 
  private:
   friend Process& current_process();
+  friend Process* parent_process();
   friend int internal::RunChild(int argc, char** argv);
 
   struct Self {};  // makes the object for the running process itself
   Process(Self, uint64_t id);
+  struct Parent {};  // makes the object for the process that started this one
+  Process(Parent, uint64_t id, std::optional<pid_t> pid, std::string name,
+          std::shared_ptr<internal::ParentLink> link);
   absl::Status CheckUsable() const;
   // The request's target and arguments, for whichever kind of target this is.
   absl::Status FillTarget(v1::StartRequest& request) const;
-  absl::Status Signal(int sig, const char* verb);
+  // The environment the child starts with (see "Environment" above).
+  void FillEnvironment(v1::StartRequest& request);
+  absl::Status Signal(int sig, const char* verb, Reach reach, absl::Duration grace);
+  absl::Status JoinParent(std::optional<absl::Duration> timeout);
+  absl::StatusOr<bool> ParentAlive();
   void Update(const v1::Process& record);
 
   ProcessOptions options_;
   std::vector<Arg> constructor_args_;
   std::string authkey_;
+  // Where the default name comes from: "3:1" for Process-3:1; empty when proctord names it.
+  std::string identity_;
+  mutable std::string default_name_;  // made from identity_ and the class on first use
   bool started_ = false;
   bool closed_ = false;
   bool current_ = false;  // the running process itself: nothing to start, join or signal
+  bool parent_ = false;   // parent_process(): only looked at
   uint64_t id_ = 0;
   std::optional<pid_t> pid_;
   v1::Process record_;
   std::shared_ptr<internal::ChildState> child_;
+  std::shared_ptr<internal::ParentLink> parent_link_;
 };
 
 // A Process subclass rebuilt in the child from its constructor arguments: derive
@@ -488,6 +553,24 @@ class ProcessClass : public Process {
 // on first use; record() is empty if that failed, and Refresh() says why); in a rebuilt
 // subclass's child, that object itself.
 Process& current_process();
+
+// The process that started this one, as multiprocessing's parent_process(): null in a main
+// program (and in a worker with no parent process, e.g. one the CLI started). Its pid() and
+// name() are those the parent's library passed at start() (for a parent that is a worker not
+// started by the library, fetched from proctord, and empty if that is refused); id() is 0 when
+// the parent is a client program rather than a worker. is_alive(), join() and sentinel() watch
+// a pidfd of the parent where it runs on this host (same boot, same pid namespace, and its
+// start time checked, so a reused pid is never taken for it). Elsewhere they ask proctord
+// about a parent worker, which refuses a worker's key outside its own subtree:
+// PERMISSION_DENIED "cannot ask proctord about parent process N: ...", and for a client
+// program on another host they are UNIMPLEMENTED. start(), terminate() and kill() are
+// FAILED_PRECONDITION. The object lives as long as the program.
+Process* parent_process();
+
+// The ids of the children this program started (through this library, from any thread) that
+// are still running, as multiprocessing's active_children(); one call to proctord per
+// connection that has started children not known to have ended.
+absl::StatusOr<std::vector<uint64_t>> active_children();
 
 // Call first thing in main(). In a child started for a function or subclass target (argv[1]
 // is --proctor-run=...), runs it and exits with its exit code, never returning; an unknown

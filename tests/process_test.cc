@@ -413,7 +413,8 @@ TEST_F(ProcessTest, UnregisteredTargetsAndNoTargetAreRefused) {
 
 TEST_F(ProcessTest, AccessorsBeforeAndAfterStart) {
   Process p({.target = "sleep", .args = {"100"}});
-  EXPECT_EQ(p.name(), "");
+  EXPECT_THAT(p.name(), StartsWith("Process-")) << "named at construction, as in Python";
+  const std::string name = p.name();
   EXPECT_FALSE(p.daemon());
   EXPECT_EQ(p.authkey().size(), kAuthkeyBytes);
   EXPECT_FALSE(p.pid().has_value());
@@ -425,7 +426,8 @@ TEST_F(ProcessTest, AccessorsBeforeAndAfterStart) {
   EXPECT_GT(p.id(), 0u);
   ASSERT_TRUE(p.pid().has_value());
   EXPECT_TRUE(IsAlive(*p.pid()));
-  EXPECT_THAT(p.name(), StartsWith("Process-"));
+  EXPECT_EQ(p.name(), name);
+  EXPECT_EQ(p.record().name(), name);
   EXPECT_EQ(p.is_alive().value_or(false), true);
   EXPECT_FALSE(p.exitcode().has_value());
   EXPECT_TRUE(p.record().has_parent_session()) << "started in this program's session";
