@@ -741,8 +741,12 @@ absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
               },
           .on_dropped =
               [this](uint64_t id, absl::string_view why) {
-                spdlog::warn("id={}: sd_notify message dropped: {}", id, std::string(why));
-                supervisor_->OnNotifyDropped(id);
+                // Logged at the 1st, 2nd, 4th, 8th... drop: a flood cannot flood the log.
+                uint64_t dropped = supervisor_->OnNotifyDropped(id);
+                if ((dropped & (dropped - 1)) == 0) {
+                  spdlog::warn("id={}: sd_notify message dropped ({} so far): {}", id, dropped,
+                               std::string(why));
+                }
               },
       });
   if (!notify.ok()) return notify.status();

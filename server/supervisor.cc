@@ -633,10 +633,11 @@ void Supervisor::OnNotify(uint64_t id, const NotifyMessage& message) {
   }
 }
 
-void Supervisor::OnNotifyDropped(uint64_t id) {
+uint64_t Supervisor::OnNotifyDropped(uint64_t id) {
   absl::MutexLock lock(&mu_);
   Record* record = FindLocked(id);
-  if (record != nullptr && record->info.notify.has_value()) ++record->info.notify->dropped;
+  if (record == nullptr || !record->info.notify.has_value()) return 0;
+  return ++record->info.notify->dropped;
 }
 
 void Supervisor::ArmWatchdogLocked(Record& record) {

@@ -268,7 +268,8 @@ class Supervisor {
   // What arrived on worker `id`'s notify endpoint; ignored unless it is running.
   void OnNotify(uint64_t id, const NotifyMessage& message);
   // A message on its endpoint was dropped (malformed, too large, from outside its tree).
-  void OnNotifyDropped(uint64_t id);
+  // Returns how many have been dropped for it so far.
+  uint64_t OnNotifyDropped(uint64_t id);
 
   absl::StatusOr<ProcessInfo> Get(uint64_t id);
   // A Logs reader counts from OpenLogs to CloseLogs (the files it holds open stay readable

@@ -117,6 +117,23 @@ TEST_F(ServicesTest, ServicesStartAtStartEachAfterWhatItIsAfter) {
   EXPECT_THAT(daemon.Log(), HasSubstr("started db as id="));
 }
 
+TEST_F(ServicesTest, AServiceAfterOneThatSpeaksSdNotifyWaitsUntilItIsReady) {
+  const std::string order = place_.path() + "/order";
+  // db says READY=1 only after writing its line; web writes its own as it starts.
+  Write("db", nlohmann::json({{"start",
+                               {{"target", "/bin/sh"},
+                                {"args", {"-c", absl::StrCat("sleep 0.3; echo db >> ", order,
+                                                             "; ", NOTIFY_SEND_PATH,
+                                                             " READY=1; exec sleep 1000")}},
+                                {"notify", true}}}})
+                  .dump());
+  Write("web", Declaration(absl::StrCat("echo web >> ", order, "; exec sleep 1000"), {"db"}));
+  TestDaemon daemon(Flags());
+  v1::Process web = Running(daemon, "web");
+  EXPECT_EQ(ReadFile(order), "db\nweb\n") << "web started once db was ready";
+  EXPECT_TRUE(Services(daemon)["db"].process().notify().ready());
+}
+
 TEST_F(ServicesTest, AServiceAfterOneThatFailedToStartDoesNotStart) {
   Write("db", R"({"start": {"target": "/nonexistent/db"}})");
   Write("web", Declaration("exec sleep 1000", {"db"}));

@@ -931,6 +931,7 @@ TEST_F(RestartPolicyTest, WhatARunLeftInItsGroupEndsBeforeTheNextRun) {
   EXPECT_THAT(os_.signals, ElementsAre(Pair(info.pid, kSigterm), Pair(info.pid, kSigkill)));
   EXPECT_EQ(os_.launches.size(), 1u) << "its token is still in use";
   os_.DrainGroup(info.pid);
+  time_.Advance(absl::ZeroDuration());  // launched from the timers' thread
   EXPECT_EQ(os_.launches.size(), 2u) << "runs as soon as the group is gone";
   EXPECT_TRUE(Now(info.id).running);
 }
