@@ -158,8 +158,11 @@ TEST(NotifyDaemonTest, MessagesThatAreNotTheWorkersAreDroppedAndCounted) {
                     " 'READY=maybe'; exec sleep 1000")});
   absl::StatusOr<v1::Process> started = daemon.client().Start(request);
   ASSERT_TRUE(started.ok()) << started.status();
-  ASSERT_TRUE(WaitFor([&] { return daemon.client().Status(started->id())->notify().dropped() == 2; }))
-      << "oversized and malformed: " << daemon.Log();
+  ASSERT_TRUE(WaitFor([&] { return daemon.client().Status(started->id())->notify().dropped() == 2; },
+                      absl::Seconds(30)))
+      << "oversized and malformed: " << daemon.Cli({"--json", "status",
+                                                        absl::StrCat(started->id())}).out
+      << daemon.Log();
   std::string socket_path;
   ASSERT_TRUE(WaitFor([&] {
     socket_path = NotifySocketOf(started->pid());
@@ -167,7 +170,9 @@ TEST(NotifyDaemonTest, MessagesThatAreNotTheWorkersAreDroppedAndCounted) {
   }));
   // From a live process outside the worker's tree: this test.
   ASSERT_TRUE(SendFromHere(socket_path, "READY=1\nSTATUS=forged"));
-  ASSERT_TRUE(WaitFor([&] { return daemon.client().Status(started->id())->notify().dropped() == 3; }));
+  ASSERT_TRUE(WaitFor([&] { return daemon.client().Status(started->id())->notify().dropped() == 3; },
+                      absl::Seconds(30)))
+      << daemon.Log();
   v1::Process record = *daemon.client().Status(started->id());
   EXPECT_FALSE(record.notify().ready());
   EXPECT_NE(record.notify().status(), "forged");
