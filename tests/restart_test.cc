@@ -511,5 +511,16 @@ TEST_F(RestartTest, SyncObjectsLiveThroughSigusrTwoAndWaitersAreToldUnavailable)
   EXPECT_EQ(sync.Get(event->id())->n_waiting(), 0);
 }
 
+// A stop asked for while proctord is stopping to restart is not lost: the restarted proctord
+// stops (both signals sent at once land in one read of the signalfd, during the restart).
+TEST_F(RestartTest, ASigtermDuringASigusrTwoRestartStopsTheRestartedProctord) {
+  TestDaemon daemon(Flags());
+  ASSERT_EQ(kill(daemon.pid(), SIGUSR2), 0);
+  ASSERT_EQ(kill(daemon.pid(), SIGTERM), 0);
+  std::optional<int> status = daemon.AwaitExit(absl::Seconds(30));
+  ASSERT_TRUE(status.has_value()) << "proctord never stopped; log:\n" << daemon.Log();
+  EXPECT_EQ(*status, 0);
+}
+
 }  // namespace
 }  // namespace proctor::testing

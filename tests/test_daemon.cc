@@ -246,6 +246,14 @@ int TestDaemon::Stop() {
   return ToShellStatus(raw);
 }
 
+std::optional<int> TestDaemon::AwaitExit(absl::Duration limit) {
+  if (pid_ <= 0) return std::nullopt;
+  std::optional<int> raw = WaitForExit(pid_, limit);
+  pid_ = -1;
+  if (!raw.has_value()) return std::nullopt;
+  return ToShellStatus(*raw);
+}
+
 void TestDaemon::Kill() {
   if (pid_ <= 0) return;
   kill(pid_, SIGKILL);

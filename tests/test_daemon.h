@@ -82,6 +82,9 @@ class TestDaemon {
   int Stop();
   // SIGKILL, as a crash would: the daemon ends at once; its workers live on with the keeper.
   void Kill();
+  // Waits up to `limit` for the daemon to exit by itself (nothing is sent to it) and returns
+  // its exit status; past `limit` it is killed (SIGKILL) and nothing is returned.
+  std::optional<int> AwaitExit(absl::Duration limit);
   // After a SIGUSR2: whether the daemon (the same process) has started again (its log says so)
   // and answers, within `limit`.
   bool Restarted(absl::Duration limit = absl::Seconds(10));
