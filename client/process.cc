@@ -42,9 +42,6 @@ constexpr char kParentPidEnv[] = "PROCTOR_PARENT_PID";
 constexpr char kParentNameEnv[] = "PROCTOR_PARENT_NAME";
 constexpr char kParentStampEnv[] = "PROCTOR_PARENT_STAMP";
 
-// The longest google.protobuf.Duration: proctord's Terminate has no "never escalate".
-constexpr absl::Duration kNoEscalation = absl::Seconds(315'576'000'000);
-
 absl::Status Misuse(absl::string_view message) { return absl::FailedPreconditionError(message); }
 
 std::string Demangle(const char* mangled) {
@@ -744,7 +741,8 @@ absl::StatusOr<bool> Process::is_alive() {
   return record_.state() == v1::STATE_RUNNING;
 }
 
-absl::Status Process::Signal(int sig, const char* verb, Reach reach, absl::Duration grace) {
+absl::Status Process::Signal(int sig, const char* verb, Reach reach,
+                             std::optional<absl::Duration> grace) {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   if (current_ || parent_) return Misuse(absl::StrCat("can only ", verb, " a child process"));
   if (!started_) return Misuse(absl::StrCat("can only ", verb, " a started process"));
@@ -752,7 +750,11 @@ absl::Status Process::Signal(int sig, const char* verb, Reach reach, absl::Durat
   v1::TerminateRequest request;
   request.set_id(id_);
   request.set_signal(sig);
-  *request.mutable_grace() = DurationToProto(grace);
+  if (grace.has_value()) {
+    *request.mutable_grace() = DurationToProto(*grace);
+  } else {
+    request.set_escalate(false);  // the signal and nothing more
+  }
   request.set_wait(false);
   request.set_tree(reach == Reach::kTree);
   absl::StatusOr<v1::Process> signalled = child_->runtime.client().Terminate(request);
@@ -762,7 +764,7 @@ absl::Status Process::Signal(int sig, const char* verb, Reach reach, absl::Durat
 }
 
 absl::Status Process::terminate(Reach reach) {
-  return Signal(SIGTERM, "terminate", reach, kNoEscalation);
+  return Signal(SIGTERM, "terminate", reach, std::nullopt);
 }
 
 absl::Status Process::kill(Reach reach) {
@@ -770,7 +772,7 @@ absl::Status Process::kill(Reach reach) {
 }
 
 absl::Status Process::interrupt(Reach reach) {
-  return Signal(SIGINT, "interrupt", reach, kNoEscalation);
+  return Signal(SIGINT, "interrupt", reach, std::nullopt);
 }
 
 absl::Status Process::terminate_and_wait(absl::Duration grace, Reach reach) {

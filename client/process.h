@@ -436,9 +436,7 @@ class Process {
   // the signal and nothing more (a process that ignores SIGTERM keeps running), to the
   // process and, by default, everything below it (Reach). They return without waiting
   // (join() to wait). No-op once ended. FAILED_PRECONDITION before start().
-  // proctord's Terminate escalates to SIGKILL after a grace and has no way to say "never":
-  // terminate() and interrupt() ask for the longest grace a google.protobuf.Duration holds
-  // (about 10,000 years), and do not wait for it.
+  // They send Terminate with escalate=false: proctord sends the signal and arms no SIGKILL.
   absl::Status terminate(Reach reach = Reach::kTree);
   absl::Status kill(Reach reach = Reach::kTree);
   absl::Status interrupt(Reach reach = Reach::kTree);
@@ -510,7 +508,8 @@ class Process {
   absl::Status FillTarget(v1::StartRequest& request) const;
   // The environment the child starts with (see "Environment" above).
   void FillEnvironment(v1::StartRequest& request);
-  absl::Status Signal(int sig, const char* verb, Reach reach, absl::Duration grace);
+  // `grace` unset: the signal alone, never followed by SIGKILL.
+  absl::Status Signal(int sig, const char* verb, Reach reach, std::optional<absl::Duration> grace);
   absl::Status JoinParent(std::optional<absl::Duration> timeout);
   absl::StatusOr<bool> ParentAlive();
   void Update(const v1::Process& record);

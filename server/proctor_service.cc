@@ -633,6 +633,8 @@ grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext*
       .wait = !request.has_wait() || request.wait(),
       .tree = !request.has_tree() || request.tree(),
   };
+  // An endless grace arms no SIGKILL timer at all (see Supervisor::ArmKillTimerLocked).
+  if (request.has_escalate() && !request.escalate()) options.grace = absl::InfiniteDuration();
   uint64_t id = request.id();
   return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
     return supervisor_.Terminate(id, options, std::move(done));

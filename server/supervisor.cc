@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -185,6 +186,13 @@ absl::StatusOr<LaunchSpec> Supervisor::BuildLaunchSpec(const StartSpec& spec,
   }
   launch.envp = BuildEnv(BuildEnv(options_.base_env, user.env), spec.env);
   launch.cwd = spec.cwd;
+  if (launch.cwd.empty()) {
+    // "The daemon's" said explicitly, so that the record shows where it really started.
+    if (char* here = getcwd(nullptr, 0); here != nullptr) {
+      launch.cwd = here;
+      free(here);
+    }
+  }
   launch.identity = std::move(user.identity);
   // Room for the PROCTOR_* entries added once the id is known.
   constexpr size_t kProctorEnvBytes = 512;
@@ -311,7 +319,7 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
   info.parent_id = spec.parent_id;
   info.parent_session = spec.session;
   info.args.assign(launch.argv.begin() + 1, launch.argv.end());
-  info.cwd = spec.cwd;
+  info.cwd = launch.cwd;
   info.start_time = clock_.Now();
   info.end_time = absl::InfinitePast();
   info.restart = spec.restart;

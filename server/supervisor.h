@@ -207,7 +207,7 @@ class EventSink {
 // How Terminate ends a process.
 struct TerminateOptions {
   int signal = 15;                              // 1..SIGRTMAX
-  absl::Duration grace = absl::Seconds(10);     // then SIGKILL; >= 0
+  absl::Duration grace = absl::Seconds(10);     // then SIGKILL; >= 0; infinite: never
   bool wait = true;   // complete once it has ended (and its group or tree is empty)
   bool tree = true;   // reach every descendant, not only the process's own group
 };

@@ -72,6 +72,35 @@ class LifecycleTest : public ::testing::Test {
   Client& client_ = daemon_.client();
 };
 
+TEST_F(LifecycleTest, ARecordShowsTheDirectoryTheWorkerReallyStartedIn) {
+  v1::Process started = StartOk(daemon_.client(), {"/bin/sleep", "1000"});
+  char cwd[4096];
+  ssize_t n = readlink(absl::StrCat("/proc/", started.pid(), "/cwd").c_str(), cwd, sizeof(cwd));
+  ASSERT_GT(n, 0);
+  EXPECT_FALSE(started.cwd().empty()) << "defaulted, and still shown";
+  EXPECT_EQ(started.cwd(), std::string(cwd, static_cast<size_t>(n)));
+  TerminateOk(daemon_.client(), started.id(), SIGKILL, absl::ZeroDuration());
+}
+
+TEST_F(LifecycleTest, TerminateWithoutEscalationSendsTheSignalAlone) {
+  // Ignores SIGTERM (an ignored signal stays ignored across exec).
+  v1::Process stubborn =
+      StartOk(daemon_.client(), {"/bin/sh", "-c", "trap '' TERM; exec sleep 1000"});
+  ASSERT_TRUE(WaitFor([&] {
+    return ReadFile(absl::StrCat("/proc/", stubborn.pid(), "/comm")) == "sleep\n";
+  }));
+  v1::TerminateRequest request;
+  request.set_id(stubborn.id());
+  *request.mutable_grace() = TimeUtil::MillisecondsToDuration(100);
+  request.set_escalate(false);
+  request.set_wait(false);
+  ASSERT_TRUE(daemon_.client().Terminate(request).ok());
+  absl::SleepFor(absl::Milliseconds(600));
+  EXPECT_TRUE(IsAlive(stubborn.pid())) << "no SIGKILL followed the grace";
+  TerminateOk(daemon_.client(), stubborn.id(), SIGKILL, absl::ZeroDuration());
+  EXPECT_FALSE(IsAlive(stubborn.pid()));
+}
+
 TEST_F(LifecycleTest, ExitCodesComeBackWhole) {
   for (int code : {0, 3, 255}) {
     v1::Process started = StartOk(client_, {"/bin/sh", "-c", absl::StrCat("exit ", code)});

@@ -1,6 +1,9 @@
 // The supervision rules, driven by a fake os and fake time: no real process here.
 #include "server/supervisor.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <optional>
@@ -72,6 +75,16 @@ TEST_F(SupervisorTest, StartRecordsTheProcessWithDefaultNames) {
   EXPECT_TRUE(second.running);
   EXPECT_EQ(second.target, "/usr/bin/sleep");
   EXPECT_EQ(StartOk(StartSpec{.target = "/bin/true", .name = "egon"}).name, "egon");
+}
+
+TEST_F(SupervisorTest, ARecordShowsTheDirectoryItStartedInAlsoWhenDefaulted) {
+  char* here = getcwd(nullptr, 0);
+  ASSERT_NE(here, nullptr);
+  std::string daemons(here);
+  free(here);
+  EXPECT_EQ(StartTrue().cwd, daemons);
+  EXPECT_EQ(os_.launches.back().cwd, daemons);
+  EXPECT_EQ(StartOk(StartSpec{.target = "/bin/true", .cwd = "/tmp"}).cwd, "/tmp");
 }
 
 TEST_F(SupervisorTest, KwargsFollowArgsSortedByKey) {
