@@ -129,7 +129,9 @@ TEST_F(ServicesTest, AServiceAfterOneThatSpeaksSdNotifyWaitsUntilItIsReady) {
                   .dump());
   Write("web", Declaration(absl::StrCat("echo web >> ", order, "; exec sleep 1000"), {"db"}));
   TestDaemon daemon(Flags());
-  v1::Process web = Running(daemon, "web");
+  Running(daemon, "web");
+  // Its line comes a moment after it runs.
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(order).size() == 7; })) << ReadFile(order);
   EXPECT_EQ(ReadFile(order), "db\nweb\n") << "web started once db was ready";
   EXPECT_TRUE(Services(daemon)["db"].process().notify().ready());
 }
