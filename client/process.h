@@ -560,9 +560,9 @@ Process& current_process();
 // the parent is a client program rather than a worker. is_alive(), join() and sentinel() watch
 // a pidfd of the parent where it runs on this host (same boot, same pid namespace, and its
 // start time checked, so a reused pid is never taken for it). Elsewhere they ask proctord
-// about a parent worker, which refuses a worker's key outside its own subtree:
-// PERMISSION_DENIED "cannot ask proctord about parent process N: ...", and for a client
-// program on another host they are UNIMPLEMENTED. start(), terminate() and kill() are
+// about a parent worker (a worker's key may read its ancestors' records); an error comes
+// back as "cannot ask proctord about parent process N: ...". For a client program on another
+// host they are UNIMPLEMENTED. start(), terminate() and kill() are
 // FAILED_PRECONDITION. The object lives as long as the program.
 Process* parent_process();
 

@@ -528,10 +528,17 @@ absl::Duration ProctorService::HoldBack(grpc::CallbackServerContext* context,
   return authenticator_.FailureDelay(CredentialOf(context), context->peer());
 }
 
-absl::Status ProctorService::Authorize(const Caller& caller, uint64_t id) {
+absl::Status ProctorService::Authorize(const Caller& caller, uint64_t id, Access access) {
   if (caller.admin()) return absl::OkStatus();
   if (absl::Status known = supervisor_.Get(id).status(); !known.ok()) return known;
   if (supervisor_.InSubtree(caller.worker_id, id)) return absl::OkStatus();
+  const bool ancestor = supervisor_.InSubtree(id, caller.worker_id);
+  if (access == Access::kRead && ancestor) return absl::OkStatus();
+  if (ancestor) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("process ", id, " is an ancestor of process ", caller.worker_id,
+                     ", whose key made this call: its record may be read, not changed"));
+  }
   return absl::PermissionDeniedError(
       absl::StrCat("process ", id, " is outside the subtree of process ", caller.worker_id,
                    ", whose key made this call"));
@@ -611,7 +618,7 @@ grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext* cont
                                                const grpc::ByteBuffer* raw,
                                                grpc::ByteBuffer* response) {
   v1::JoinRequest request;
-  absl::StatusOr<Caller> caller = AdmitOnId(context, "Join", *raw, request);
+  absl::StatusOr<Caller> caller = AdmitOnId(context, "Join", *raw, request, Access::kRead);
   if (!caller.ok()) return Deny(context, caller.status());
   std::optional<absl::Duration> timeout;
   if (request.has_timeout()) timeout = FromDurationProto(request.timeout());
@@ -649,7 +656,9 @@ grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* co
   if (!caller.ok()) return Deny(context, caller.status());
   v1::StatusResponse reply;
   if (request.has_id()) {
-    if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return Refuse(context, s);
+    if (absl::Status s = Authorize(*caller, request.id(), Access::kRead); !s.ok()) {
+      return Refuse(context, s);
+    }
     absl::StatusOr<ProcessInfo> info = supervisor_.Get(request.id());
     if (info.ok()) ToProto(*info, reply.add_processes());
     SerializeReply(reply, response);

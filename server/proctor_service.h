@@ -118,8 +118,11 @@ class ProctorService final : public RawProctorService {
   // How long to hold back `refused`, an answer of Admit or AdmitOnId: the authenticator's
   // delay for its own refusals, none for a bad request or a process out of reach.
   absl::Duration HoldBack(grpc::CallbackServerContext* context, const absl::Status& refused);
-  // OK when `caller` may act on process `id`.
-  absl::Status Authorize(const Caller& caller, uint64_t id);
+  // What a call does to the process it names. A worker's key may change only its own
+  // subtree, and also read its ancestors' records (so that a worker can see its parent).
+  enum class Access { kChange, kRead };
+  // OK when `caller` may act on process `id` so.
+  absl::Status Authorize(const Caller& caller, uint64_t id, Access access = Access::kChange);
   // Admit(), then PERMISSION_DENIED unless the key is an admin's.
   absl::StatusOr<Caller> AdmitAdmin(grpc::CallbackServerContext* context,
                                     absl::string_view method, const grpc::ByteBuffer& raw,
@@ -134,10 +137,11 @@ class ProctorService final : public RawProctorService {
   // Admit(), then Authorize() on the process the request names (its `id`).
   template <typename Request>
   absl::StatusOr<Caller> AdmitOnId(grpc::CallbackServerContext* context, absl::string_view method,
-                                   const grpc::ByteBuffer& raw, Request& request) {
+                                   const grpc::ByteBuffer& raw, Request& request,
+                                   Access access = Access::kChange) {
     absl::StatusOr<Caller> caller = Admit(context, method, raw, request);
     if (!caller.ok()) return caller;
-    if (absl::Status s = Authorize(*caller, request.id()); !s.ok()) return s;
+    if (absl::Status s = Authorize(*caller, request.id(), access); !s.ok()) return s;
     return caller;
   }
 

@@ -357,6 +357,19 @@ TEST(CredentialTest, AChildCannotActAsItsParent) {
   EXPECT_EQ(connect(posing)->Terminate(terminate).status().code(),
             absl::StatusCode::kUnauthenticated);
   EXPECT_EQ(daemon.client().Status(sibling.id())->state(), v1::STATE_RUNNING);
+  // Its ancestors' records it may read (Status, Join), never change.
+  absl::StatusOr<v1::Process> read_parent = as_child->Status(parent.id());
+  ASSERT_TRUE(read_parent.ok()) << read_parent.status();
+  EXPECT_EQ(read_parent->id(), parent.id());
+  absl::StatusOr<v1::Process> polled = as_child->Join(parent.id(), absl::ZeroDuration());
+  ASSERT_TRUE(polled.ok()) << polled.status();
+  EXPECT_EQ(polled->state(), v1::STATE_RUNNING);
+  terminate.set_id(parent.id());
+  absl::StatusOr<v1::Process> refused = as_child->Terminate(terminate);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(refused.status().message(), HasSubstr("may be read, not changed"));
+  EXPECT_EQ(as_child->Status(sibling.id()).status().code(), absl::StatusCode::kPermissionDenied)
+      << "a sibling is no ancestor";
   // The parent's credential covers its children.
   terminate.set_id(child.id());
   EXPECT_TRUE(as_parent->Terminate(terminate).ok());
