@@ -400,6 +400,7 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
   }
   ArmWatchdogLocked(record);
   out.Emit(EventKind::kStarted, &info);
+  if (info.notify.has_value() && info.notify->ready) out.Emit(EventKind::kReady, &info);
   spdlog::info("started id={} name=\"{}\" pid={} target={}{}", id, info.name, info.pid,
                info.target, info.daemon ? " daemon" : "");
 
@@ -597,7 +598,9 @@ void Supervisor::OnReadyTimeout(uint64_t id, WaiterId waiter) {
 void Supervisor::OnNotify(uint64_t id, const NotifyMessage& message) {
   Outbox out(*this);
   absl::MutexLock lock(&mu_);
-  Record* record = FindLocked(id);
+  // Also while its launch is in flight: a worker may speak before Start has returned.
+  Record* record = FindAnyLocked(id);
+  const bool committed = records_.contains(id);
   if (record == nullptr || !record->info.running || !record->info.notify.has_value()) return;
   NotifyInfo& notify = *record->info.notify;
   if (message.status.has_value()) notify.status = *message.status;
@@ -624,7 +627,8 @@ void Supervisor::OnNotify(uint64_t id, const NotifyMessage& message) {
     if (!notify.ready) {
       notify.ready = true;
       spdlog::info("id={} name=\"{}\" is ready", id, record->info.name);
-      out.Emit(EventKind::kReady, &record->info);
+      // Before the commit, the commit reports it, after its start.
+      if (committed) out.Emit(EventKind::kReady, &record->info);
       for (Waiter& w : record->ready_waiters) {
         timers_.Cancel(w.timer);
         waiter_record_.erase(w.id);
@@ -643,7 +647,7 @@ void Supervisor::OnNotify(uint64_t id, const NotifyMessage& message) {
 
 uint64_t Supervisor::OnNotifyDropped(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  Record* record = FindLocked(id);
+  Record* record = FindAnyLocked(id);
   if (record == nullptr || !record->info.notify.has_value()) return 0;
   return ++record->info.notify->dropped;
 }

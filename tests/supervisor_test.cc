@@ -980,6 +980,24 @@ TEST_F(RestartPolicyTest, TheWatchdogAbortsARunThatStopsPingingAndThePolicyAppli
   EXPECT_FALSE(endpoints_.open.contains(info.id)) << "closed once it has ended for good";
 }
 
+// A worker may speak before Start has returned: what it says then is not lost.
+TEST_F(RestartPolicyTest, MessagesWhileTheLaunchIsInFlightCount) {
+  os_.DuringNextLaunch([&](pid_t) {
+    uint64_t id = std::stoull(LastEnv(os_, "PROCTOR_ID"));
+    supervisor_->OnNotify(id, NotifyMessage{.ready = true, .status = "up"});
+    supervisor_->OnNotifyDropped(id);
+  });
+  ProcessInfo info = StartOk(StartSpec{.target = "/bin/true", .notify = true});
+  ASSERT_TRUE(info.notify.has_value());
+  EXPECT_TRUE(info.notify->ready);
+  EXPECT_EQ(info.notify->status, "up");
+  EXPECT_EQ(info.notify->dropped, 1u);
+  EXPECT_THAT(Kinds(), ElementsAre(EventKind::kStarted, EventKind::kReady)) << "in that order";
+  Result waited;
+  supervisor_->AwaitReady(info.id, absl::Seconds(1), waited.Callback());
+  EXPECT_TRUE(waited.value.has_value() && waited.value->ok()) << "ready already";
+}
+
 TEST_F(RestartPolicyTest, AwaitReadyCompletesOnReadyAndTheTimeoutTerminates) {
   ProcessInfo ready = StartOk(StartSpec{.target = "/bin/true", .notify = true});
   Result waited;
