@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -995,7 +996,15 @@ int Daemon::Run() {
   if (restarting_) {
     spdlog::info("proctord stopped serving; starting again");
     // Every thread blocks it, so it stays pending across the exec, for the next proctord.
-    if (stop_after_restart_) kill(getpid(), SIGTERM);
+    // Sent through a pidfd of our own process: nothing but proctord itself can be reached.
+    if (stop_after_restart_) {
+      int self = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+      if (self < 0 || syscall(SYS_pidfd_send_signal, self, SIGTERM, nullptr, 0) != 0) {
+        spdlog::error("the stop asked for while restarting cannot be passed on: {}",
+                      std::strerror(errno));
+      }
+      if (self >= 0) close(self);
+    }
     return 0;
   }
   // Every worker has ended and been released: the keeper goes too.
