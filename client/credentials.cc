@@ -53,8 +53,10 @@ absl::StatusOr<Credentials> FindCredentials(const std::string& explicit_file) {
     std::string id = Env(kIdEnv);
     absl::StatusOr<std::string> key = HexDecode(hex);
     if (!key.ok() || key->empty() || id.empty()) {
-      return absl::InvalidArgumentError(
-          "$PROCTOR_AUTHKEY must be hex and come with $PROCTOR_ID (as proctord sets them)");
+      return absl::InvalidArgumentError(absl::StrCat(
+          "$PROCTOR_AUTHKEY must be lower-case hex and come with $PROCTOR_ID (as proctord sets "
+          "them)",
+          key.ok() ? "" : absl::StrCat(": ", key.status().message())));
     }
     return Credentials{*std::move(key), id, absl::StrCat("$PROCTOR_AUTHKEY of process ", id), {}};
   }
@@ -86,18 +88,36 @@ absl::Status CallAuth::CheckReply(const grpc::ClientContext& context, absl::stri
       status.error_code() == grpc::StatusCode::CANCELLED) {
     return to_absl(status);  // nobody answered, or we gave up: nothing to check
   }
-  if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
-    return Refusal(absl::StrCat("proctord at ", address, " refused the key from ",
-                                credentials_.source, " (wrong key?): ", status.error_message()));
-  }
   std::string expected = ServerProof(credentials_.key, method, nonce);
+  bool proved = false;
   for (const auto* metadata :
        {&context.GetServerInitialMetadata(), &context.GetServerTrailingMetadata()}) {
     auto it = metadata->find(kServerProofMetadataKey);
-    if (it != metadata->end() &&
-        ConstantTimeEquals(absl::string_view(it->second.data(), it->second.size()), expected)) {
-      return to_absl(status);
-    }
+    proved = proved || (it != metadata->end() &&
+                        ConstantTimeEquals(absl::string_view(it->second.data(), it->second.size()),
+                                           expected));
+  }
+  if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    // Proved when the key checked out and something else did not (clock skew, a stale
+    // credential); unproved when the daemon found no key of ours to sign with. Either way the
+    // call did not happen.
+    return Refusal(absl::StrCat("proctord at ", address, " refused the key from ",
+                                credentials_.source, proved ? ": " : " (wrong key?): ",
+                                status.error_message()));
+  }
+  if (proved) return to_absl(status);
+  switch (status.error_code()) {
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::UNIMPLEMENTED:
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::UNKNOWN:
+      // gRPC's own answers (a message over the size limit, an unknown method, a reply that
+      // does not parse) come before proctord could sign; reported, never acted on.
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          absl::StrCat(status.error_message(),
+                                       " (unsigned: gRPC's own answer, not proctord's)"));
+    default:
+      break;
   }
   return Refusal(absl::StrCat("the daemon at ", address,
                               " failed to prove it holds the key from ", credentials_.source,

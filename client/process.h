@@ -77,8 +77,9 @@
 //     process group: its children through proctord live on);
 //   - authkeys are per tree: a top-level process gets 32 fresh random bytes of its own
 //     instead of the main program's key, and its descendants inherit that one;
-//   - the credential a worker calls proctord with is its own and never its parent's, so a
-//     worker reads only its own subtree's records (see parent_process()).
+//   - the credential a worker calls proctord with is its own and never its parent's: a worker
+//     reaches its own subtree, and may read its ancestors' records but not change them (see
+//     parent_process()).
 //
 // Thread-safety: one Process object is used by one thread at a time; different objects may
 // be used from different threads. current_process() and the registry are thread-safe.

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/algorithm/container.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -63,17 +65,22 @@ std::string HexEncode(absl::string_view bytes) {
 }
 
 absl::StatusOr<std::string> HexDecode(absl::string_view hex) {
-  if (hex.size() % 2 != 0) return absl::InvalidArgumentError("hex text has an odd length");
+  if (hex.size() % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hex text has an odd length (", hex.size(), " characters)"));
+  }
   std::string out;
   out.reserve(hex.size() / 2);
   for (size_t i = 0; i < hex.size(); i += 2) {
     int value = 0;
     for (char c : hex.substr(i, 2)) {
-      int digit = c >= '0' && c <= '9'   ? c - '0'
-                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                         : -1;
-      if (digit < 0) return absl::InvalidArgumentError("hex text has a non-hex character");
+      // One rule for every hex field: lower case only, so a value has exactly one spelling.
+      int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (digit < 0) {
+        return absl::InvalidArgumentError(
+            c >= 'A' && c <= 'F' ? "hex text has an upper-case digit (use 0-9a-f)"
+                                 : "hex text has a character outside 0-9a-f");
+      }
       value = value * 16 + digit;
     }
     out.push_back(static_cast<char>(value));
@@ -92,14 +99,54 @@ CallCredential CallCredential::Make(absl::string_view key, absl::string_view key
 }
 
 absl::StatusOr<CallCredential> CallCredential::Parse(absl::string_view text) {
+  auto malformed = [](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "malformed credential: ", why,
+        " (expected \"v1 <key-id> <unix-millis> <nonce-hex> <mac-hex>\", single spaces)"));
+  };
+  // Field values are echoed only where they cannot be secret, and cut short.
+  auto shown = [](absl::string_view field) {
+    return field.size() <= 24 ? std::string(field) : absl::StrCat(field.substr(0, 24), "...");
+  };
+  auto hex_field = [&](absl::string_view name, absl::string_view field,
+                       size_t bytes) -> absl::Status {
+    std::string problem;
+    if (field.size() != 2 * bytes) {
+      problem = absl::StrCat("it has ", field.size(), " characters");
+    } else if (absl::c_any_of(field, [](char c) { return c >= 'A' && c <= 'F'; })) {
+      problem = "it has upper-case digits";
+    } else if (!HexDecode(field).ok()) {
+      problem = "it has a character outside 0-9a-f";
+    } else {
+      return absl::OkStatus();
+    }
+    return malformed(absl::StrCat("field ", name, " must be ", 2 * bytes,
+                                  " lower-case hex digits (", bytes, " bytes); ", problem));
+  };
   std::vector<absl::string_view> parts = absl::StrSplit(text, ' ');
-  CallCredential c;
-  if (parts.size() != 5 || parts[0] != "v1" || parts[1].empty() ||
-      !absl::SimpleAtoi(parts[2], &c.unix_millis) || parts[3].size() != 2 * kNonceBytes ||
-      parts[4].size() != 64) {
-    return absl::InvalidArgumentError(
-        "malformed credential (expected \"v1 <key-id> <unix-millis> <nonce> <mac>\")");
+  if (parts.size() != 5) {
+    return malformed(absl::StrCat("it has ", parts.size(), " fields, not 5"));
   }
+  if (parts[0] != "v1") {
+    return malformed(absl::StrCat("field version is \"", shown(parts[0]), "\", not \"v1\""));
+  }
+  CallCredential c;
+  uint64_t worker = 0;
+  const bool decimal = !parts[1].empty() && parts[1][0] != '0' &&
+                       absl::c_all_of(parts[1], absl::ascii_isdigit) &&
+                       absl::SimpleAtoi(parts[1], &worker);
+  if (parts[1] != kAdminKeyId && !decimal) {
+    return malformed(absl::StrCat("field key-id \"", shown(parts[1]),
+                                  "\" is neither \"admin\" nor a process id (proctor's id, "
+                                  "as in PROCTOR_ID: decimal, no leading zero)"));
+  }
+  if (parts[2].empty() || parts[2].size() > 18 || !absl::c_all_of(parts[2], absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(parts[2], &c.unix_millis)) {
+    return malformed(absl::StrCat("field unix-millis \"", shown(parts[2]),
+                                  "\" is not milliseconds since the epoch in decimal digits"));
+  }
+  if (absl::Status s = hex_field("nonce-hex", parts[3], kNonceBytes); !s.ok()) return s;
+  if (absl::Status s = hex_field("mac-hex", parts[4], 32); !s.ok()) return s;
   c.key_id = std::string(parts[1]);
   c.nonce_hex = std::string(parts[3]);
   c.mac_hex = std::string(parts[4]);

@@ -10,8 +10,11 @@
 //
 //   x-proctor-server-proof: <hex HMAC-SHA256(key, "proctor-v1 server\n<method>\n<nonce-hex>")>
 //
-// <key-id> is "admin" for a daemon key, or a worker's process id for that worker's key.
-// <method> is the RPC's name within the service ("Start", "Join", ...).
+// <key-id> is "admin" for a daemon key, or a worker's process id for that worker's key: proctor's
+// id (Process.id, PROCTOR_ID in the worker's environment), in decimal, never the OS pid.
+// <method> is the RPC's name within the service ("Start", "Join", ...). Every hex field here, and
+// PROCTOR_AUTHKEY and PROCTOR_PROCESS_AUTHKEY, is lower-case hex, two digits per byte, high digit
+// first; upper-case digits are refused, so each value has one spelling.
 #ifndef PROCTOR_COMMON_AUTHKEY_H_
 #define PROCTOR_COMMON_AUTHKEY_H_
 
@@ -35,6 +38,7 @@ std::string HmacSha256(absl::string_view key, absl::string_view message);
 // Compares in time that depends only on the lengths.
 bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
 
+// Lower-case hex. HexDecode refuses upper-case digits (INVALID_ARGUMENT saying so).
 std::string HexEncode(absl::string_view bytes);
 absl::StatusOr<std::string> HexDecode(absl::string_view hex);
 
@@ -47,7 +51,8 @@ struct CallCredential {
   // Makes a fresh credential for one call.
   static CallCredential Make(absl::string_view key, absl::string_view key_id,
                              absl::string_view method, int64_t unix_millis);
-  // INVALID_ARGUMENT when `text` is not a well-formed credential.
+  // INVALID_ARGUMENT when `text` is not a well-formed credential, naming the first field that
+  // is not (version, key-id, unix-millis, nonce-hex, mac-hex) and never echoing a hex field.
   static absl::StatusOr<CallCredential> Parse(absl::string_view text);
   std::string Format() const;
   // Whether the mac is the one `key` gives for `method` (constant-time).

@@ -44,6 +44,8 @@ Authenticator::Authenticator(Clock& clock, WorkerKeyLookup worker_key, Limits li
       failures_(clock, Backoff::Policy{}),
       log_second_(clock.MonotonicNow()) {}
 
+void Authenticator::SetIdIssued(IdIssued id_issued) { id_issued_ = std::move(id_issued); }
+
 void Authenticator::SetAdminKeys(std::vector<std::string> keys) {
   absl::MutexLock lock(&mu_);
   admin_keys_ = std::move(keys);
@@ -63,7 +65,7 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     return absl::UnauthenticatedError(absl::StrCat("authentication failed: ", why));
   };
   if (!credential.has_value()) {
-    return refuse("the call carries no authkey proof (x-proctor-auth)", "");
+    return refuse("the call carries no credential (metadata x-proctor-auth)", "");
   }
   absl::StatusOr<CallCredential> parsed = CallCredential::Parse(*credential);
   if (!parsed.ok()) return refuse(parsed.status().message(), "");
@@ -75,22 +77,51 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     for (const std::string& key : admin_keys_) {
       if (parsed->VerifiedBy(key, method)) caller.key = key;
     }
+    if (caller.key.empty()) {
+      return refuse(
+          "the mac does not verify under any admin key of this daemon (a different key, or "
+          "a message signed otherwise than the README's Authentication says)",
+          parsed->key_id);
+    }
   } else {
     uint64_t worker = WorkerIdOf(parsed->key_id);
-    std::optional<std::string> key;
-    if (worker != 0) key = worker_key_(worker);
-    if (key.has_value() && parsed->VerifiedBy(*key, method)) {
-      caller.worker_id = worker;
-      caller.key = *std::move(key);
+    std::optional<std::string> key = worker_key_(worker);
+    if (!key.has_value()) {
+      if (id_issued_ != nullptr && !id_issued_(worker)) {
+        return refuse(absl::StrCat("unknown key id ", worker,
+                                   ": no process has had that id (a key id is proctor's "
+                                   "process id, PROCTOR_ID, not an OS pid)"),
+                      parsed->key_id);
+      }
+      return refuse(absl::StrCat("key id ", worker, " names no process: process ", worker,
+                                 " has been released, and its key ended with its record"),
+                    parsed->key_id);
     }
+    if (!parsed->VerifiedBy(*key, method)) {
+      return refuse(absl::StrCat("the mac does not verify under the key of process ", worker,
+                                 " (a different key, or a message signed otherwise than the "
+                                 "README's Authentication says)"),
+                    parsed->key_id);
+    }
+    caller.worker_id = worker;
+    caller.key = *std::move(key);
   }
-  if (caller.key.empty()) return refuse("the key does not match", parsed->key_id);
+  // From here the caller holds a key we know, so every answer, refusals included, can carry
+  // our proof; only a replay gets none (its proof would repeat the one the original got).
+  auto prove = [&] {
+    if (proof != nullptr) *proof = ServerProof(caller.key, method, caller.nonce_hex);
+  };
 
   absl::Time now = clock_.Now();
-  absl::Time sent = absl::FromUnixMillis(parsed->unix_millis);
-  if (sent < now - kWindow || sent > now + kWindow) {
-    return refuse(absl::StrCat("the credential's time is more than ", absl::FormatDuration(kWindow),
-                               " from the daemon's clock (replayed, or clocks disagree)"),
+  absl::Duration skew = absl::FromUnixMillis(parsed->unix_millis) - now;
+  if (absl::AbsDuration(skew) > kWindow) {
+    prove();
+    return refuse(absl::StrCat("the credential's time is ",
+                               absl::FormatDuration(absl::AbsDuration(skew)),
+                               skew > absl::ZeroDuration() ? " ahead of" : " behind",
+                               " the daemon's clock; at most ", absl::FormatDuration(kWindow),
+                               " either way is accepted (set the clocks right, and sign each "
+                               "call when it is made)"),
                   parsed->key_id);
   }
   NonceCheck check;
@@ -99,14 +130,14 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     check = CheckNonceLocked(caller.worker_id, parsed->unix_millis,
                              absl::Hash<absl::string_view>{}(parsed->nonce_hex));
   }
-  if (proof != nullptr && (check == NonceCheck::kFresh || check == NonceCheck::kOverRate)) {
-    *proof = ServerProof(caller.key, method, caller.nonce_hex);
-  }
+  if (check != NonceCheck::kReplayed) prove();
   switch (check) {
     case NonceCheck::kFresh:
       break;
     case NonceCheck::kReplayed:
-      return refuse("the credential was used before (replayed)", parsed->key_id);
+      return refuse(
+          "the credential was used before (replayed): every call needs a fresh nonce",
+          parsed->key_id);
     case NonceCheck::kPossiblyReplayed:
       return refuse(
           "the credential is older than what the daemon still remembers of this key's calls "

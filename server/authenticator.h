@@ -93,14 +93,20 @@ class Authenticator {
   Authenticator(Clock& clock, WorkerKeyLookup worker_key);  // with the default Limits
   Authenticator(Clock& clock, WorkerKeyLookup worker_key, Limits limits);
 
+  // Whether an id was ever handed out; tells an unknown key id from a released worker's in
+  // refusals. REQUIRES: set before the first Verify, if at all.
+  using IdIssued = std::function<bool(uint64_t id)>;
+  void SetIdIssued(IdIssued id_issued);
+
   // Replaces the admin keys (rotation: several may be valid at once).
   void SetAdminKeys(std::vector<std::string> keys);
 
-  // `credential` is the x-proctor-auth metadata value, if any. UNAUTHENTICATED says why
-  // (missing, malformed, expired, replayed, unknown key) without key material;
-  // RESOURCE_EXHAUSTED says the key went over its rate. `proof`, when given, receives the
-  // daemon's proof for the reply whenever the key checked out: for an accepted call, and for
-  // one refused for its rate (so its client can trust that refusal); else it is left empty.
+  // `credential` is the x-proctor-auth metadata value, if any. UNAUTHENTICATED says why, each
+  // cause in its own words and without key material: missing, malformed (naming the field),
+  // unknown key id, a released worker's key id, mac mismatch, clock skew (with the skew),
+  // replayed, possibly replayed. RESOURCE_EXHAUSTED says the key went over its rate. `proof`,
+  // when given, receives the daemon's proof for the reply whenever the mac verified, refusals
+  // included (so the client can trust them), except for a replay; else it is left empty.
   absl::StatusOr<Caller> Verify(const std::optional<std::string>& credential,
                                 absl::string_view method, absl::string_view peer,
                                 std::string* proof = nullptr);
@@ -158,6 +164,7 @@ class Authenticator {
 
   Clock& clock_;
   const WorkerKeyLookup worker_key_;
+  IdIssued id_issued_;
   const Limits limits_;
   absl::Mutex mu_;
   std::vector<std::string> admin_keys_ ABSL_GUARDED_BY(mu_);

@@ -660,6 +660,8 @@ absl::Status Daemon::Init() {
       clock_, [supervisor = supervisor_.get()](uint64_t id) {
         return supervisor->CredentialOf(id);
       });
+  authenticator_->SetIdIssued(
+      [supervisor = supervisor_.get()](uint64_t id) { return supervisor->IdIssued(id); });
   authenticator_->SetAdminKeys(*std::move(admin_keys));
   services_ = std::make_unique<ServiceManager>(
       options_.services_dir.empty() ? DefaultServicesDir() : options_.services_dir, *supervisor_,

@@ -49,6 +49,11 @@ absl::Status IdAllocator::PersistLocked(uint64_t limit) {
   return absl::OkStatus();
 }
 
+bool IdAllocator::Issued(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  return id > 0 && id < next_;
+}
+
 absl::StatusOr<uint64_t> IdAllocator::Next() {
   absl::MutexLock lock(&mu_);
   if (next_ >= limit_) {

@@ -24,6 +24,8 @@ class IdAllocator {
                                                            uint64_t block_size = 1024);
 
   absl::StatusOr<uint64_t> Next();
+  // Whether `id` may have been handed out (by this allocator, or before a restart).
+  bool Issued(uint64_t id);
 
  private:
   IdAllocator(std::string path, uint64_t next, uint64_t block_size);

@@ -39,6 +39,15 @@ grpc::Status ToGrpc(const absl::Status& status) {
                       std::string(status.message()));
 }
 
+absl::Status HeldBack(const absl::Status& refused, absl::Duration delay) {
+  if (delay <= absl::ZeroDuration()) return refused;
+  return absl::Status(refused.code(),
+                      absl::StrCat(refused.message(), " (this answer was held back ",
+                                   absl::FormatDuration(delay),
+                                   ": refusals that keep coming are answered more and more "
+                                   "slowly)"));
+}
+
 namespace {
 
 // The rules google/protobuf/duration.proto sets: about ±10,000 years, nanos below one second
@@ -200,6 +209,8 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         fd_(fd),
         offset_(offset),
         follow_(follow) {
+    // A followed file may stay empty for long: the headers, and the proof in them, go out now.
+    if (follow_) StartSendInitialMetadata();
     absl::MutexLock lock(&mu_);
     PumpLocked();
   }
@@ -310,7 +321,7 @@ class FailedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     if (delay <= absl::ZeroDuration()) {
       Finish(ToGrpc(status));
     } else {
-      timers.After(delay, [this, status] { Finish(ToGrpc(status)); });
+      timers.After(delay, [this, s = ToGrpc(HeldBack(status, delay))] { Finish(s); });
     }
   }
   void OnDone() override { delete this; }
@@ -328,7 +339,7 @@ class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       : supervisor_(supervisor), owner_(std::move(owner)), state_(std::make_shared<State>()) {
     state_->stream = this;
     if (!refused.ok()) {
-      grpc::Status status = ToGrpc(refused);
+      grpc::Status status = ToGrpc(HeldBack(refused, refusal_delay));
       if (refusal_delay <= absl::ZeroDuration()) {
         Finish(status);
       } else {
@@ -337,6 +348,9 @@ class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       }
       return;
     }
+    // The proof goes out now, not with the first event: the client can trust the stream
+    // before the session is open.
+    StartSendInitialMetadata();
     StartRead(&request_);
   }
 
@@ -564,7 +578,7 @@ grpc::ServerUnaryReactor* ProctorService::Refuse(grpc::CallbackServerContext* co
   if (delay <= absl::ZeroDuration()) {
     reactor->Finish(ToGrpc(status));
   } else {
-    timers_.After(delay, [reactor, s = ToGrpc(status)] { reactor->Finish(s); });
+    timers_.After(delay, [reactor, s = ToGrpc(HeldBack(status, delay))] { reactor->Finish(s); });
   }
   return reactor;
 }
@@ -691,8 +705,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ProctorService::Watch(
   }
   WatchFilter filter = WatchFilter::FromRequest(request);
   if (!caller->admin()) {
+    // Its subtree, and its ancestors' records, which a worker's key may read.
     filter.visible = [this, worker = caller->worker_id](uint64_t id) {
-      return supervisor_.InSubtree(worker, id);
+      return supervisor_.InSubtree(worker, id) || supervisor_.InSubtree(id, worker);
     };
   }
   std::optional<uint64_t> since;

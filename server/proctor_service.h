@@ -35,6 +35,8 @@ namespace proctor {
 
 // For the handlers of proctord's services.
 grpc::Status ToGrpc(const absl::Status& status);
+// `refused` saying that it was held back for `delay`, when that is more than zero.
+absl::Status HeldBack(const absl::Status& refused, absl::Duration delay);
 // Parses a request body into `request` and validates it (ValidateRequest).
 absl::Status ParseRequest(const grpc::ByteBuffer& raw, google::protobuf::Message& request);
 // Replaces what `out` held with `reply`, serialized.

@@ -78,6 +78,14 @@ absl::Status Validate(const StartSpec& spec) {
                                                    Supervisor::kMaxNameBytes));
   }
   if (absl::Status s = CheckNoNul("name", spec.name); !s.ok()) return s;
+  if (spec.daemon && spec.parent_id == 0 && spec.session == 0) {
+    // multiprocessing ends a daemonic process with its parent; at top level it would have
+    // nothing to end with and would outlive every client.
+    return absl::FailedPreconditionError(
+        "a daemonic process needs a parent that it ends with: start it from a worker (with "
+        "the worker's key) or in a session (StartRequest.session; proctor run --daemon opens "
+        "one), or leave daemon unset");
+  }
   return absl::OkStatus();
 }
 

@@ -280,6 +280,8 @@ class Supervisor {
   // The credential the worker signs its calls with, while its record exists (also while its
   // launch is in flight). Never part of ProcessInfo.
   std::optional<std::string> CredentialOf(uint64_t id);
+  // Whether `id` may have been given to a process or session (now or before a restart).
+  bool IdIssued(uint64_t id) { return ids_.Issued(id); }
   // The top of the tree `id` belongs to (`id` itself at top level).
   uint64_t RootOf(uint64_t id);
   // The session the top of `id`'s tree was started in, or 0; like RootOf, also while a launch

@@ -23,6 +23,9 @@ WatchStream* WatchStream::Start(EventLog& log, WatchFilter filter,
     return stream;
   }
   stream->watcher_ = *watcher;
+  // The headers, with the daemon's proof, go out now rather than with the first event, which
+  // may be long in coming.
+  stream->StartSendInitialMetadata();
   stream->PumpLocked();
   return stream;
 }

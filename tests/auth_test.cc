@@ -445,6 +445,176 @@ TEST_F(AuthCredentialTest, CredentialForAnUnknownWorkerIsRefused) {
   EXPECT_EQ(StatusWith(credential.Format()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// The daemon's proof, from the reply's initial or trailing metadata; empty if there is none.
+std::string ProofIn(const grpc::ClientContext& context) {
+  for (const auto* metadata :
+       {&context.GetServerInitialMetadata(), &context.GetServerTrailingMetadata()}) {
+    auto it = metadata->find(kServerProofMetadataKey);
+    if (it != metadata->end()) return std::string(it->second.data(), it->second.size());
+  }
+  return "";
+}
+
+TEST_F(AuthCredentialTest, EachRefusalSaysWhatToFix) {
+  const int64_t now = NowMillis();
+  const std::string nonce(32, 'a');
+  const std::string mac(64, 'b');
+  std::set<std::string> messages;
+  auto refused = [&](const std::string& credential, const std::vector<std::string>& says) {
+    SCOPED_TRACE(credential);
+    std::string proof;
+    grpc::Status status = StatusWith(credential, &proof);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
+    for (const std::string& part : says) EXPECT_THAT(status.error_message(), HasSubstr(part));
+    EXPECT_THAT(status.error_message(), Not(HasSubstr(HexEncode(key_))));
+    EXPECT_TRUE(messages.insert(status.error_message()).second)
+        << "the same words for two causes: " << status.error_message();
+    return proof;
+  };
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::StatusResponse response;
+    grpc::Status status = stub_->Status(&context, v1::StatusRequest(), &response);
+    EXPECT_THAT(status.error_message(), HasSubstr("carries no credential (metadata x-proctor-auth)"));
+  }
+  // Malformed: each names its field.
+  refused(absl::StrCat("v1 admin ", now, " ", nonce), {"malformed", "4 fields, not 5"});
+  refused(absl::StrCat("v1  admin ", now, " ", nonce, " ", mac), {"6 fields, not 5"});
+  refused(absl::StrCat("v2 admin ", now, " ", nonce, " ", mac), {"field version is \"v2\""});
+  refused(absl::StrCat("v1 root ", now, " ", nonce, " ", mac),
+          {"field key-id \"root\" is neither \"admin\" nor a process id", "PROCTOR_ID"});
+  refused(absl::StrCat("v1 007 ", now, " ", nonce, " ", mac), {"field key-id \"007\"", "no leading zero"});
+  refused(absl::StrCat("v1 admin 17e11 ", nonce, " ", mac), {"field unix-millis \"17e11\""});
+  refused(absl::StrCat("v1 admin ", now, " abc ", mac),
+          {"field nonce-hex must be 32 lower-case hex digits (16 bytes); it has 3 characters"});
+  refused(absl::StrCat("v1 admin ", now, " ", std::string(32, 'A'), " ", mac),
+          {"field nonce-hex", "upper-case"});
+  refused(absl::StrCat("v1 admin ", now, " ", nonce, " ", std::string(64, 'g')),
+          {"field mac-hex must be 64 lower-case hex digits (32 bytes); it has a character "
+           "outside 0-9a-f"});
+  // Well formed, and the key is wrong: which key, and why.
+  const std::string other = RandomBytes(kAuthkeyBytes);
+  EXPECT_EQ(refused(CallCredential::Make(other, kAdminKeyId, "Status", now).Format(),
+                    {"the mac does not verify under any admin key"}),
+            "");
+  EXPECT_EQ(refused(CallCredential::Make(key_, "987654", "Status", now).Format(),
+                    {"unknown key id 987654", "not an OS pid"}),
+            "");
+  v1::StartRequest sleeper;
+  sleeper.set_target("/bin/sleep");
+  sleeper.add_args("100");
+  v1::Process live = *daemon_.client().Start(sleeper);
+  refused(CallCredential::Make(other, absl::StrCat(live.id()), "Status", now).Format(),
+          {absl::StrCat("the mac does not verify under the key of process ", live.id())});
+  v1::StartRequest quick;
+  quick.set_target("/bin/true");
+  v1::Process released = *daemon_.client().Start(quick);
+  ASSERT_TRUE(daemon_.client().Join(released.id()).ok());
+  ASSERT_TRUE(daemon_.client().Release(released.id()).ok());
+  refused(CallCredential::Make(other, absl::StrCat(released.id()), "Status", now).Format(),
+          {absl::StrCat("process ", released.id(), " has been released")});
+  // The key checked out, the time did not: the skew is named, and the refusal is proved.
+  CallCredential late = CallCredential::Make(
+      key_, kAdminKeyId, "Status", now - absl::ToInt64Milliseconds(absl::Minutes(10)));
+  EXPECT_EQ(refused(late.Format(), {"time is 10m", "behind the daemon's clock", "at most 2m"}),
+            ServerProof(key_, "Status", late.nonce_hex));
+  CallCredential early = CallCredential::Make(
+      key_, kAdminKeyId, "Status", now + absl::ToInt64Milliseconds(absl::Minutes(10)));
+  EXPECT_EQ(refused(early.Format(), {"ahead of the daemon's clock"}),
+            ServerProof(key_, "Status", early.nonce_hex));
+  // A replay: refused without a proof (it would repeat the first call's).
+  CallCredential once = CallCredential::Make(key_, kAdminKeyId, "Status", now);
+  ASSERT_TRUE(StatusWith(once.Format()).ok());
+  EXPECT_EQ(refused(once.Format(), {"used before (replayed)"}), "");
+  v1::TerminateRequest stop;
+  stop.set_id(live.id());
+  EXPECT_TRUE(daemon_.client().Terminate(stop).ok());
+}
+
+TEST_F(AuthCredentialTest, ErrorsAnsweredAfterTheKeyCheckedOutCarryTheProof) {
+  {
+    CallCredential credential = CallCredential::Make(key_, kAdminKeyId, "Status", NowMillis());
+    grpc::ClientContext context;
+    context.AddMetadata(kAuthMetadataKey, credential.Format());
+    v1::StatusRequest request;
+    request.set_id(999999);
+    v1::StatusResponse response;
+    grpc::Status status = stub_->Status(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+    EXPECT_EQ(ProofIn(context), ServerProof(key_, "Status", credential.nonce_hex));
+  }
+  {
+    CallCredential credential = CallCredential::Make(key_, kAdminKeyId, "Join", NowMillis());
+    grpc::ClientContext context;
+    context.AddMetadata(kAuthMetadataKey, credential.Format());
+    v1::JoinRequest request;
+    request.set_id(1);
+    request.mutable_timeout()->set_seconds(-1);
+    v1::Process response;
+    grpc::Status status = stub_->Join(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_EQ(ProofIn(context), ServerProof(key_, "Join", credential.nonce_hex));
+  }
+}
+
+TEST_F(AuthCredentialTest, StreamsSendTheirProofBeforeTheirFirstMessage) {
+  v1::StartRequest sleeper;
+  sleeper.set_target("/bin/sleep");
+  sleeper.add_args("100");
+  v1::Process quiet = *daemon_.client().Start(sleeper);
+  // Each stream below sends no message for as long as the test waits: a proof sent with the
+  // first message would not arrive before the deadline.
+  auto open = [&](grpc::ClientContext& context, absl::string_view method) {
+    CallCredential credential = CallCredential::Make(key_, kAdminKeyId, method, NowMillis());
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    context.AddMetadata(kAuthMetadataKey, credential.Format());
+    return ServerProof(key_, method, credential.nonce_hex);
+  };
+  auto proof_of = [](const grpc::ClientContext& context) {
+    auto it = context.GetServerInitialMetadata().find(kServerProofMetadataKey);
+    return it == context.GetServerInitialMetadata().end()
+               ? std::string()
+               : std::string(it->second.data(), it->second.size());
+  };
+  {
+    grpc::ClientContext context;
+    std::string expected = open(context, "Logs");
+    v1::LogsRequest request;
+    request.set_id(quiet.id());
+    request.set_follow(true);
+    auto reader = stub_->Logs(&context, request);
+    reader->WaitForInitialMetadata();
+    EXPECT_EQ(proof_of(context), expected) << "Logs with follow";
+    context.TryCancel();
+    reader->Finish();
+  }
+  {
+    grpc::ClientContext context;
+    std::string expected = open(context, "Watch");
+    v1::WatchRequest request;
+    request.add_ids(quiet.id());
+    auto reader = stub_->Watch(&context, request);
+    reader->WaitForInitialMetadata();
+    EXPECT_EQ(proof_of(context), expected) << "Watch";
+    context.TryCancel();
+    reader->Finish();
+  }
+  {
+    grpc::ClientContext context;
+    std::string expected = open(context, "Session");
+    auto stream = stub_->Session(&context);
+    // Before the session's first request: the client may check the daemon before it asks.
+    stream->WaitForInitialMetadata();
+    EXPECT_EQ(proof_of(context), expected) << "Session";
+    context.TryCancel();
+    stream->Finish();
+  }
+  v1::TerminateRequest stop;
+  stop.set_id(quiet.id());
+  EXPECT_TRUE(daemon_.client().Terminate(stop).ok());
+}
+
 // ------------------------------------------------------------------------------------------
 // The other side: a daemon that does not hold our key
 
@@ -966,15 +1136,20 @@ TEST(AuthTest, RepeatedFailuresAreSlowedDown) {
   std::unique_ptr<Client> wrong =
       ConnectWith(daemon.address(), AdminCredentials(RandomBytes(kAuthkeyBytes)));
   ASSERT_NE(wrong, nullptr);
+  absl::Status status;
   auto timed_failure = [&] {
     absl::Time start = absl::Now();
-    absl::Status status = wrong->List({}).status();
+    status = wrong->List({}).status();
     EXPECT_TRUE(absl::IsUnauthenticated(status)) << status;
     return absl::Now() - start;
   };
   absl::Duration first = timed_failure();
+  EXPECT_THAT(std::string(status.message()), Not(HasSubstr("held back")));
   for (int i = 0; i < 5; ++i) timed_failure();
   absl::Duration later = timed_failure();
+  // A refusal that was held back says for how long.
+  EXPECT_THAT(std::string(status.message()),
+              ::testing::ContainsRegex("this answer was held back [0-9.]+m?s"));
   EXPECT_GE(later, absl::Milliseconds(100));
   EXPECT_GE(later - first, absl::Milliseconds(100))
       << "first " << first << ", after five failures " << later;
@@ -1057,7 +1232,17 @@ TEST(AuthInteropTest, PythonClientSpeaksTheScheme) {
   CommandResult result = RunCommand(
       {PYTHON3_PATH, INTEROP_SCRIPT, daemon.address(), daemon.authkey_path(), PYTHON_STUBS_DIR});
   EXPECT_EQ(result.status, 0) << result.out << result.err;
-  EXPECT_EQ(result.out, "started Process-1\nexitcode 0\nhello\n") << result.err;
+  EXPECT_EQ(result.out,
+            "started Process-1\nexitcode 0\nhello\n"
+            "NOT_FOUND proved\n"
+            "UNAUTHENTICATED proved (clock skew)\n"
+            "UNAUTHENTICATED unproved (unknown key id)\n"
+            "Logs proved before its first message\n"
+            "Watch proved before its first message\n"
+            "Session proved before its first message\n"
+            "session opened\n"
+            "session ended OK\n")
+      << result.err;
   // And a key it does not hold is refused, in Python too.
   std::string wrong = daemon.dir() + "/wrong.key";
   WriteKey(wrong, RandomBytes(kAuthkeyBytes));

@@ -88,7 +88,8 @@ TEST_F(AuthenticatorTest, EveryAdminKeyOfARotationVerifies) {
             "old admin key");
   EXPECT_EQ(Verify(AdminCredential()).value_or(Caller{}).key, kAdminKey);
   auth_.SetAdminKeys({kAdminKey});
-  EXPECT_TRUE(RefusedFor(Verify(Credential("old admin key", kAdminKeyId)), "does not match"));
+  EXPECT_TRUE(RefusedFor(Verify(Credential("old admin key", kAdminKeyId)),
+                         "the mac does not verify under any admin key"));
 }
 
 TEST_F(AuthenticatorTest, WorkerCredentialVerifiesThroughTheLookup) {
@@ -100,23 +101,29 @@ TEST_F(AuthenticatorTest, WorkerCredentialVerifiesThroughTheLookup) {
 }
 
 TEST_F(AuthenticatorTest, WrongKeysAndUnknownWorkersAreRefused) {
-  EXPECT_TRUE(RefusedFor(Verify(Credential("a guess", kAdminKeyId)), "does not match"));
-  EXPECT_TRUE(RefusedFor(Verify(Credential(kAdminKey, absl::StrCat(kWorker))), "does not match"))
+  EXPECT_TRUE(RefusedFor(Verify(Credential("a guess", kAdminKeyId)),
+                         "the mac does not verify under any admin key"));
+  EXPECT_TRUE(RefusedFor(Verify(Credential(kAdminKey, absl::StrCat(kWorker))),
+                         "the mac does not verify under the key of process 7"))
       << "an admin key is not worker 7's";
-  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "8")), "does not match"))
+  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "8")), "process 8 has been released"))
       << "the lookup knows no worker 8";
-  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "0")), "does not match"));
-  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "seven")), "does not match"));
+  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "0")), "field key-id \"0\""));
+  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "seven")), "field key-id \"seven\""));
+  // Told an id was never handed out, it says so, rather than that it was released.
+  auth_.SetIdIssued([](uint64_t id) { return id < 8; });
+  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "9")), "unknown key id 9"));
+  EXPECT_TRUE(RefusedFor(Verify(Credential(kWorkerKey, "5")), "process 5 has been released"));
 }
 
 TEST_F(AuthenticatorTest, MissingOrMalformedCredentialsAreRefused) {
-  EXPECT_TRUE(RefusedFor(Verify(std::nullopt), "no authkey proof"));
+  EXPECT_TRUE(RefusedFor(Verify(std::nullopt), "carries no credential"));
   EXPECT_TRUE(RefusedFor(Verify("v1 admin"), "malformed"));
   // A mac made for another method does not carry over.
   std::string for_start =
       CallCredential::Make(kAdminKey, kAdminKeyId, "Start", absl::ToUnixMillis(time_.Now()))
           .Format();
-  EXPECT_TRUE(RefusedFor(Verify(for_start), "does not match"));
+  EXPECT_TRUE(RefusedFor(Verify(for_start), "the mac does not verify"));
 }
 
 TEST_F(AuthenticatorTest, CredentialOlderThanTheWindowIsRefused) {
@@ -125,7 +132,7 @@ TEST_F(AuthenticatorTest, CredentialOlderThanTheWindowIsRefused) {
   time_.Advance(Authenticator::kWindow);
   EXPECT_TRUE(Verify(at_the_edge).ok());
   time_.Advance(absl::Milliseconds(1));
-  EXPECT_TRUE(RefusedFor(Verify(too_old), "from the daemon's clock"));
+  EXPECT_TRUE(RefusedFor(Verify(too_old), "time is 2m0.001s behind the daemon's clock"));
 }
 
 TEST_F(AuthenticatorTest, CredentialNewerThanTheWindowIsRefused) {
@@ -135,7 +142,7 @@ TEST_F(AuthenticatorTest, CredentialNewerThanTheWindowIsRefused) {
   EXPECT_TRUE(Verify(Credential(kAdminKey, kAdminKeyId, client.Now())).ok());
   client.Advance(absl::Milliseconds(1));
   EXPECT_TRUE(RefusedFor(Verify(Credential(kAdminKey, kAdminKeyId, client.Now())),
-                         "from the daemon's clock"));
+                         "time is 2m0.001s ahead of the daemon's clock"));
 }
 
 TEST_F(AuthenticatorTest, ReplayWithinTheWindowIsRefused) {

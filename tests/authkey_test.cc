@@ -12,12 +12,15 @@ TEST(AuthkeyTest, HmacSha256MatchesRfc4231) {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
 }
 
-TEST(AuthkeyTest, HexRoundTripsAndRefusesNonHex) {
+TEST(AuthkeyTest, HexIsLowerCaseBothWays) {
   std::string bytes("\x00\x7f\x80\xff", 4);
   EXPECT_EQ(HexEncode(bytes), "007f80ff");
-  EXPECT_EQ(*HexDecode("007F80ff"), bytes);
-  EXPECT_FALSE(HexDecode("abc").ok());
-  EXPECT_FALSE(HexDecode("zz").ok());
+  EXPECT_EQ(*HexDecode("007f80ff"), bytes);
+  // One spelling per value: upper-case digits are refused, and say so.
+  EXPECT_EQ(HexDecode("007F80ff").status().message(),
+            "hex text has an upper-case digit (use 0-9a-f)");
+  EXPECT_EQ(HexDecode("abc").status().message(), "hex text has an odd length (3 characters)");
+  EXPECT_EQ(HexDecode("zz").status().message(), "hex text has a character outside 0-9a-f");
 }
 
 TEST(AuthkeyTest, CredentialVerifiesOnlyWithItsKeyAndMethod) {

@@ -347,14 +347,19 @@ TEST_F(CliTest, StatusJsonIsOneObject) {
   EXPECT_EQ(JsonField(json, "exitcode"), "-9");
 }
 
-TEST_F(CliTest, StatusJsonOfADaemonicProcessAndOfAChild) {
-  uint64_t daemonic = Start({"--daemon", "--", "/bin/sleep", "60"});
-  EXPECT_EQ(JsonField(StatusJson(daemonic), "daemon"), "true");
-  CliOk({"kill", absl::StrCat(daemonic)});
+TEST_F(CliTest, ADaemonicProcessStartedFromAShellIsRefusedForWantOfAParent) {
+  CommandResult refused = Cli({"start", "--daemon", "--", "/bin/sleep", "60"});
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_THAT(refused.err, HasSubstr("a daemonic process needs a parent that it ends with"));
+  EXPECT_THAT(refused.err, HasSubstr("proctor run --daemon"));
+  EXPECT_EQ(refused.out, "");
+  EXPECT_THAT(TableIds(CliOk({"ps", "--all"})), ::testing::IsEmpty()) << "no record was left";
+}
 
+TEST_F(CliTest, StatusJsonOfADaemonicChild) {
   // A worker runs the CLI itself: its own key (from its environment) makes it the parent.
   uint64_t parent = Start({"--", "/bin/sh", "-c",
-                           "\"$0\" start -- /bin/sleep 60 && exec /bin/sleep 60",
+                           "\"$0\" start --daemon -- /bin/sleep 60 && exec /bin/sleep 60",
                            PROCTOR_CLI_PATH});
   ASSERT_TRUE(WaitForOutput(parent, "\n"));
   std::string path = absl::StrCat(daemon_.state_dir(), "/logs/", parent, ".out");
@@ -363,7 +368,8 @@ TEST_F(CliTest, StatusJsonOfADaemonicProcessAndOfAChild) {
       << ReadFile(path) << ReadFile(absl::StrCat(daemon_.state_dir(), "/logs/", parent, ".err"));
   std::string json = StatusJson(child);
   EXPECT_EQ(JsonField(json, "parent"), absl::StrCat(parent));
-  EXPECT_EQ(JsonField(json, "name"), "\"Process-2:1\"");
+  EXPECT_EQ(JsonField(json, "daemon"), "true");
+  EXPECT_EQ(JsonField(json, "name"), "\"Process-1:1\"");
   EXPECT_EQ(JsonField(StatusJson(parent), "children"), absl::StrCat("[", child));
   // Terminating the parent ends what runs below it.
   CliOk({"terminate", absl::StrCat(parent)});

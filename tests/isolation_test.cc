@@ -9,7 +9,10 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <set>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -370,11 +373,39 @@ TEST(CredentialTest, AChildCannotActAsItsParent) {
   EXPECT_THAT(refused.status().message(), HasSubstr("may be read, not changed"));
   EXPECT_EQ(as_child->Status(sibling.id()).status().code(), absl::StatusCode::kPermissionDenied)
       << "a sibling is no ancestor";
+
+  // Watch shows it its ancestors' events too, and still nothing of its sibling's.
+  uint64_t cursor = 0;
+  ASSERT_TRUE(daemon.client().List({}, &cursor).ok());
+  v1::WatchRequest watch;
+  watch.set_since(cursor);
+  std::vector<v1::Event> seen;
+  std::stop_source give_up;
+  std::thread watcher([&] {
+    absl::Status watched = as_child->Watch(
+        watch,
+        [&](const v1::Event& event) {
+          seen.push_back(event);
+          return !(event.process().id() == parent.id() && event.type() == v1::EVENT_EXITED);
+        },
+        give_up.get_token());
+    EXPECT_TRUE(watched.ok()) << watched;
+  });
   // The parent's credential covers its children.
-  terminate.set_id(child.id());
+  terminate.set_id(sibling.id());
   EXPECT_TRUE(as_parent->Terminate(terminate).ok());
   terminate.set_id(parent.id());
   EXPECT_TRUE(daemon.client().Terminate(terminate).ok());
+  std::thread([&] {
+    // Bounds the wait should the parent's exit never reach the child's watch.
+    absl::SleepFor(absl::Seconds(20));
+    give_up.request_stop();
+  }).detach();
+  watcher.join();
+  std::set<uint64_t> ids;
+  for (const v1::Event& event : seen) ids.insert(event.process().id());
+  EXPECT_TRUE(ids.contains(parent.id())) << "the parent's exit did not reach the child's watch";
+  EXPECT_FALSE(ids.contains(sibling.id())) << "a sibling's events reached the child's watch";
 }
 
 TEST(WorkerUserTest, AWorkerRunsAsTheUserItIsStartedAs) {

@@ -411,7 +411,14 @@ TEST_F(LifecycleTest, RecordShowsResourceUsage) {
 
 TEST(ShutdownTest, DaemonShutdownLeavesNoProcessBehind) {
   TestDaemon daemon({"--shutdown-grace", "0.3"});
-  v1::Process daemonic = StartOk(daemon.client(), {"sleep", "100"}, /*daemon=*/true);
+  absl::StatusOr<std::unique_ptr<Session>> session = daemon.client().OpenSession();
+  ASSERT_TRUE(session.ok()) << session.status();
+  v1::StartRequest in_session;
+  in_session.set_target("sleep");
+  in_session.add_args("100");
+  in_session.set_daemon(true);
+  in_session.set_session((*session)->id());
+  v1::Process daemonic = *daemon.client().Start(in_session);
   v1::Process worker =
       StartOk(daemon.client(), {"/bin/sh", "-c", "trap '' TERM; echo ready; sleep 100"});
   v1::Process grandparent =

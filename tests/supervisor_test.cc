@@ -48,8 +48,10 @@ class SupervisorTest : public ::testing::Test {
     return info.value_or(ProcessInfo{});
   }
 
+  // A daemonic one in a session of its own, which outlives the test: it needs a parent.
   ProcessInfo StartTrue(bool daemon = false) {
-    return StartOk(StartSpec{.target = "/bin/true", .daemon = daemon});
+    uint64_t session = daemon ? *supervisor_->OpenSession(absl::Hours(1), [] {}) : 0;
+    return StartOk(StartSpec{.target = "/bin/true", .daemon = daemon, .session = session});
   }
 
   // Calls Join/Terminate and keeps what their callback delivers (nothing until it runs).
@@ -157,8 +159,19 @@ TEST_F(SupervisorTest, ChildrenAreNamedInheritKeysAndFormASubtree) {
   EXPECT_THAT(subtree, ElementsAre(child.id, grandchild.id));
 }
 
+TEST_F(SupervisorTest, DaemonicProcessesNeedAParentOrASession) {
+  absl::StatusOr<ProcessInfo> alone =
+      supervisor_->Start(StartSpec{.target = "/bin/true", .daemon = true});
+  EXPECT_EQ(alone.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(alone.status().message(),
+              HasSubstr("a daemonic process needs a parent that it ends with"));
+  EXPECT_TRUE(supervisor_->List({}).empty()) << "a refused start left a record";
+}
+
 TEST_F(SupervisorTest, DaemonicProcessesMayNotHaveChildren) {
-  ProcessInfo daemon = StartTrue(/*daemon=*/true);
+  ProcessInfo parent = StartTrue();
+  ProcessInfo daemon =
+      StartOk(StartSpec{.target = "/bin/true", .daemon = true, .parent_id = parent.id});
   absl::StatusOr<ProcessInfo> child =
       supervisor_->Start(StartSpec{.target = "/bin/true", .parent_id = daemon.id});
   EXPECT_EQ(child.status().code(), absl::StatusCode::kFailedPrecondition);

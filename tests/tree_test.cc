@@ -142,10 +142,12 @@ TEST_F(TreeTest, ProctorStartInsideAWorkerMakesAChild) {
 }
 
 TEST_F(TreeTest, DaemonicProcessesMayNotHaveChildren) {
-  Worker parent = StartWorker({"sleep", "100"}, /*daemon=*/true);
+  Worker parent = StartWorker({"sleep", "100"});
+  v1::Process daemonic = Child(*parent.client, {"sleep", "100"}, /*daemon=*/true);
+  std::unique_ptr<Client> as_daemonic = ClientOf(daemonic);
   v1::StartRequest request;
   request.set_target("/bin/true");
-  absl::StatusOr<v1::Process> child = parent.client->Start(request);
+  absl::StatusOr<v1::Process> child = as_daemonic->Start(request);
   EXPECT_EQ(child.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(child.status().message(), "daemonic processes are not allowed to have children");
   Terminate(parent.record.id());
@@ -234,6 +236,86 @@ TEST_F(TreeTest, ASessionWithoutKeepAlivesExpires) {
   EXPECT_FALSE(stream->Read(&opened));
   grpc::Status ended = stream->Finish();
   EXPECT_EQ(ended.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << ended.error_message();
+}
+
+// A raw Session stream, as a client of another language would hold it.
+struct RawSession {
+  RawSession(const TestDaemon& daemon)
+      : stub(v1::Proctor::NewStub(
+            grpc::CreateChannel(daemon.address(), grpc::InsecureChannelCredentials()))) {
+    std::string key = *ReadKeyFile(daemon.authkey_path(), false);
+    context.AddMetadata(kAuthMetadataKey,
+                        CallCredential::Make(key, kAdminKeyId, "Session",
+                                             absl::ToUnixMillis(absl::Now()))
+                            .Format());
+    stream = stub->Session(&context);
+  }
+  // Sends the first request; the session's id, or 0 if the daemon ended the stream.
+  uint64_t Open(const v1::SessionRequest& first) {
+    v1::SessionEvent opened;
+    if (!stream->Write(first) || !stream->Read(&opened)) return 0;
+    return opened.session();
+  }
+
+  std::unique_ptr<v1::Proctor::Stub> stub;
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionEvent>> stream;
+};
+
+TEST_F(TreeTest, ASessionKeptAliveEveryThirdOfItsTtlLastsAndEndsOkWhenClosed) {
+  RawSession raw(daemon_);
+  v1::SessionRequest open;
+  *open.mutable_ttl() = TimeUtil::MillisecondsToDuration(600);
+  uint64_t session = raw.Open(open);
+  ASSERT_NE(session, 0u);
+  v1::StartRequest request;
+  request.set_target("sleep");
+  request.add_args("100");
+  request.set_session(session);
+  request.set_daemon(true);
+  v1::Process daemonic = *client_.Start(request);
+  // Four times its ttl, kept alive with an empty request every third of it.
+  for (int i = 0; i < 12; ++i) {
+    absl::SleepFor(absl::Milliseconds(200));
+    ASSERT_TRUE(raw.stream->Write(v1::SessionRequest())) << "keep-alive " << i;
+  }
+  EXPECT_EQ(client_.Status(daemonic.id())->state(), v1::STATE_RUNNING);
+  // Closing its side ends it: OK, and its daemonic processes end with it.
+  ASSERT_TRUE(raw.stream->WritesDone());
+  grpc::Status closed = raw.stream->Finish();
+  EXPECT_TRUE(closed.ok()) << closed.error_message();
+  EXPECT_TRUE(EndsSoon(daemonic.id()));
+}
+
+TEST_F(TreeTest, ASessionRefusedOrEndedSaysWhy) {
+  {
+    RawSession raw(daemon_);
+    v1::SessionRequest open;
+    *open.mutable_ttl() = TimeUtil::MillisecondsToDuration(-5);
+    EXPECT_EQ(raw.Open(open), 0u);
+    grpc::Status status = raw.stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("ttl"));
+  }
+  {
+    RawSession raw(daemon_);
+    v1::SessionRequest resume;
+    resume.set_resume(999999);
+    EXPECT_EQ(raw.Open(resume), 0u);
+    EXPECT_EQ(raw.stream->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    // proctord stopping ends every session with UNAVAILABLE, and what ran in it.
+    TestDaemon stopping;
+    RawSession raw(stopping);
+    uint64_t session = raw.Open(v1::SessionRequest());
+    ASSERT_NE(session, 0u);
+    ASSERT_EQ(stopping.Stop(), 0);
+    v1::SessionEvent more;
+    EXPECT_FALSE(raw.stream->Read(&more));
+    grpc::Status status = raw.stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  }
 }
 
 TEST_F(TreeTest, KilledProctorRunLeavesNoDaemonicWorker) {
