@@ -9,6 +9,10 @@ packages=(
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev libssl-dev libcli11-dev nlohmann-json3-dev
   libsqlite3-dev zlib1g-dev
   python3-grpcio python3-protobuf openssl procps
+  # The Python client: built offline into a venv with Debian's setuptools and wheel.
+  python3-venv python3-setuptools python3-wheel
+  # The Debian packages: CPack's dependencies from dpkg-shlibdeps, which needs file.
+  dpkg-dev file
 )
 
 missing=()

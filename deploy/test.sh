@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test. Extra arguments go to ctest.
+# Installs what is missing, builds, runs every test, then builds, installs, exercises and
+# removes the Debian packages (deploy/package-test.sh). Extra arguments go to ctest.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -7,3 +8,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/install-deps.sh
 deploy/build.sh
 ctest --test-dir build --output-on-failure -j2 --timeout 300 "$@"
+deploy/package-test.sh

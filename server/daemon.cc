@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -571,13 +572,28 @@ std::string WorkerAddress(const std::vector<std::string>& listen) {
   return unix_socket != listen.end() ? *unix_socket : listen.front();
 }
 
-// The keeper is installed (and built) next to proctord.
-std::string DefaultKeeperPath() {
+// The keeper is built next to proctord, and installed in <libexecdir>/proctor:
+// PROCTOR_INSTALLED_KEEPER is its path relative to proctord's directory once installed
+// (server/CMakeLists.txt), so that an installed tree works wherever its prefix is.
+absl::StatusOr<std::string> FindKeeper() {
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return "proctor-keeper";
+  if (n <= 0) {
+    return absl::InternalError(absl::StrCat(
+        "cannot read /proc/self/exe to find proctor-keeper beside proctord: ",
+        std::strerror(errno)));
+  }
   std::string path(self, static_cast<size_t>(n));
-  return path.substr(0, path.rfind('/') + 1) + "proctor-keeper";
+  std::string directory = path.substr(0, path.rfind('/') + 1);
+  std::string beside = directory + "proctor-keeper";
+  std::string installed =
+      std::filesystem::path(directory + PROCTOR_INSTALLED_KEEPER).lexically_normal().string();
+  for (const std::string& candidate : {beside, installed}) {
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return absl::NotFoundError(absl::StrCat("no proctor-keeper beside proctord (", beside,
+                                          ") nor where it is installed (", installed,
+                                          "): install it with proctord"));
 }
 
 void SetUpLogging(const std::string& level) {
@@ -717,8 +733,12 @@ absl::Status Daemon::Init() {
 
 absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
   internal::Held held;
-  std::string keeper_path =
-      options_.keeper_path.empty() ? DefaultKeeperPath() : options_.keeper_path;
+  std::string keeper_path = options_.keeper_path;
+  if (keeper_path.empty()) {
+    absl::StatusOr<std::string> found = FindKeeper();
+    if (!found.ok()) return found.status();
+    keeper_path = *std::move(found);
+  }
   absl::StatusOr<std::unique_ptr<KeeperClient>> keeper =
       KeeperClient::Open(options_.state_dir, keeper_path, held);
   if (!keeper.ok()) return keeper.status();

@@ -62,7 +62,9 @@ struct DaemonOptions {
   std::string worker_user;     // empty: workers run as proctord's user unless Start says
   bool worker_cgroups = true;  // a cgroup per worker where cgroup v2 allows
   bool durable = false;        // the journal syncs each commit (power loss), not only writes
-  std::string keeper_path;     // empty: proctor-keeper next to proctord's own executable
+  // Empty: proctor-keeper beside proctord's own executable (the build tree), else where it is
+  // installed relative to it (<prefix>/libexec/proctor/proctor-keeper for <prefix>/bin/proctord).
+  std::string keeper_path;
   // Set by main() from RaiseDaemonPriority(): the nice value workers get back.
   std::optional<int> worker_nice;
 };
