@@ -26,6 +26,26 @@ std::string KeyName(uint64_t worker_id) {
 
 }  // namespace
 
+absl::string_view Authenticator::RefusalName(Refusal refusal) {
+  switch (refusal) {
+    case Refusal::kMissing:
+      return "missing";
+    case Refusal::kMalformed:
+      return "malformed";
+    case Refusal::kWrongKey:
+      return "wrong_key";
+    case Refusal::kOutsideWindow:
+      return "outside_window";
+    case Refusal::kReplayed:
+      return "replayed";
+    case Refusal::kPossiblyReplayed:
+      return "possibly_replayed";
+    case Refusal::kOverRate:
+      return "over_rate";
+  }
+  return "unknown";
+}
+
 size_t Authenticator::Budget::MaxNonces() const {
   // A key's memory holds what it was let through within one memory plus one slice; a token bucket
   // lets through at most burst + rate * length in any stretch of time.
@@ -52,21 +72,22 @@ void Authenticator::SetAdminKeys(std::vector<std::string> keys) {
 absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& credential,
                                              absl::string_view method, absl::string_view peer,
                                              std::string* proof) {
-  auto log_refusal = [&](absl::string_view why, absl::string_view key_id) {
+  auto log_refusal = [&](Refusal refusal, absl::string_view why, absl::string_view key_id) {
+    refusals_[static_cast<size_t>(refusal)].fetch_add(1, std::memory_order_relaxed);
     LogRefusal(absl::StrCat("refused ", method, " from ", peer,
                             key_id.empty() ? "" : absl::StrCat(" (key id ", key_id, ")"), ": ",
                             why));
     failures_.Refused(FailureBucket(credential, peer));
   };
-  auto refuse = [&](absl::string_view why, absl::string_view key_id) {
-    log_refusal(why, key_id);
+  auto refuse = [&](Refusal refusal, absl::string_view why, absl::string_view key_id) {
+    log_refusal(refusal, why, key_id);
     return absl::UnauthenticatedError(absl::StrCat("authentication failed: ", why));
   };
   if (!credential.has_value()) {
-    return refuse("the call carries no authkey proof (x-proctor-auth)", "");
+    return refuse(Refusal::kMissing, "the call carries no authkey proof (x-proctor-auth)", "");
   }
   absl::StatusOr<CallCredential> parsed = CallCredential::Parse(*credential);
-  if (!parsed.ok()) return refuse(parsed.status().message(), "");
+  if (!parsed.ok()) return refuse(Refusal::kMalformed, parsed.status().message(), "");
 
   Caller caller;
   caller.nonce_hex = parsed->nonce_hex;
@@ -84,12 +105,15 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
       caller.key = *std::move(key);
     }
   }
-  if (caller.key.empty()) return refuse("the key does not match", parsed->key_id);
+  if (caller.key.empty()) {
+    return refuse(Refusal::kWrongKey, "the key does not match", parsed->key_id);
+  }
 
   absl::Time now = clock_.Now();
   absl::Time sent = absl::FromUnixMillis(parsed->unix_millis);
   if (sent < now - kWindow || sent > now + kWindow) {
-    return refuse(absl::StrCat("the credential's time is more than ", absl::FormatDuration(kWindow),
+    return refuse(Refusal::kOutsideWindow,
+                  absl::StrCat("the credential's time is more than ", absl::FormatDuration(kWindow),
                                " from the daemon's clock (replayed, or clocks disagree)"),
                   parsed->key_id);
   }
@@ -106,9 +130,11 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     case NonceCheck::kFresh:
       break;
     case NonceCheck::kReplayed:
-      return refuse("the credential was used before (replayed)", parsed->key_id);
+      return refuse(Refusal::kReplayed, "the credential was used before (replayed)",
+                    parsed->key_id);
     case NonceCheck::kPossiblyReplayed:
       return refuse(
+          Refusal::kPossiblyReplayed,
           "the credential is older than what the daemon still remembers of this key's calls "
           "(possibly replayed); make a fresh one",
           parsed->key_id);
@@ -117,7 +143,7 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
       std::string why = absl::StrCat(KeyName(caller.worker_id), " made more than ",
                                      budget.per_second, " calls a second (bursts up to ",
                                      budget.burst, "); its calls are refused until it slows down");
-      log_refusal(why, parsed->key_id);
+      log_refusal(Refusal::kOverRate, why, parsed->key_id);
       return absl::ResourceExhaustedError(why);
     }
   }
