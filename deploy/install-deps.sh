@@ -7,12 +7,15 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libgtest-dev libgmock-dev libssl-dev libcli11-dev nlohmann-json3-dev
-  libsqlite3-dev zlib1g-dev
+  libsqlite3-dev zlib1g-dev libsystemd-dev libcivetweb-dev
   python3-grpcio python3-protobuf openssl procps
   # The Python client: built offline into a venv with Debian's setuptools and wheel.
   python3-venv python3-setuptools python3-wheel
   # The Debian packages: CPack's dependencies from dpkg-shlibdeps, which needs file.
   dpkg-dev file
+  # The tests: a scraper and Prometheus' parser for the metrics, YAML for the Kubernetes
+  # manifest.
+  curl python3-prometheus-client python3-yaml
 )
 
 missing=()

@@ -26,6 +26,30 @@ std::string KeyName(uint64_t worker_id) {
 
 }  // namespace
 
+absl::string_view Authenticator::RefusalName(Refusal refusal) {
+  switch (refusal) {
+    case Refusal::kMissing:
+      return "missing";
+    case Refusal::kMalformed:
+      return "malformed";
+    case Refusal::kWrongKey:
+      return "wrong_key";
+    case Refusal::kUnknownKeyId:
+      return "unknown_key_id";
+    case Refusal::kReleasedKey:
+      return "released_key";
+    case Refusal::kOutsideWindow:
+      return "outside_window";
+    case Refusal::kReplayed:
+      return "replayed";
+    case Refusal::kPossiblyReplayed:
+      return "possibly_replayed";
+    case Refusal::kOverRate:
+      return "over_rate";
+  }
+  return "unknown";
+}
+
 size_t Authenticator::Budget::MaxNonces() const {
   // A key's memory holds what it was let through within one memory plus one slice; a token bucket
   // lets through at most burst + rate * length in any stretch of time.
@@ -54,21 +78,22 @@ void Authenticator::SetAdminKeys(std::vector<std::string> keys) {
 absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& credential,
                                              absl::string_view method, absl::string_view peer,
                                              std::string* proof) {
-  auto log_refusal = [&](absl::string_view why, absl::string_view key_id) {
+  auto log_refusal = [&](Refusal refusal, absl::string_view why, absl::string_view key_id) {
+    refusals_[static_cast<size_t>(refusal)].fetch_add(1, std::memory_order_relaxed);
     LogRefusal(absl::StrCat("refused ", method, " from ", peer,
                             key_id.empty() ? "" : absl::StrCat(" (key id ", key_id, ")"), ": ",
                             why));
     failures_.Refused(FailureBucket(credential, peer));
   };
-  auto refuse = [&](absl::string_view why, absl::string_view key_id) {
-    log_refusal(why, key_id);
+  auto refuse = [&](Refusal refusal, absl::string_view why, absl::string_view key_id) {
+    log_refusal(refusal, why, key_id);
     return absl::UnauthenticatedError(absl::StrCat("authentication failed: ", why));
   };
   if (!credential.has_value()) {
-    return refuse("the call carries no credential (metadata x-proctor-auth)", "");
+    return refuse(Refusal::kMissing, "the call carries no credential (metadata x-proctor-auth)", "");
   }
   absl::StatusOr<CallCredential> parsed = CallCredential::Parse(*credential);
-  if (!parsed.ok()) return refuse(parsed.status().message(), "");
+  if (!parsed.ok()) return refuse(Refusal::kMalformed, parsed.status().message(), "");
 
   Caller caller;
   caller.nonce_hex = parsed->nonce_hex;
@@ -79,6 +104,7 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     }
     if (caller.key.empty()) {
       return refuse(
+          Refusal::kWrongKey,
           "the mac does not verify under any admin key of this daemon (a different key, or "
           "a message signed otherwise than the README's Authentication says)",
           parsed->key_id);
@@ -88,17 +114,17 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
     std::optional<std::string> key = worker_key_(worker);
     if (!key.has_value()) {
       if (id_issued_ != nullptr && !id_issued_(worker)) {
-        return refuse(absl::StrCat("unknown key id ", worker,
+        return refuse(Refusal::kUnknownKeyId, absl::StrCat("unknown key id ", worker,
                                    ": no process has had that id (a key id is proctor's "
                                    "process id, PROCTOR_ID, not an OS pid)"),
                       parsed->key_id);
       }
-      return refuse(absl::StrCat("key id ", worker, " names no process: process ", worker,
+      return refuse(Refusal::kReleasedKey, absl::StrCat("key id ", worker, " names no process: process ", worker,
                                  " has been released, and its key ended with its record"),
                     parsed->key_id);
     }
     if (!parsed->VerifiedBy(*key, method)) {
-      return refuse(absl::StrCat("the mac does not verify under the key of process ", worker,
+      return refuse(Refusal::kWrongKey, absl::StrCat("the mac does not verify under the key of process ", worker,
                                  " (a different key, or a message signed otherwise than the "
                                  "README's Authentication says)"),
                     parsed->key_id);
@@ -116,7 +142,7 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
   absl::Duration skew = absl::FromUnixMillis(parsed->unix_millis) - now;
   if (absl::AbsDuration(skew) > kWindow) {
     prove();
-    return refuse(absl::StrCat("the credential's time is ",
+    return refuse(Refusal::kOutsideWindow, absl::StrCat("the credential's time is ",
                                absl::FormatDuration(absl::AbsDuration(skew)),
                                skew > absl::ZeroDuration() ? " ahead of" : " behind",
                                " the daemon's clock; at most ", absl::FormatDuration(kWindow),
@@ -136,10 +162,12 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
       break;
     case NonceCheck::kReplayed:
       return refuse(
+          Refusal::kReplayed,
           "the credential was used before (replayed): every call needs a fresh nonce",
           parsed->key_id);
     case NonceCheck::kPossiblyReplayed:
       return refuse(
+          Refusal::kPossiblyReplayed,
           "the credential is older than what the daemon still remembers of this key's calls "
           "(possibly replayed); make a fresh one",
           parsed->key_id);
@@ -148,7 +176,7 @@ absl::StatusOr<Caller> Authenticator::Verify(const std::optional<std::string>& c
       std::string why = absl::StrCat(KeyName(caller.worker_id), " made more than ",
                                      budget.per_second, " calls a second (bursts up to ",
                                      budget.burst, "); its calls are refused until it slows down");
-      log_refusal(why, parsed->key_id);
+      log_refusal(Refusal::kOverRate, why, parsed->key_id);
       return absl::ResourceExhaustedError(why);
     }
   }

@@ -32,6 +32,7 @@
 #ifndef PROCTOR_SERVER_AUTHENTICATOR_H_
 #define PROCTOR_SERVER_AUTHENTICATOR_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -87,6 +88,26 @@ class Authenticator {
     size_t max_worker_nonces = size_t{1} << 19;
   };
 
+  // Why Verify refused a call, counted per reason (refusals()).
+  enum class Refusal {
+    kMissing,           // no credential
+    kMalformed,         // a credential that does not parse
+    kWrongKey,          // the key it names does not verify its mac
+    kUnknownKeyId,      // it names a process id never handed out
+    kReleasedKey,       // it names a process whose record was released
+    kOutsideWindow,     // its time is more than kWindow from ours
+    kReplayed,          // its nonce was seen
+    kPossiblyReplayed,  // older than what is remembered of a dropped key
+    kOverRate,          // the key went over its rate (RESOURCE_EXHAUSTED)
+  };
+  static constexpr Refusal kRefusals[] = {
+      Refusal::kMissing,      Refusal::kMalformed,   Refusal::kWrongKey,
+      Refusal::kUnknownKeyId, Refusal::kReleasedKey, Refusal::kOutsideWindow,
+      Refusal::kReplayed,     Refusal::kPossiblyReplayed, Refusal::kOverRate};
+  // A name for metrics: "missing", "malformed", "wrong_key", "unknown_key_id", "released_key",
+  // "outside_window", "replayed", "possibly_replayed", "over_rate".
+  static absl::string_view RefusalName(Refusal refusal);
+
   // `worker_key` returns a live record's key, or nothing for an unknown id.
   using WorkerKeyLookup = std::function<std::optional<std::string>(uint64_t id)>;
 
@@ -114,6 +135,11 @@ class Authenticator {
   // How long to hold back the refusal of a call that Verify just refused: counted per key id when
   // `credential` names the admin or a known worker, else per `peer`.
   absl::Duration FailureDelay(const std::optional<std::string>& credential, absl::string_view peer);
+
+  // How many calls were refused for `refusal` since the authenticator was made. Lock-free.
+  uint64_t refusals(Refusal refusal) const {
+    return refusals_[static_cast<size_t>(refusal)].load(std::memory_order_relaxed);
+  }
 
   // For tests: the nonces remembered for `key_id` ("admin" or a worker id), and for all worker
   // keys; how many worker keys are tracked.
@@ -181,6 +207,7 @@ class Authenticator {
   int64_t suppressed_lines_ ABSL_GUARDED_BY(log_mu_) = 0;
   // Whether suppressed_lines_ > 0, read without the lock by calls that pass.
   std::atomic<bool> has_suppressed_lines_{false};
+  std::array<std::atomic<uint64_t>, std::size(kRefusals)> refusals_{};
 };
 
 }  // namespace proctor

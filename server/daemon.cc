@@ -37,7 +37,12 @@
 #include "common/authkey.h"
 #include "common/default_paths.h"
 #include "common/environment_names.h"
+#include "google/protobuf/descriptor.h"
+#include "grpc/health/v1/health.pb.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/impl/server_builder_option.h"
+#include "grpcpp/impl/server_builder_plugin.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -127,6 +132,14 @@ void DeclareFlags(CLI::App& app, DaemonOptions& options) {
       ->type_name("ADDR")
       ->allow_extra_args(false)  // one address per --listen
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--health-listen", options.health_listen,
+                 "host:port of a plain-TCP gRPC server that answers grpc.health.v1.Health "
+                 "alone, for probes that cannot speak TLS (default: none)")
+      ->type_name("ADDR");
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "host:port to serve Prometheus metrics on, at /metrics over plain HTTP "
+                 "(default: none)")
+      ->type_name("ADDR");
   app.add_option("--state-dir", options.state_dir,
                  absl::StrCat("ids and captured output (default ", DefaultStateDir(), ")"))
       ->type_name("DIR");
@@ -191,6 +204,8 @@ void DeclareFlags(CLI::App& app, DaemonOptions& options) {
                "do not give each worker a cgroup of its own (escapees are then found in /proc)");
 }
 
+bool SplitHostPort(const std::string& address, std::string& host, std::string& port);
+
 // What needs more than one flag to judge, and the defaults that depend on the user.
 absl::Status FinishOptions(const CLI::App& app, DaemonOptions& options) {
   std::vector<std::string> extras = app.remaining();
@@ -204,6 +219,15 @@ absl::Status FinishOptions(const CLI::App& app, DaemonOptions& options) {
   }
   for (const std::string& address : options.listen) {
     if (address.empty()) return absl::InvalidArgumentError("--listen needs an address");
+  }
+  for (auto [flag, address] : {std::pair{"--health-listen", &options.health_listen},
+                                std::pair{"--metrics-listen", &options.metrics_listen}}) {
+    std::string host, port;
+    if (!address->empty() && !SplitHostPort(*address, host, port)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          flag, " wants host:port (an address or name, [v6 address]:port, or :port for all), "
+                "not \"", *address, "\""));
+    }
   }
   if (options.tls_cert.empty() != options.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
@@ -352,6 +376,25 @@ void SetPort(sockaddr* addr, uint16_t port) {
   } else {
     reinterpret_cast<sockaddr_in*>(addr)->sin_port = htons(port);
   }
+}
+
+// Keeps server reflection out of a server: linking libgrpc++_reflection adds it to every one.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const std::unique_ptr<grpc::ServerBuilderPlugin>& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
+
+// The address a TCP socket is bound to, "host:port" or "[host]:port".
+std::string BoundAddressText(int fd) {
+  sockaddr_storage addr{};
+  socklen_t length = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) return "?";
+  return SocketAddressText(reinterpret_cast<sockaddr*>(&addr));
 }
 
 // One listening TCP socket on `addr`, non-blocking and close-on-exec; an IPv6 one takes IPv6
@@ -670,6 +713,22 @@ absl::Status Daemon::Init() {
   if (!admin_keys.ok()) return admin_keys.status();
 
   if (absl::Status s = OpenEvents(); !s.ok()) return s;
+  notifier_ = std::make_unique<SystemdNotifier>(clock_, *loop_, [this] { return StatusLine(); });
+  if (!options_.metrics_listen.empty()) {
+    std::vector<std::string> methods;
+    for (const char* name : {v1::Proctor::service_full_name(), v1::Sync::service_full_name()}) {
+      const google::protobuf::ServiceDescriptor* service =
+          google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
+      for (int i = 0; service != nullptr && i < service->method_count(); ++i) {
+        methods.push_back(absl::StrCat("/", name, "/", service->method(i)->name()));
+      }
+    }
+    metrics_ = std::make_unique<Metrics>(methods, [this] { return MetricsGauges(); });
+  }
+  event_recorder_->SetObserver([this](const std::vector<SupervisorEvent>& events) {
+    if (metrics_ != nullptr) metrics_->CountEvents(events);
+    notifier_->StatusChanged();
+  });
   capture_files_ = std::make_unique<CaptureFiles>(log_dir_, options_.capture_spares);
   if (absl::Status s = OpenWorkers(original_descriptors); !s.ok()) return s;
   authenticator_ = std::make_unique<Authenticator>(
@@ -857,9 +916,39 @@ absl::Status Daemon::OpenWorkers(const rlimit& original_descriptors) {
 }
 
 absl::Status Daemon::StartServer() {
+  // gRPC's own grpc.health.v1.Health in every server built from here on: SERVING ("" and
+  // each service) from the first call it answers, which comes after the workers were taken
+  // back; NOT_SERVING once stopping (SetNotServing).
+  grpc::EnableDefaultHealthCheckService(true);
+  if (!options_.health_listen.empty()) {
+    grpc::ServerBuilder health_builder;
+    health_builder.SetOption(std::make_unique<WithoutReflection>());
+    // Gives the server a service of its own to be started with: gRPC's health service is added
+    // only later. Every other method is UNIMPLEMENTED, as with no service at all.
+    health_builder.RegisterCallbackGenericService(&health_unimplemented_);
+    if (absl::Status s = Listen(options_.health_listen, health_builder, /*health=*/true);
+        !s.ok()) {
+      return s;
+    }
+    health_server_ = health_builder.BuildAndStart();
+    if (health_server_ == nullptr) {
+      return absl::UnavailableError("cannot start the health server (see the log above)");
+    }
+  }
+  // Server reflection (grpc.reflection.v1alpha), so that grpcurl and the like can list and
+  // describe the services. Like health, it answers without an authkey: it shows the public
+  // schema only. The health service's descriptor is linked in so that it can be described too.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::health::v1::HealthCheckRequest::descriptor();
+
   grpc::ServerBuilder builder;
   for (const std::string& address : options_.listen) {
-    if (absl::Status s = Listen(address, builder); !s.ok()) return s;
+    if (absl::Status s = Listen(address, builder, /*health=*/false); !s.ok()) return s;
+  }
+  if (metrics_ != nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> timers;
+    timers.push_back(metrics_->RpcInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(timers));
   }
   builder.RegisterService(service_.get());
   builder.RegisterService(sync_->service());
@@ -867,15 +956,67 @@ absl::Status Daemon::StartServer() {
   if (server_ == nullptr) {
     return absl::UnavailableError("cannot start the gRPC server (see the log above)");
   }
+  for (const grpc::Server* server : {server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    for (const char* name : {v1::Proctor::service_full_name(), v1::Sync::service_full_name()}) {
+      server->GetHealthCheckService()->SetServingStatus(name, true);
+    }
+  }
+  if (absl::Status s = StartMetrics(); !s.ok()) return s;
   // The callbacks run once Run() runs the loop; until then connections wait in the backlog.
   return WatchListeners();
 }
 
-absl::Status Daemon::Listen(const std::string& address, grpc::ServerBuilder& builder) {
+absl::Status Daemon::StartMetrics() {
+  if (metrics_ == nullptr) return absl::OkStatus();
+  std::string host, port;
+  SplitHostPort(options_.metrics_listen, host, port);  // checked with the flags
+  absl::StatusOr<std::unique_ptr<MetricsServer>> server =
+      MetricsServer::Start(host, port, [metrics = metrics_.get()] { return metrics->Render(); });
+  if (!server.ok()) return server.status();
+  metrics_server_ = *std::move(server);
+  spdlog::info("metrics on http://{}/metrics", metrics_server_->address());
+  return absl::OkStatus();
+}
+
+std::string Daemon::StatusLine() {
+  SupervisorCounts counts = supervisor_->Counts();
+  return absl::StrCat(counts.running, " running, ", counts.backoff, " in backoff, ", counts.joins,
+                      " joins waiting, ", event_log_->WatcherCount(), " watchers");
+}
+
+Metrics::Gauges Daemon::MetricsGauges() {
+  Metrics::Gauges gauges{.processes = supervisor_->Counts(),
+                         .watchers = event_log_->WatcherCount()};
+  for (Authenticator::Refusal refusal : Authenticator::kRefusals) {
+    gauges.auth_refusals.emplace_back(Authenticator::RefusalName(refusal),
+                                      authenticator_->refusals(refusal));
+  }
+  return gauges;
+}
+
+void Daemon::SetNotServing() {
+  for (grpc::Server* server : {server_.get(), health_server_.get()}) {
+    // Every service, and what asks of them from now on, NOT_SERVING: watchers are told.
+    if (server != nullptr) server->GetHealthCheckService()->Shutdown();
+  }
+}
+
+absl::Status Daemon::Listen(const std::string& address, grpc::ServerBuilder& builder,
+                            bool health) {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   std::vector<int> fds;
   const bool tcp = !absl::StartsWith(address, "unix:");
-  if (tcp) {
+  if (health) {
+    // Plain TCP on purpose: Kubernetes' gRPC probes speak nothing else, and this server
+    // answers grpc.health.v1.Health alone.
+    credentials = grpc::InsecureServerCredentials();
+    absl::StatusOr<std::vector<int>> bound = ListenTcp(address);
+    if (!bound.ok()) return bound.status();
+    fds = *std::move(bound);
+    spdlog::info("health checks (grpc.health.v1.Health alone, plain TCP) on {}",
+                 BoundAddressText(fds.front()));
+  } else if (tcp) {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
         TcpCredentials(options_, address);
     if (!tls.ok()) return tls.status();
@@ -895,8 +1036,11 @@ absl::Status Daemon::Listen(const std::string& address, grpc::ServerBuilder& bui
   acceptors_.push_back(builder.experimental().AddExternalConnectionAcceptor(
       grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, credentials));
   for (int fd : fds) {
-    listeners_.push_back(
-        Listener{.address = address, .fd = fd, .tcp = tcp, .acceptor = acceptors_.back().get()});
+    listeners_.push_back(Listener{.address = address,
+                                  .fd = fd,
+                                  .tcp = tcp,
+                                  .health = health,
+                                  .acceptor = acceptors_.back().get()});
   }
   return absl::OkStatus();
 }
@@ -904,7 +1048,7 @@ absl::Status Daemon::Listen(const std::string& address, grpc::ServerBuilder& bui
 absl::Status Daemon::WatchListeners() {
   for (size_t i = 0; i < listeners_.size(); ++i) {
     Listener& listener = listeners_[i];
-    if (listener.watched) continue;
+    if (listener.watched || listener.fd < 0) continue;
     if (absl::Status s = loop_->Watch(listener.fd, [this, i] { OnAcceptable(i); }); !s.ok()) {
       return s;
     }
@@ -920,12 +1064,20 @@ void Daemon::UnwatchListeners() {
   }
 }
 
-void Daemon::CloseListeners() {
-  if (accept_retry_ != 0) loop_->Cancel(accept_retry_);
-  accept_retry_ = 0;
-  UnwatchListeners();
-  for (const Listener& listener : listeners_) close(listener.fd);
-  listeners_.clear();
+void Daemon::CloseListeners(bool health_too) {
+  if (health_too) {
+    if (accept_retry_ != 0) loop_->Cancel(accept_retry_);
+    accept_retry_ = 0;
+  }
+  for (Listener& listener : listeners_) {
+    if (listener.fd < 0 || (listener.health && !health_too)) continue;
+    if (listener.watched) loop_->Unwatch(listener.fd);
+    listener.watched = false;
+    close(listener.fd);
+    // Kept with no descriptor: the watch callbacks of the others name them by index.
+    listener.fd = -1;
+  }
+  if (health_too) listeners_.clear();
 }
 
 void Daemon::OnAcceptable(size_t index) {
@@ -985,7 +1137,7 @@ void Daemon::PauseAccepting(const Listener& listener, int err) {
 
 void Daemon::ResumeAccepting() {
   accept_retry_ = 0;
-  if (stopping_) return;
+  // While stopping, only the health listeners are left to watch again.
   if (absl::Status s = WatchListeners(); !s.ok()) {
     spdlog::error("cannot watch the listeners again, retrying: {}", std::string(s.message()));
     UnwatchListeners();
@@ -995,11 +1147,15 @@ void Daemon::ResumeAccepting() {
 
 Daemon::~Daemon() {
   // Before the server: nothing may be handed to it once it is shut down.
-  if (loop_ != nullptr) CloseListeners();
+  if (loop_ != nullptr) CloseListeners(/*health_too=*/true);
   if (server_ != nullptr) {
     // After Run(), a no-op. Before, no connection was ever taken (the loop takes them).
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
+  }
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_->Wait();
   }
   RemoveSocketFiles();
   if (signal_fd_ >= 0) {
@@ -1011,10 +1167,19 @@ Daemon::~Daemon() {
 int Daemon::Run() {
   spdlog::info("proctord listening on {}; state in {}", absl::StrJoin(options_.listen, ", "),
                options_.state_dir);
+  // From the loop, once it turns: connections are taken from here on, the workers of an
+  // earlier proctord were taken back by Create.
+  loop_->Post([this] { notifier_->Ready(); });
   loop_->Run();
   if (stopper_.joinable()) stopper_.join();
   server_->Wait();
   RemoveSocketFiles();
+  // It answered NOT_SERVING until now, while the workers were ended.
+  CloseListeners(/*health_too=*/true);
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_->Wait();
+  }
   if (restarting_) {
     spdlog::info("proctord stopped serving; starting again");
     // Every thread blocks it, so it stays pending across the exec, for the next proctord.
@@ -1048,9 +1213,12 @@ void Daemon::OnSignals() {
         os_->OnSigchld();
         break;
       case DaemonSignal::kReload:
+        if (!stopping_) notifier_->Reloading("reloading the admin keys and the services");
         ReloadAdminKeys();
         // The outcome is logged by the manager.
-        if (!stopping_) services_->Apply([](const v1::ReloadResponse&) {});
+        if (!stopping_) {
+          services_->Apply([this](const v1::ReloadResponse&) { notifier_->Ready(); });
+        }
         break;
       case DaemonSignal::kStop:
         if (!stopping_) {
@@ -1123,6 +1291,8 @@ absl::Status Daemon::OpenEvents() {
 
 void Daemon::BeginStop() {
   stopping_ = true;
+  notifier_->Stopping(absl::StrCat("stopping: ending ", supervisor_->Counts().running,
+                                   " workers"));
   spdlog::info("asked to stop: no new calls; ending workers");
   // Watch streams would hold the server's shutdown up.
   if (size_t watchers = event_log_->WatcherCount(); watchers > 0) {
@@ -1131,9 +1301,10 @@ void Daemon::BeginStop() {
   event_log_->EndAll(absl::UnavailableError("proctord is shutting down; watch again from your "
                                             "last cursor once it is back"));
   sync_->table().EndWaits(absl::UnavailableError("proctord is shutting down"));
+  SetNotServing();
   // On the loop thread, before the server's shutdown starts: no connection is handed to it
-  // afterwards.
-  CloseListeners();
+  // afterwards. The health listeners stay, to answer NOT_SERVING until the end.
+  CloseListeners(/*health_too=*/false);
   // Server::Shutdown waits for handlers; it must not run on the loop thread. The loop runs on
   // until both the calls and the workers are done: calls still in flight may be waiting on
   // its timers (held-back refusals, log follows).
@@ -1147,13 +1318,16 @@ void Daemon::BeginStop() {
 void Daemon::BeginRestart() {
   stopping_ = true;
   restarting_ = true;
+  // The same main pid comes back with READY=1 (SIGUSR2: proctord executes itself again).
+  notifier_->Reloading("restarting in place; the workers live on");
   spdlog::info("asked to restart: no new calls; the workers live on with the keeper");
   event_log_->EndAll(absl::UnavailableError(
       "proctord is restarting; watch again from your last cursor once it is back"));
   // Sync objects live on (the keeper keeps them), their waiters do not.
   sync_->table().EndWaits(absl::UnavailableError(
       "proctord is restarting; the sync object is kept: call again once it is back"));
-  CloseListeners();
+  SetNotServing();
+  CloseListeners(/*health_too=*/false);
   stopper_ = std::thread([this] {
     // Calls in flight (Join, Logs --follow) end now; their clients call again.
     server_->Shutdown(std::chrono::system_clock::now());

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "server/authenticator.h"
@@ -28,17 +29,25 @@
 #include "server/keeper_client.h"
 #include "server/posix_process_os.h"
 #include "server/log_trimmer.h"
+#include "server/metrics.h"
+#include "server/metrics_server.h"
 #include "server/notify_sockets.h"
 #include "server/proctor_service.h"
 #include "server/service_manager.h"
 #include "server/supervisor.h"
 #include "server/sync_service.h"
+#include "server/systemd_notifier.h"
 
 namespace proctor {
 
 struct DaemonOptions {
   // "unix:/path" or "host:port"; empty: the default socket.
   std::vector<std::string> listen;
+  // "host:port" of a plain-TCP server that answers grpc.health.v1.Health alone (for probes
+  // that cannot speak TLS); empty: none.
+  std::string health_listen;
+  // "host:port" of the Prometheus metrics endpoint (/metrics over HTTP); empty: none.
+  std::string metrics_listen;
   std::string state_dir;  // empty: the default state directory
   std::string services_dir;  // declared services (ServiceManager); empty: the default
   size_t retain = 10000;
@@ -124,6 +133,13 @@ DescriptorBudget BudgetDescriptors(size_t limit);
 // Declared services (--services) are applied once the workers of an earlier proctord have
 // been taken back and before the server answers its first call.
 //
+// Operating it: every server answers gRPC's grpc.health.v1.Health (SERVING from the first call
+// it answers; NOT_SERVING once a stop or a restart begins, which --health-listen's server
+// answers until Run returns) and the main one server reflection, both without an authkey (the
+// serving state and the public schema; every other call authenticates). The service manager
+// hears READY=1, STATUS=, WATCHDOG=1, RELOADING=1 and STOPPING=1 (SystemdNotifier), and
+// --metrics-listen serves Prometheus' /metrics (Metrics, MetricsServer).
+//
 // SIGCHLD, SIGTERM, SIGINT and SIGHUP are read from a signalfd, so REQUIRES:
 // BlockDaemonSignals() was called before any thread of the process was started. SIGHUP
 // reloads the admin keys (a file that fails to load leaves the old keys in force) and applies
@@ -158,15 +174,20 @@ class Daemon {
     int fd = -1;
     bool tcp = false;
     bool watched = false;
+    bool health = false;  // --health-listen's: open until Run ends, to answer NOT_SERVING
     grpc::experimental::ExternalConnectionAcceptor* acceptor = nullptr;
   };
-  // Binds one --listen address: its sockets are added to listeners_ (a Unix socket file also
-  // to socket_paths_) as they are made, so that the destructor undoes a failure half-way.
-  absl::Status Listen(const std::string& address, grpc::ServerBuilder& builder);
-  // On the loop thread (or before Run): accepting starts, stops.
+  // Binds one --listen address (or, with `health`, the --health-listen one, plain TCP): its
+  // sockets are added to listeners_ (a Unix socket file also to socket_paths_) as they are
+  // made, so that the destructor undoes a failure half-way.
+  absl::Status Listen(const std::string& address, grpc::ServerBuilder& builder, bool health);
+  // On the loop thread (or before Run): accepting starts, stops. Closed listeners stay in
+  // listeners_ without a descriptor until all are closed (`health_too`).
   absl::Status WatchListeners();
   void UnwatchListeners();
-  void CloseListeners();
+  void CloseListeners(bool health_too);
+  // Every health service (both servers) answers NOT_SERVING from now on.
+  void SetNotServing();
   void OnAcceptable(size_t index);
   // Out of descriptors (or another error of the listener, not of one connection): connections
   // wait in the backlog; accept is tried again after kAcceptRetry.
@@ -186,6 +207,10 @@ class Daemon {
   // On the loop thread, once each for the gRPC server and the supervisor.
   void OnStopped();
   void RemoveSocketFiles();
+  // The counts for the service manager's STATUS= line and for metrics.
+  std::string StatusLine();
+  Metrics::Gauges MetricsGauges();
+  absl::Status StartMetrics();
 
   const DaemonOptions options_;
   const std::string log_dir_;
@@ -199,6 +224,10 @@ class Daemon {
   std::unique_ptr<Journal> journal_;
   std::unique_ptr<EventLog> event_log_;
   std::unique_ptr<EventRecorder> event_recorder_;
+  // Told of the events from the start (the supervisor's restore has some); they read the
+  // supervisor, the event log and the authenticator only once the loop runs or a scrape comes.
+  std::unique_ptr<SystemdNotifier> notifier_;
+  std::unique_ptr<Metrics> metrics_;  // --metrics-listen; null without
   Supervisor* supervisor_for_events_ = nullptr;  // set once the supervisor exists
   EventRecorder::Rebuilt rebuilt_;  // what the journal held at start
   std::unique_ptr<PosixProcessOs> os_;
@@ -221,6 +250,10 @@ class Daemon {
   std::vector<std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor>> acceptors_;
   std::vector<Listener> listeners_;
   std::unique_ptr<grpc::Server> server_;
+  grpc::CallbackGenericService health_unimplemented_;  // health_server_'s other methods
+  std::unique_ptr<grpc::Server> health_server_;  // --health-listen; null without
+  // Last, so destroyed first: its scrapes read most of the above.
+  std::unique_ptr<MetricsServer> metrics_server_;
   int signal_fd_ = -1;
 
   // Runs Server::Shutdown, which waits for handlers and so must not run on the loop thread.

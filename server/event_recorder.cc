@@ -102,6 +102,7 @@ absl::Status EventRecorder::Record(const std::vector<SupervisorEvent>& events) {
     spdlog::error("events {}..{} not published: {}", events.front().cursor,
                   events.back().cursor, std::string(published.message()));
   }
+  if (observer_) observer_(events);
   since_compaction_ += events.size();
   if (journal_ != nullptr && since_compaction_ >= compact_every_) {
     since_compaction_ = 0;

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -34,6 +35,11 @@ class EventRecorder final : public EventSink {
 
   absl::Status Record(const std::vector<SupervisorEvent>& events) override;
 
+  // Told of each batch once it is recorded (metrics, the service manager's status line), on
+  // Record's thread. Set before the supervisor reports its first event.
+  using Observer = std::function<void(const std::vector<SupervisorEvent>& events)>;
+  void SetObserver(Observer observer) { observer_ = std::move(observer); }
+
   // The event as Watch sends it.
   static v1::Event ToProto(const SupervisorEvent& event);
   // A record as an event carried it (the inverse of the service's ToProto).
@@ -53,6 +59,7 @@ class EventRecorder final : public EventSink {
   const Retained retained_;
   const size_t compact_every_;
   size_t since_compaction_ = 0;
+  Observer observer_;
 };
 
 }  // namespace proctor

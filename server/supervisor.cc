@@ -1731,6 +1731,18 @@ std::vector<uint64_t> Supervisor::OpenSessions() {
   return open;
 }
 
+SupervisorCounts Supervisor::Counts() {
+  absl::MutexLock lock(&mu_);
+  SupervisorCounts counts{.running = live_count_ + starting_.size(),
+                          .ended = ended_count_,
+                          .sessions = sessions_.size()};
+  for (const auto& [id, record] : records_) {
+    if (record.info.backoff) ++counts.backoff;
+    counts.joins += record.joiners.size();
+  }
+  return counts;
+}
+
 void Supervisor::CloseSession(uint64_t session) {
   Outbox out(*this);
   absl::MutexLock lock(&mu_);

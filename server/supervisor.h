@@ -212,6 +212,15 @@ struct TerminateOptions {
   bool tree = true;   // reach every descendant, not only the process's own group
 };
 
+// How many of each there are now (Supervisor::Counts).
+struct SupervisorCounts {
+  size_t running = 0;   // live workers, launches in flight included
+  size_t backoff = 0;   // ended runs waiting to run again under a restart policy
+  size_t ended = 0;     // ended records kept
+  size_t joins = 0;     // Join calls waiting for an exit
+  size_t sessions = 0;  // open sessions
+};
+
 struct SupervisorOptions {
   std::string log_dir;                // captured output: <log_dir>/<id>.out and .err
   size_t retain = 10000;              // ended records kept
@@ -350,6 +359,8 @@ class Supervisor {
 
   // The sessions open now.
   std::vector<uint64_t> OpenSessions();
+  // Takes the lock and looks at every record: for status lines and metrics, not for each call.
+  SupervisorCounts Counts();
   // Ends a session now (its daemonic processes are terminated); no-op when already ended.
   void CloseSession(uint64_t session);
 

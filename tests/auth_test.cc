@@ -31,11 +31,14 @@
 #include "common/authkey.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.h"
+#include "google/protobuf/descriptor_database.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proctor/v1/proctor.grpc.pb.h"
+#include "proctor/v1/sync.grpc.pb.h"
+#include "tests/standard_services_client.h"
 #include "tests/test_daemon.h"
 
 namespace proctor::testing {
@@ -285,19 +288,51 @@ grpc::Status CallWithoutKey(grpc::GenericStub& stub,
 // ------------------------------------------------------------------------------------------
 // Calls without a key, or with the wrong one
 
+// Every method of every service the daemon serves, as server reflection lists them, but for
+// gRPC's health and reflection services, which answer anyone on purpose (they show the serving
+// state and the public schema; see README, "Operating proctord"). A service added without
+// authentication fails here.
 TEST(AuthTest, EveryRpcRefusesACallWithoutKey) {
   TestDaemon daemon;
-  const google::protobuf::ServiceDescriptor* service =
-      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
-          v1::Proctor::service_full_name());
-  ASSERT_NE(service, nullptr);
-  ASSERT_GT(service->method_count(), 0);
+  absl::StatusOr<std::vector<std::string>> services = ListServices(PlainChannel(daemon.address()));
+  ASSERT_TRUE(services.ok()) << services.status();
+  EXPECT_THAT(*services, ::testing::IsSupersetOf(std::vector<std::string>{
+                             v1::Proctor::service_full_name(), v1::Sync::service_full_name()}));
+  const std::set<std::string> open = {"grpc.health.v1.Health",
+                                      "grpc.reflection.v1alpha.ServerReflection"};
+  // The methods as the daemon describes them, so that this test knows of any service added.
+  google::protobuf::SimpleDescriptorDatabase described;
+  std::set<std::string> files;
+  for (const std::string& name : *services) {
+    absl::StatusOr<std::vector<google::protobuf::FileDescriptorProto>> defined =
+        FileContainingSymbol(PlainChannel(daemon.address()), name);
+    ASSERT_TRUE(defined.ok()) << name << ": " << defined.status();
+    for (const google::protobuf::FileDescriptorProto& file : *defined) {
+      if (files.insert(file.name()).second) described.Add(file);
+    }
+  }
+  google::protobuf::DescriptorPool pool(&described);
+  std::vector<const google::protobuf::MethodDescriptor*> methods;
+  for (const std::string& name : *services) {
+    if (open.contains(name)) continue;
+    const google::protobuf::ServiceDescriptor* service = pool.FindServiceByName(name);
+    ASSERT_NE(service, nullptr) << name << ": not described by reflection";
+    ASSERT_GT(service->method_count(), 0);
+    for (int i = 0; i < service->method_count(); ++i) methods.push_back(service->method(i));
+  }
   grpc::GenericStub stub(grpc::CreateChannel(daemon.address(), grpc::InsecureChannelCredentials()));
-  for (int i = 0; i < service->method_count(); ++i) {
-    const google::protobuf::MethodDescriptor& method = *service->method(i);
-    SCOPED_TRACE(method.full_name());
-    int messages = 0;
-    grpc::Status status = CallWithoutKey(stub, method, &messages);
+  // All at once: refusals are held back longer and longer one after the other.
+  std::vector<std::future<std::pair<grpc::Status, int>>> calls;
+  for (const google::protobuf::MethodDescriptor* method : methods) {
+    calls.push_back(std::async(std::launch::async, [&stub, method] {
+      int messages = 0;
+      grpc::Status status = CallWithoutKey(stub, *method, &messages);
+      return std::pair(status, messages);
+    }));
+  }
+  for (size_t i = 0; i < methods.size(); ++i) {
+    SCOPED_TRACE(methods[i]->full_name());
+    auto [status, messages] = calls[i].get();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
     EXPECT_THAT(status.error_message(), HasSubstr("x-proctor-auth"));
     EXPECT_EQ(messages, 0);

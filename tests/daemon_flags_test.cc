@@ -55,6 +55,29 @@ void ExpectSameOptions(const DaemonOptions& actual, const DaemonOptions& expecte
   EXPECT_EQ(actual.tls_client_ca, expected.tls_client_ca);
   EXPECT_EQ(actual.insecure_tcp, expected.insecure_tcp);
   EXPECT_EQ(actual.worker_nice, expected.worker_nice);
+  EXPECT_EQ(actual.health_listen, expected.health_listen);
+  EXPECT_EQ(actual.metrics_listen, expected.metrics_listen);
+}
+
+TEST(DaemonFlagsTest, HealthAndMetricsListenTakeHostAndPort) {
+  DaemonOptions none = ParseOk({});
+  EXPECT_EQ(none.health_listen, "");
+  EXPECT_EQ(none.metrics_listen, "");
+  for (const std::string address : {"127.0.0.1:9464", ":9464", "[::1]:0", "localhost:80"}) {
+    SCOPED_TRACE(address);
+    EXPECT_EQ(ParseOk({"--metrics-listen", address}).metrics_listen, address);
+    EXPECT_EQ(ParseOk({"--health-listen=" + address}).health_listen, address);
+  }
+  for (const std::string bad : {"9464", "localhost", "host:port", "::1:9464", "[::1]", "h:99999",
+                                "unix:/run/metrics.sock"}) {
+    SCOPED_TRACE(bad);
+    absl::Status refused = ParseError({"--metrics-listen", bad});
+    EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+    EXPECT_THAT(refused.message(), HasSubstr("--metrics-listen wants host:port"));
+    EXPECT_THAT(refused.message(), HasSubstr("\"" + bad + "\""));
+    EXPECT_THAT(ParseError({"--health-listen", bad}).message(),
+                HasSubstr("--health-listen wants host:port"));
+  }
 }
 
 TEST(DaemonFlagsTest, DefaultsWithoutFlags) {

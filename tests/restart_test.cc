@@ -282,6 +282,13 @@ TEST(ServiceUnitTest, ACrashRestartKeepsTheWorkersAndStopEndsThem) {
   EXPECT_EQ(settings["KillSignal"], "SIGTERM");
   EXPECT_EQ(settings["Restart"], "on-failure");
   EXPECT_THAT(unit, HasSubstr("--signal=SIGUSR2"));
+  // sd_notify (systemd_notify_test.cc): readiness and a watchdog from proctord alone.
+  EXPECT_EQ(settings["Type"], "notify");
+  EXPECT_EQ(settings["NotifyAccess"], "main");
+  int watchdog_seconds = 0;
+  EXPECT_TRUE(absl::SimpleAtoi(settings["WatchdogSec"], &watchdog_seconds) &&
+              watchdog_seconds > 0)
+      << "WatchdogSec=" << settings["WatchdogSec"];
 }
 
 // The records a client sees: every exit code is the one the worker chose (its last argument),

@@ -171,7 +171,8 @@ TempDir::~TempDir() {
 }
 
 TestDaemon::TestDaemon(std::vector<std::string> flags,
-                       std::optional<std::pair<uint64_t, uint64_t>> nofile) {
+                       std::optional<std::pair<uint64_t, uint64_t>> nofile,
+                       std::vector<std::string> extra_env) {
   std::string socket = dir_.path() + "/proctord.sock";
   address_ = "unix:" + socket;
   state_dir_ = dir_.path() + "/state";
@@ -213,7 +214,7 @@ TestDaemon::TestDaemon(std::vector<std::string> flags,
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 2, log_path_.c_str(),
                                    O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  pid_ = Spawn(args, {}, actions);
+  pid_ = Spawn(args, extra_env, actions);
   posix_spawn_file_actions_destroy(&actions);
   bool up = pid_ > 0 && WaitFor([&] {
     int raw;
@@ -283,6 +284,23 @@ bool TestDaemon::Restarted(absl::Duration limit) {
 }
 
 std::string TestDaemon::Log() const { return ReadFile(log_path_); }
+
+std::string TestDaemon::LoggedAfter(const std::string& prefix, const std::string& end,
+                                    absl::Duration limit) const {
+  std::string found;
+  WaitFor(
+      [&] {
+        std::string log = Log();
+        size_t at = log.find(prefix);
+        if (at == std::string::npos) return false;
+        at += prefix.size();
+        size_t stop = std::min(log.find(end, at), log.find('\n', at));
+        found = log.substr(at, stop == std::string::npos ? std::string::npos : stop - at);
+        return true;
+      },
+      limit);
+  return found;
+}
 
 std::vector<std::string> TestDaemon::CliArgv(const std::vector<std::string>& args) const {
   std::vector<std::string> argv = {PROCTOR_CLI_PATH, "--address", address_};

@@ -55,8 +55,10 @@ class TestDaemon {
   // --state-dir, --services or a unix: --listen among them is used instead of the temporary
   // one (a restart on the same ones). With `nofile` ({soft, hard}), proctord
   // starts with that RLIMIT_NOFILE (set by sh's ulimit; the hard limit may not exceed ours).
+  // `extra_env` (KEY=VALUE) is added to proctord's environment.
   explicit TestDaemon(std::vector<std::string> flags = {},
-                      std::optional<std::pair<uint64_t, uint64_t>> nofile = std::nullopt);
+                      std::optional<std::pair<uint64_t, uint64_t>> nofile = std::nullopt,
+                      std::vector<std::string> extra_env = {});
   // Stops the daemon if it still runs.
   ~TestDaemon();
 
@@ -90,6 +92,10 @@ class TestDaemon {
   bool Restarted(absl::Duration limit = absl::Seconds(10));
   // What the daemon has logged so far.
   std::string Log() const;
+  // What follows `prefix` in the log, up to `end` (exclusive) or the end of its line, waiting
+  // up to `limit` for it to be logged; "" if it is not.
+  std::string LoggedAfter(const std::string& prefix, const std::string& end = "\n",
+                          absl::Duration limit = absl::Seconds(5)) const;
 
  private:
   // The CLI's command line for this daemon.

@@ -1586,6 +1586,89 @@ void PrintUsage(std::ostream& out) {
       << std::flush;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Shell completion: `proctor __complete CWORD WORD...` (client/cli/completion/proctor.bash)
+// prints the words that may stand at WORDS[CWORD] (COMP_CWORD and COMP_WORDS, the program's
+// name first), one per line, from the tables above, so that completion follows the commands
+// and options as they are. A process id is left to the script, which lists the running ones
+// with `proctor ps`: the line "@ids N" asks for them, N being the index of the command in
+// WORDS (the words between the program and it are the global options to list them with).
+// Nothing is printed where any word would do (a target, a name): the shell completes files.
+
+// Whether `word` is an option of `options` that takes a value, given without "=VALUE".
+bool TakesSeparateValue(std::span<const OptionSpec> options, absl::string_view word) {
+  if (!absl::StartsWith(word, "--") || absl::StrContains(word, "=")) return false;
+  return std::any_of(options.begin(), options.end(), [&](const OptionSpec& option) {
+    return option.takes_value && word.substr(2) == option.name;
+  });
+}
+
+int CmdComplete(std::span<const std::string> args, std::ostream& out) {
+  size_t cword = 0;
+  if (args.empty() || !absl::SimpleAtoi(args[0], &cword) || cword == 0) return kExitUsage;
+  std::span<const std::string> words = args.subspan(1);
+  const std::string current = cword < words.size() ? words[cword] : "";
+  std::vector<std::string> candidates;
+  auto options_of = [&](std::span<const OptionSpec> options) {
+    for (const OptionSpec& option : options) candidates.push_back(absl::StrCat("--", option.name));
+    candidates.insert(candidates.end(), {"--json", "--help"});
+  };
+
+  // Where the words before the current one leave us.
+  const Command* command = nullptr;
+  size_t command_index = 0;
+  bool options_ended = false;
+  bool after_value_option = false;
+  size_t operands = 0;
+  for (size_t i = 1; i < cword && i < words.size(); ++i) {
+    const std::string& word = words[i];
+    std::span<const OptionSpec> options =
+        command != nullptr ? command->options : std::span<const OptionSpec>(kGlobalOptionSpecs);
+    if (after_value_option) {
+      after_value_option = false;
+    } else if (!options_ended && word == "--" && command != nullptr) {
+      options_ended = true;
+    } else if (!options_ended && absl::StartsWith(word, "-")) {
+      after_value_option = TakesSeparateValue(options, word);
+    } else if (command == nullptr) {
+      command = word == "help" ? nullptr : FindCommand(word);
+      command_index = i;
+      if (command == nullptr && word != "help") return kExitOk;  // no such command
+      if (command == nullptr) {
+        // `help COMMAND`: the commands again.
+        if (i + 1 == cword) {
+          for (const Command& c : kCommands) candidates.emplace_back(c.name);
+        }
+        break;
+      }
+    } else {
+      ++operands;
+      options_ended = options_ended || command->operands == Operands::kCommand;
+    }
+  }
+  if (command_index > 0 && command == nullptr) {
+    // After `help`.
+  } else if (after_value_option) {
+    // The value of an option: anything.
+  } else if (command == nullptr) {
+    if (absl::StartsWith(current, "-")) {
+      options_of(kGlobalOptionSpecs);
+    } else {
+      for (const Command& c : kCommands) candidates.emplace_back(c.name);
+      candidates.emplace_back("help");
+    }
+  } else if (!options_ended && absl::StartsWith(current, "-")) {
+    options_of(command->options);
+  } else if (command->operands == Operands::kId && operands == 0) {
+    out << "@ids " << command_index << "\n";
+    return kExitOk;
+  }
+  for (const std::string& candidate : candidates) {
+    if (absl::StartsWith(candidate, current)) out << candidate << "\n";
+  }
+  return kExitOk;
+}
+
 void PrintCommandHelp(std::ostream& out, const Command& command) {
   out << "usage: proctor " << command.synopsis << "\n  " << command.summary << "\n"
       << command.details << std::flush;
@@ -1657,6 +1740,9 @@ std::string ProcessTable(const std::vector<v1::Process>& processes) {
 }
 
 int RunCli(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
+  if (!argv.empty() && argv[0] == "__complete") {
+    return CmdComplete(std::span<const std::string>(argv).subspan(1), out);
+  }
   Cli cli(out, err);
   absl::StatusOr<Args> global = ParseArgs(kGlobal, argv);
   if (!global.ok()) return cli.UsageError(nullptr, global.status().message());

@@ -48,6 +48,8 @@
 //     file has errors; `services` prints the table NAME STATE PID RESTARTS LAST-EXIT, then a
 //     "NAME: error" line for each service with an error. With --json, `reload` prints one
 //     object and `services` an array of one object per line.
+//   - `proctor __complete CWORD WORD...`, which help does not list, is for the bash completion
+//     script (completion/proctor.bash): the words that may stand at WORDS[CWORD], one per line.
 //   - Errors are one line on stderr, "proctor: <problem>"; the exit status is 1 when the
 //     daemon or the call failed (among them "proctor: Status did not answer within 30s" when
 //     the daemon did not answer within --call-timeout) and 2 for usage errors (followed by a

@@ -34,7 +34,7 @@ for file in bin/proctord bin/proctor libexec/proctor/proctor-keeper \
     include/proctor/client/client.h include/proctor/client/process.h \
     include/proctor/client/sync.h include/proctor/v1/proctor.grpc.pb.h \
     include/proctor/v1/sync.pb.h share/proctor/proto/proctor/v1/proctor.proto \
-    share/proctor/proto/proctor/v1/sync.proto; do
+    share/proctor/proto/proctor/v1/sync.proto share/bash-completion/completions/proctor; do
   [[ -e $prefix/$file ]] || fail "$file was not installed"
 done
 [[ ! -e $prefix/bin/proctor-keeper ]] || fail "the keeper went to bin"
