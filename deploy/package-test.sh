@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian packages from build/ (cpack), installs them with apt-get, runs the
-# installed proctord (on a temporary socket and state directory) and the installed proctor
-# against it, builds client/examples/piao_function.cc against the installed libproctor-dev
+# installed proctord (on a temporary socket and state directory), checks its gRPC health,
+# runs the installed proctor and a Python program (client/python in a venv) against it, builds client/examples/piao_function.cc against the installed libproctor-dev
 # with find_package and with pkg-config (tests/install/) and runs it, then removes the packages
 # again. Needs a built tree (deploy/build.sh) and root, or sudo. deploy/test.sh runs it after
 # the tests; it refuses to run where the packages are installed already.
@@ -83,6 +83,32 @@ export PROCTOR_ADDRESS=unix:$socket PROCTOR_AUTHKEY_FILE=$key
 id=$(/usr/bin/proctor start -- sh -c 'echo from the package')
 /usr/bin/proctor join "$id" >/dev/null || fail "proctor join $id"
 [[ $(/usr/bin/proctor logs "$id") == "from the package" ]] || fail "proctor logs $id"
+
+step "checking its health, as grpc_health_probe and Kubernetes do (no key)"
+# Stubs as modules of their own: a grpc/health/ directory would be shadowed by grpcio's grpc.
+mkdir -p "$work/health"
+cp proto/grpc/health/v1/health.proto "$work/health/"
+protoc -I "$work/health" --python_out="$work/health" --grpc_out="$work/health" \
+  --plugin=protoc-gen-grpc="$(command -v grpc_python_plugin)" "$work/health/health.proto"
+health=$(PYTHONPATH="$work/health" /usr/bin/python3 -c '
+import sys, grpc
+import health_pb2, health_pb2_grpc
+stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(sys.argv[1]))
+print(health_pb2.HealthCheckResponse.ServingStatus.Name(
+    stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status))' "unix:$socket")
+[[ $health == SERVING ]] || fail "the installed proctord's health is '$health', not SERVING"
+
+step "running a Python program against it (client/python in a venv)"
+tests/python/install_client.sh "$source_dir" "$work/python" >"$work/python.log" 2>&1 ||
+  { cat "$work/python.log" >&2; fail "installing the Python client"; }
+python_output=$("$work/python/venv/bin/python" -c '
+import proctor
+p = proctor.Process(target=["/bin/echo", "from Python"])
+p.start()
+p.join()
+print(p.exitcode)')
+# The child's output is forwarded, as multiprocessing's is, then the exit code.
+[[ $python_output == $'from Python\n0' ]] || fail "the Python program printed '$python_output'"
 
 step "building client/examples/piao_function.cc against libproctor-dev"
 cmake -S tests/install -B "$work/consumer" -G Ninja -DCMAKE_BUILD_TYPE=Release \

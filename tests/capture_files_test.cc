@@ -41,7 +41,9 @@ TEST(CaptureFilesTest, PreparesEmptyFilesFromTheStockAndRefillsIt) {
   EXPECT_EQ(st.st_size, 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   for (int i = 2; i < 5; ++i) files.Prepare(dir.path() + "/" + std::to_string(i) + ".out");
-  EXPECT_TRUE(WaitFor([&] { return Spares(dir) == 4; }, absl::Seconds(30)))
+  // The refill starts below half (after the third Prepare) and fills to 4; the fourth Prepare
+  // may come during it or after it, leaving 4 or 3.
+  EXPECT_TRUE(WaitFor([&] { return Spares(dir) >= 3; }, absl::Seconds(30)))
       << "refilled in the background";
 }
 
