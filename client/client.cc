@@ -144,6 +144,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   // A connection of its own per Client: the daemon may tie state (a session) to a connection,
   // and independent Clients should not queue behind each other on one shared transport.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // A restarted proctord is back within a second or two; gRPC's default reconnect backoff
+  // (1 s growing to 120 s) would keep failing calls long after it is.
+  // (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is left alone: it is also how long a connection
+  // attempt may take, and a busy daemon needs more than a fraction of a second.)
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(address, *channel_credentials, args);
   return std::unique_ptr<Client>(new Client(std::move(address), std::move(channel),

@@ -85,16 +85,51 @@ EventRecorder::Rebuilt EventRecorder::Rebuild(const std::vector<v1::Event>& even
   return rebuilt;
 }
 
+absl::Status EventRecorder::Flush() {
+  if (journal_ == nullptr || unjournaled_.empty()) return absl::OkStatus();
+  if (absl::Status journaled = journal_->Append(unjournaled_); journaled.ok()) {
+    spdlog::warn("the journal takes events again; {} held back are written", unjournaled_.size());
+    unjournaled_.clear();
+    journal_error_ = absl::OkStatus();
+    return absl::OkStatus();
+  } else {
+    journal_error_ = journaled;
+  }
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the journal ", journal_->path(), " cannot be written (", journal_error_.message(),
+      "; is its disk full?): no process is started until it can be, so that none is lost; "
+      "running processes go on"));
+}
+
 absl::Status EventRecorder::Record(const std::vector<SupervisorEvent>& events) {
   std::vector<v1::Event> protos;
   protos.reserve(events.size());
   for (const SupervisorEvent& event : events) protos.push_back(ToProto(event));
   absl::Status journaled = absl::OkStatus();
   if (journal_ != nullptr) {
-    // The events keep the cursors the supervisor gave them.
-    journaled = journal_->Append(protos);
-    if (!journaled.ok()) {
+    // The events keep the cursors the supervisor gave them; any the journal refused before
+    // go first, in order.
+    std::vector<v1::Event> batch = unjournaled_;
+    batch.insert(batch.end(), protos.begin(), protos.end());
+    journaled = journal_->Append(batch);
+    if (journaled.ok()) {
+      if (!unjournaled_.empty()) {
+        spdlog::warn("the journal takes events again; {} held back are written",
+                     unjournaled_.size());
+      }
+      unjournaled_.clear();
+      journal_error_ = absl::OkStatus();
+    } else {
       for (size_t i = 0; i < protos.size(); ++i) protos[i].set_cursor(events[i].cursor);
+      // Bounded: past this, the oldest are given up (and said to be).
+      constexpr size_t kMaxUnjournaled = 1 << 16;
+      unjournaled_.insert(unjournaled_.end(), protos.begin(), protos.end());
+      if (unjournaled_.size() > kMaxUnjournaled) {
+        size_t dropped = unjournaled_.size() - kMaxUnjournaled;
+        spdlog::error("{} events could not be journaled and are given up", dropped);
+        unjournaled_.erase(unjournaled_.begin(), unjournaled_.begin() + dropped);
+      }
+      journal_error_ = journaled;
     }
   }
   // Watchers see them even when the disk refused them: the daemon is still running them.

@@ -33,7 +33,10 @@ class EventRecorder final : public EventSink {
   EventRecorder(Journal* journal, EventLog& log, Retained retained,
                 size_t compact_every = 4096);
 
+  // Events the journal refuses (a full disk) are kept and written, in order, before the next
+  // ones, and Flush says so until they are.
   absl::Status Record(const std::vector<SupervisorEvent>& events) override;
+  absl::Status Flush() override;
 
   // Told of each batch once it is recorded (metrics, the service manager's status line), on
   // Record's thread. Set before the supervisor reports its first event.
@@ -55,6 +58,10 @@ class EventRecorder final : public EventSink {
 
  private:
   Journal* const journal_;
+  // Events the journal refused, oldest first, with why (guarded by the supervisor's turn:
+  // Record and Flush are called one at a time).
+  std::vector<v1::Event> unjournaled_;
+  absl::Status journal_error_;
   EventLog& log_;
   const Retained retained_;
   const size_t compact_every_;

@@ -202,6 +202,11 @@ class EventSink {
  public:
   virtual ~EventSink() = default;
   virtual absl::Status Record(const std::vector<SupervisorEvent>& events) = 0;
+  // OK when every event so far is recorded, after trying once more to record any that could
+  // not be; else RESOURCE_EXHAUSTED saying what cannot be written. Called, in turn with
+  // Record, before each Start: a process whose start could not be recorded would be lost
+  // by a crash of the daemon.
+  virtual absl::Status Flush() { return absl::OkStatus(); }
 };
 
 // How Terminate ends a process.

@@ -2,10 +2,15 @@
 // is made with SQLite directly (a row's bytes) or by writing over the file.
 #include "server/journal.h"
 
+#include <sys/mount.h>
+#include <unistd.h>
+
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <zlib.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -14,6 +19,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "server/event_log.h"
+#include "server/event_recorder.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
@@ -357,6 +364,65 @@ INSTANTIATE_TEST_SUITE_P(Durability, JournalTest, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? "Durable" : "NotDurable";
                          });
+
+}  // namespace
+}  // namespace proctor
+
+namespace proctor {
+namespace {
+
+// A journal on a full disk: the events it refuses are kept and written once it has room,
+// and Flush (which the supervisor calls before each Start) refuses until then.
+TEST(EventRecorderFullDiskTest, EventsTheJournalRefusesAreKeptUntilItTakesThem) {
+  if (geteuid() != 0) GTEST_SKIP() << "mounts a small tmpfs: needs root";
+  char dir_template[] = "/tmp/proctor-full-disk.XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  ASSERT_EQ(mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=1m"), 0) << std::strerror(errno);
+  {
+    absl::StatusOr<std::unique_ptr<Journal>> journal = Journal::Open(dir + "/journal.db", false);
+    ASSERT_TRUE(journal.ok()) << journal.status();
+    EventLog log(EventLog::Options{});
+    EventRecorder recorder(journal->get(), log, [](auto&, auto&) {});
+    auto event = [](uint64_t cursor) {
+      SupervisorEvent e;
+      e.cursor = cursor;
+      e.time = absl::Now();
+      e.kind = EventKind::kStarted;
+      e.process.id = cursor;
+      e.process.target = "/bin/true";
+      e.process.args = {std::string(2000, 'a')};
+      return e;
+    };
+    ASSERT_TRUE(recorder.Record({event(1)}).ok());
+    // Fill the disk.
+    std::string filler = dir + "/filler";
+    {
+      std::ofstream out(filler);
+      std::string block(4096, 'x');
+      while (out.write(block.data(), block.size()) && out.flush()) {
+      }
+    }
+    uint64_t cursor = 2;
+    for (; cursor < 400 && recorder.Flush().ok(); ++cursor) {
+      recorder.Record({event(cursor)}).IgnoreError();  // what it says is Flush's to tell
+    }
+    absl::Status refused = recorder.Flush();
+    ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted)
+        << "the journal never refused an event on a full disk";
+    EXPECT_THAT(std::string(refused.message()), HasSubstr(dir + "/journal.db"));
+    EXPECT_THAT(std::string(refused.message()), HasSubstr("no process is started until"));
+    // Room again: what was held back is written, in order.
+    std::filesystem::remove(filler);
+    EXPECT_TRUE(recorder.Flush().ok());
+    absl::StatusOr<std::vector<v1::Event>> kept = (*journal)->ReadAfter(0, 1000);
+    ASSERT_TRUE(kept.ok()) << kept.status();
+    ASSERT_EQ(kept->size(), cursor - 1);  // 1 .. cursor - 1 were recorded
+    for (size_t i = 0; i < kept->size(); ++i) EXPECT_EQ((*kept)[i].cursor(), i + 1);
+  }
+  umount2(dir.c_str(), MNT_DETACH);
+  std::filesystem::remove_all(dir);
+}
 
 }  // namespace
 }  // namespace proctor

@@ -28,6 +28,13 @@ BenchDaemon::~BenchDaemon() {
   waitpid(pid_, nullptr, 0);
 }
 
+void BenchDaemon::KillNine() {
+  if (pid_ <= 1) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;  // reaped: never signalled again
+}
+
 absl::StatusOr<std::unique_ptr<BenchDaemon>> BenchDaemon::Start(
     const std::string& proctord, const std::vector<std::string>& proctord_args,
     const std::string& dir) {
@@ -48,7 +55,7 @@ absl::StatusOr<std::unique_ptr<BenchDaemon>> BenchDaemon::Start(
   int err = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   if (err == 0) {
     err = posix_spawn_file_actions_addopen(&actions, 2, log_path.c_str(),
-                                           O_WRONLY | O_CREAT | O_TRUNC, 0600);
+                                           O_WRONLY | O_CREAT | O_APPEND, 0600);
   }
   if (err == 0) err = posix_spawn_file_actions_adddup2(&actions, 2, 1);
   pid_t pid = 0;

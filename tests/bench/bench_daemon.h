@@ -26,6 +26,8 @@ class BenchDaemon {
                                                             const std::string& dir);
   ~BenchDaemon();
   pid_t pid() const { return pid_; }
+  // SIGKILL, and reaped: as a crash would end it (its keeper and workers live on).
+  void KillNine();
   const ClientOptions& client_options() const { return client_options_; }
   Client& admin() { return *admin_; }
 

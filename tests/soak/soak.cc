@@ -1,0 +1,604 @@
+// soak: N clients drive a proctord of its own for T seconds with a random mix of calls while
+// faults hit it, then checks that nothing was lost or left behind.
+//
+// Work (each client, in a loop): Start one of a mix of programs whose exit code and output size
+// are known (plain exits, output of 0 to 64 KiB, short sleeps, a worker that closes its stdout,
+// a worker that starts a daemonic child through the CLI and exits, a long sleeper), Join it
+// and check its exit code and, for output, the size of what Logs returns; Terminate some long
+// sleepers (the record Terminate returns is then the truth); follow a worker's output with
+// Logs --follow; list with Status; Release what was checked. One more thread keeps a Watch
+// open, resuming from its last cursor after each break.
+//
+// Faults (--faults, in turn, each for --fault-seconds every --interval seconds): `kill`
+// (SIGKILL proctord, start it again on the same state directory), `stop` (SIGSTOP, then
+// SIGCONT), `fds` (proctord's descriptor limit lowered to what it has open plus a few), `disk`
+// (the state directory's tmpfs filled; needs root). Every failed call is counted by method,
+// status code and the fault in force when it was made (or "none").
+//
+// Prints operations done, exit codes wrong, output wrong, records lost, zombies and strays
+// left after proctord stopped, proctord's descriptors and RSS at start and end, and the errors
+// seen during each fault. Exits 1 when any check fails or a call failed with no fault in force.
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+#include "google/protobuf/util/time_util.h"
+#include "nlohmann/json.hpp"
+#include "tests/bench/bench_daemon.h"
+
+namespace proctor {
+namespace {
+
+struct Options {
+  int clients = 4;
+  double seconds = 30;
+  std::string faults = "kill,stop,fds,disk";
+  double interval = 6;
+  double fault_seconds = 2;
+  std::string proctord = PROCTORD_PATH;
+  std::string cli = PROCTOR_CLI_PATH;
+  bool json = false;
+};
+
+// What the run saw; guarded by Tally::mu.
+struct Tally {
+  absl::Mutex mu;
+  int64_t operations = 0;
+  int64_t processes = 0;
+  int64_t wrong_exit = 0;
+  int64_t wrong_output = 0;
+  int64_t output_lost_to_full_disk = 0;
+  int64_t lost = 0;
+  int64_t watch_events = 0;
+  int64_t watch_breaks = 0;
+  std::vector<std::string> examples;  // the first few wrong results, for the report
+  // fault -> "Method CODE: message" -> count
+  std::map<std::string, std::map<std::string, int64_t>> errors;
+  std::map<std::string, int64_t> faults_applied;
+};
+
+// The fault in force; calls that fail within kAftermath of its end count under it too: a
+// client that kept calling while proctord was down is in gRPC's reconnect backoff for a few
+// seconds after proctord is back (a new connection gets through at once).
+class FaultClock {
+ public:
+  static constexpr absl::Duration kAftermath = absl::Seconds(8);
+  void Begin(const std::string& fault) {
+    absl::MutexLock lock(&mu_);
+    fault_ = fault;
+    if (fault == "disk") ++disks_;
+  }
+  // Changes whenever a full disk begins or ends: a worker that ran across a change may have
+  // had its writes refused (ENOSPC), as the disk fault means it to.
+  int64_t DiskMark() {
+    absl::MutexLock lock(&mu_);
+    return 2 * disks_ + (fault_ == "disk" ? 1 : 0);
+  }
+  void End() {
+    absl::MutexLock lock(&mu_);
+    last_ = fault_;
+    fault_.clear();
+    ended_ = absl::Now();
+  }
+  // Called after a call failed that was made at `made`.
+  std::string Blame(absl::Time made) {
+    absl::MutexLock lock(&mu_);
+    if (!fault_.empty()) return fault_;
+    if (!last_.empty() && made < ended_ + kAftermath) return last_;
+    return "none";
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::string fault_;
+  std::string last_;
+  int64_t disks_ = 0;
+  absl::Time ended_ = absl::InfinitePast();
+};
+
+// The daemon under test, replaced when a fault restarts it.
+class DaemonHolder {
+ public:
+  DaemonHolder(const Options& options, std::string dir) : options_(options), dir_(std::move(dir)) {}
+  absl::Status Start() {
+    absl::StatusOr<std::unique_ptr<BenchDaemon>> started =
+        BenchDaemon::Start(options_.proctord, {"--log-level", "warn", "--capture-spares", "64"},
+                           dir_);
+    if (!started.ok()) return started.status();
+    absl::MutexLock lock(&mu_);
+    daemon_ = *std::move(started);
+    return absl::OkStatus();
+  }
+  pid_t pid() {
+    absl::MutexLock lock(&mu_);
+    return daemon_ == nullptr ? -1 : daemon_->pid();
+  }
+  ClientOptions client_options() {
+    absl::MutexLock lock(&mu_);
+    return daemon_->client_options();
+  }
+  void KillNine() {
+    absl::MutexLock lock(&mu_);
+    daemon_->KillNine();
+  }
+  void Stop() {
+    absl::MutexLock lock(&mu_);
+    daemon_.reset();
+  }
+
+ private:
+  const Options& options_;
+  const std::string dir_;
+  absl::Mutex mu_;
+  std::unique_ptr<BenchDaemon> daemon_;
+};
+
+struct Program {
+  std::vector<std::string> argv;
+  int exitcode;
+  int64_t output_bytes = -1;  // -1: not checked
+  bool long_running = false;
+};
+
+Program PickProgram(std::mt19937_64& rng, const std::string& cli) {
+  int code = static_cast<int>(rng() % 6);
+  std::string exit = absl::StrCat("; exit ", code);
+  switch (rng() % 6) {
+    case 0:
+      return {{"/bin/sh", "-c", absl::StrCat("exit ", code)}, code};
+    case 1: {
+      int64_t bytes = std::vector<int64_t>{0, 1, 4096, 65536}[rng() % 4];
+      return {{"/bin/sh", "-c", absl::StrCat("head -c ", bytes, " /dev/zero", exit)}, code, bytes};
+    }
+    case 2:
+      return {{"/bin/sh", "-c", absl::StrCat("sleep 0.", rng() % 3, exit)}, code};
+    case 3:  // closes its stdout, then writes to it
+      return {{"/bin/sh", "-c", absl::StrCat("exec >&-; echo gone 2>/dev/null", exit)}, code};
+    case 4:  // a tree: a daemonic child that must end with it
+      return {{"/bin/sh", "-c", absl::StrCat("\"$0\" start --daemon -- sleep 100 >/dev/null 2>&1",
+                                             exit),
+               cli},
+              code};
+    default:
+      return {{"/bin/sleep", "1000"}, -15, -1, true};
+  }
+}
+
+class Soak {
+ public:
+  Soak(const Options& options, DaemonHolder& daemon, FaultClock& faults, Tally& tally)
+      : options_(options), daemon_(daemon), faults_(faults), tally_(tally) {}
+
+  void RunClient(int index, absl::Time deadline) {
+    std::mt19937_64 rng(index * 7919 + 1);
+    std::unique_ptr<Client> client = Connect();
+    std::vector<uint64_t> sleepers;
+    while (absl::Now() < deadline) {
+      int op = static_cast<int>(rng() % 20);
+      if (op < 12) {
+        StartAndCheck(*client, rng, sleepers);
+      } else if (op < 15 && !sleepers.empty()) {
+        uint64_t id = sleepers.back();
+        sleepers.pop_back();
+        TerminateAndCheck(*client, id);
+      } else if (op < 17) {
+        Call(*client, "Status", [&] { return client->List(v1::StatusRequest()).status(); });
+      } else {
+        FollowAndCheck(*client);
+      }
+    }
+    for (uint64_t id : sleepers) TerminateAndCheck(*client, id);
+  }
+
+  void RunWatcher(absl::Time deadline) {
+    std::unique_ptr<Client> client = Connect();
+    std::optional<uint64_t> since;
+    while (absl::Now() < deadline) {
+      v1::WatchRequest request;
+      if (since.has_value()) request.set_since(*since);
+      std::stop_source stop;
+      std::thread timer([&] {
+        while (absl::Now() < deadline && !stop.stop_requested()) absl::SleepFor(absl::Milliseconds(100));
+        stop.request_stop();
+      });
+      absl::Status watched = client->Watch(
+          request,
+          [&](const v1::Event& event) {
+            since = event.cursor();
+            absl::MutexLock lock(&tally_.mu);
+            ++tally_.watch_events;
+            return true;
+          },
+          stop.get_token());
+      stop.request_stop();
+      timer.join();
+      if (absl::Now() >= deadline) break;
+      {
+        absl::MutexLock lock(&tally_.mu);
+        ++tally_.watch_breaks;
+      }
+      // A cursor older than what proctord keeps: from now on.
+      if (absl::IsOutOfRange(watched)) since.reset();
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+  }
+
+ private:
+  std::unique_ptr<Client> Connect() {
+    ClientOptions options = daemon_.client_options();
+    options.call_timeout = absl::Seconds(10);
+    return *Client::Connect(options);
+  }
+
+  // Runs `call`, counting a failure under the fault in force; returns whether it worked.
+  bool Call(Client&, absl::string_view method, const std::function<absl::Status()>& call) {
+    absl::Time made = absl::Now();
+    absl::Status status = call();
+    absl::MutexLock lock(&tally_.mu);
+    ++tally_.operations;
+    if (status.ok()) return true;
+    std::string message(status.message().substr(0, 160));
+    ++tally_.errors[faults_.Blame(made)][absl::StrCat(method, " ", absl::StatusCodeToString(
+                                                                     status.code()),
+                                                      ": ", message)];
+    return false;
+  }
+
+  void Wrong(int64_t Tally::*counter, std::string what) {
+    absl::MutexLock lock(&tally_.mu);
+    ++(tally_.*counter);
+    if (tally_.examples.size() < 10) tally_.examples.push_back(std::move(what));
+  }
+
+  // Joins `id` until it has ended, through faults; nullopt if the record went missing.
+  std::optional<v1::Process> JoinToEnd(Client& client, uint64_t id) {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      absl::StatusOr<v1::Process> joined;
+      Call(client, "Join", [&] {
+        joined = client.Join(id, absl::Seconds(5));
+        return joined.status();
+      });
+      if (joined.ok() && joined->state() == v1::STATE_EXITED) return *joined;
+      if (absl::IsNotFound(joined.status())) return std::nullopt;
+      if (!joined.ok()) absl::SleepFor(absl::Milliseconds(200));
+    }
+    return std::nullopt;
+  }
+
+  void Check(Client& client, uint64_t id, int expected, int64_t output_bytes,
+             int64_t disk_mark) {
+    std::optional<v1::Process> ended = JoinToEnd(client, id);
+    if (!ended.has_value() || ended->lost()) {
+      Wrong(&Tally::lost, absl::StrCat("process ", id, " lost"));
+      return;
+    }
+    if (!ended->has_exitcode() || ended->exitcode() != expected) {
+      Wrong(&Tally::wrong_exit,
+            absl::StrCat("process ", id, " (", absl::StrJoin(ended->args(), " "), ") exit ",
+                         ended->has_exitcode() ? absl::StrCat(ended->exitcode()) : "none",
+                         ", expected ", expected));
+    }
+    if (output_bytes >= 0) {
+      std::string out;
+      v1::LogsRequest logs;
+      logs.set_id(id);
+      if (Call(client, "Logs", [&] {
+            out.clear();
+            return client.Logs(logs, [&](std::string_view data) { out.append(data); });
+          }) &&
+          static_cast<int64_t>(out.size()) != output_bytes) {
+        if (disk_mark != faults_.DiskMark() || disk_mark % 2 == 1) {
+          absl::MutexLock lock(&tally_.mu);
+          ++tally_.output_lost_to_full_disk;
+          return;
+        }
+        Wrong(&Tally::wrong_output,
+              absl::StrCat("process ", id, " wrote ", out.size(), " bytes, expected ", output_bytes));
+      }
+    }
+    Call(client, "Release", [&] { return client.Release(id); });
+  }
+
+  // Starts `argv`; the record, counted, or nothing when the call failed (counted too).
+  std::optional<v1::Process> StartCounted(Client& client, const std::vector<std::string>& argv) {
+    v1::StartRequest request;
+    request.set_target(argv[0]);
+    for (size_t i = 1; i < argv.size(); ++i) request.add_args(argv[i]);
+    absl::StatusOr<v1::Process> started;
+    if (!Call(client, "Start", [&] {
+          started = client.Start(request);
+          return started.status();
+        })) {
+      return std::nullopt;
+    }
+    absl::MutexLock lock(&tally_.mu);
+    ++tally_.processes;
+    return *started;
+  }
+
+  void StartAndCheck(Client& client, std::mt19937_64& rng, std::vector<uint64_t>& sleepers) {
+    Program program = PickProgram(rng, options_.cli);
+    const int64_t disk_mark = faults_.DiskMark();
+    std::optional<v1::Process> started = StartCounted(client, program.argv);
+    if (!started.has_value()) return;
+    if (program.long_running) {
+      sleepers.push_back(started->id());
+      return;
+    }
+    Check(client, started->id(), program.exitcode, program.output_bytes, disk_mark);
+  }
+
+  void TerminateAndCheck(Client& client, uint64_t id) {
+    v1::TerminateRequest request;
+    request.set_id(id);
+    absl::StatusOr<v1::Process> ended;
+    Call(client, "Terminate", [&] {
+      ended = client.Terminate(request);
+      return ended.status();
+    });
+    // Whatever Terminate answered, the process must end as SIGTERM ends it.
+    Check(client, id, -15, -1, faults_.DiskMark());
+  }
+
+  void FollowAndCheck(Client& client) {
+    const int64_t disk_mark = faults_.DiskMark();
+    std::optional<v1::Process> started =
+        StartCounted(client, {"/bin/sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.05; done"});
+    if (!started.has_value()) return;
+    v1::LogsRequest logs;
+    logs.set_id(started->id());
+    logs.set_follow(true);
+    std::string out;
+    bool followed = Call(client, "Logs", [&] {
+      out.clear();
+      return client.Logs(logs, [&](std::string_view data) { out.append(data); });
+    });
+    // A follow broken by a fault is read again whole once the process has ended.
+    std::optional<v1::Process> ended = JoinToEnd(client, started->id());
+    if (!followed && ended.has_value()) {
+      logs.set_follow(false);
+      followed = Call(client, "Logs", [&] {
+        out.clear();
+        return client.Logs(logs, [&](std::string_view data) { out.append(data); });
+      });
+    }
+    const bool disk_changed = disk_mark != faults_.DiskMark() || disk_mark % 2 == 1;
+    if (followed && out != "1\n2\n3\n" && disk_changed) {
+      absl::MutexLock lock(&tally_.mu);
+      ++tally_.output_lost_to_full_disk;
+    } else if (followed && out != "1\n2\n3\n") {
+      Wrong(&Tally::wrong_output, absl::StrCat("followed output of ", started->id(), ": \"", out, "\""));
+    }
+    Check(client, started->id(), 0, -1, disk_mark);
+  }
+
+  const Options& options_;
+  DaemonHolder& daemon_;
+  FaultClock& faults_;
+  Tally& tally_;
+};
+
+// Applies each enabled fault in turn until `deadline`.
+void RunFaults(const Options& options, const std::vector<std::string>& faults,
+               DaemonHolder& daemon, FaultClock& clock, Tally& tally, const std::string& dir,
+               absl::Time deadline) {
+  const absl::Duration length = absl::Seconds(options.fault_seconds);
+  for (size_t turn = 0; !faults.empty(); ++turn) {
+    absl::SleepFor(absl::Seconds(options.interval));
+    if (absl::Now() + length + absl::Seconds(2) >= deadline) return;
+    const std::string& fault = faults[turn % faults.size()];
+    clock.Begin(fault);
+    pid_t pid = daemon.pid();
+    if (fault == "kill") {
+      daemon.KillNine();
+      absl::SleepFor(length);
+      if (absl::Status s = daemon.Start(); !s.ok()) {
+        std::cerr << "soak: restarting proctord: " << s << "\n";
+        std::exit(2);
+      }
+    } else if (fault == "stop") {
+      kill(pid, SIGSTOP);
+      absl::SleepFor(length);
+      kill(pid, SIGCONT);
+    } else if (fault == "fds") {
+      struct rlimit old;
+      prlimit(pid, RLIMIT_NOFILE, nullptr, &old);
+      absl::StatusOr<DaemonStats> stats = ReadStats(pid);
+      struct rlimit low = old;
+      low.rlim_cur = stats.ok() ? stats->descriptors + 8 : 64;
+      prlimit(pid, RLIMIT_NOFILE, &low, nullptr);
+      absl::SleepFor(length);
+      prlimit(pid, RLIMIT_NOFILE, &old, nullptr);
+    } else if (fault == "disk") {
+      std::string filler = dir + "/filler";
+      FILE* f = std::fopen(filler.c_str(), "w");
+      std::string block(1 << 20, 'x');
+      while (f != nullptr && std::fwrite(block.data(), 1, block.size(), f) == block.size() &&
+             std::fflush(f) == 0) {
+      }
+      absl::SleepFor(length);
+      if (f != nullptr) std::fclose(f);
+      std::remove(filler.c_str());
+    }
+    clock.End();
+    absl::MutexLock lock(&tally.mu);
+    ++tally.faults_applied[fault];
+  }
+}
+
+// Processes outside proctord that carry its address: what it left behind.
+struct Leftovers {
+  int strays = 0;
+  int zombies = 0;
+};
+
+Leftovers FindLeftovers(const std::string& address) {
+  Leftovers found;
+  std::string marker = absl::StrCat("PROCTOR_ADDRESS=", address);
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string name = entry.path().filename();
+    if (!std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    std::ifstream environ(entry.path() / "environ");
+    std::string env((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
+    std::ifstream stat(entry.path() / "stat");
+    std::string line((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    size_t paren = line.rfind(')');
+    bool zombie = paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
+    // A zombie's environment cannot be read; its parent's can.
+    if (env.find(marker) != std::string::npos) {
+      ++found.strays;
+    } else if (zombie) {
+      std::vector<std::string> fields = absl::StrSplit(line.substr(paren + 2), ' ');
+      std::ifstream parent_env(absl::StrCat("/proc/", fields.size() > 1 ? fields[1] : "0", "/environ"));
+      std::string penv((std::istreambuf_iterator<char>(parent_env)), std::istreambuf_iterator<char>());
+      if (penv.find(marker) != std::string::npos) ++found.zombies;
+    }
+  }
+  return found;
+}
+
+int Main(int argc, char** argv) {
+  Options options;
+  CLI::App app("soak: many clients, random calls and faults against a proctord of its own");
+  app.add_option("--clients", options.clients, "concurrent clients")->check(CLI::PositiveNumber);
+  app.add_option("--seconds", options.seconds, "how long to run")->check(CLI::PositiveNumber);
+  app.add_option("--faults", options.faults,
+                 "comma-separated: kill, stop, fds, disk; 'none' for none");
+  app.add_option("--interval", options.interval, "seconds between faults");
+  app.add_option("--fault-seconds", options.fault_seconds, "how long each fault lasts");
+  app.add_option("--proctord", options.proctord, "the proctord to run");
+  app.add_option("--cli", options.cli, "the proctor CLI workers use");
+  app.add_flag("--json", options.json, "print the figures as JSON");
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<std::string> faults;
+  for (absl::string_view fault : absl::StrSplit(options.faults, ',', absl::SkipEmpty())) {
+    if (fault == "none") continue;
+    if (fault != "kill" && fault != "stop" && fault != "fds" && fault != "disk") {
+      std::cerr << "soak: unknown fault '" << fault << "' (kill, stop, fds, disk, none)\n";
+      return 2;
+    }
+    if (fault == "disk" && geteuid() != 0) {
+      std::cerr << "soak: the disk fault mounts a tmpfs and needs root; left out\n";
+      continue;
+    }
+    faults.emplace_back(fault);
+  }
+  char dir_template[] = "/var/tmp/proctor-soak.XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) {
+    std::cerr << "soak: mkdtemp: " << std::strerror(errno) << "\n";
+    return 2;
+  }
+  const std::string dir = dir_template;
+  const bool tmpfs = std::find(faults.begin(), faults.end(), "disk") != faults.end();
+  if (tmpfs && mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=256m,mode=0700") != 0) {
+    std::cerr << "soak: mounting a tmpfs on " << dir << ": " << std::strerror(errno) << "\n";
+    return 2;
+  }
+
+  DaemonHolder daemon(options, dir);
+  if (absl::Status s = daemon.Start(); !s.ok()) {
+    std::cerr << "soak: " << s << "\n";
+    return 2;
+  }
+  absl::StatusOr<DaemonStats> at_start = ReadStats(daemon.pid());
+  const std::string address = daemon.client_options().address;
+
+  Tally tally;
+  FaultClock clock;
+  Soak soak(options, daemon, clock, tally);
+  const absl::Time started = absl::Now();
+  const absl::Time deadline = started + absl::Seconds(options.seconds);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < options.clients; ++i) {
+    threads.emplace_back([&, i] { soak.RunClient(i, deadline); });
+  }
+  threads.emplace_back([&] { soak.RunWatcher(deadline); });
+  threads.emplace_back([&] { RunFaults(options, faults, daemon, clock, tally, dir, deadline); });
+  for (std::thread& thread : threads) thread.join();
+  const absl::Duration ran = absl::Now() - started;
+
+  absl::StatusOr<DaemonStats> at_end = ReadStats(daemon.pid());
+  daemon.Stop();  // SIGTERM: proctord ends what is left and exits
+  absl::SleepFor(absl::Milliseconds(500));
+  Leftovers left = FindLeftovers(address);
+  absl::MutexLock lock(&tally.mu);
+  int64_t unexplained = 0;
+  for (const auto& [what, count] : tally.errors["none"]) unexplained += count;
+  const bool passed = tally.wrong_exit == 0 && tally.wrong_output == 0 && tally.lost == 0 &&
+                      left.strays == 0 && left.zombies == 0 && unexplained == 0;
+  nlohmann::json report = {
+      {"clients", options.clients},
+      {"seconds", absl::ToDoubleSeconds(ran)},
+      {"operations", tally.operations},
+      {"processes", tally.processes},
+      {"exit_codes_wrong", tally.wrong_exit},
+      {"output_wrong", tally.wrong_output},
+      {"output_lost_to_full_disk", tally.output_lost_to_full_disk},
+      {"records_lost", tally.lost},
+      {"strays_after", left.strays},
+      {"zombies_after", left.zombies},
+      {"watch_events", tally.watch_events},
+      {"watch_breaks", tally.watch_breaks},
+      {"faults_applied", tally.faults_applied},
+      {"errors_by_fault", tally.errors},
+      {"examples", tally.examples},
+      {"passed", passed},
+  };
+  if (at_start.ok()) {
+    report["descriptors_start"] = at_start->descriptors;
+    report["rss_kib_start"] = at_start->rss_kib;
+  }
+  if (at_end.ok()) {
+    report["descriptors_end"] = at_end->descriptors;
+    report["rss_kib_end"] = at_end->rss_kib;
+  }
+  // A failed run keeps proctord's log (with every restart's) for a look.
+  std::string log_copy = absl::StrCat("/var/tmp/proctor-soak-", getpid(), ".log");
+  if (!passed) {
+    std::error_code copy_error;
+    std::filesystem::copy_file(dir + "/proctord.log", log_copy, copy_error);
+    report["proctord_log"] = copy_error ? "" : log_copy;
+  }
+  if (tmpfs) umount2(dir.c_str(), MNT_DETACH);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+  if (options.json) {
+    std::cout << report.dump() << "\n";
+  } else {
+    std::cout << report.dump(2) << "\n";
+  }
+  return passed ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace proctor
+
+int main(int argc, char** argv) { return proctor::Main(argc, argv); }
