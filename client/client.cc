@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <stop_token>
 #include <string>
@@ -114,6 +115,118 @@ class StepDeadline {
   std::thread watcher_;
 };
 
+// A Run call seen from the calling thread: gRPC's callbacks record what happened, and the
+// caller waits for it (Await) and acts on it, so that the caller's callbacks run on its own
+// thread, in order, with no thread of our own. A hold keeps OnDone back until the caller has
+// stopped reading (ReadsOver), so a read is never started on a finished call.
+class RunCall final : public grpc::ClientReadReactor<v1::RunEvent> {
+ public:
+  // What Await saw; `kNothing` when `deadline` came first.
+  enum class Woke { kNothing, kHeaders, kEvent, kProbe, kDone };
+
+  void Begin() {
+    AddHold();
+    StartRead(&incoming_);
+    StartCall();
+  }
+  // Hands over the event that arrived and reads the next one.
+  v1::RunEvent TakeEvent() {
+    v1::RunEvent event;
+    {
+      absl::MutexLock lock(&mu_);
+      has_event_ = false;
+      event = std::move(incoming_);
+      incoming_.Clear();
+    }
+    StartRead(&incoming_);
+    return event;
+  }
+  // Once a read has failed: no more are started.
+  void ReadsOver() { RemoveHold(); }
+
+  // Waits until something the caller has not seen yet: the headers (first of all), an event,
+  // a probe's answer, the end of the call (only once the reads are over).
+  Woke Await(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    // An event is passed on only after the headers, which carry the daemon's proof.
+    auto something = [this] {
+      return (headers_ && !headers_seen_) || (has_event_ && headers_) || read_failed_ ||
+             probe_answered_ || done_;
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&something), deadline);
+    if (headers_ && !headers_seen_) {
+      headers_seen_ = true;
+      return Woke::kHeaders;
+    }
+    if (has_event_ && headers_) return Woke::kEvent;
+    if (probe_answered_) {
+      probe_answered_ = false;
+      return Woke::kProbe;
+    }
+    if (read_failed_ && !reads_over_) {
+      reads_over_ = true;
+      return Woke::kDone;  // the caller ends its reads; Finished() then waits for OnDone
+    }
+    return done_ ? Woke::kDone : Woke::kNothing;
+  }
+  // Whether the headers came (false: the call ended without any, trailers only).
+  bool headers_ok() {
+    absl::MutexLock lock(&mu_);
+    return headers_ok_;
+  }
+  // Waits for the end of the call; its status.
+  grpc::Status Finished() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    return status_;
+  }
+  // Waits for the probe in flight to be answered.
+  void AwaitProbe() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&probe_answered_));
+    probe_answered_ = false;
+  }
+  // For a probe's callback.
+  void ProbeAnswered(const grpc::Status& status) {
+    absl::MutexLock lock(&mu_);
+    probe_answered_ = true;
+    probe_status_ = status;
+  }
+  grpc::Status probe_status() {
+    absl::MutexLock lock(&mu_);
+    return probe_status_;
+  }
+
+  void OnReadInitialMetadataDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    headers_ = true;
+    headers_ok_ = ok;
+  }
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    (ok ? has_event_ : read_failed_) = true;
+  }
+  void OnDone(const grpc::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    status_ = status;
+    done_ = true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  v1::RunEvent incoming_;  // written by gRPC while a read is in flight
+  bool headers_ ABSL_GUARDED_BY(mu_) = false;
+  bool headers_ok_ ABSL_GUARDED_BY(mu_) = false;
+  bool headers_seen_ ABSL_GUARDED_BY(mu_) = false;
+  bool has_event_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_over_ ABSL_GUARDED_BY(mu_) = false;
+  bool probe_answered_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status probe_status_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
 }  // namespace
 
 google::protobuf::Duration DurationToProto(absl::Duration d) {
@@ -203,8 +316,7 @@ absl::Status Client::Unary(absl::string_view method,
   return Finish(*context, method, nonce, status, timeout);
 }
 
-absl::StatusOr<v1::Process> Client::Start(const v1::StartRequest& request) {
-  v1::Process process;
+absl::Duration Client::StartTimeout(const v1::StartRequest& request) const {
   // A Start that waits for readiness may take its ready timeout (90 s unless it says),
   // and the daemon then answers DEADLINE_EXCEEDED itself; the call has one timeout more.
   absl::Duration timeout = call_timeout_;
@@ -214,7 +326,13 @@ absl::StatusOr<v1::Process> Client::Start(const v1::StartRequest& request) {
                          absl::Nanoseconds(request.ready_timeout().nanos())
                    : absl::Seconds(90);
   }
-  if (absl::Status s = Unary("Start", &v1::Proctor::Stub::Start, request, &process, timeout);
+  return timeout;
+}
+
+absl::StatusOr<v1::Process> Client::Start(const v1::StartRequest& request) {
+  v1::Process process;
+  if (absl::Status s = Unary("Start", &v1::Proctor::Stub::Start, request, &process,
+                             StartTimeout(request));
       !s.ok()) {
     return s;
   }
@@ -367,6 +485,112 @@ absl::Status Client::Watch(const v1::WatchRequest& request,
                            std::stop_token stop) {
   return ServerStream<v1::WatchRequest, v1::Event>("Watch", &v1::Proctor::Stub::Watch, request,
                                                    absl::InfiniteDuration(), sink, stop);
+}
+
+absl::StatusOr<v1::Process> Client::Run(
+    const v1::StartRequest& request,
+    const std::function<void(v1::Stream, std::string_view)>& on_output,
+    const std::function<void(const v1::Process&)>& on_started, std::stop_token stop) {
+  std::string nonce;
+  std::unique_ptr<grpc::ClientContext> context =
+      NewContext("Run", &nonce, absl::InfiniteDuration());
+  std::stop_callback cancel(stop, [&context] { context->TryCancel(); });
+  RunCall call;
+  stub_->async()->Run(context.get(), &request, &call);
+  call.Begin();
+
+  // A Join poll that asks after the process while the stream is quiet.
+  struct Probe {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::string nonce;
+    v1::JoinRequest request;
+    v1::Process reply;
+  };
+  std::optional<Probe> probe;
+  const absl::Duration probe_timeout = call_timeout_ + call_timeout_;
+
+  const absl::Duration started_within = StartTimeout(request);
+  const absl::Time started_by = absl::Now() + started_within;
+  absl::Time quiet_until = started_by;
+  std::optional<v1::Process> started, exited;
+  absl::Status failed;  // ours: the call is cancelled, and this is Run's answer
+  auto fail = [&](absl::Status status) {
+    if (failed.ok()) failed = std::move(status);
+    context->TryCancel();
+  };
+  bool reading = true;
+  while (reading) {
+    // Once cancelled, or while a probe is out, there is nothing to time.
+    const bool timed = failed.ok() && !probe.has_value();
+    switch (call.Await(timed ? quiet_until : absl::InfiniteFuture())) {
+      case RunCall::Woke::kHeaders:
+        // Nothing reaches the caller before the daemon has proved itself in the headers. A
+        // call that ended without headers has its proof, if any, with its status.
+        if (call.headers_ok()) {
+          if (absl::Status proved = Finish(*context, "Run", nonce, grpc::Status::OK);
+              !proved.ok()) {
+            fail(proved);
+          }
+        }
+        break;
+      case RunCall::Woke::kEvent: {
+        v1::RunEvent event = call.TakeEvent();
+        if (!failed.ok()) break;
+        if (event.has_started()) {
+          started = event.started();
+          if (on_started) on_started(*started);
+        } else if (event.has_output()) {
+          if (!event.output().data().empty()) {
+            on_output(event.output().stream(), event.output().data());
+          }
+        } else if (event.has_exited()) {
+          exited = event.exited();
+        }
+        quiet_until = absl::Now() + call_timeout_;
+        break;
+      }
+      case RunCall::Woke::kProbe: {
+        absl::Status answer =
+            Finish(*probe->context, "Join", probe->nonce, call.probe_status(), probe_timeout);
+        probe.reset();
+        if (!answer.ok()) fail(answer);
+        quiet_until = absl::Now() + call_timeout_;
+        break;
+      }
+      case RunCall::Woke::kDone:
+        reading = false;
+        break;
+      case RunCall::Woke::kNothing:
+        if (!started.has_value()) {
+          fail(DidNotAnswer("Run", started_within));
+          break;
+        }
+        if (call_timeout_ == absl::InfiniteDuration()) break;
+        probe.emplace();
+        probe->context = NewContext("Join", &probe->nonce, probe_timeout);
+        probe->request.set_id(started->id());
+        *probe->request.mutable_timeout() = DurationToProto(call_timeout_);
+        stub_->async()->Join(probe->context.get(), &probe->request, &probe->reply,
+                             [&call](grpc::Status status) { call.ProbeAnswered(status); });
+        break;
+    }
+  }
+  call.ReadsOver();
+  grpc::Status status = call.Finished();
+  if (probe.has_value()) {
+    // Its callback refers to `call`: wait for it.
+    probe->context->TryCancel();
+    call.AwaitProbe();
+  }
+  if (status.error_code() == grpc::StatusCode::CANCELLED && stop.stop_requested()) {
+    return absl::CancelledError("Run stopped by its caller");
+  }
+  if (!failed.ok()) return failed;
+  if (absl::Status s = Finish(*context, "Run", nonce, status); !s.ok()) return s;
+  if (!exited.has_value()) {
+    return absl::InternalError("proctord ended Run without the process's exit record");
+  }
+  return *std::move(exited);
 }
 
 absl::Status Client::Release(uint64_t id) {

@@ -8,8 +8,9 @@
 // 30s". Join waits as long as it is asked to in polls of at most the call timeout, each given
 // the call timeout again to be answered, so a stopped or wedged daemon is noticed within two
 // call timeouts while the Join itself can last for ever. Streams (Logs with follow, Watch,
-// Session) have no deadline, but their request must go out within the call timeout: Logs and
-// Watch stop when their caller asks, a Session when it is destroyed.
+// Session, Run) have no deadline, but their request must go out within the call timeout: Logs,
+// Watch and Run stop when their caller asks, a Session when it is destroyed; Run checks on
+// the process with a Join poll whenever it has been quiet for a call timeout.
 // Every call returns absl::Status with the daemon's status code and message unchanged, except
 // UNAVAILABLE, whose message names the address: "cannot reach proctord at unix:/…: …", and
 // the client's own DEADLINE_EXCEEDED above.
@@ -132,6 +133,23 @@ class Client {
   absl::Status Watch(const v1::WatchRequest& request,
                      const std::function<bool(const v1::Event&)>& sink,
                      std::stop_token stop = {});
+  // Starts a process as Start does (the same request, checks and errors: a refused start or
+  // a failed exec is Run's error) and follows it to its end in one call: `on_started` (when
+  // set) gets the started record, then `on_output` each piece of stdout and stderr as it is
+  // written, each stream's in order and whole, and Run returns the exit record (as Join
+  // does) once the process has ended and all its output has been passed on. The callbacks
+  // run on the calling thread, one at a time. Nothing reaches them before the daemon has
+  // proved itself. The started record is due within the call timeout (plus the ready
+  // timeout with wait_ready, as for Start); after it the call has no deadline, but whenever
+  // it has been quiet for a call timeout a Join poll asks after the process, so a daemon that
+  // stopped answering ends Run with that poll's DEADLINE_EXCEEDED ("Join did not answer
+  // within 1m"). Requesting `stop` cancels the call (CANCELLED "Run stopped by its caller");
+  // the process goes on running, as it does when the caller goes away.
+  absl::StatusOr<v1::Process> Run(
+      const v1::StartRequest& request,
+      const std::function<void(v1::Stream, std::string_view)>& on_output,
+      const std::function<void(const v1::Process&)>& on_started = nullptr,
+      std::stop_token stop = {});
   absl::Status Release(uint64_t id);
   // Has proctord apply its services directory now (admin keys only): what it decided, the
   // files it could not use among `errors` (see ReloadResponse).
@@ -162,6 +180,8 @@ class Client {
   absl::Status Finish(const grpc::ClientContext& context, absl::string_view method,
                       absl::string_view nonce, const grpc::Status& status,
                       absl::Duration timeout = absl::InfiniteDuration()) const;
+  // Start's call timeout: with wait_ready, the ready timeout on top.
+  absl::Duration StartTimeout(const v1::StartRequest& request) const;
   // One unary call of `method` through `rpc`, answered within `timeout`.
   template <typename Request, typename Response>
   absl::Status Unary(absl::string_view method,

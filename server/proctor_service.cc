@@ -146,6 +146,23 @@ void SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer* ou
 
 namespace {
 
+// Reads the next chunk (up to kLogChunkBytes) of a capture file from `offset` into `data`, and
+// moves `offset` past it; returns where the chunk began. Empty: nothing more for now.
+absl::StatusOr<int64_t> ReadCaptured(int fd, int64_t& offset, std::string& data) {
+  // Output dropped by --max-log-bytes is a hole at the start of the file: skip it.
+  if (off_t start = lseek(fd, offset, SEEK_DATA); start > offset) offset = start;
+  data.resize(kLogChunkBytes);
+  ssize_t n = pread(fd, data.data(), kLogChunkBytes, offset);
+  if (n < 0) {
+    data.clear();
+    return absl::InternalError(absl::StrCat("reading output: ", std::strerror(errno)));
+  }
+  data.resize(n);
+  const int64_t at = offset;
+  offset += n;
+  return at;
+}
+
 // A unary call answered later by a supervisor callback. The shared state lets whichever of
 // "answer" and "cancel" comes first finish the call, and the other do nothing.
 class ParkedCall final : public grpc::ServerUnaryReactor {
@@ -251,19 +268,13 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     // Whether the process had ended is asked before reading: output written before the exit
     // is then surely in the file, and an empty read means the end.
     bool ended = !follow_ || !IsRunning();
-    // Output dropped by --max-log-bytes is a hole at the start of the file: skip it.
-    if (off_t data = lseek(fd_, offset_, SEEK_DATA); data > offset_) offset_ = data;
-    chunk_.mutable_data()->resize(kLogChunkBytes);
-    ssize_t n = pread(fd_, chunk_.mutable_data()->data(), kLogChunkBytes, offset_);
-    if (n < 0) {
-      FinishLocked(grpc::Status(grpc::StatusCode::INTERNAL,
-                                absl::StrCat("reading output: ", std::strerror(errno))));
+    absl::StatusOr<int64_t> at = ReadCaptured(fd_, offset_, *chunk_.mutable_data());
+    if (!at.ok()) {
+      FinishLocked(ToGrpc(at.status()));
       return;
     }
-    if (n > 0) {
-      chunk_.mutable_data()->resize(n);
-      chunk_.set_offset(offset_);
-      offset_ += n;
+    if (!chunk_.data().empty()) {
+      chunk_.set_offset(*at);
       SerializeReply(chunk_, &out_);
       writing_ = true;
       StartWrite(&out_);
@@ -325,6 +336,223 @@ class FailedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
   }
   void OnDone() override { delete this; }
+};
+
+// One Run: the started record, then the output of both capture files as it is written, then
+// the exit record. Like a followed LogStream it reads after each write, and every
+// kFollowInterval while the process runs and has written nothing; the exit (a parked Join)
+// wakes it at once, so a short process ends the call without waiting for the interval.
+// Reads and writes happen one at a time under the state's mutex, on gRPC's threads, the timer
+// thread and the thread that reports the exit or readiness; the supervisor's callbacks and
+// the timers hold the state rather than the stream, and do nothing once it is done.
+class RunStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  // Follows `started`, whose capture files are held (OpenLogs) until the stream is destroyed.
+  // With `ready_timeout`, the started record is sent once the worker is ready, and a worker
+  // that is not is the call's error, as for Start.
+  static grpc::ServerWriteReactor<grpc::ByteBuffer>* Begin(
+      Supervisor& supervisor, Timers& timers, const ProcessInfo& started,
+      std::optional<absl::Duration> ready_timeout) {
+    absl::StatusOr<ProcessInfo> info = supervisor.OpenLogs(started.id);
+    if (!info.ok()) return new FailedStream(info.status(), timers);
+    int fds[2] = {-1, -1};
+    const std::string* paths[2] = {&info->stdout_path, &info->stderr_path};
+    for (int i = 0; i < 2; ++i) {
+      fds[i] = open(paths[i]->c_str(), O_RDONLY | O_CLOEXEC);
+      if (fds[i] < 0) {
+        absl::Status failed = absl::InternalError(absl::StrCat(
+            "cannot open captured output ", *paths[i], ": ", std::strerror(errno)));
+        if (i == 1) close(fds[0]);
+        supervisor.CloseLogs(started.id);
+        return new FailedStream(failed, timers);
+      }
+    }
+    return new RunStream(supervisor, timers, started, ready_timeout, fds);
+  }
+
+  ~RunStream() override {
+    for (Output& output : outputs_) close(output.fd);
+    supervisor_.CloseLogs(id_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&state_->mu);
+    state_->writing = false;
+    if (!ok) {
+      FinishLocked(grpc::Status::CANCELLED);
+      return;
+    }
+    PumpLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&state_->mu);
+    if (!state_->writing) FinishLocked(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override {
+    std::vector<Supervisor::WaiterId> waiters;
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->stream = nullptr;
+      waiters = {state_->join, state_->ready};
+    }
+    for (Supervisor::WaiterId waiter : waiters) {
+      if (waiter != 0) supervisor_.CancelWait(waiter);
+    }
+    delete this;
+  }
+
+ private:
+  struct Output {
+    v1::Stream stream;
+    int fd;
+    int64_t offset = 0;
+  };
+  struct State {
+    absl::Mutex mu;
+    RunStream* stream ABSL_GUARDED_BY(mu) = nullptr;  // null once done
+    std::optional<v1::Process> started ABSL_GUARDED_BY(mu);  // known, not yet sent
+    bool started_sent ABSL_GUARDED_BY(mu) = false;
+    std::optional<absl::StatusOr<ProcessInfo>> exit ABSL_GUARDED_BY(mu);
+    bool writing ABSL_GUARDED_BY(mu) = false;
+    bool finished ABSL_GUARDED_BY(mu) = false;
+    TimerId timer ABSL_GUARDED_BY(mu) = 0;
+    Supervisor::WaiterId join ABSL_GUARDED_BY(mu) = 0;
+    Supervisor::WaiterId ready ABSL_GUARDED_BY(mu) = 0;
+
+    // Runs `step` on the stream unless it is done.
+    void WithStream(const std::function<void(RunStream&)>& step) {
+      absl::MutexLock lock(&mu);
+      if (stream != nullptr) step(*stream);
+    }
+  };
+
+  RunStream(Supervisor& supervisor, Timers& timers, const ProcessInfo& started,
+            std::optional<absl::Duration> ready_timeout, const int fds[2])
+      : supervisor_(supervisor),
+        timers_(timers),
+        id_(started.id),
+        outputs_{Output{v1::STREAM_STDOUT, fds[0]}, Output{v1::STREAM_STDERR, fds[1]}},
+        state_(std::make_shared<State>()) {
+    // The first event may be long in coming (readiness): the proof goes out now.
+    StartSendInitialMetadata();
+    std::shared_ptr<State> state = state_;
+    {
+      absl::MutexLock lock(&state->mu);
+      state->stream = this;
+      if (!ready_timeout.has_value()) {
+        state->started.emplace();
+        ToProto(started, &*state->started);
+      }
+    }
+    // The supervisor may answer at once, on this thread: no lock is held while asking.
+    if (ready_timeout.has_value()) {
+      Supervisor::WaiterId ready = supervisor_.AwaitReady(
+          id_, *ready_timeout, [state](absl::StatusOr<ProcessInfo> result) {
+            state->WithStream([&](RunStream& stream) {
+              stream.state_->ready = 0;
+              if (!result.ok()) {
+                stream.FinishLocked(ToGrpc(result.status()));
+                return;
+              }
+              stream.state_->started.emplace();
+              ToProto(*result, &*stream.state_->started);
+              stream.PumpLocked();
+            });
+          });
+      SetWaiter(&State::ready, ready);
+    }
+    Supervisor::WaiterId join =
+        supervisor_.Join(id_, std::nullopt, [state](absl::StatusOr<ProcessInfo> result) {
+          state->WithStream([&](RunStream& stream) {
+            stream.state_->join = 0;
+            stream.state_->exit = std::move(result);
+            stream.PumpLocked();
+          });
+        });
+    SetWaiter(&State::join, join);
+    absl::MutexLock lock(&state_->mu);
+    PumpLocked();
+  }
+
+  // Keeps `waiter` for cancelling, unless its answer has come already.
+  void SetWaiter(Supervisor::WaiterId State::*which, Supervisor::WaiterId waiter) {
+    absl::MutexLock lock(&state_->mu);
+    const bool answered = which == &State::join ? state_->exit.has_value()
+                                                 : state_->started.has_value() || state_->finished;
+    if (!answered) state_.get()->*which = waiter;
+  }
+
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    State& state = *state_;
+    if (state.finished || state.writing || !state.started.has_value()) return;
+    if (!state.started_sent) {
+      state.started_sent = true;
+      *event_.mutable_started() = *state.started;
+      WriteLocked();
+      return;
+    }
+    // Whether the process had ended is asked before reading: output written before the exit
+    // is then surely in the files, and empty reads mean the end.
+    const bool ended = state.exit.has_value();
+    // Both streams in turn, so that neither holds up the other.
+    for (int tries = 0; tries < 2; ++tries) {
+      Output& output = outputs_[next_output_];
+      next_output_ = 1 - next_output_;
+      v1::RunOutput& chunk = *event_.mutable_output();
+      absl::StatusOr<int64_t> at = ReadCaptured(output.fd, output.offset, *chunk.mutable_data());
+      if (!at.ok()) {
+        FinishLocked(ToGrpc(at.status()));
+        return;
+      }
+      if (chunk.data().empty()) continue;
+      chunk.set_stream(output.stream);
+      chunk.set_offset(*at);
+      WriteLocked();
+      return;
+    }
+    if (ended) {
+      if (!state.exit->ok()) {
+        FinishLocked(ToGrpc(state.exit->status()));
+        return;
+      }
+      ToProto(**state.exit, event_.mutable_exited());
+      SerializeReply(event_, &out_);
+      state.finished = true;
+      StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+      return;
+    }
+    if (state.timer != 0) return;
+    std::shared_ptr<State> shared = state_;
+    state.timer = timers_.After(kFollowInterval, [shared] {
+      shared->WithStream([](RunStream& stream) {
+        stream.state_->timer = 0;
+        stream.PumpLocked();
+      });
+    });
+  }
+
+  void WriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    SerializeReply(event_, &out_);
+    state_->writing = true;
+    StartWrite(&out_);
+  }
+
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    if (state_->finished) return;
+    state_->finished = true;
+    Finish(status);
+  }
+
+  Supervisor& supervisor_;
+  Timers& timers_;
+  const uint64_t id_;
+  Output outputs_[2];  // read under state_->mu
+  int next_output_ = 0;
+  v1::RunEvent event_;      // the event being written
+  grpc::ByteBuffer out_;    // event_, serialized; alive until written
+  std::shared_ptr<State> state_;
 };
 
 // One session: open on the first request, touch on each later one, close when the client
@@ -588,44 +816,71 @@ grpc::ServerUnaryReactor* ProctorService::Deny(grpc::CallbackServerContext* cont
   return Refuse(context, refused, HoldBack(context, refused));
 }
 
-grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* context,
-                                                const grpc::ByteBuffer* raw,
-                                                grpc::ByteBuffer* response) {
-  v1::StartRequest request;
-  absl::StatusOr<Caller> caller = Admit(context, "Start", *raw, request);
-  if (!caller.ok()) return Deny(context, caller.status());
+ProctorService::Started ProctorService::AdmitAndStart(grpc::CallbackServerContext* context,
+                                                      absl::string_view method,
+                                                      const grpc::ByteBuffer& raw,
+                                                      v1::StartRequest& request) {
+  absl::StatusOr<Caller> caller = Admit(context, method, raw, request);
+  if (!caller.ok()) return {caller.status(), HoldBack(context, caller.status())};
   StartSpec spec;
   spec.parent_id = caller->worker_id;
   spec.authkey = request.authkey();
   spec.session = request.session();
   if (spec.session != 0 && !caller->admin()) {
-    return Refuse(context, absl::FailedPreconditionError(
-                               "sessions are for clients that are not workers; a worker's "
-                               "key makes the worker itself the parent"));
+    return {absl::FailedPreconditionError(
+        "sessions are for clients that are not workers; a worker's key makes the worker "
+        "itself the parent")};
   }
-  if (absl::Status s = StartSpecFromRequest(request, spec); !s.ok()) return Refuse(context, s);
+  if (absl::Status s = StartSpecFromRequest(request, spec); !s.ok()) return {s};
   absl::StatusOr<ProcessInfo> started = supervisor_.Start(spec);
   if (absl::IsResourceExhausted(started.status())) {
     std::string tree = caller->admin() ? absl::StrCat("admin@", context->peer())
                                        : absl::StrCat(supervisor_.RootOf(caller->worker_id));
-    return Refuse(context, started.status(), limit_refusals_.Refused(tree));
+    return {started.status(), limit_refusals_.Refused(tree)};
   }
-  if (started.ok() && request.wait_ready()) {
+  return {std::move(started)};
+}
+
+namespace {
+
+// How long a Start with wait_ready may wait for readiness.
+absl::Duration ReadyTimeout(const v1::StartRequest& request) {
+  return request.has_ready_timeout() ? FromDurationProto(request.ready_timeout())
+                                     : kDefaultReadyTimeout;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ProctorService::Start(grpc::CallbackServerContext* context,
+                                                const grpc::ByteBuffer* raw,
+                                                grpc::ByteBuffer* response) {
+  v1::StartRequest request;
+  Started started = AdmitAndStart(context, "Start", *raw, request);
+  if (!started.process.ok()) return Refuse(context, started.process.status(), started.hold_back);
+  if (request.wait_ready()) {
     // Answered once the worker has sent READY=1 (or ended, or run out of time).
-    absl::Duration timeout = request.has_ready_timeout()
-                                 ? FromDurationProto(request.ready_timeout())
-                                 : kDefaultReadyTimeout;
-    uint64_t id = started->id;
+    absl::Duration timeout = ReadyTimeout(request);
+    uint64_t id = started.process->id;
     return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
       return supervisor_.AwaitReady(id, timeout, std::move(done));
     });
   }
-  if (started.ok()) {
-    v1::Process process;
-    ToProto(*started, &process);
-    SerializeReply(process, response);
+  v1::Process process;
+  ToProto(*started.process, &process);
+  SerializeReply(process, response);
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ProctorService::Run(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  v1::StartRequest request;
+  Started started = AdmitAndStart(context, "Run", *raw, request);
+  if (!started.process.ok()) {
+    return new FailedStream(started.process.status(), timers_, started.hold_back);
   }
-  return FinishNow(context, started.status());
+  std::optional<absl::Duration> ready_timeout;
+  if (request.wait_ready()) ready_timeout = ReadyTimeout(request);
+  return RunStream::Begin(supervisor_, timers_, *started.process, ready_timeout);
 }
 
 grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext* context,

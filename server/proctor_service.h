@@ -3,7 +3,9 @@
 // Handlers never block on a process: Join and Terminate park their call in the supervisor
 // and finish it from the completion callback, so a thousand waiting joiners hold no thread.
 // Logs streams the capture files; with follow it keeps reading until the process has ended
-// and its output is drained. Statuses cross this layer unchanged (code and message).
+// and its output is drained. Run is Start, a followed Logs of both files and a Join in one
+// stream, its headers (and the proof in them) sent at once. Statuses cross this layer
+// unchanged (code and message).
 //
 // Every handler first authenticates its call (Authenticator) and puts the daemon's proof in
 // the reply's initial metadata; a refused call gets UNAUTHENTICATED (or RESOURCE_EXHAUSTED
@@ -48,14 +50,14 @@ void SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer* ou
 absl::Status ValidateRequest(const google::protobuf::Message& request);
 
 // The generated service with every method taking and giving bytes.
-using RawProctorService =
+using RawProctorService = v1::Proctor::WithRawCallbackMethod_Run<
     v1::Proctor::WithRawCallbackMethod_Start<v1::Proctor::WithRawCallbackMethod_Join<
         v1::Proctor::WithRawCallbackMethod_Terminate<v1::Proctor::WithRawCallbackMethod_Status<
             v1::Proctor::WithRawCallbackMethod_Logs<v1::Proctor::WithRawCallbackMethod_Release<
                 v1::Proctor::WithRawCallbackMethod_Session<v1::Proctor::WithRawCallbackMethod_Watch<
                     v1::Proctor::WithRawCallbackMethod_Reload<
                         v1::Proctor::WithRawCallbackMethod_ListServices<
-                            v1::Proctor::Service>>>>>>>>>>;
+                            v1::Proctor::Service>>>>>>>>>>>;
 
 class ProctorService final : public RawProctorService {
  public:
@@ -69,6 +71,10 @@ class ProctorService final : public RawProctorService {
   grpc::ServerUnaryReactor* Start(grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request,
                                   grpc::ByteBuffer* response) override;
+  // Start's checks and start, then the started record, the output as it is written and the
+  // exit record (see RunEvent); a start refused or failed is the call's error, as for Start.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Run(grpc::CallbackServerContext* context,
+                                                  const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
                                  const grpc::ByteBuffer* request,
                                  grpc::ByteBuffer* response) override;
@@ -125,6 +131,14 @@ class ProctorService final : public RawProctorService {
   enum class Access { kChange, kRead };
   // OK when `caller` may act on process `id` so.
   absl::Status Authorize(const Caller& caller, uint64_t id, Access access = Access::kChange);
+  // What Start and Run start: the record, or why not and how long to hold that back.
+  struct Started {
+    absl::StatusOr<ProcessInfo> process;
+    absl::Duration hold_back = absl::ZeroDuration();
+  };
+  // Admit() as `method`, then Start's own checks, then the start.
+  Started AdmitAndStart(grpc::CallbackServerContext* context, absl::string_view method,
+                        const grpc::ByteBuffer& raw, v1::StartRequest& request);
   // Admit(), then PERMISSION_DENIED unless the key is an admin's.
   absl::StatusOr<Caller> AdmitAdmin(grpc::CallbackServerContext* context,
                                     absl::string_view method, const grpc::ByteBuffer& raw,

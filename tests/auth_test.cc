@@ -645,6 +645,29 @@ TEST_F(AuthCredentialTest, StreamsSendTheirProofBeforeTheirFirstMessage) {
     context.TryCancel();
     stream->Finish();
   }
+  {
+    // A Run waiting for a readiness that never comes sends no event.
+    grpc::ClientContext context;
+    std::string expected = open(context, "Run");
+    v1::StartRequest request = sleeper;
+    request.set_name("never-ready");
+    request.set_notify(true);
+    request.set_wait_ready(true);
+    auto reader = stub_->Run(&context, request);
+    reader->WaitForInitialMetadata();
+    EXPECT_EQ(proof_of(context), expected) << "Run";
+    context.TryCancel();
+    reader->Finish();
+    v1::StatusRequest named;
+    named.set_name("never-ready");
+    absl::StatusOr<std::vector<v1::Process>> started = daemon_.client().List(named);
+    ASSERT_TRUE(started.ok()) << started.status();
+    for (const v1::Process& p : *started) {
+      v1::TerminateRequest stop;
+      stop.set_id(p.id());
+      EXPECT_TRUE(daemon_.client().Terminate(stop).ok());
+    }
+  }
   v1::TerminateRequest stop;
   stop.set_id(quiet.id());
   EXPECT_TRUE(daemon_.client().Terminate(stop).ok());
@@ -697,6 +720,20 @@ class Impostor final : public v1::Proctor::Service {
     v1::LogChunk chunk;
     chunk.set_data("forged output\n");
     writer->Write(chunk);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Run(grpc::ServerContext* context, const v1::StartRequest*,
+                   grpc::ServerWriter<v1::RunEvent>* writer) override {
+    AddProof(context);
+    v1::RunEvent event;
+    event.mutable_started()->set_id(7);
+    writer->Write(event);
+    event.mutable_output()->set_data("forged output\n");
+    writer->Write(event);
+    event.mutable_exited()->set_id(7);
+    event.mutable_exited()->set_state(v1::STATE_EXITED);
+    writer->Write(event);
     return grpc::Status::OK;
   }
 
@@ -761,6 +798,17 @@ TEST_P(AuthImpostorTest, ClientDoesNotTrustADaemonThatCannotProveTheKey) {
   EXPECT_TRUE(absl::IsUnauthenticated(logs.status)) << logs.status;
   EXPECT_THAT(logs.status.message(), HasSubstr("failed to prove it holds the key"));
   EXPECT_EQ(logs.delivered, "") << "the client passed on output from an impostor";
+
+  // Run waits for the proof in the headers before it passes anything on.
+  std::string delivered;
+  v1::StartRequest run;
+  run.set_target("/bin/true");
+  absl::StatusOr<v1::Process> ran = client->Run(
+      run, [&](v1::Stream, std::string_view data) { delivered.append(data); },
+      [&](const v1::Process&) { delivered.append("started"); });
+  EXPECT_TRUE(absl::IsUnauthenticated(ran.status())) << ran.status();
+  EXPECT_THAT(ran.status().message(), HasSubstr("failed to prove it holds the key"));
+  EXPECT_EQ(delivered, "") << "the client passed on events from an impostor";
 
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }

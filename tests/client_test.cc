@@ -1,8 +1,9 @@
 // The client library (client/client.h, client/credentials.h) where the daemon does not help:
 // deadlines against a daemon that never answers (a socket nobody accepts on, or a proctord
 // stopped with SIGSTOP), Join's polls against one that answers slowly, streams stopped by their
-// caller, and the warning about a key file others can read; and Watch against a real daemon:
-// from a listing's cursor, live, stopped, refused, and under a worker's key.
+// caller, and the warning about a key file others can read; Watch against a real daemon:
+// from a listing's cursor, live, stopped, refused, and under a worker's key; and Run against a
+// real daemon: output, exit, failed and refused starts, long and stopped runs.
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -136,6 +138,9 @@ TEST(ClientDeadlineTest, EveryCallHasOne) {
       "Watch did not answer within 500ms", t);
   ExpectDeadline([&] { return client->OpenSession().status(); },
                  "Session did not answer within 500ms", t);
+  // Run has no deadline once started, but its start is due within the call timeout.
+  ExpectDeadline([&] { return client->Run(start, [](v1::Stream, std::string_view) {}).status(); },
+                 "Run did not answer within 500ms", t);
   // A Join's poll asks the daemon to answer within one call timeout, and gives it another.
   ExpectDeadline([&] { return client->Join(1).status(); }, "Join did not answer within 1s",
                  2 * t);
@@ -291,6 +296,159 @@ TEST_F(ClientAgainstDaemonTest, FollowedLogsStopWhenAsked) {
   EXPECT_EQ(ended->exitcode(), 0);
   std::lock_guard<std::mutex> lock(mu);
   EXPECT_EQ(received, "ready\n");
+}
+
+// What a Run passed on, in the order it came.
+struct RunOutcome {
+  absl::StatusOr<v1::Process> exited;
+  std::vector<std::string> order;  // "started", "stdout", "stderr"
+  std::optional<v1::Process> started;
+  std::string out;
+  std::string err;
+};
+
+RunOutcome RunWith(Client& client, const std::vector<std::string>& argv,
+                   const std::function<void(RunOutcome&)>& on_output = nullptr,
+                   std::stop_token stop = {}) {
+  v1::StartRequest request;
+  request.set_target(argv[0]);
+  for (size_t i = 1; i < argv.size(); ++i) request.add_args(argv[i]);
+  RunOutcome outcome;
+  outcome.exited = client.Run(
+      request,
+      [&](v1::Stream stream, std::string_view data) {
+        const bool err = stream == v1::STREAM_STDERR;
+        outcome.order.push_back(err ? "stderr" : "stdout");
+        (err ? outcome.err : outcome.out).append(data);
+        if (on_output) on_output(outcome);
+      },
+      [&](const v1::Process& started) {
+        outcome.order.push_back("started");
+        outcome.started = started;
+      },
+      stop);
+  return outcome;
+}
+
+TEST_F(ClientAgainstDaemonTest, RunPassesOnBothStreamsInOrderAndWhole) {
+  // Lines on both streams, then more than one chunk (64 KiB) at once on stdout.
+  RunOutcome run = RunWith(
+      daemon_.client(),
+      {"/bin/sh", "-c",
+       "i=1; while [ $i -le 500 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done; "
+       "head -c 200000 /dev/zero | tr '\\0' x; exit 0"});
+  ASSERT_TRUE(run.exited.ok()) << run.exited.status();
+  std::string out, err;
+  for (int i = 1; i <= 500; ++i) {
+    absl::StrAppend(&out, "out", i, "\n");
+    absl::StrAppend(&err, "err", i, "\n");
+  }
+  out.append(200000, 'x');
+  EXPECT_EQ(run.out, out);
+  EXPECT_EQ(run.err, err);
+  ASSERT_FALSE(run.order.empty());
+  EXPECT_EQ(run.order.front(), "started");
+  EXPECT_EQ(std::count(run.order.begin(), run.order.end(), "started"), 1);
+  ASSERT_TRUE(run.started.has_value());
+  EXPECT_EQ(run.started->state(), v1::STATE_RUNNING);
+  EXPECT_EQ(run.exited->id(), run.started->id());
+  EXPECT_EQ(run.exited->state(), v1::STATE_EXITED);
+  EXPECT_EQ(run.exited->exitcode(), 0);
+}
+
+TEST_F(ClientAgainstDaemonTest, RunEndsWithTheExitRecord) {
+  RunOutcome three = RunWith(daemon_.client(), {"/bin/sh", "-c", "exit 3"});
+  ASSERT_TRUE(three.exited.ok()) << three.exited.status();
+  EXPECT_EQ(three.exited->exitcode(), 3);
+  EXPECT_EQ(three.exited->signal(), 0);
+  RunOutcome killed = RunWith(daemon_.client(), {"/bin/sh", "-c", "kill -TERM $$"});
+  ASSERT_TRUE(killed.exited.ok()) << killed.exited.status();
+  EXPECT_EQ(killed.exited->exitcode(), -SIGTERM);
+  EXPECT_EQ(killed.exited->signal(), SIGTERM);
+  // The record is the one Join gives.
+  absl::StatusOr<v1::Process> joined = daemon_.client().Join(killed.exited->id());
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(joined->exitcode(), killed.exited->exitcode());
+  EXPECT_EQ(joined->end_time().seconds(), killed.exited->end_time().seconds());
+}
+
+TEST_F(ClientAgainstDaemonTest, RunOfAFailedExecIsTheCallsErrorAndLeavesNoRecord) {
+  RunOutcome run = RunWith(daemon_.client(), {daemon_.dir() + "/no-such-program"});
+  EXPECT_EQ(run.exited.status().code(), absl::StatusCode::kNotFound) << run.exited.status();
+  EXPECT_THAT(run.exited.status().message(), ::testing::HasSubstr("no-such-program"));
+  EXPECT_THAT(run.order, IsEmpty());
+  absl::StatusOr<std::vector<v1::Process>> all = daemon_.client().List(v1::StatusRequest{});
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_THAT(*all, IsEmpty());
+}
+
+TEST_F(ClientAgainstDaemonTest, RunOfABadRequestIsInvalidArgument) {
+  RunOutcome run = RunWith(daemon_.client(), {""});
+  EXPECT_EQ(run.exited.status().code(), absl::StatusCode::kInvalidArgument)
+      << run.exited.status();
+  EXPECT_THAT(run.exited.status().message(), ::testing::HasSubstr("target"));
+  EXPECT_THAT(run.order, IsEmpty());
+}
+
+TEST_F(ClientAgainstDaemonTest, RunOutlastsManyCallTimeouts) {
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  Gate gate(daemon_.dir() + "/gate");
+  absl::Time before = absl::Now();
+  std::future<RunOutcome> run = std::async(std::launch::async, [&] {
+    return RunWith(*client, {"/bin/sh", "-c", "echo ready; " + gate.ShellWait() + "; exit 7"});
+  });
+  // Three and a half call timeouts of a quiet stream: Join polls ask after the process.
+  EXPECT_EQ(run.wait_for(std::chrono::milliseconds(3500)), std::future_status::timeout)
+      << "Run returned before the process ended";
+  EXPECT_TRUE(gate.Open());
+  ASSERT_EQ(run.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+      << "Run did not return when the process ended";
+  RunOutcome outcome = run.get();
+  ASSERT_TRUE(outcome.exited.ok()) << outcome.exited.status();
+  EXPECT_EQ(outcome.exited->exitcode(), 7);
+  EXPECT_EQ(outcome.out, "ready\n");
+  EXPECT_GE(absl::Now() - before, absl::Milliseconds(3500));
+}
+
+TEST_F(ClientAgainstDaemonTest, RunAgainstAStoppedDaemonEndsWithItsJoinPoll) {
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  absl::Time stopped_at;
+  RunOutcome run = RunWith(*client, {"/bin/sh", "-c", "echo ready; exec /bin/sleep 60"},
+                           [&](RunOutcome& so_far) {
+                             if (so_far.out != "ready\n") return;
+                             EXPECT_TRUE(StopProcess(daemon_.pid()));
+                             stopped_at = absl::Now();
+                           });
+  absl::Duration took = absl::Now() - stopped_at;
+  kill(daemon_.pid(), SIGCONT);
+  ASSERT_TRUE(run.started.has_value());
+  EXPECT_EQ(run.exited.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << run.exited.status();
+  EXPECT_EQ(run.exited.status().message(), "Join did not answer within 2s");
+  // A quiet call timeout, then the poll's two.
+  EXPECT_GE(took, absl::Seconds(3) - absl::Milliseconds(50));
+  EXPECT_LT(took, absl::Seconds(6));
+  // The worker was left running.
+  absl::StatusOr<v1::Process> record = client->Status(run.started->id());
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  Kill(run.started->id());
+}
+
+TEST_F(ClientAgainstDaemonTest, RunStoppedByItsCallerLeavesTheProcessRunning) {
+  std::stop_source stop;
+  RunOutcome run =
+      RunWith(daemon_.client(), {"/bin/sh", "-c", "echo ready; exec /bin/sleep 60"},
+              [&](RunOutcome&) { stop.request_stop(); }, stop.get_token());
+  EXPECT_EQ(run.exited.status().code(), absl::StatusCode::kCancelled) << run.exited.status();
+  EXPECT_EQ(run.exited.status().message(), "Run stopped by its caller");
+  ASSERT_TRUE(run.started.has_value());
+  absl::StatusOr<v1::Process> record = daemon_.client().Status(run.started->id());
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  Kill(run.started->id());
 }
 
 // What a Watch handed to its sink, and how it ended.

@@ -803,81 +803,59 @@ int CmdRun(Cli& cli, const Command& command, const Args& args) {
   absl::StatusOr<Client*> connected = cli.client();
   if (!connected.ok()) return cli.Fail(connected.status());
   Client* client = *connected;
-  // A session makes this command the worker's parent: if the command is killed or loses the
-  // daemon, a --daemon worker is terminated instead of left behind. Inside a worker, the
-  // worker itself is the parent, with the same effect.
+  // A session makes this command the parent of a --daemon worker: if the command is killed or
+  // loses the daemon, the worker is terminated instead of left behind. Inside a worker, the
+  // worker itself is the parent, with the same effect. Other workers outlive their parent
+  // anyway, and start without the session's round trip.
   std::unique_ptr<Session> session;
-  if (client->credentials().key_id == kAdminKeyId) {
+  if (request.daemon() && client->credentials().key_id == kAdminKeyId) {
     absl::StatusOr<std::unique_ptr<Session>> opened = client->OpenSession();
     if (!opened.ok()) return cli.Fail(opened.status());
     session = *std::move(opened);
     request.set_session(session->id());
   }
-  absl::StatusOr<v1::Process> started = client->Start(request);
-  if (!started.ok()) return cli.Fail(started.status());
-  const uint64_t id = started->id();
 
   std::mutex err_mu;  // the worker's stderr and our own messages share cli.err()
-  auto stream = [&](std::stop_token stop, v1::Stream which, std::ostream& to, std::mutex* mu) {
-    v1::LogsRequest logs;
-    logs.set_id(id);
-    logs.set_stream(which);
-    logs.set_follow(true);
-    return client->Logs(
-        logs,
-        [&](std::string_view data) {
-          std::unique_lock<std::mutex> lock;
-          if (mu != nullptr) lock = std::unique_lock<std::mutex>(*mu);
-          to.write(data.data(), static_cast<std::streamsize>(data.size()));
-          to.flush();
-        },
-        stop);
-  };
-  // The streams end by themselves when the worker has ended and all is read; when the Join
-  // fails instead (the daemon gone or not answering), they are stopped.
-  absl::Status out_status, err_status;
-  std::jthread out_thread([&](std::stop_token stop) {
-    out_status = stream(stop, v1::STREAM_STDOUT, cli.out(), nullptr);
-  });
-  std::jthread err_thread([&](std::stop_token stop) {
-    err_status = stream(stop, v1::STREAM_STDERR, cli.err(), &err_mu);
-  });
-
   // First SIGTERM with the daemon's grace, then SIGKILL; a third signal stops waiting. The
   // calls run in threads of their own so that the watcher stays responsive to the user even
-  // when the daemon is not answering; their errors show up in the Join.
+  // when the daemon is not answering; their errors show up in the Run. Signals that arrive
+  // before the worker has started wait, blocked, for the watcher.
   std::vector<std::thread> terminators;  // touched by the watcher thread only, until Stop()
-  SignalWatcher watcher(block, [&](int sig, int count) {
-    if (count > 2) {
-      std::lock_guard<std::mutex> lock(err_mu);
-      cli.err() << "proctor: interrupted; process " << id << " may still be running" << std::endl;
-      cli.out().flush();
-      std::_Exit(128 + sig);
-    }
-    terminators.emplace_back([client, id, count] {
-      v1::TerminateRequest terminate;
-      terminate.set_id(id);
-      terminate.set_signal(count == 1 ? SIGTERM : SIGKILL);
-      terminate.set_wait(false);
-      (void)client->Terminate(terminate);
+  std::optional<SignalWatcher> watcher;
+  auto on_started = [&](const v1::Process& started) {
+    watcher.emplace(block, [&, id = started.id()](int sig, int count) {
+      if (count > 2) {
+        std::lock_guard<std::mutex> lock(err_mu);
+        cli.err() << "proctor: interrupted; process " << id << " may still be running"
+                  << std::endl;
+        cli.out().flush();
+        std::_Exit(128 + sig);
+      }
+      terminators.emplace_back([client, id, count] {
+        v1::TerminateRequest terminate;
+        terminate.set_id(id);
+        terminate.set_signal(count == 1 ? SIGTERM : SIGKILL);
+        terminate.set_wait(false);
+        (void)client->Terminate(terminate);
+      });
     });
-  });
+  };
+  auto on_output = [&](v1::Stream stream, std::string_view data) {
+    std::unique_lock<std::mutex> lock;
+    std::ostream* to = &cli.out();
+    if (stream == v1::STREAM_STDERR) {
+      lock = std::unique_lock<std::mutex>(err_mu);
+      to = &cli.err();
+    }
+    to->write(data.data(), static_cast<std::streamsize>(data.size()));
+    to->flush();
+  };
 
-  absl::StatusOr<v1::Process> joined = client->Join(id);
-  watcher.Stop();
+  absl::StatusOr<v1::Process> exited = client->Run(request, on_output, on_started);
+  if (watcher.has_value()) watcher->Stop();
   for (std::thread& t : terminators) t.join();
-  if (!joined.ok()) {
-    out_thread.request_stop();
-    err_thread.request_stop();
-  }
-  out_thread.join();
-  err_thread.join();
-  if (!joined.ok()) return cli.Fail(joined.status());
-  for (const absl::Status& s : {out_status, err_status}) {
-    if (!s.ok())
-      cli.err() << "proctor: output of process " << id << ": " << s.message() << std::endl;
-  }
-  return JoinExitStatus(*joined);
+  if (!exited.ok()) return cli.Fail(exited.status());
+  return JoinExitStatus(*exited);
 }
 
 int CmdJoin(Cli& cli, const Command& command, const Args& args) {

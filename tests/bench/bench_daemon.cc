@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -37,7 +38,7 @@ void BenchDaemon::KillNine() {
 
 absl::StatusOr<std::unique_ptr<BenchDaemon>> BenchDaemon::Start(
     const std::string& proctord, const std::vector<std::string>& proctord_args,
-    const std::string& dir) {
+    const std::string& dir, bool await_spares) {
   std::string state_dir = dir + "/state";
   std::string address = absl::StrCat("unix:", dir, "/proctord.sock");
   std::vector<std::string> args = {proctord, "--listen", address, "--state-dir",
@@ -66,6 +67,7 @@ absl::StatusOr<std::unique_ptr<BenchDaemon>> BenchDaemon::Start(
   }
   std::unique_ptr<BenchDaemon> daemon(new BenchDaemon(pid, log_path));
   if (absl::Status s = daemon->AwaitAnswer(state_dir, address); !s.ok()) return s;
+  if (!await_spares) return daemon;
 
   // The stock is made in the background, about 1 ms a file on ext4.
   std::string spares = state_dir + "/logs/spare";
@@ -133,6 +135,49 @@ absl::StatusOr<DaemonStats> ReadStats(pid_t pid) {
   if (error) return absl::InternalError(absl::StrCat("/proc/", pid, "/fd: ", error.message()));
   stats.descriptors = std::distance(fds, std::filesystem::directory_iterator());
   return stats;
+}
+
+std::optional<ProcStat> ReadProcStat(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // The name is in parentheses and may hold anything, spaces and ')' included.
+  size_t open = text.find('(');
+  size_t close = text.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close + 4 > text.size()) {
+    return std::nullopt;
+  }
+  ProcStat stat;
+  stat.comm = text.substr(open + 1, close - open - 1);
+  stat.state = text[close + 2];
+  // From the state on: state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
+  // cmajflt utime stime, the times in clock ticks.
+  std::istringstream rest(text.substr(close + 4));
+  int64_t skipped = 0, utime = 0, stime = 0;
+  rest >> stat.ppid;
+  for (int i = 0; i < 9; ++i) rest >> skipped;
+  rest >> utime >> stime;
+  if (!rest) return std::nullopt;
+  static const int64_t ticks_per_second = sysconf(_SC_CLK_TCK);
+  stat.cpu_us = (utime + stime) * 1'000'000 / ticks_per_second;
+  return stat;
+}
+
+pid_t FindKeeper(pid_t parent, absl::Duration limit) {
+  absl::Time deadline = absl::Now() + limit;
+  do {
+    std::error_code error;
+    for (auto it = std::filesystem::directory_iterator("/proc", error);
+         !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
+      int pid = 0;
+      if (!absl::SimpleAtoi(it->path().filename().string(), &pid)) continue;
+      std::optional<ProcStat> stat = ReadProcStat(pid);
+      if (stat && stat->ppid == parent && stat->comm == "proctor-keeper" && stat->state != 'Z') {
+        return pid;
+      }
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  } while (absl::Now() < deadline);
+  return 0;
 }
 
 }  // namespace proctor

@@ -7,11 +7,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "client/client.h"
 
 namespace proctor {
@@ -20,10 +22,12 @@ namespace proctor {
 class BenchDaemon {
  public:
   // Starts `proctord` with `args` and its socket and state in `dir`, and waits until it
-  // answers and its stock of spare capture files has stopped growing.
+  // answers and, with `await_spares`, until its stock of spare capture files has stopped
+  // growing.
   static absl::StatusOr<std::unique_ptr<BenchDaemon>> Start(const std::string& proctord,
                                                             const std::vector<std::string>& args,
-                                                            const std::string& dir);
+                                                            const std::string& dir,
+                                                            bool await_spares = true);
   ~BenchDaemon();
   pid_t pid() const { return pid_; }
   // SIGKILL, and reaped: as a crash would end it (its keeper and workers live on).
@@ -50,6 +54,21 @@ struct DaemonStats {
 
 // From /proc/<pid>/status and /proc/<pid>/fd.
 absl::StatusOr<DaemonStats> ReadStats(pid_t pid);
+
+// What /proc/<pid>/stat says of a process: its command name, state and parent, and the CPU
+// time its threads have used (utime + stime, not its children's).
+struct ProcStat {
+  std::string comm;
+  char state = '?';
+  pid_t ppid = 0;
+  int64_t cpu_us = 0;
+};
+// Nothing when the process is gone (or the file unreadable).
+std::optional<ProcStat> ReadProcStat(pid_t pid);
+
+// The live child of `parent` named proctor-keeper, looked for until `limit` has passed; 0 if
+// none.
+pid_t FindKeeper(pid_t parent, absl::Duration limit);
 
 }  // namespace proctor
 

@@ -18,7 +18,6 @@
 //    a subreaper: orphans come to it).
 // --no-keeper is for a proctord that spawns its workers itself: step 1 for proctord alone, no
 // step 2.
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -52,6 +51,7 @@
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "nlohmann/json.hpp"
+#include "tests/bench/bench_daemon.h"
 
 extern char** environ;
 
@@ -101,30 +101,8 @@ std::string ReadAll(const std::string& path) {
   return buffer.str();
 }
 
-// /proc/<pid>/stat after the command name: state, ppid, ...; and the name itself.
-struct Stat {
-  std::string comm;
-  char state = '?';
-  pid_t ppid = 0;
-};
-
-std::optional<Stat> ReadStat(pid_t pid) {
-  std::string text = ReadAll(absl::StrCat("/proc/", pid, "/stat"));
-  size_t open = text.find('(');
-  size_t close = text.rfind(')');
-  if (open == std::string::npos || close == std::string::npos || close + 4 > text.size()) {
-    return std::nullopt;
-  }
-  Stat stat;
-  stat.comm = text.substr(open + 1, close - open - 1);
-  stat.state = text[close + 2];
-  std::istringstream rest(text.substr(close + 4));
-  rest >> stat.ppid;
-  return stat;
-}
-
 bool IsAlive(pid_t pid) {
-  std::optional<Stat> stat = ReadStat(pid);
+  std::optional<ProcStat> stat = ReadProcStat(pid);
   return stat.has_value() && stat->state != 'Z' && stat->state != 'X';
 }
 
@@ -149,30 +127,6 @@ int CountFds(pid_t pid) {
     ++count;
   }
   return error ? -1 : count;
-}
-
-// The live child of `parent` named proctor-keeper, waiting up to `limit`; 0 if none.
-pid_t FindKeeper(pid_t parent, absl::Duration limit) {
-  absl::Time deadline = absl::Now() + limit;
-  do {
-    if (DIR* proc = opendir("/proc")) {
-      pid_t found = 0;
-      while (dirent* entry = readdir(proc)) {
-        int pid = 0;
-        if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
-        std::optional<Stat> stat = ReadStat(pid);
-        if (stat && stat->ppid == parent && stat->comm == "proctor-keeper" &&
-            stat->state != 'Z') {
-          found = pid;
-          break;
-        }
-      }
-      closedir(proc);
-      if (found != 0) return found;
-    }
-    absl::SleepFor(absl::Milliseconds(1));
-  } while (absl::Now() < deadline);
-  return 0;
 }
 
 bool WaitUntil(const std::function<bool()>& condition, absl::Duration limit) {
@@ -289,7 +243,7 @@ class Daemon {
 int CountLiveSleepers(const std::vector<pid_t>& pids) {
   int live = 0;
   for (pid_t pid : pids) {
-    std::optional<Stat> stat = ReadStat(pid);
+    std::optional<ProcStat> stat = ReadProcStat(pid);
     if (stat && stat->comm == "sleep" && stat->state != 'Z' && stat->state != 'X') ++live;
   }
   return live;
@@ -342,7 +296,7 @@ absl::Status RunOnce(const Options& options, const std::string& dir, RunResult& 
     if (daemon.pid() > 0) daemon.Stop(absl::Seconds(15));
     if (keeper > 0 && IsAlive(keeper)) kill(keeper, SIGTERM);
     for (pid_t pid : workers) {
-      std::optional<Stat> stat = ReadStat(pid);
+      std::optional<ProcStat> stat = ReadProcStat(pid);
       if (stat && stat->comm == "sleep") kill(pid, SIGKILL);
     }
   };
