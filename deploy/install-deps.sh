@@ -16,6 +16,8 @@ packages=(
   # The tests: a scraper and Prometheus' parser for the metrics, YAML for the Kubernetes
   # manifest.
   curl python3-prometheus-client python3-yaml
+  # The fuzz targets (deploy/fuzz-smoke.sh): clang and its libFuzzer.
+  clang-14 libfuzzer-14-dev
 )
 
 missing=()

@@ -143,7 +143,13 @@ uint32_t Crc(const void* data, size_t size) {
 
 // The event a row (cursor, crc, data) holds, or why it cannot be trusted.
 absl::StatusOr<v1::Event> DecodeRow(sqlite3_stmt* stmt) {
-  auto cursor = static_cast<uint64_t>(sqlite3_column_int64(stmt, 0));
+  int64_t stored_cursor = sqlite3_column_int64(stmt, 0);
+  // A zeroed row (cursor 0, CRC 0, no bytes) passes every other check as an empty event.
+  if (stored_cursor <= 0) {
+    return absl::DataLossError(
+        absl::StrCat("its cursor ", stored_cursor, " names no event (cursors start at 1)"));
+  }
+  auto cursor = static_cast<uint64_t>(stored_cursor);
   auto crc = static_cast<uint32_t>(sqlite3_column_int64(stmt, 1));
   const void* data = sqlite3_column_blob(stmt, 2);
   int size = sqlite3_column_bytes(stmt, 2);
@@ -271,13 +277,16 @@ Salvaged Salvage(const std::string& path) {
   for (const char* sql : {"SELECT value FROM meta WHERE key = 'last_cursor'",
                           "SELECT max(cursor) FROM events"}) {
     absl::StatusOr<int64_t> cursor = QueryInt(path, db.get(), sql);
-    if (cursor.ok()) out.max_cursor = std::max(out.max_cursor, static_cast<uint64_t>(*cursor));
+    if (cursor.ok() && *cursor > 0) {
+      out.max_cursor = std::max(out.max_cursor, static_cast<uint64_t>(*cursor));
+    }
   }
   absl::StatusOr<Stmt> rows =
       Prepare(path, db.get(), "SELECT cursor, crc, data FROM events ORDER BY cursor");
   if (rows.ok()) {
     ScanRows(rows->get(), [&](uint64_t cursor, absl::StatusOr<v1::Event> event) {
-      out.max_cursor = std::max(out.max_cursor, cursor);
+      // A negative stored cursor reads as above INT64_MAX: no cursor could follow it.
+      if (static_cast<int64_t>(cursor) > 0) out.max_cursor = std::max(out.max_cursor, cursor);
       if (event.ok()) {
         out.events.push_back(*std::move(event));
       } else {
@@ -472,8 +481,13 @@ absl::StatusOr<Journal::Loaded> Journal::Load() {
   if (rc != SQLITE_DONE) return SqliteError(path_, db_, rc, "read events");
   if (!damaged.empty()) {
     // A deleted row is a gap: watchers may not resume from before it.
+    // Rows with no valid cursor (DecodeRow) say nothing of where the gap is.
+    uint64_t highest = 0;
+    for (uint64_t cursor : damaged) {
+      if (static_cast<int64_t>(cursor) > 0) highest = std::max(highest, cursor);
+    }
     uint64_t old_first = first_cursor_;
-    first_cursor_ = std::max(first_cursor_, damaged.back() + 1);
+    first_cursor_ = std::max(first_cursor_, highest + 1);
     if (absl::Status s = InTransactionLocked([&] { return DeleteLocked(damaged); }); !s.ok()) {
       first_cursor_ = old_first;
       return s;

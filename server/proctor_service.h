@@ -14,10 +14,8 @@
 // daemon. A call made with a worker's key reaches only that worker's subtree: it starts
 // children of that worker, lists only its subtree, and gets PERMISSION_DENIED for any other id.
 //
-// Requests arrive as bytes and are parsed here, after authentication: a body that is not the
-// method's request message, a google.protobuf.Duration outside its own rules, or a number
-// that names no value of its enum gets INVALID_ARGUMENT naming the message or field (gRPC's
-// own parsing would answer UNIMPLEMENTED with no message, and give the service no say).
+// Requests arrive as bytes and are parsed here (request_parsing.h), after authentication
+// (gRPC's own parsing would answer UNIMPLEMENTED with no message, and give the service no say).
 #ifndef PROCTOR_SERVER_PROCTOR_SERVICE_H_
 #define PROCTOR_SERVER_PROCTOR_SERVICE_H_
 
@@ -30,6 +28,7 @@
 #include "server/clock.h"
 #include "server/event_log.h"
 #include "server/process_proto.h"
+#include "server/request_parsing.h"
 #include "server/service_manager.h"
 #include "server/supervisor.h"
 
@@ -39,16 +38,6 @@ namespace proctor {
 grpc::Status ToGrpc(const absl::Status& status);
 // `refused` saying that it was held back for `delay`, when that is more than zero.
 absl::Status HeldBack(const absl::Status& refused, absl::Duration delay);
-// Parses a request body into `request` and validates it (ValidateRequest).
-absl::Status ParseRequest(const grpc::ByteBuffer& raw, google::protobuf::Message& request);
-// Replaces what `out` held with `reply`, serialized.
-void SerializeReply(const google::protobuf::Message& reply, grpc::ByteBuffer* out);
-
-// OK when every field of `request`, nested messages included, holds a value the API defines:
-// each enum field one of its enum's values, each google.protobuf.Duration within that type's
-// rules. Otherwise INVALID_ARGUMENT naming the field.
-absl::Status ValidateRequest(const google::protobuf::Message& request);
-
 // The generated service with every method taking and giving bytes.
 using RawProctorService = v1::Proctor::WithRawCallbackMethod_Run<
     v1::Proctor::WithRawCallbackMethod_Start<v1::Proctor::WithRawCallbackMethod_Join<

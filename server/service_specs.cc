@@ -18,7 +18,7 @@
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/json_util.h"
 #include "server/process_proto.h"
-#include "server/proctor_service.h"
+#include "server/request_parsing.h"
 
 namespace proctor {
 namespace {

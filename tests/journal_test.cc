@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "server/event_log.h"
 #include "server/event_recorder.h"
@@ -207,6 +208,36 @@ TEST_P(JournalTest, DamagedRowsAreLoggedDroppedAndSkipped) {
   EXPECT_THAT(Cursors(again->events), ElementsAre(1, 3, 6, 7)) << "damaged rows were deleted";
   EXPECT_EQ(again->corrupt_dropped, 0u);
   EXPECT_EQ(journal->FirstCursor(), 6u);
+}
+
+// Found by tests/fuzz/journal_fuzz: a zeroed row (cursor 0, CRC 0, no bytes) passed every
+// check as an empty event of cursor 0; a negative cursor with an event that carries it as
+// unsigned passed too, first in cursor order.
+TEST_P(JournalTest, RowsWithoutAPositiveCursorAreDropped) {
+  {
+    auto journal = OpenJournal();
+    ASSERT_NE(journal, nullptr);
+    Append(*journal, {ProcessEvent(v1::EVENT_STARTED, 1), ProcessEvent(v1::EVENT_STARTED, 2)});
+  }
+  v1::Event negative = ProcessEvent(v1::EVENT_STARTED, 3);
+  negative.set_cursor(static_cast<uint64_t>(int64_t{-3}));
+  std::string bytes = negative.SerializeAsString();
+  Sql(absl::StrCat(
+      "INSERT INTO events(cursor, crc, data, process) VALUES (0, 0, X'', 1);"
+      "INSERT INTO events(cursor, crc, data, process) VALUES (-3, ",
+      crc32_z(0, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size()), ", X'",
+      absl::BytesToHexString(bytes), "', 3);"));
+  auto journal = OpenJournal();
+  ASSERT_NE(journal, nullptr);
+  absl::StatusOr<Journal::Loaded> loaded = journal->Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_THAT(Cursors(loaded->events), ElementsAre(1, 2));
+  EXPECT_EQ(loaded->corrupt_dropped, 2u);
+  EXPECT_EQ(loaded->last_cursor, 2u);
+  EXPECT_THAT(log_.str(), HasSubstr("its cursor 0 names no event"));
+  EXPECT_THAT(log_.str(), HasSubstr("its cursor -3 names no event"));
+  EXPECT_EQ(journal->FirstCursor(), 1u) << "no event was lost";
+  EXPECT_THAT(Append(*journal, {ProcessEvent(v1::EVENT_EXITED, 1)}), ElementsAre(3));
 }
 
 TEST_P(JournalTest, GarbageFileIsMovedAsideAndAFreshJournalStarts) {

@@ -501,7 +501,9 @@ absl::StatusOr<absl::Duration> ParseSeconds(absl::string_view option, absl::stri
 
 class Cli {
  public:
-  Cli(std::ostream& out, std::ostream& err) : out_(out), err_(err) {}
+  // `offline`: the command line is only checked; client() connects to nothing.
+  Cli(std::ostream& out, std::ostream& err, bool offline = false)
+      : out_(out), err_(err), offline_(offline) {}
 
   std::ostream& out() { return out_; }
   std::ostream& err() { return err_; }
@@ -511,6 +513,10 @@ class Cli {
 
   // Connects on first use, so that `run` can block signals before gRPC starts its threads.
   absl::StatusOr<Client*> client() {
+    if (offline_) {
+      return absl::FailedPreconditionError(
+          "not connecting to proctord: the command line was only checked");
+    }
     if (client_ == nullptr) {
       absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(client_options_);
       if (!client.ok()) return client.status();
@@ -547,6 +553,7 @@ class Cli {
  private:
   std::ostream& out_;
   std::ostream& err_;
+  const bool offline_;
   bool json_ = false;
   ClientOptions client_options_;
   std::unique_ptr<Client> client_;
@@ -1717,11 +1724,14 @@ std::string ProcessTable(const std::vector<v1::Process>& processes) {
   return Table(rows);
 }
 
-int RunCli(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err) {
+namespace {
+
+int Run(const std::vector<std::string>& argv, std::ostream& out, std::ostream& err,
+        bool offline) {
   if (!argv.empty() && argv[0] == "__complete") {
     return CmdComplete(std::span<const std::string>(argv).subspan(1), out);
   }
-  Cli cli(out, err);
+  Cli cli(out, err, offline);
   absl::StatusOr<Args> global = ParseArgs(kGlobal, argv);
   if (!global.ok()) return cli.UsageError(nullptr, global.status().message());
   if (global->help) {
@@ -1759,6 +1769,16 @@ int RunCli(const std::vector<std::string>& argv, std::ostream& out, std::ostream
   }
   if (parsed->json) cli.set_json(true);
   return command->handler(cli, *command, *parsed);
+}
+
+}  // namespace
+
+int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  return Run(args, out, err, /*offline=*/false);
+}
+
+int CheckCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  return Run(args, out, err, /*offline=*/true);
 }
 
 int RunCli(int argc, char** argv) {

@@ -75,6 +75,12 @@ int RunCli(int argc, char** argv);
 // `run` writes the worker's stdout to `out` and its stderr to `err`, from separate threads.
 int RunCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 
+// RunCli without proctord: the line is parsed and checked exactly as RunCli does, and each
+// command stops where it would connect, with "proctor: not connecting to proctord: the
+// command line was only checked" on `err` and exit status 1. Usage errors, help and
+// `__complete` answer as with RunCli. Reads no key file and opens no connection.
+int CheckCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
 // One record as a single-line JSON object: id, name, pid, state ("running"/"exited"),
 // exitcode (null while running), signal, core_dumped, daemon, parent (the parent process id,
 // or null), parent_session (or null), children, target, args, cwd, start_time and end_time
