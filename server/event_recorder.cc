@@ -85,18 +85,28 @@ EventRecorder::Rebuilt EventRecorder::Rebuild(const std::vector<v1::Event>& even
   return rebuilt;
 }
 
-absl::Status EventRecorder::Flush() {
-  if (journal_ == nullptr || unjournaled_.empty()) return absl::OkStatus();
-  if (absl::Status journaled = journal_->Append(unjournaled_); journaled.ok()) {
+absl::Status EventRecorder::AppendAfterHeldBackLocked(std::vector<v1::Event>& fresh) {
+  if (unjournaled_.empty()) return journal_->Append(fresh);  // the usual case: no copy
+  // A copy: Append resets the cursors of what it refuses, and the held-back keep theirs.
+  std::vector<v1::Event> batch = unjournaled_;
+  batch.insert(batch.end(), fresh.begin(), fresh.end());
+  absl::Status journaled = journal_->Append(batch);
+  if (journaled.ok()) {
     spdlog::warn("the journal takes events again; {} held back are written", unjournaled_.size());
     unjournaled_.clear();
-    journal_error_ = absl::OkStatus();
-    return absl::OkStatus();
-  } else {
-    journal_error_ = journaled;
+    behind_.store(false, std::memory_order_release);
   }
+  return journaled;
+}
+
+absl::Status EventRecorder::Flush() {
+  if (!behind_.load(std::memory_order_acquire)) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::Event> none;
+  absl::Status journaled = AppendAfterHeldBackLocked(none);
+  if (journaled.ok()) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
-      "the journal ", journal_->path(), " cannot be written (", journal_error_.message(),
+      "the journal ", journal_->path(), " cannot be written (", journaled.message(),
       "; is its disk full?): no process is started until it can be, so that none is lost; "
       "running processes go on"));
 }
@@ -107,19 +117,10 @@ absl::Status EventRecorder::Record(const std::vector<SupervisorEvent>& events) {
   for (const SupervisorEvent& event : events) protos.push_back(ToProto(event));
   absl::Status journaled = absl::OkStatus();
   if (journal_ != nullptr) {
-    // The events keep the cursors the supervisor gave them; any the journal refused before
-    // go first, in order.
-    std::vector<v1::Event> batch = unjournaled_;
-    batch.insert(batch.end(), protos.begin(), protos.end());
-    journaled = journal_->Append(batch);
-    if (journaled.ok()) {
-      if (!unjournaled_.empty()) {
-        spdlog::warn("the journal takes events again; {} held back are written",
-                     unjournaled_.size());
-      }
-      unjournaled_.clear();
-      journal_error_ = absl::OkStatus();
-    } else {
+    absl::MutexLock lock(&mu_);
+    // The events keep the cursors the supervisor gave them, after any held back.
+    journaled = AppendAfterHeldBackLocked(protos);
+    if (!journaled.ok()) {
       for (size_t i = 0; i < protos.size(); ++i) protos[i].set_cursor(events[i].cursor);
       // Bounded: past this, the oldest are given up (and said to be).
       constexpr size_t kMaxUnjournaled = 1 << 16;
@@ -129,7 +130,7 @@ absl::Status EventRecorder::Record(const std::vector<SupervisorEvent>& events) {
         spdlog::error("{} events could not be journaled and are given up", dropped);
         unjournaled_.erase(unjournaled_.begin(), unjournaled_.begin() + dropped);
       }
-      journal_error_ = journaled;
+      behind_.store(true, std::memory_order_release);
     }
   }
   // Watchers see them even when the disk refused them: the daemon is still running them.

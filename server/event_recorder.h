@@ -8,6 +8,7 @@
 #ifndef PROCTOR_SERVER_EVENT_RECORDER_H_
 #define PROCTOR_SERVER_EVENT_RECORDER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <utility>
@@ -15,6 +16,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "proctor/v1/proctor.pb.h"
 #include "server/event_log.h"
 #include "server/journal.h"
@@ -34,7 +36,8 @@ class EventRecorder final : public EventSink {
                 size_t compact_every = 4096);
 
   // Events the journal refuses (a full disk) are kept and written, in order, before the next
-  // ones, and Flush says so until they are.
+  // ones, and Flush says so until they are. Flush may be called from any thread at any time;
+  // while nothing is held back it only reads an atomic.
   absl::Status Record(const std::vector<SupervisorEvent>& events) override;
   absl::Status Flush() override;
 
@@ -58,10 +61,16 @@ class EventRecorder final : public EventSink {
 
  private:
   Journal* const journal_;
-  // Events the journal refused, oldest first, with why (guarded by the supervisor's turn:
-  // Record and Flush are called one at a time).
-  std::vector<v1::Event> unjournaled_;
-  absl::Status journal_error_;
+  // Appends the held-back events, then `fresh`, in one transaction; the held-back go once
+  // written.
+  absl::Status AppendAfterHeldBackLocked(std::vector<v1::Event>& fresh)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Mutex mu_;
+  // Events the journal refused, oldest first, with the cursors they were given.
+  std::vector<v1::Event> unjournaled_ ABSL_GUARDED_BY(mu_);
+  // Whether unjournaled_ holds any: read without the lock before every Start.
+  std::atomic<bool> behind_{false};
   EventLog& log_;
   const Retained retained_;
   const size_t compact_every_;

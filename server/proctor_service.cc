@@ -46,6 +46,16 @@ absl::Status HeldBack(const absl::Status& refused, absl::Duration delay) {
 
 namespace {
 
+// A capture file, opened for reading.
+absl::StatusOr<int> OpenCaptured(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot open captured output ", path, ": ", std::strerror(errno)));
+  }
+  return fd;
+}
+
 // Reads the next chunk (up to kLogChunkBytes) of a capture file from `offset` into `data`, and
 // moves `offset` past it; returns where the chunk began. Empty: nothing more for now.
 absl::StatusOr<int64_t> ReadCaptured(int fd, int64_t& offset, std::string& data) {
@@ -255,18 +265,14 @@ class RunStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       std::optional<absl::Duration> ready_timeout) {
     absl::StatusOr<ProcessInfo> info = supervisor.OpenLogs(started.id);
     if (!info.ok()) return new FailedStream(info.status(), timers);
-    int fds[2] = {-1, -1};
-    const std::string* paths[2] = {&info->stdout_path, &info->stderr_path};
-    for (int i = 0; i < 2; ++i) {
-      fds[i] = open(paths[i]->c_str(), O_RDONLY | O_CLOEXEC);
-      if (fds[i] < 0) {
-        absl::Status failed = absl::InternalError(absl::StrCat(
-            "cannot open captured output ", *paths[i], ": ", std::strerror(errno)));
-        if (i == 1) close(fds[0]);
-        supervisor.CloseLogs(started.id);
-        return new FailedStream(failed, timers);
-      }
+    absl::StatusOr<int> out = OpenCaptured(info->stdout_path);
+    absl::StatusOr<int> err = out.ok() ? OpenCaptured(info->stderr_path) : out;
+    if (!err.ok()) {
+      if (out.ok()) close(*out);
+      supervisor.CloseLogs(started.id);
+      return new FailedStream(err.status(), timers);
     }
+    const int fds[2] = {*out, *err};
     return new RunStream(supervisor, timers, started, ready_timeout, fds);
   }
 
@@ -882,13 +888,12 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ProctorService::Logs(
   if (!info.ok()) return new FailedStream(info.status(), timers_);
   const std::string& path =
       request.stream() == v1::STREAM_STDERR ? info->stderr_path : info->stdout_path;
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  absl::StatusOr<int> opened = OpenCaptured(path);
+  if (!opened.ok()) {
     supervisor_.CloseLogs(request.id());
-    return new FailedStream(absl::InternalError(absl::StrCat("cannot open captured output ", path,
-                                                             ": ", std::strerror(errno))),
-                            timers_);
+    return new FailedStream(opened.status(), timers_);
   }
+  const int fd = *opened;
   int64_t offset = 0;
   struct stat st;
   if (request.tail_bytes() > 0 && fstat(fd, &st) == 0) {

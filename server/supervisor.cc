@@ -216,7 +216,6 @@ absl::StatusOr<LaunchSpec> Supervisor::BuildLaunchSpec(const StartSpec& spec,
 absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
   if (absl::Status s = Validate(spec); !s.ok()) return s;
   if (options_.events != nullptr) {
-    absl::MutexLock lock(&record_mu_);
     if (absl::Status recorded = options_.events->Flush(); !recorded.ok()) return recorded;
   }
   // Reads the user database: before the lock.

@@ -203,9 +203,9 @@ class EventSink {
   virtual ~EventSink() = default;
   virtual absl::Status Record(const std::vector<SupervisorEvent>& events) = 0;
   // OK when every event so far is recorded, after trying once more to record any that could
-  // not be; else RESOURCE_EXHAUSTED saying what cannot be written. Called, in turn with
-  // Record, before each Start: a process whose start could not be recorded would be lost
-  // by a crash of the daemon.
+  // not be; else RESOURCE_EXHAUSTED saying what cannot be written. Called before each Start,
+  // from its thread, concurrently with Record: a process whose start could not be recorded
+  // would be lost by a crash of the daemon. Must be cheap while nothing is held back.
   virtual absl::Status Flush() { return absl::OkStatus(); }
 };
 

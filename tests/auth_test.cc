@@ -599,65 +599,38 @@ TEST_F(AuthCredentialTest, StreamsSendTheirProofBeforeTheirFirstMessage) {
   sleeper.add_args("100");
   v1::Process quiet = *daemon_.client().Start(sleeper);
   // Each stream below sends no message for as long as the test waits: a proof sent with the
-  // first message would not arrive before the deadline.
-  auto open = [&](grpc::ClientContext& context, absl::string_view method) {
+  // first message would not arrive before the deadline. `open` starts the call on `context`.
+  auto expect_proof_first = [&](absl::string_view method, auto open) {
+    grpc::ClientContext context;
     CallCredential credential = CallCredential::Make(key_, kAdminKeyId, method, NowMillis());
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     context.AddMetadata(kAuthMetadataKey, credential.Format());
-    return ServerProof(key_, method, credential.nonce_hex);
-  };
-  auto proof_of = [](const grpc::ClientContext& context) {
-    auto it = context.GetServerInitialMetadata().find(kServerProofMetadataKey);
-    return it == context.GetServerInitialMetadata().end()
-               ? std::string()
-               : std::string(it->second.data(), it->second.size());
-  };
-  {
-    grpc::ClientContext context;
-    std::string expected = open(context, "Logs");
-    v1::LogsRequest request;
-    request.set_id(quiet.id());
-    request.set_follow(true);
-    auto reader = stub_->Logs(&context, request);
-    reader->WaitForInitialMetadata();
-    EXPECT_EQ(proof_of(context), expected) << "Logs with follow";
-    context.TryCancel();
-    reader->Finish();
-  }
-  {
-    grpc::ClientContext context;
-    std::string expected = open(context, "Watch");
-    v1::WatchRequest request;
-    request.add_ids(quiet.id());
-    auto reader = stub_->Watch(&context, request);
-    reader->WaitForInitialMetadata();
-    EXPECT_EQ(proof_of(context), expected) << "Watch";
-    context.TryCancel();
-    reader->Finish();
-  }
-  {
-    grpc::ClientContext context;
-    std::string expected = open(context, "Session");
-    auto stream = stub_->Session(&context);
-    // Before the session's first request: the client may check the daemon before it asks.
+    auto stream = open(context);
     stream->WaitForInitialMetadata();
-    EXPECT_EQ(proof_of(context), expected) << "Session";
+    const auto& headers = context.GetServerInitialMetadata();
+    auto it = headers.find(kServerProofMetadataKey);
+    EXPECT_TRUE(it != headers.end() && std::string(it->second.data(), it->second.size()) ==
+                                           ServerProof(key_, method, credential.nonce_hex))
+        << method;
     context.TryCancel();
     stream->Finish();
-  }
+  };
+  v1::LogsRequest follow;
+  follow.set_id(quiet.id());
+  follow.set_follow(true);
+  expect_proof_first("Logs", [&](grpc::ClientContext& c) { return stub_->Logs(&c, follow); });
+  v1::WatchRequest watch;
+  watch.add_ids(quiet.id());
+  expect_proof_first("Watch", [&](grpc::ClientContext& c) { return stub_->Watch(&c, watch); });
+  // Before the session's first request: the client may check the daemon before it asks.
+  expect_proof_first("Session", [&](grpc::ClientContext& c) { return stub_->Session(&c); });
   {
     // A Run waiting for a readiness that never comes sends no event.
-    grpc::ClientContext context;
-    std::string expected = open(context, "Run");
     v1::StartRequest request = sleeper;
     request.set_name("never-ready");
     request.set_notify(true);
     request.set_wait_ready(true);
-    auto reader = stub_->Run(&context, request);
-    reader->WaitForInitialMetadata();
-    EXPECT_EQ(proof_of(context), expected) << "Run";
-    context.TryCancel();
-    reader->Finish();
+    expect_proof_first("Run", [&](grpc::ClientContext& c) { return stub_->Run(&c, request); });
     v1::StatusRequest named;
     named.set_name("never-ready");
     absl::StatusOr<std::vector<v1::Process>> started = daemon_.client().List(named);

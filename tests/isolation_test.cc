@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "common/authkey.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -396,12 +397,14 @@ TEST(CredentialTest, AChildCannotActAsItsParent) {
   EXPECT_TRUE(as_parent->Terminate(terminate).ok());
   terminate.set_id(parent.id());
   EXPECT_TRUE(daemon.client().Terminate(terminate).ok());
-  std::thread([&] {
-    // Bounds the wait should the parent's exit never reach the child's watch.
-    absl::SleepFor(absl::Seconds(20));
-    give_up.request_stop();
-  }).detach();
+  // Bounds the wait should the parent's exit never reach the child's watch.
+  absl::Notification watched;
+  std::thread timer([&] {
+    if (!watched.WaitForNotificationWithTimeout(absl::Seconds(20))) give_up.request_stop();
+  });
   watcher.join();
+  watched.Notify();
+  timer.join();
   std::set<uint64_t> ids;
   for (const v1::Event& event : seen) ids.insert(event.process().id());
   EXPECT_TRUE(ids.contains(parent.id())) << "the parent's exit did not reach the child's watch";

@@ -671,8 +671,23 @@ class RecordingSink final : public EventSink {
     recorded.insert(recorded.end(), events.begin(), events.end());
     return absl::OkStatus();
   }
+  absl::Status Flush() override { return behind; }
   std::vector<SupervisorEvent> recorded;
+  absl::Status behind;  // what Flush says
 };
+
+TEST_F(SupervisorTest, NoStartWhileEventsAreHeldBackFromTheJournal) {
+  RecordingSink sink;
+  Make(SupervisorOptions{.events = &sink});
+  sink.behind = absl::ResourceExhaustedError("the journal cannot be written");
+  absl::StatusOr<ProcessInfo> refused = supervisor_->Start(StartSpec{.target = "/bin/true"});
+  EXPECT_EQ(refused.status(), sink.behind);
+  EXPECT_TRUE(os_.launches.empty()) << "nothing was started";
+  EXPECT_TRUE(sink.recorded.empty());
+  sink.behind = absl::OkStatus();
+  StartTrue();
+  EXPECT_EQ(os_.launches.size(), 1u);
+}
 
 TEST_F(SupervisorTest, EveryChangeIsAnEventRecordedBeforeItIsReported) {
   RecordingSink sink;

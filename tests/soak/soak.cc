@@ -209,7 +209,7 @@ class Soak {
         sleepers.pop_back();
         TerminateAndCheck(*client, id);
       } else if (op < 17) {
-        Call(*client, "Status", [&] { return client->List(v1::StatusRequest()).status(); });
+        Call("Status", [&] { return client->List(v1::StatusRequest()).status(); });
       } else {
         FollowAndCheck(*client);
       }
@@ -258,7 +258,7 @@ class Soak {
   }
 
   // Runs `call`, counting a failure under the fault in force; returns whether it worked.
-  bool Call(Client&, absl::string_view method, const std::function<absl::Status()>& call) {
+  bool Call(absl::string_view method, const std::function<absl::Status()>& call) {
     absl::Time made = absl::Now();
     absl::Status status = call();
     absl::MutexLock lock(&tally_.mu);
@@ -281,7 +281,7 @@ class Soak {
   std::optional<v1::Process> JoinToEnd(Client& client, uint64_t id) {
     for (int attempt = 0; attempt < 200; ++attempt) {
       absl::StatusOr<v1::Process> joined;
-      Call(client, "Join", [&] {
+      Call("Join", [&] {
         joined = client.Join(id, absl::Seconds(5));
         return joined.status();
       });
@@ -309,7 +309,7 @@ class Soak {
       std::string out;
       v1::LogsRequest logs;
       logs.set_id(id);
-      if (Call(client, "Logs", [&] {
+      if (Call("Logs", [&] {
             out.clear();
             return client.Logs(logs, [&](std::string_view data) { out.append(data); });
           }) &&
@@ -323,7 +323,7 @@ class Soak {
               absl::StrCat("process ", id, " wrote ", out.size(), " bytes, expected ", output_bytes));
       }
     }
-    Call(client, "Release", [&] { return client.Release(id); });
+    Call("Release", [&] { return client.Release(id); });
   }
 
   // Starts `argv`; the record, counted, or nothing when the call failed (counted too).
@@ -332,7 +332,7 @@ class Soak {
     request.set_target(argv[0]);
     for (size_t i = 1; i < argv.size(); ++i) request.add_args(argv[i]);
     absl::StatusOr<v1::Process> started;
-    if (!Call(client, "Start", [&] {
+    if (!Call("Start", [&] {
           started = client.Start(request);
           return started.status();
         })) {
@@ -359,7 +359,7 @@ class Soak {
     v1::TerminateRequest request;
     request.set_id(id);
     absl::StatusOr<v1::Process> ended;
-    Call(client, "Terminate", [&] {
+    Call("Terminate", [&] {
       ended = client.Terminate(request);
       return ended.status();
     });
@@ -376,7 +376,7 @@ class Soak {
     logs.set_id(started->id());
     logs.set_follow(true);
     std::string out;
-    bool followed = Call(client, "Logs", [&] {
+    bool followed = Call("Logs", [&] {
       out.clear();
       return client.Logs(logs, [&](std::string_view data) { out.append(data); });
     });
@@ -384,7 +384,7 @@ class Soak {
     std::optional<v1::Process> ended = JoinToEnd(client, started->id());
     if (!followed && ended.has_value()) {
       logs.set_follow(false);
-      followed = Call(client, "Logs", [&] {
+      followed = Call("Logs", [&] {
         out.clear();
         return client.Logs(logs, [&](std::string_view data) { out.append(data); });
       });
