@@ -376,6 +376,72 @@ grpc::ServerUnaryReactor* SyncService::SyncUpdate(grpc::CallbackServerContext* c
       });
 }
 
+absl::StatusOr<SyncParty> SyncService::BindablePartyOf(const Caller& caller,
+                                                       const v1::SyncBindRequest& request) {
+  switch (request.party_case()) {
+    case v1::SyncBindRequest::kProcess: {
+      const uint64_t id = request.process();
+      absl::StatusOr<ProcessInfo> info = supervisor_.Get(id);
+      if (!info.ok()) return info.status();
+      if (!caller.admin() && !supervisor_.InSubtree(caller.worker_id, id)) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("process ", id, " is outside the subtree of process ", caller.worker_id,
+                         ", whose key made this call: a worker binds only processes of its "
+                         "own subtree"));
+      }
+      if (!info->running) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("process ", id,
+                         " is not running (it has ended, or waits to be restarted): only a "
+                         "running process can be bound"));
+      }
+      return SyncParty{.process = id};
+    }
+    case v1::SyncBindRequest::kSession:
+      if (!caller.admin()) {
+        return absl::FailedPreconditionError(
+            "sessions are for clients that are not workers; a worker binds processes of its "
+            "own subtree");
+      }
+      if (!supervisor_.IsSessionOpen(request.session())) {
+        return absl::NotFoundError(absl::StrCat("no open session ", request.session()));
+      }
+      return SyncParty{.session = request.session()};
+    default:
+      return absl::InvalidArgumentError("process or session is required: the party to bind");
+  }
+}
+
+grpc::ServerUnaryReactor* SyncService::SyncBind(grpc::CallbackServerContext* context,
+                                                const grpc::ByteBuffer* raw,
+                                                grpc::ByteBuffer* response) {
+  v1::SyncBindRequest request;
+  absl::StatusOr<Caller> caller = gate_.Admit(context, "SyncBind", *raw, request);
+  if (!caller.ok()) return gate_.Deny(context, caller.status());
+  if (absl::Status s = Reachable(*caller, request.id()).status(); !s.ok()) {
+    return gate_.Refuse(context, s);
+  }
+  absl::StatusOr<SyncParty> party = BindablePartyOf(*caller, request);
+  if (!party.ok()) return gate_.Refuse(context, party.status());
+  return Reply(context, table_.Bind(request.id(), *party), response);
+}
+
+absl::StatusOr<uint64_t> SyncService::Reserve(const Caller& caller,
+                                              const v1::StartRequest& request) {
+  std::vector<uint64_t> ids(request.barriers().begin(), request.barriers().end());
+  if (ids.empty()) return 0;
+  for (uint64_t id : ids) {
+    if (absl::Status s = Reachable(caller, id).status(); !s.ok()) return s;
+  }
+  return table_.Reserve(ids);
+}
+
+void SyncService::Bind(uint64_t reservation, uint64_t process) {
+  table_.BindReserved(reservation, SyncParty{.process = process});
+}
+
+void SyncService::Drop(uint64_t reservation) { table_.DropReserved(reservation); }
+
 SyncObjects::SyncObjects(Supervisor& supervisor, Timers& timers, ProctorService& gate,
                          SyncLimits limits)
     : table_(timers, limits,
@@ -384,6 +450,7 @@ SyncObjects::SyncObjects(Supervisor& supervisor, Timers& timers, ProctorService&
                                          : supervisor.IsSessionOpen(party.session);
              }),
       service_(table_, supervisor, gate) {
+  gate.SetStartBindings(&service_);
   supervisor.SetEndListener([this](uint64_t process, uint64_t session) {
     table_.PartyEnded(SyncParty{.process = process, .session = session});
   });

@@ -538,6 +538,52 @@ TEST_F(RestartTest, SyncChangesAnsweredJustBeforeAKillNineAreAllKept) {
   EXPECT_EQ(lock->holders_size(), 1);
 }
 
+// A Barrier's bound parties live through a kill -9; one that ended while no proctord ran
+// breaks it, named, once the next proctord learns of its end.
+TEST_F(RestartTest, BoundPartiesLiveThroughKillNineAndOneThatEndedMeanwhileBreaksTheBarrier) {
+  uint64_t barrier_id = 0;
+  v1::Process stays, goes;
+  {
+    TestDaemon first(Flags());
+    SyncClient sync(first.client());
+    v1::SyncCreateRequest create = OfKind(v1::SYNC_BARRIER);
+    create.set_parties(3);
+    barrier_id = CreateOk(sync, create);
+    v1::StartRequest start;
+    start.set_target("/bin/sleep");
+    start.add_args("1000");
+    start.add_barriers(barrier_id);
+    absl::StatusOr<v1::Process> started = first.client().Start(start);
+    ASSERT_TRUE(started.ok()) << started.status();
+    stays = *started;
+    started = first.client().Start(start);
+    ASSERT_TRUE(started.ok()) << started.status();
+    goes = *started;
+    ASSERT_EQ(sync.Get(barrier_id)->bound_size(), 2);
+    first.Kill();
+    ASSERT_EQ(kill(goes.pid(), SIGKILL), 0);  // the keeper's unreaped child: still this pid
+    ASSERT_TRUE(WaitFor([&] { return IsZombie(goes.pid()); }));
+  }
+  TestDaemon second(Flags());
+  SyncClient sync(second.client());
+  const std::string named =
+      absl::StrCat("process ", goes.id(), ", one of its bound parties, ended without arriving");
+  ASSERT_TRUE(WaitFor([&] { return sync.Get(barrier_id).value_or(v1::SyncObject{}).broken(); }))
+      << second.Log();
+  absl::StatusOr<v1::SyncObject> barrier = sync.Get(barrier_id);
+  EXPECT_THAT(barrier->broken_reason(), HasSubstr(named));
+  ASSERT_EQ(barrier->bound_size(), 1);
+  EXPECT_EQ(barrier->bound(0).process(), stays.id());
+  v1::SyncWaitRequest wait;
+  wait.set_id(barrier_id);
+  absl::StatusOr<v1::SyncWaitResponse> waited = sync.Wait(wait);
+  EXPECT_TRUE(absl::IsAborted(waited.status())) << waited.status();
+  EXPECT_THAT(waited.status().message(), HasSubstr(named));
+  v1::TerminateRequest stop;
+  stop.set_id(stays.id());
+  EXPECT_TRUE(second.client().Terminate(stop).ok());
+}
+
 // The same through a SIGUSR2 restart in place; a call waiting at the restart ends UNAVAILABLE.
 TEST_F(RestartTest, SyncObjectsLiveThroughSigusrTwoAndWaitersAreToldUnavailable) {
   TestDaemon daemon(Flags());
