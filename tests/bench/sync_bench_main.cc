@@ -4,8 +4,9 @@
 //   proctor_sync_bench [--address ADDR] [--authkey-file PATH] [--daemon-pid PID] [-n N]
 //                      [--kills K] [--waiters W] [--only uncontended|handoff|kills|waiters]
 //
-// 1. Uncontended Lock acquire+release, against one Status call: N of each in turn, each timed
-//    on its own; means and medians, and their ratios.
+// 1. Uncontended Lock acquire+release, against one Status call: N of each in turn (with a
+//    SyncList that changes nothing), each timed on its own; means and medians, their ratios,
+//    and each call's median.
 // 2. Release -> next holder wakes: one thread holds, another waits on its own connection; the
 //    time from just before release to the waiter's answer (p50/p99 of N).
 // 3. Holder SIGKILLed -> next waiter holds: a worker (`proctor lock` run through proctord)
@@ -102,28 +103,37 @@ v1::SyncReleaseRequest ReleaseOf(uint64_t id, uint64_t thread) {
 // Keeps the admin key under its rate (5000 calls a second): lets the bucket fill again.
 void Breathe() { absl::SleepFor(absl::Seconds(2.5)); }
 
-// A Status call and an acquire+release pair in turn, each timed on its own, so that a busy
-// host weighs on both alike; the means and the medians of each.
+// A Status call, an acquire and a release, and a SyncList of the lock (a Sync call that changes
+// nothing, so writes no note) in turn, each timed on its own, so that a busy host weighs on all
+// alike. The pair's mean and median against the Status call's, and each call's median.
 absl::Status Uncontended(Client& client, SyncClient& sync, int n) {
+  constexpr int kCallsPerRound = 4;
   constexpr int kCallsPerBreath = 9000;  // under the admin key's burst of 10000
   absl::StatusOr<uint64_t> lock = MakeLock(sync);
   if (!lock.ok()) return lock.status();
   v1::StatusRequest list;
   list.set_state(v1::STATE_RUNNING);
-  std::vector<double> status_us, pair_us;
+  std::vector<double> status_us, acquire_us, release_us, pair_us, get_us;
   Breathe();
-  for (int i = 0, calls = 0; i < n; ++i, calls += 3) {
-    if (calls + 3 > kCallsPerBreath) {
+  for (int i = 0, calls = 0; i < n; ++i, calls += kCallsPerRound) {
+    if (calls + kCallsPerRound > kCallsPerBreath) {
       Breathe();
       calls = 0;
     }
-    absl::Time start = absl::Now();
+    absl::Time t0 = absl::Now();
     if (absl::Status s = client.List(list).status(); !s.ok()) return s;
-    absl::Time middle = absl::Now();
+    absl::Time t1 = absl::Now();
     if (absl::Status s = sync.Acquire(AcquireOf(*lock, 1)).status(); !s.ok()) return s;
+    absl::Time t2 = absl::Now();
     if (absl::Status s = sync.Release(ReleaseOf(*lock, 1)).status(); !s.ok()) return s;
-    status_us.push_back(Micros(middle - start));
-    pair_us.push_back(Micros(absl::Now() - middle));
+    absl::Time t3 = absl::Now();
+    if (absl::Status s = sync.Get(*lock).status(); !s.ok()) return s;
+    absl::Time t4 = absl::Now();
+    status_us.push_back(Micros(t1 - t0));
+    acquire_us.push_back(Micros(t2 - t1));
+    release_us.push_back(Micros(t3 - t2));
+    pair_us.push_back(Micros(t3 - t1));
+    get_us.push_back(Micros(t4 - t3));
   }
   auto mean = [](const std::vector<double>& us) {
     double sum = 0;
@@ -136,9 +146,12 @@ absl::Status Uncontended(Client& client, SyncClient& sync, int n) {
   };
   std::cout << absl::StrFormat(
       "uncontended acquire+release: %.0f µs; Status call: %.0f µs; ratio %.2f (medians: %.0f "
-      "µs, %.0f µs, ratio %.2f; n=%d each, in turn)\n",
+      "µs, %.0f µs, ratio %.2f; n=%d each, in turn)\n"
+      "  per call, medians: Status %.1f µs, SyncAcquire %.1f µs, SyncRelease %.1f µs, "
+      "SyncList %.1f µs\n",
       mean(pair_us), mean(status_us), mean(pair_us) / mean(status_us), median(pair_us),
-      median(status_us), median(pair_us) / median(status_us), n);
+      median(status_us), median(pair_us) / median(status_us), n, median(status_us),
+      median(acquire_us), median(release_us), median(get_us));
   return absl::OkStatus();
 }
 
