@@ -16,6 +16,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <stop_token>
 #include <string_view>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "client/credentials.h"
+#include "client/sync.h"
 #include "common/authkey.h"
 #include "common/environment_names.h"
 
@@ -495,6 +497,18 @@ void AddKwargs(const std::map<std::string, Arg>& kwargs, v1::StartRequest& reque
   for (const auto& [key, value] : kwargs) (*request.mutable_kwargs())[key] = value.str();
 }
 
+// Each Barrier the child is given has it as a bound party from its start (client/sync.h).
+void AddBarriers(v1::StartRequest& request) {
+  std::set<uint64_t> barriers;
+  for (const std::string& arg : request.args()) {
+    if (std::optional<uint64_t> id = internal::BarrierOfArg(arg)) barriers.insert(*id);
+  }
+  for (const auto& [key, value] : request.kwargs()) {
+    if (std::optional<uint64_t> id = internal::BarrierOfArg(value)) barriers.insert(*id);
+  }
+  for (uint64_t id : barriers) request.add_barriers(id);
+}
+
 absl::StatusOr<std::string> ResolveCwd(const std::string& given) {
   // The daemon has a working directory of its own; a child works where this program does.
   std::error_code ec;
@@ -640,6 +654,7 @@ absl::Status Process::start() {
 
   v1::StartRequest request;
   if (absl::Status s = FillTarget(request); !s.ok()) return s;
+  AddBarriers(request);
   request.set_name(name());
   request.set_daemon(options_.daemon);
   FillEnvironment(request);

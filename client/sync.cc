@@ -60,6 +60,23 @@ absl::Status Connect(const SyncOptions& options, SyncClient** client, uint64_t* 
   return absl::OkStatus();
 }
 
+// What "proctor-sync:<Kind>:<id>" names.
+struct NamedObject {
+  std::string kind;
+  uint64_t id = 0;
+};
+
+std::optional<NamedObject> ParseArg(const std::string& arg) {
+  std::vector<std::string> parts = absl::StrSplit(arg, ':');
+  NamedObject named;
+  if (parts.size() != 3 || parts[0] != kArgPrefix || !absl::SimpleAtoi(parts[2], &named.id) ||
+      named.id == 0) {
+    return std::nullopt;
+  }
+  named.kind = parts[1];
+  return named;
+}
+
 [[noreturn]] void Throw(const absl::Status& status) {
   throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                           std::string(status.message()));
@@ -88,23 +105,20 @@ SyncObject::SyncObject(v1::SyncKind kind, const std::string& arg)
   state_->kind = kind;
   state_->status = CheckArg(kind, arg);
   if (state_->status.ok()) {
-    std::vector<std::string> parts = absl::StrSplit(arg, ':');
-    (void)absl::SimpleAtoi(parts[2], &state_->id);  // checked by CheckArg
+    state_->id = ParseArg(arg)->id;  // checked by CheckArg
     state_->status = Connect(SyncOptions{}, &state_->client, &state_->session);
   }
 }
 
 absl::Status SyncObject::CheckArg(v1::SyncKind kind, const std::string& arg) {
-  std::vector<std::string> parts = absl::StrSplit(arg, ':');
-  uint64_t id = 0;
-  if (parts.size() != 3 || parts[0] != kArgPrefix || !absl::SimpleAtoi(parts[2], &id) ||
-      id == 0) {
+  std::optional<NamedObject> named = ParseArg(arg);
+  if (!named.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "\"", arg, "\" does not name a sync object (", kArgPrefix, ":<Kind>:<id>)"));
   }
-  if (parts[1] != SyncKindText(kind)) {
-    return absl::InvalidArgumentError(absl::StrCat("\"", arg, "\" names a ", parts[1],
-                                                   ", not a ", SyncKindText(kind)));
+  if (named->kind != SyncKindText(kind)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", arg, "\" names a ", named->kind, ", not a ", SyncKindText(kind)));
   }
   return absl::OkStatus();
 }
@@ -393,6 +407,40 @@ absl::StatusOr<int64_t> Barrier::wait(std::optional<absl::Duration> timeout) {
   return answer->index();
 }
 
+namespace {
+
+absl::Status BindTo(SyncClient& client, uint64_t id, v1::SyncBindRequest request) {
+  request.set_id(id);
+  return client.Bind(request).status();
+}
+
+}  // namespace
+
+absl::Status Barrier::bind() {
+  if (!state_->status.ok()) return state_->status;
+  v1::SyncBindRequest request;
+  if (state_->session != 0) {
+    request.set_session(state_->session);
+  } else if (uint64_t self = current_process().id(); self != 0) {
+    request.set_process(self);
+  } else {
+    return absl::FailedPreconditionError(
+        "this program is neither a worker nor in a session of its own (SyncOptions::client "
+        "was given): nothing of it can end for the Barrier to notice; bind a Process instead");
+  }
+  return BindTo(*state_->client, state_->id, request);
+}
+
+absl::Status Barrier::bind(const Process& process) {
+  if (!state_->status.ok()) return state_->status;
+  if (process.id() == 0) {
+    return absl::FailedPreconditionError("can only bind a started process to a Barrier");
+  }
+  v1::SyncBindRequest request;
+  request.set_process(process.id());
+  return BindTo(*state_->client, state_->id, request);
+}
+
 absl::Status Barrier::reset() { return CallUpdate(v1::SYNC_BARRIER_RESET).status(); }
 
 absl::Status Barrier::abort() { return CallUpdate(v1::SYNC_BARRIER_ABORT).status(); }
@@ -414,5 +462,15 @@ absl::StatusOr<bool> Barrier::broken() const {
   if (!now.ok()) return now.status();
   return now->broken();
 }
+
+namespace internal {
+
+std::optional<uint64_t> BarrierOfArg(const std::string& arg) {
+  std::optional<NamedObject> named = ParseArg(arg);
+  if (!named.has_value() || named->kind != SyncKindText(v1::SYNC_BARRIER)) return std::nullopt;
+  return named->id;
+}
+
+}  // namespace internal
 
 }  // namespace proctor

@@ -20,7 +20,8 @@
 // Passing. An object in ProcessOptions::args travels as "proctor-sync:<Kind>:<id>"; a
 // function target takes it as a parameter of its type (or rebuilds it with FromArg). The
 // child then acts as itself: what it holds is released when it ends, SIGKILL included, and
-// the next acquirer sees abandoned() true.
+// the next acquirer sees abandoned() true. A child given a Barrier is one of its known
+// parties from its start (Barrier::bind): if it ends without arriving, the Barrier breaks.
 //
 // Semantics are threading's (see README, "Synchronisation objects"): FIFO waiters, a timeout
 // is an answer and not an error, Python's messages for misuse (FAILED_PRECONDITION "release
@@ -51,6 +52,7 @@
 
 namespace proctor {
 
+class Process;
 class SyncClient;
 
 struct SyncOptions {
@@ -220,12 +222,25 @@ class Condition : public SyncObject {
   explicit Condition(const std::string& arg) : SyncObject(v1::SYNC_CONDITION, arg) {}
 };
 
+// Known parties. `parties` is a count: any process that reaches the Barrier may arrive. A
+// bound party is also expected: when it ends (SIGKILL included) without having arrived in the
+// current round, the Barrier breaks at once and those waiting get ABORTED naming it. A child
+// that Process::start() gives the Barrier (in its arguments) is bound from its start; bind()
+// binds any other. Binding a party twice is ALREADY_EXISTS; one more than `parties`
+// FAILED_PRECONDITION (and a start() that would do so starts nothing); a process outside
+// this program's reach PERMISSION_DENIED.
 class Barrier : public SyncObject {
  public:
   // `parties` < 1 is INVALID_ARGUMENT "parties must be >= 1" (in status()).
   explicit Barrier(int64_t parties, std::optional<absl::Duration> timeout = std::nullopt,
                    const SyncOptions& options = {});
   static absl::StatusOr<Barrier> FromArg(const std::string& arg);
+
+  // Makes this program a bound party: inside a worker, the worker; in a main program with an
+  // admin key, its session.
+  absl::Status bind();
+  // Makes a started process (this program's child or one of its descendants) a bound party.
+  absl::Status bind(const Process& process);
 
   // This party's index, 0 .. parties-1; ABORTED (BrokenBarrierError) when the barrier is or
   // becomes broken, a timeout included. Unset timeout: the Barrier's own.
@@ -239,6 +254,14 @@ class Barrier : public SyncObject {
  private:
   explicit Barrier(const std::string& arg) : SyncObject(v1::SYNC_BARRIER, arg) {}
 };
+
+namespace internal {
+
+// The Barrier an argument names ("proctor-sync:Barrier:<id>"), if it names one: start()
+// makes the child a bound party of each Barrier in its arguments.
+std::optional<uint64_t> BarrierOfArg(const std::string& arg);
+
+}  // namespace internal
 
 }  // namespace proctor
 

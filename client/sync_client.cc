@@ -40,6 +40,17 @@ absl::Status SyncClient::Unary(absl::string_view method,
   return client_.Finish(*context, method, nonce, status, timeout);
 }
 
+template <typename Response, typename Request>
+absl::StatusOr<Response> SyncClient::Call(absl::string_view method,
+                                          grpc::Status (v1::Sync::Stub::*rpc)(grpc::ClientContext*,
+                                                                              const Request&,
+                                                                              Response*),
+                                          const Request& request, absl::Duration timeout) {
+  Response response;
+  if (absl::Status s = Unary(method, rpc, request, &response, timeout); !s.ok()) return s;
+  return response;
+}
+
 absl::Duration SyncClient::WaitDeadline(bool has_timeout,
                                         const google::protobuf::Duration& timeout) const {
   if (!has_timeout) return absl::InfiniteDuration();
@@ -48,13 +59,8 @@ absl::Duration SyncClient::WaitDeadline(bool has_timeout,
 }
 
 absl::StatusOr<v1::SyncObject> SyncClient::Create(const v1::SyncCreateRequest& request) {
-  v1::SyncObject object;
-  if (absl::Status s = Unary("SyncCreate", &v1::Sync::Stub::SyncCreate, request, &object,
-                             client_.call_timeout_);
-      !s.ok()) {
-    return s;
-  }
-  return object;
+  return Call<v1::SyncObject>("SyncCreate", &v1::Sync::Stub::SyncCreate, request,
+                              client_.call_timeout_);
 }
 
 absl::Status SyncClient::Remove(uint64_t id) {
@@ -78,54 +84,36 @@ absl::StatusOr<v1::SyncObject> SyncClient::Get(uint64_t id) {
 }
 
 absl::StatusOr<std::vector<v1::SyncObject>> SyncClient::List(const v1::SyncListRequest& filter) {
-  v1::SyncListResponse response;
-  if (absl::Status s = Unary("SyncList", &v1::Sync::Stub::SyncList, filter, &response,
-                             client_.call_timeout_);
-      !s.ok()) {
-    return s;
-  }
-  return std::vector<v1::SyncObject>(response.objects().begin(), response.objects().end());
+  absl::StatusOr<v1::SyncListResponse> response = Call<v1::SyncListResponse>(
+      "SyncList", &v1::Sync::Stub::SyncList, filter, client_.call_timeout_);
+  if (!response.ok()) return response.status();
+  return std::vector<v1::SyncObject>(response->objects().begin(), response->objects().end());
 }
 
 absl::StatusOr<v1::SyncWaitResponse> SyncClient::Acquire(const v1::SyncAcquireRequest& request) {
-  v1::SyncWaitResponse response;
-  if (absl::Status s = Unary("SyncAcquire", &v1::Sync::Stub::SyncAcquire, request, &response,
-                             WaitDeadline(request.has_timeout(), request.timeout()));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Call<v1::SyncWaitResponse>("SyncAcquire", &v1::Sync::Stub::SyncAcquire, request,
+                                    WaitDeadline(request.has_timeout(), request.timeout()));
 }
 
 absl::StatusOr<v1::SyncObject> SyncClient::Release(const v1::SyncReleaseRequest& request) {
-  v1::SyncObject object;
-  if (absl::Status s = Unary("SyncRelease", &v1::Sync::Stub::SyncRelease, request, &object,
-                             client_.call_timeout_);
-      !s.ok()) {
-    return s;
-  }
-  return object;
+  return Call<v1::SyncObject>("SyncRelease", &v1::Sync::Stub::SyncRelease, request,
+                              client_.call_timeout_);
 }
 
 absl::StatusOr<v1::SyncWaitResponse> SyncClient::Wait(const v1::SyncWaitRequest& request) {
-  v1::SyncWaitResponse response;
   // A Barrier's own default timeout is the daemon's to apply: no deadline of ours then.
-  if (absl::Status s = Unary("SyncWait", &v1::Sync::Stub::SyncWait, request, &response,
-                             WaitDeadline(request.has_timeout(), request.timeout()));
-      !s.ok()) {
-    return s;
-  }
-  return response;
+  return Call<v1::SyncWaitResponse>("SyncWait", &v1::Sync::Stub::SyncWait, request,
+                                    WaitDeadline(request.has_timeout(), request.timeout()));
 }
 
 absl::StatusOr<v1::SyncObject> SyncClient::Update(const v1::SyncUpdateRequest& request) {
-  v1::SyncObject object;
-  if (absl::Status s = Unary("SyncUpdate", &v1::Sync::Stub::SyncUpdate, request, &object,
-                             client_.call_timeout_);
-      !s.ok()) {
-    return s;
-  }
-  return object;
+  return Call<v1::SyncObject>("SyncUpdate", &v1::Sync::Stub::SyncUpdate, request,
+                              client_.call_timeout_);
+}
+
+absl::StatusOr<v1::SyncObject> SyncClient::Bind(const v1::SyncBindRequest& request) {
+  return Call<v1::SyncObject>("SyncBind", &v1::Sync::Stub::SyncBind, request,
+                              client_.call_timeout_);
 }
 
 }  // namespace proctor

@@ -32,6 +32,7 @@ class SyncClient {
   absl::StatusOr<v1::SyncObject> Release(const v1::SyncReleaseRequest& request);
   absl::StatusOr<v1::SyncWaitResponse> Wait(const v1::SyncWaitRequest& request);
   absl::StatusOr<v1::SyncObject> Update(const v1::SyncUpdateRequest& request);
+  absl::StatusOr<v1::SyncObject> Bind(const v1::SyncBindRequest& request);
 
   Client& client() { return client_; }
 
@@ -41,6 +42,12 @@ class SyncClient {
                      grpc::Status (v1::Sync::Stub::*rpc)(grpc::ClientContext*, const Request&,
                                                          Response*),
                      const Request& request, Response* response, absl::Duration timeout);
+  // Unary(), with the reply as the result.
+  template <typename Response, typename Request>
+  absl::StatusOr<Response> Call(absl::string_view method,
+                                grpc::Status (v1::Sync::Stub::*rpc)(grpc::ClientContext*,
+                                                                    const Request&, Response*),
+                                const Request& request, absl::Duration timeout);
   // How long a waiting call may last: `timeout` (when the request has one) + the call timeout.
   absl::Duration WaitDeadline(bool has_timeout, const google::protobuf::Duration& timeout) const;
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/descriptor_passing.h"
 #include "server/keeper/framing.h"
 #include "spdlog/spdlog.h"
 
@@ -97,6 +98,48 @@ absl::Status StartKeeper(const sockaddr_un& address, const std::string& keeper_p
   return absl::OkStatus();
 }
 
+// Writes `data` whole to `fd`; false when it cannot be.
+bool WriteAll(int fd, const std::string& data) {
+  size_t written = 0;
+  while (written < data.size()) {
+    ssize_t n = write(fd, data.data() + written, data.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    written += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Hands the keeper the read end of a new notes pipe (keeper.proto, NotesPipe); returns the
+// write end, or -1 (notes then go on the connection).
+int OpenNotesPipe(int connection) {
+  int ends[2];
+  if (pipe2(ends, O_CLOEXEC) != 0) {
+    spdlog::warn("notes for the keeper go on its socket: pipe2: {}", std::strerror(errno));
+    return -1;
+  }
+  // Room for the notes of the keeper's period between reads, many times over (best effort:
+  // a full pipe only makes a note wait for the keeper's next read).
+  if (fcntl(ends[1], F_SETPIPE_SZ, 1 << 20) < 0) {
+    spdlog::debug("notes pipe left at its default size: F_SETPIPE_SZ: {}", std::strerror(errno));
+  }
+  internal::KeeperRequest request;
+  request.mutable_notes_pipe();
+  std::string frame;
+  AppendFrame(request, frame);
+  ssize_t sent = SendWithDescriptor(connection, frame, ends[0]);
+  int err = errno;
+  close(ends[0]);
+  if (sent != static_cast<ssize_t>(frame.size())) {
+    // A partial frame would leave the connection unusable anyway: the keeper drops it.
+    spdlog::warn("notes for the keeper go on its socket: sendmsg: {}",
+                 sent < 0 ? std::strerror(err) : "cut short");
+    close(ends[1]);
+    return -1;
+  }
+  return ends[1];
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<KeeperClient>> KeeperClient::Open(const std::string& state_dir,
@@ -170,7 +213,8 @@ absl::StatusOr<std::unique_ptr<KeeperClient>> KeeperClient::Open(const std::stri
     return absl::DataLossError("the keeper's first answer was not what Hello asks for");
   }
   held = std::move(*event.mutable_held());
-  return std::unique_ptr<KeeperClient>(new KeeperClient(fd, held.keeper_pid()));
+  int notes_fd = held.takes_notes_pipe() ? OpenNotesPipe(fd) : -1;
+  return std::unique_ptr<KeeperClient>(new KeeperClient(fd, notes_fd, held.keeper_pid()));
 }
 
 KeeperClient::~KeeperClient() {
@@ -180,6 +224,7 @@ KeeperClient::~KeeperClient() {
   }
   shutdown(fd_, SHUT_RDWR);
   if (reader_.joinable()) reader_.join();
+  if (notes_fd_ >= 0) close(notes_fd_);
   close(fd_);
 }
 
@@ -192,14 +237,19 @@ bool KeeperClient::Write(const internal::KeeperRequest& request) {
   std::string frame;
   AppendFrame(request, frame);
   absl::MutexLock lock(&write_mu_);
-  size_t written = 0;
-  while (written < frame.size()) {
-    ssize_t n = write(fd_, frame.data() + written, frame.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    written += static_cast<size_t>(n);
+  return WriteAll(fd_, frame);
+}
+
+void KeeperClient::WriteNote(const internal::KeeperRequest& request) {
+  if (notes_fd_ < 0) {
+    Write(request);
+    return;
   }
-  return true;
+  std::string frame;
+  AppendFrame(request, frame);
+  absl::MutexLock lock(&notes_mu_);
+  // A broken pipe means a keeper that is gone, which the connection reports (on_lost).
+  WriteAll(notes_fd_, frame);
 }
 
 absl::StatusOr<internal::Spawned> KeeperClient::Spawn(internal::Spawn spawn) {
@@ -232,13 +282,13 @@ void KeeperClient::Remember(const std::string& key, const std::string& value) {
   internal::KeeperRequest request;
   request.mutable_remember()->set_key(key);
   request.mutable_remember()->set_value(value);
-  Write(request);
+  WriteNote(request);
 }
 
 void KeeperClient::Forget(const std::string& key) {
   internal::KeeperRequest request;
   request.mutable_forget()->set_key(key);
-  Write(request);
+  WriteNote(request);
 }
 
 void KeeperClient::Shutdown(absl::Duration limit) {

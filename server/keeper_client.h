@@ -8,6 +8,11 @@
 //
 // Spawn may be called from any thread, concurrently; it blocks until the keeper has started
 // the worker or failed to, so it must not be called from the reader thread (the listener).
+//
+// Notes (Remember, Forget) go, when the keeper takes one, on a pipe of their own that the
+// keeper reads lazily (keeper.proto, NotesPipe): a note is one write that wakes nobody, and
+// once written it outlives proctord. Notes keep their order; a note written before a call
+// returns is kept even if proctord is killed right after.
 #ifndef PROCTOR_SERVER_KEEPER_CLIENT_H_
 #define PROCTOR_SERVER_KEEPER_CLIENT_H_
 
@@ -69,16 +74,21 @@ class KeeperClient {
     absl::StatusOr<internal::Spawned> result;
   };
 
-  KeeperClient(int fd, pid_t keeper_pid) : fd_(fd), keeper_pid_(keeper_pid) {}
+  KeeperClient(int fd, int notes_fd, pid_t keeper_pid)
+      : fd_(fd), notes_fd_(notes_fd), keeper_pid_(keeper_pid) {}
   // Writes one request whole; false when the connection is broken.
   bool Write(const internal::KeeperRequest& request);
+  // Remember and Forget: on the notes pipe, else on the connection.
+  void WriteNote(const internal::KeeperRequest& request);
   void ReadLoop();
 
   const int fd_;
+  const int notes_fd_;  // the notes pipe's write end; -1: notes go on the connection
   const pid_t keeper_pid_;
   Listener listener_;
   std::thread reader_;
   absl::Mutex write_mu_;
+  absl::Mutex notes_mu_;  // one note written at a time, whole
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Pending*> pending_ ABSL_GUARDED_BY(mu_);
   uint64_t next_serial_ ABSL_GUARDED_BY(mu_) = 1;

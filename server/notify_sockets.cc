@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/descriptor_passing.h"
 #include "spdlog/spdlog.h"
 
 namespace proctor {
@@ -200,12 +201,7 @@ void NotifySockets::OnReadable(uint64_t id, int fd) {
         } else if (c->cmsg_type == SCM_RIGHTS) {
           // Nothing is kept for a worker (no FDSTORE); closing is also the answer a sender
           // waiting in sd_notify_barrier() waits for.
-          size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-          for (size_t k = 0; k < count; ++k) {
-            int passed;
-            std::memcpy(&passed, CMSG_DATA(c) + k * sizeof(int), sizeof(passed));
-            close(passed);
-          }
+          for (int passed : PassedDescriptors(*c)) close(passed);
         }
       }
       datagram.length = static_cast<size_t>(n);

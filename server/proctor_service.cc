@@ -734,7 +734,24 @@ ProctorService::Started ProctorService::AdmitAndStart(grpc::CallbackServerContex
         "itself the parent")};
   }
   if (absl::Status s = StartSpecFromRequest(request, spec); !s.ok()) return {s};
+  uint64_t reservation = 0;
+  if (request.barriers_size() > 0) {
+    absl::StatusOr<uint64_t> reserved =
+        bindings_ != nullptr
+            ? bindings_->Reserve(*caller, request)
+            : absl::FailedPreconditionError("this proctord keeps no sync objects to bind to");
+    if (!reserved.ok()) return {reserved.status()};
+    reservation = *reserved;
+  }
   absl::StatusOr<ProcessInfo> started = supervisor_.Start(spec);
+  if (reservation != 0) {
+    // Bound before the reply: the caller may count on it as soon as it has the process.
+    if (started.ok()) {
+      bindings_->Bind(reservation, started->id);
+    } else {
+      bindings_->Drop(reservation);
+    }
+  }
   if (absl::IsResourceExhausted(started.status())) {
     std::string tree = caller->admin() ? absl::StrCat("admin@", context->peer())
                                        : absl::StrCat(supervisor_.RootOf(caller->worker_id));

@@ -38,6 +38,21 @@ namespace proctor {
 grpc::Status ToGrpc(const absl::Status& status);
 // `refused` saying that it was held back for `delay`, when that is more than zero.
 absl::Status HeldBack(const absl::Status& refused, absl::Duration delay);
+
+// What a Start binds its new process to besides the supervisor: the Barriers it names
+// (StartRequest.barriers), kept by the SyncService. Reserve runs before anything is started
+// and its error refuses the Start; then Bind once the process has its id, or Drop when it was
+// not started.
+class StartBindings {
+ public:
+  virtual ~StartBindings() = default;
+  // 0 when `request` names nothing to bind.
+  virtual absl::StatusOr<uint64_t> Reserve(const Caller& caller,
+                                           const v1::StartRequest& request) = 0;
+  virtual void Bind(uint64_t reservation, uint64_t process) = 0;
+  virtual void Drop(uint64_t reservation) = 0;
+};
+
 // The generated service with every method taking and giving bytes.
 using RawProctorService = v1::Proctor::WithRawCallbackMethod_Run<
     v1::Proctor::WithRawCallbackMethod_Start<v1::Proctor::WithRawCallbackMethod_Join<
@@ -92,6 +107,10 @@ class ProctorService final : public RawProctorService {
   grpc::ServerUnaryReactor* ListServices(grpc::CallbackServerContext* context,
                                          const grpc::ByteBuffer* request,
                                          grpc::ByteBuffer* response) override;
+
+  // Who binds what a Start names beyond the supervisor; must outlive the service. Without
+  // it, a Start that names Barriers is FAILED_PRECONDITION.
+  void SetStartBindings(StartBindings* bindings) { bindings_ = bindings; }
 
   // Admission, shared with proctord's other services (SyncService): their calls are
   // authenticated, parsed and refused exactly as this service's own.
@@ -156,6 +175,7 @@ class ProctorService final : public RawProctorService {
   EventLog& events_;
   ServiceManager& services_;
   Backoff limit_refusals_;  // by the root of the calling tree
+  StartBindings* bindings_ = nullptr;
 };
 
 }  // namespace proctor

@@ -53,6 +53,11 @@ std::string CheckSpec(const std::string& name, const std::string& path,
     return fault("start.daemon",
                  "must be unset: a service has no parent whose end would end a daemonic process");
   }
+  if (start.barriers_size() > 0) {
+    return fault("start.barriers",
+                 "must be unset: a service starts before any sync object exists; bind it with "
+                 "SyncBind once it runs");
+  }
   // The checks Start makes on a request, so that a file that would be refused is refused here.
   if (absl::Status valid = ValidateRequest(start); !valid.ok()) {
     return absl::StrCat(path, ": start.", valid.message());

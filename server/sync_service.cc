@@ -23,61 +23,87 @@ std::optional<absl::Duration> TimeoutOf(bool has_timeout,
   return FromDurationProto(timeout);
 }
 
+// The answer of a SyncAcquire or SyncWait, shared by the table's Reply and the call. The call
+// gets a reactor of its own (WaitCall, which hears cancellation) only when it has to wait: an
+// answer known at once finishes the call with gRPC's default reactor, whose end runs inline,
+// where a reactor of our own would have its OnDone handed to gRPC's executor thread.
+class WaitCall;
+struct WaitAnswer {
+  explicit WaitAnswer(grpc::ByteBuffer* response) : response(response) {}
+
+  absl::Mutex mu;
+  // Answered or cancelled: a later answer is refused (and its grant given back).
+  bool finished ABSL_GUARDED_BY(mu) = false;
+  // An answer that came before the call had a reactor.
+  std::optional<absl::StatusOr<SyncWaitResult>> early ABSL_GUARDED_BY(mu);
+  WaitCall* call ABSL_GUARDED_BY(mu) = nullptr;
+  grpc::ByteBuffer* const response;
+};
+
+grpc::Status SerializeAnswer(const absl::StatusOr<SyncWaitResult>& result,
+                             grpc::ByteBuffer* response) {
+  if (result.ok()) {
+    v1::SyncWaitResponse reply;
+    reply.set_ok(result->ok);
+    reply.set_abandoned(result->abandoned);
+    reply.set_index(result->index);
+    SerializeReply(reply, response);
+  }
+  return ToGrpc(result.status());
+}
+
 // A SyncAcquire or SyncWait parked in the table. Whichever of "answer" and "cancel" comes
 // first finishes the call; an answer that comes second says so, and the table gives its
 // grant back.
 class WaitCall final : public grpc::ServerUnaryReactor {
  public:
-  using Park = std::function<SyncTable::WaiterId(SyncTable::Reply)>;
-
-  WaitCall(SyncTable& table, grpc::ByteBuffer* response, const Park& park)
-      : table_(table), state_(std::make_shared<State>()) {
-    state_->call = this;
-    std::shared_ptr<State> state = state_;
-    SyncTable::WaiterId waiter =
-        park([state, response](absl::StatusOr<SyncWaitResult> result) {
-          absl::MutexLock lock(&state->mu);
-          if (state->finished) return false;
-          state->finished = true;
-          if (result.ok()) {
-            v1::SyncWaitResponse reply;
-            reply.set_ok(result->ok);
-            reply.set_abandoned(result->abandoned);
-            reply.set_index(result->index);
-            SerializeReply(reply, response);
-          }
-          state->call->Finish(ToGrpc(result.status()));
-          return true;
-        });
-    absl::MutexLock lock(&state_->mu);
-    state_->waiter = waiter;
-  }
+  WaitCall(SyncTable& table, std::shared_ptr<WaitAnswer> answer, SyncTable::WaiterId waiter)
+      : table_(table), answer_(std::move(answer)), waiter_(waiter) {}
 
   void OnCancel() override {
-    SyncTable::WaiterId waiter;
     {
-      absl::MutexLock lock(&state_->mu);
-      if (state_->finished) return;
-      state_->finished = true;
-      waiter = state_->waiter;
+      absl::MutexLock lock(&answer_->mu);
+      if (answer_->finished) return;
+      answer_->finished = true;
     }
     // After `finished`: a grant that comes between here and Cancel is refused and given back.
-    if (waiter != 0) table_.Cancel(waiter);
+    table_.Cancel(waiter_);
     Finish(grpc::Status::CANCELLED);
   }
 
   void OnDone() override { delete this; }
 
  private:
-  struct State {
-    absl::Mutex mu;
-    bool finished ABSL_GUARDED_BY(mu) = false;
-    SyncTable::WaiterId waiter ABSL_GUARDED_BY(mu) = 0;
-    WaitCall* call = nullptr;
-  };
   SyncTable& table_;
-  std::shared_ptr<State> state_;
+  const std::shared_ptr<WaitAnswer> answer_;
+  const SyncTable::WaiterId waiter_;
 };
+
+// Runs `park` with a Reply that answers the call, and returns the call's reactor.
+grpc::ServerUnaryReactor* ParkOrAnswer(
+    grpc::CallbackServerContext* context, SyncTable& table, grpc::ByteBuffer* response,
+    const std::function<SyncTable::WaiterId(SyncTable::Reply)>& park) {
+  auto answer = std::make_shared<WaitAnswer>(response);
+  SyncTable::WaiterId waiter = park([answer](absl::StatusOr<SyncWaitResult> result) {
+    absl::MutexLock lock(&answer->mu);
+    if (answer->finished) return false;
+    answer->finished = true;
+    if (answer->call == nullptr) {
+      answer->early = std::move(result);
+    } else {
+      answer->call->Finish(SerializeAnswer(result, answer->response));
+    }
+    return true;
+  });
+  absl::MutexLock lock(&answer->mu);
+  if (answer->early.has_value()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(SerializeAnswer(*answer->early, response));
+    return reactor;
+  }
+  answer->call = new WaitCall(table, answer, waiter);
+  return answer->call;
+}
 
 }  // namespace
 
@@ -282,7 +308,7 @@ grpc::ServerUnaryReactor* SyncService::SyncAcquire(grpc::CallbackServerContext* 
         bool blocking = !request.has_blocking() || request.blocking();
         std::optional<absl::Duration> timeout =
             TimeoutOf(request.has_timeout(), request.timeout());
-        return new WaitCall(table_, response, [&](SyncTable::Reply reply) {
+        return ParkOrAnswer(context, table_, response, [&](SyncTable::Reply reply) {
           return table_.Acquire(request.id(), holder, blocking, timeout, std::move(reply));
         });
       });
@@ -308,7 +334,7 @@ grpc::ServerUnaryReactor* SyncService::SyncWait(grpc::CallbackServerContext* con
       [&](const v1::SyncWaitRequest& request, const SyncHolderId& holder) {
         std::optional<absl::Duration> timeout =
             TimeoutOf(request.has_timeout(), request.timeout());
-        return new WaitCall(table_, response, [&](SyncTable::Reply reply) {
+        return ParkOrAnswer(context, table_, response, [&](SyncTable::Reply reply) {
           return table_.Wait(request.id(), holder, timeout, std::move(reply));
         });
       });
@@ -350,6 +376,72 @@ grpc::ServerUnaryReactor* SyncService::SyncUpdate(grpc::CallbackServerContext* c
       });
 }
 
+absl::StatusOr<SyncParty> SyncService::BindablePartyOf(const Caller& caller,
+                                                       const v1::SyncBindRequest& request) {
+  switch (request.party_case()) {
+    case v1::SyncBindRequest::kProcess: {
+      const uint64_t id = request.process();
+      absl::StatusOr<ProcessInfo> info = supervisor_.Get(id);
+      if (!info.ok()) return info.status();
+      if (!caller.admin() && !supervisor_.InSubtree(caller.worker_id, id)) {
+        return absl::PermissionDeniedError(
+            absl::StrCat("process ", id, " is outside the subtree of process ", caller.worker_id,
+                         ", whose key made this call: a worker binds only processes of its "
+                         "own subtree"));
+      }
+      if (!info->running) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("process ", id,
+                         " is not running (it has ended, or waits to be restarted): only a "
+                         "running process can be bound"));
+      }
+      return SyncParty{.process = id};
+    }
+    case v1::SyncBindRequest::kSession:
+      if (!caller.admin()) {
+        return absl::FailedPreconditionError(
+            "sessions are for clients that are not workers; a worker binds processes of its "
+            "own subtree");
+      }
+      if (!supervisor_.IsSessionOpen(request.session())) {
+        return absl::NotFoundError(absl::StrCat("no open session ", request.session()));
+      }
+      return SyncParty{.session = request.session()};
+    default:
+      return absl::InvalidArgumentError("process or session is required: the party to bind");
+  }
+}
+
+grpc::ServerUnaryReactor* SyncService::SyncBind(grpc::CallbackServerContext* context,
+                                                const grpc::ByteBuffer* raw,
+                                                grpc::ByteBuffer* response) {
+  v1::SyncBindRequest request;
+  absl::StatusOr<Caller> caller = gate_.Admit(context, "SyncBind", *raw, request);
+  if (!caller.ok()) return gate_.Deny(context, caller.status());
+  if (absl::Status s = Reachable(*caller, request.id()).status(); !s.ok()) {
+    return gate_.Refuse(context, s);
+  }
+  absl::StatusOr<SyncParty> party = BindablePartyOf(*caller, request);
+  if (!party.ok()) return gate_.Refuse(context, party.status());
+  return Reply(context, table_.Bind(request.id(), *party), response);
+}
+
+absl::StatusOr<uint64_t> SyncService::Reserve(const Caller& caller,
+                                              const v1::StartRequest& request) {
+  std::vector<uint64_t> ids(request.barriers().begin(), request.barriers().end());
+  if (ids.empty()) return 0;
+  for (uint64_t id : ids) {
+    if (absl::Status s = Reachable(caller, id).status(); !s.ok()) return s;
+  }
+  return table_.Reserve(ids);
+}
+
+void SyncService::Bind(uint64_t reservation, uint64_t process) {
+  table_.BindReserved(reservation, SyncParty{.process = process});
+}
+
+void SyncService::Drop(uint64_t reservation) { table_.DropReserved(reservation); }
+
 SyncObjects::SyncObjects(Supervisor& supervisor, Timers& timers, ProctorService& gate,
                          SyncLimits limits)
     : table_(timers, limits,
@@ -358,6 +450,7 @@ SyncObjects::SyncObjects(Supervisor& supervisor, Timers& timers, ProctorService&
                                          : supervisor.IsSessionOpen(party.session);
              }),
       service_(table_, supervisor, gate) {
+  gate.SetStartBindings(&service_);
   supervisor.SetEndListener([this](uint64_t process, uint64_t session) {
     table_.PartyEnded(SyncParty{.process = process, .session = session});
   });

@@ -33,10 +33,13 @@ namespace proctor {
 using RawSyncService = v1::Sync::WithRawCallbackMethod_SyncCreate<
     v1::Sync::WithRawCallbackMethod_SyncRemove<v1::Sync::WithRawCallbackMethod_SyncList<
         v1::Sync::WithRawCallbackMethod_SyncAcquire<v1::Sync::WithRawCallbackMethod_SyncRelease<
-            v1::Sync::WithRawCallbackMethod_SyncWait<
-                v1::Sync::WithRawCallbackMethod_SyncUpdate<v1::Sync::Service>>>>>>>;
+            v1::Sync::WithRawCallbackMethod_SyncWait<v1::Sync::WithRawCallbackMethod_SyncUpdate<
+                v1::Sync::WithRawCallbackMethod_SyncBind<v1::Sync::Service>>>>>>>>;
 
-class SyncService final : public RawSyncService {
+// Binding (SyncBind, and StartRequest.barriers through StartBindings): a worker's key binds
+// processes of its own subtree, itself included, to a Barrier it reaches; an admin key any
+// running process, or an open session.
+class SyncService final : public RawSyncService, public StartBindings {
  public:
   // All must outlive the service.
   SyncService(SyncTable& table, Supervisor& supervisor, ProctorService& gate);
@@ -62,8 +65,19 @@ class SyncService final : public RawSyncService {
   grpc::ServerUnaryReactor* SyncUpdate(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* SyncBind(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
+
+  // StartBindings: the Barriers of a StartRequest, for the process it starts.
+  absl::StatusOr<uint64_t> Reserve(const Caller& caller, const v1::StartRequest& request) override;
+  void Bind(uint64_t reservation, uint64_t process) override;
+  void Drop(uint64_t reservation) override;
 
  private:
+  // The party a SyncBind names, when `caller` may bind it.
+  absl::StatusOr<SyncParty> BindablePartyOf(const Caller& caller,
+                                            const v1::SyncBindRequest& request);
   // The party `caller` acts as, given the request's `session`.
   absl::StatusOr<SyncParty> PartyOf(const Caller& caller, uint64_t session);
   // OK when `caller` may use `object`.

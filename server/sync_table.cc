@@ -51,11 +51,18 @@ absl::Status ValidateName(const std::string& name) {
   return absl::OkStatus();
 }
 
-absl::Status BrokenBarrier(uint64_t id) {
-  return absl::AbortedError(absl::StrCat(
-      "Barrier ", id,
-      " is broken (BrokenBarrierError): it was aborted, reset while waited on, a wait timed "
-      "out or a party ended; reset() makes it usable again"));
+absl::Status BrokenBarrier(uint64_t id, absl::string_view reason) {
+  return absl::AbortedError(absl::StrCat("Barrier ", id, " is broken (BrokenBarrierError): ",
+                                         reason, "; reset() makes it usable again"));
+}
+
+// "process 3, process 4".
+std::string PartyList(const std::vector<SyncParty>& parties) {
+  std::string list;
+  for (const SyncParty& party : parties) {
+    absl::StrAppend(&list, list.empty() ? "" : ", ", party.ToString());
+  }
+  return list;
 }
 
 // A party as a SyncHolder's oneof shows it.
@@ -126,6 +133,8 @@ void ToProto(const SyncInfo& info, v1::SyncObject* out) {
   }
   out->set_lock_id(info.lock_id);
   if (info.timeout.has_value()) *out->mutable_timeout() = ToDurationProto(*info.timeout);
+  for (const SyncParty& party : info.bound) SetParty(party, out->add_bound());
+  out->set_broken_reason(info.broken_reason);
 }
 
 SyncInfo FromProto(const v1::SyncObject& object) {
@@ -147,11 +156,16 @@ SyncInfo FromProto(const v1::SyncObject& object) {
   }
   info.lock_id = object.lock_id();
   if (object.has_timeout()) info.timeout = FromDurationProto(object.timeout());
+  for (const v1::SyncHolder& party : object.bound()) info.bound.push_back(PartyOf(party));
+  info.broken_reason = object.broken_reason();
   return info;
 }
 
 SyncTable::SyncTable(Timers& timers, SyncLimits limits, Alive alive)
-    : timers_(timers), limits_(limits), alive_(std::move(alive)) {}
+    : timers_(timers),
+      limits_(limits),
+      alive_(std::move(alive)),
+      memo_(std::make_unique<internal::SyncMemo>()) {}
 
 SyncTable::~SyncTable() {
   absl::MutexLock lock(&mu_);
@@ -316,11 +330,12 @@ void SyncTable::AnswerLocked(Waiter waiter, absl::StatusOr<SyncWaitResult> resul
   out.Deliver(Delivery{.reply = std::move(waiter.reply), .result = std::move(result)});
 }
 
-void SyncTable::BreakBarrierLocked(Object& barrier, Out& out) {
+void SyncTable::BreakBarrierLocked(Object& barrier, const std::string& reason, Out& out) {
+  if (!barrier.info.broken) barrier.info.broken_reason = reason;  // the first cause is kept
   barrier.info.broken = true;
   MarkLocked(barrier);
   while (!barrier.queue.empty()) {
-    AnswerLocked(UnparkLocked(barrier.queue.front()), BrokenBarrier(barrier.info.id), out);
+    AnswerLocked(UnparkLocked(barrier.queue.front()), BrokenBarrier(barrier.info.id, reason), out);
   }
 }
 
@@ -615,7 +630,7 @@ SyncTable::WaiterId SyncTable::Wait(uint64_t id, const SyncHolderId& holder,
       return parked;
     }
     case SyncKind::kBarrier: {
-      if (object.info.broken) return answer(BrokenBarrier(id));
+      if (object.info.broken) return answer(BrokenBarrier(id, object.info.broken_reason));
       if (object.participants.insert(holder.party).second) MarkLocked(object);
       Touch(holder.party, id);
       int64_t index = static_cast<int64_t>(object.queue.size());
@@ -632,8 +647,9 @@ SyncTable::WaiterId SyncTable::Wait(uint64_t id, const SyncHolderId& holder,
       std::optional<absl::Duration> limit = timeout.has_value() ? timeout : object.info.timeout;
       if (limit.has_value() && *limit <= absl::ZeroDuration()) {
         // As threading.Barrier: a wait that times out breaks the barrier for everyone.
-        BreakBarrierLocked(object, out);
-        return answer(BrokenBarrier(id));
+        std::string reason = absl::StrCat("the wait of ", holder.party.ToString(), " timed out");
+        BreakBarrierLocked(object, reason, out);
+        return answer(BrokenBarrier(id, reason));
       }
       if (absl::Status s = room(); !s.ok()) return answer(s);
       out.Check(holder.party);
@@ -696,7 +712,7 @@ absl::StatusOr<SyncInfo> SyncTable::Abort(uint64_t id) {
   Locked lock(*this);
   absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kBarrier, "abort");
   if (!found.ok()) return found.status();
-  BreakBarrierLocked(**found, out);
+  BreakBarrierLocked(**found, "it was aborted", out);
   return SnapshotLocked(**found);
 }
 
@@ -706,11 +722,100 @@ absl::StatusOr<SyncInfo> SyncTable::Reset(uint64_t id) {
   absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kBarrier, "reset");
   if (!found.ok()) return found.status();
   Object& barrier = **found;
-  BreakBarrierLocked(barrier, out);  // those waiting get BrokenBarrierError, as in threading
+  // Those waiting get BrokenBarrierError, as in threading.
+  BreakBarrierLocked(barrier, "it was reset while waited on", out);
   barrier.info.broken = false;
+  barrier.info.broken_reason.clear();
   ++barrier.generation;
   MarkLocked(barrier);
   return SnapshotLocked(barrier);
+}
+
+absl::Status SyncTable::RoomLocked(const Object& barrier, absl::string_view newcomer) const {
+  const SyncInfo& info = barrier.info;
+  if (static_cast<int64_t>(info.bound.size()) + barrier.reserved < info.parties) {
+    return absl::OkStatus();
+  }
+  std::string who = PartyList(info.bound);
+  if (barrier.reserved > 0) {
+    absl::StrAppend(&who, who.empty() ? "" : " and ", barrier.reserved,
+                    " process(es) being started");
+  }
+  return absl::FailedPreconditionError(absl::StrCat("Barrier ", info.id, " has ", info.parties,
+                                                    " parties, and all are bound already (", who,
+                                                    "): ", newcomer, " cannot be one more"));
+}
+
+absl::Status SyncTable::CanBindLocked(const Object& barrier, const SyncParty& party) const {
+  if (party.admin()) {
+    return absl::InvalidArgumentError(
+        "the admin key itself never ends: bind a process or a session");
+  }
+  const std::vector<SyncParty>& bound = barrier.info.bound;
+  if (std::find(bound.begin(), bound.end(), party) != bound.end()) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(party.ToString(), " is already a bound party of Barrier ", barrier.info.id));
+  }
+  return RoomLocked(barrier, party.ToString());
+}
+
+void SyncTable::BindLocked(Object& barrier, const SyncParty& party) {
+  barrier.info.bound.push_back(party);
+  Touch(party, barrier.info.id);
+  MarkLocked(barrier);
+}
+
+absl::StatusOr<SyncInfo> SyncTable::Bind(uint64_t id, const SyncParty& party) {
+  Out out(*this);
+  Locked lock(*this);
+  absl::StatusOr<Object*> found = KindLocked(id, SyncKind::kBarrier, "bind");
+  if (!found.ok()) return found.status();
+  Object& barrier = **found;
+  if (absl::Status s = CanBindLocked(barrier, party); !s.ok()) return s;
+  BindLocked(barrier, party);
+  out.Check(party);  // one that has ended already breaks it now
+  return SnapshotLocked(barrier);
+}
+
+absl::StatusOr<SyncTable::ReservationId> SyncTable::Reserve(const std::vector<uint64_t>& ids) {
+  Locked lock(*this);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (std::find(ids.begin(), ids.begin() + i, ids[i]) != ids.begin() + i) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Barrier ", ids[i], " is named twice: a process is one party of it"));
+    }
+    absl::StatusOr<Object*> found = KindLocked(ids[i], SyncKind::kBarrier, "bind");
+    if (!found.ok()) return found.status();
+    if (absl::Status s = RoomLocked(**found, "a new process"); !s.ok()) return s;
+  }
+  for (uint64_t id : ids) ++objects_.at(id).reserved;
+  ReservationId reservation = next_reservation_++;
+  reservations_[reservation] = ids;
+  return reservation;
+}
+
+void SyncTable::BindReserved(ReservationId reservation, const SyncParty& party) {
+  Out out(*this);
+  Locked lock(*this);
+  auto node = reservations_.extract(reservation);
+  if (node.empty()) return;
+  for (uint64_t id : node.mapped()) {
+    auto it = objects_.find(id);
+    if (it == objects_.end()) continue;  // removed meanwhile
+    --it->second.reserved;
+    BindLocked(it->second, party);
+  }
+  // A process that ended before its binding breaks what it was bound to now.
+  out.Check(party);
+}
+
+void SyncTable::DropReserved(ReservationId reservation) {
+  Locked lock(*this);
+  auto node = reservations_.extract(reservation);
+  if (node.empty()) return;
+  for (uint64_t id : node.mapped()) {
+    if (auto it = objects_.find(id); it != objects_.end()) --it->second.reserved;
+  }
 }
 
 void SyncTable::OnTimeout(WaiterId id) {
@@ -734,7 +839,9 @@ void SyncTable::OnTimeout(WaiterId id) {
       break;
     }
     case Phase::kBarrier:
-      BreakBarrierLocked(object, out);
+      BreakBarrierLocked(
+          object, absl::StrCat("the wait of ", it->second.holder.party.ToString(), " timed out"),
+          out);
       break;
   }
 }
@@ -747,7 +854,11 @@ void SyncTable::Cancel(WaiterId id) {
   Object& object = objects_.at(it->second.queue_object);
   Waiter gone = UnparkLocked(id);
   if (gone.phase == Phase::kBarrier) {
-    BreakBarrierLocked(object, out);
+    BreakBarrierLocked(object,
+                       absl::StrCat("the wait of ", gone.holder.party.ToString(),
+                                    " ended before the barrier was passed (its call was "
+                                    "cancelled: the caller went away or gave up)"),
+                       out);
   } else if (IsLockLike(object.info.kind)) {
     ServeLocked(object, out);
   }
@@ -788,10 +899,19 @@ void SyncTable::PartyEnded(const SyncParty& party) {
       AnswerLocked(UnparkLocked(waiter), ended, out);
     }
     if (object.info.kind == SyncKind::kBarrier) {
-      if (was_waiting || (object.participants.contains(party) && !object.queue.empty())) {
-        BreakBarrierLocked(object, out);
+      const bool bound = std::erase(object.info.bound, party) > 0;
+      std::string reason;
+      if (was_waiting) {
+        reason = absl::StrCat(party.ToString(), " ended while waiting");
+      } else if (bound) {
+        reason =
+            absl::StrCat(party.ToString(), ", one of its bound parties, ended without arriving");
+      } else if (object.participants.contains(party) && !object.queue.empty()) {
+        reason = absl::StrCat(party.ToString(),
+                              ", which had waited on it before, ended while others wait");
       }
-      if (object.participants.erase(party) > 0) MarkLocked(object);
+      if (!reason.empty()) BreakBarrierLocked(object, reason, out);
+      if (object.participants.erase(party) > 0 || bound) MarkLocked(object);
     }
     if (IsLockLike(object.info.kind)) {
       int64_t freed = 0;
@@ -858,7 +978,8 @@ void SyncTable::KeepChangedLocked() {
       continue;
     }
     const Object& object = it->second;
-    internal::SyncMemo memo;
+    internal::SyncMemo& memo = *memo_;
+    memo.Clear();
     ToProto(object.info, memo.mutable_object());
     memo.set_tree(object.tree);
     memo.set_abandoned(object.abandoned);
@@ -896,6 +1017,7 @@ size_t SyncTable::Restore(const std::vector<std::string>& memos) {
       const SyncInfo& kept = object.info;
       // Every party it names: what PartyEnded will look at.
       std::vector<SyncParty> named(object.participants.begin(), object.participants.end());
+      named.insert(named.end(), kept.bound.begin(), kept.bound.end());
       for (const SyncHeld& held : kept.holders) named.push_back(held.holder.party);
       if (kept.owner.has_value()) named.push_back(*kept.owner);
       for (const SyncParty& party : named) {

@@ -23,7 +23,11 @@
 // - PartyEnded: what the party held is released and marked abandoned (the next acquirer of
 //   each freed unit is told so, once); its waits leave every queue (their Replies get
 //   CANCELLED); a Barrier it was waiting on, or had waited on before while others wait now,
-//   breaks; the objects it owned are freed (their waiters get NOT_FOUND).
+//   breaks; so does a Barrier it was bound to (Bind) and had not arrived at in the current
+//   round, and it is bound no more; the objects it owned are freed (their waiters get
+//   NOT_FOUND).
+// - A broken Barrier keeps why it broke (SyncInfo::broken_reason), which every
+//   BrokenBarrierError names, until reset().
 // - Limits: objects per tree (SyncCreateSpec::tree) and waiters per object; past either,
 //   RESOURCE_EXHAUSTED naming the limit.
 // - After a call that makes a party hold, wait or own something, the table asks `alive`
@@ -44,6 +48,7 @@
 #include <cstdint>
 #include <functional>
 #include <list>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -63,6 +68,10 @@
 #include "server/id_allocator.h"
 
 namespace proctor {
+
+namespace internal {
+class SyncMemo;
+}  // namespace internal
 
 // A worker (`process`), a session, or, with both 0, the admin key acting for itself.
 struct SyncParty {
@@ -110,6 +119,8 @@ struct SyncInfo {
   std::vector<SyncHeld> holders;
   uint64_t lock_id = 0;                   // Condition
   std::optional<absl::Duration> timeout;  // Barrier: wait()'s default
+  std::vector<SyncParty> bound;           // Barrier: its known parties, in binding order
+  std::string broken_reason;              // Barrier: why it broke, while broken
 };
 
 // The object as the API shows it; and back, as a restart reads it from its note.
@@ -193,6 +204,20 @@ class SyncTable {
   absl::StatusOr<SyncInfo> Abort(uint64_t id);
   absl::StatusOr<SyncInfo> Reset(uint64_t id);
 
+  // Makes `party` a known party of the Barrier `id` (see the rules). INVALID_ARGUMENT for
+  // another kind or the admin party (which never ends); ALREADY_EXISTS when it is bound
+  // already; FAILED_PRECONDITION when every one of the Barrier's parties is bound (or held
+  // for a process being started). A party that has already ended is bound, and so breaks it.
+  absl::StatusOr<SyncInfo> Bind(uint64_t id, const SyncParty& party);
+  // Holds a place in each of the Barriers `ids` for a process about to be started, refused
+  // as Bind refuses (INVALID_ARGUMENT for an id given twice). Then either BindReserved, once
+  // the process has its id, or DropReserved, when it was not started. Not kept across a
+  // restart (the Start in flight fails with it).
+  using ReservationId = uint64_t;
+  absl::StatusOr<ReservationId> Reserve(const std::vector<uint64_t>& ids);
+  void BindReserved(ReservationId reservation, const SyncParty& party);
+  void DropReserved(ReservationId reservation);
+
   // The waiter's Reply will not run; it leaves its queue (a Barrier it waited on breaks).
   void Cancel(WaiterId waiter);
   // See the rules above. Idempotent.
@@ -226,6 +251,7 @@ class SyncTable {
     absl::flat_hash_set<SyncParty> participants;  // Barrier: every party that waited
     std::vector<uint64_t> conditions;  // locks: the Conditions using them
     bool own_lock = false;             // Condition: its lock was made with it
+    int64_t reserved = 0;              // Barrier: places held for processes being started
   };
   // A Reply to run once the lock is released; a grant it carries is given back if the caller
   // is gone.
@@ -298,7 +324,17 @@ class SyncTable {
   // Moves a Condition waiter into its lock's queue; returns its id.
   WaiterId RequeueOnLockLocked(Waiter& waiter, uint64_t lock_id, Out& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void BreakBarrierLocked(Object& barrier, Out& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Breaks it for `reason` ("it was aborted"), which its waiters and later ones are told.
+  void BreakBarrierLocked(Object& barrier, const std::string& reason, Out& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK when one more party may be bound to `barrier`; else FAILED_PRECONDITION naming those
+  // bound and `newcomer`.
+  absl::Status RoomLocked(const Object& barrier, absl::string_view newcomer) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK when `party` may be bound to `barrier` now (see Bind).
+  absl::Status CanBindLocked(const Object& barrier, const SyncParty& party) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void BindLocked(Object& barrier, const SyncParty& party) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveLocked(uint64_t id, const absl::Status& why, Out& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnTimeout(WaiterId id);
@@ -318,7 +354,11 @@ class SyncTable {
   absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<uint64_t> dirty_ ABSL_GUARDED_BY(mu_);  // changed objects, to keep
+  // Reused for each note: its allocations are made once.
+  std::unique_ptr<internal::SyncMemo> memo_ ABSL_GUARDED_BY(mu_);
   WaiterId next_waiter_ ABSL_GUARDED_BY(mu_) = 1;
+  ReservationId next_reservation_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<ReservationId, std::vector<uint64_t>> reservations_ ABSL_GUARDED_BY(mu_);
   // Node maps: references to an object or waiter stay valid while others come and go.
   absl::node_hash_map<uint64_t, Object> objects_ ABSL_GUARDED_BY(mu_);
   absl::node_hash_map<WaiterId, Waiter> waiters_ ABSL_GUARDED_BY(mu_);

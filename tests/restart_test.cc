@@ -409,6 +409,19 @@ TEST_F(RestartTest, WatchFromACursorSeesEveryEventOnceAcrossKillNine) {
   EXPECT_EQ(exits_of_across, 1);
 }
 
+v1::SyncCreateRequest OfKind(v1::SyncKind kind) {
+  v1::SyncCreateRequest request;
+  request.set_kind(kind);
+  return request;
+}
+
+// Makes a sync object, expecting success; its id (0 when it failed).
+uint64_t CreateOk(SyncClient& sync, const v1::SyncCreateRequest& request) {
+  absl::StatusOr<v1::SyncObject> made = sync.Create(request);
+  EXPECT_TRUE(made.ok()) << made.status();
+  return made.ok() ? made->id() : 0;
+}
+
 // Sync objects live through a kill -9: a holder still alive after the restart still holds,
 // and one that ends afterwards leaves its lock abandoned for the next acquirer; an Event keeps
 // its flag; ids are never used twice.
@@ -482,6 +495,93 @@ TEST_F(RestartTest, SyncObjectsAndTheirHoldersLiveThroughKillNine) {
   absl::StatusOr<v1::SyncObject> fresh = sync.Create(create);
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_GT(fresh->id(), std::max(lock_id, event_id)) << "ids are never used twice";
+}
+
+// Every change answered before a kill -9 is kept, those the keeper had not read yet too (it
+// reads proctord's notes lazily, from a pipe that outlives proctord).
+TEST_F(RestartTest, SyncChangesAnsweredJustBeforeAKillNineAreAllKept) {
+  constexpr int kUnits = 300;
+  uint64_t sem_id = 0, lock_id = 0;
+  {
+    TestDaemon first(Flags());
+    SyncClient sync(first.client());
+    v1::SyncCreateRequest create = OfKind(v1::SYNC_BOUNDED_SEMAPHORE);
+    create.set_value(1000);
+    sem_id = CreateOk(sync, create);
+    lock_id = CreateOk(sync, OfKind(v1::SYNC_LOCK));
+    v1::SyncAcquireRequest acquire;
+    acquire.set_id(sem_id);
+    for (int i = 0; i < kUnits; ++i) {
+      acquire.set_thread(i % 7);
+      absl::StatusOr<v1::SyncWaitResponse> got = sync.Acquire(acquire);
+      ASSERT_TRUE(got.ok() && got->ok()) << got.status();
+    }
+    acquire.set_id(lock_id);
+    v1::SyncReleaseRequest release;
+    release.set_id(lock_id);
+    ASSERT_TRUE(sync.Acquire(acquire).ok());
+    ASSERT_TRUE(sync.Release(release).ok());
+    ASSERT_TRUE(sync.Acquire(acquire).ok());
+    first.Kill();  // at once after the last answer
+  }
+  TestDaemon second(Flags());
+  SyncClient sync(second.client());
+  absl::StatusOr<v1::SyncObject> sem = sync.Get(sem_id);
+  ASSERT_TRUE(sem.ok()) << sem.status() << second.Log();
+  EXPECT_EQ(sem->value(), 1000 - kUnits);
+  int64_t held = 0;
+  for (const v1::SyncHolder& holder : sem->holders()) held += holder.count();
+  EXPECT_EQ(held, kUnits);
+  absl::StatusOr<v1::SyncObject> lock = sync.Get(lock_id);
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  EXPECT_EQ(lock->value(), 0) << "held, as the last answer said";
+  EXPECT_EQ(lock->holders_size(), 1);
+}
+
+// A Barrier's bound parties live through a kill -9; one that ended while no proctord ran
+// breaks it, named, once the next proctord learns of its end.
+TEST_F(RestartTest, BoundPartiesLiveThroughKillNineAndOneThatEndedMeanwhileBreaksTheBarrier) {
+  uint64_t barrier_id = 0;
+  v1::Process stays, goes;
+  {
+    TestDaemon first(Flags());
+    SyncClient sync(first.client());
+    v1::SyncCreateRequest create = OfKind(v1::SYNC_BARRIER);
+    create.set_parties(3);
+    barrier_id = CreateOk(sync, create);
+    v1::StartRequest start;
+    start.set_target("/bin/sleep");
+    start.add_args("1000");
+    start.add_barriers(barrier_id);
+    absl::StatusOr<v1::Process> started = first.client().Start(start);
+    ASSERT_TRUE(started.ok()) << started.status();
+    stays = *started;
+    started = first.client().Start(start);
+    ASSERT_TRUE(started.ok()) << started.status();
+    goes = *started;
+    ASSERT_EQ(sync.Get(barrier_id)->bound_size(), 2);
+    first.Kill();
+    ASSERT_EQ(kill(goes.pid(), SIGKILL), 0);  // the keeper's unreaped child: still this pid
+    ASSERT_TRUE(WaitFor([&] { return IsZombie(goes.pid()); }));
+  }
+  TestDaemon second(Flags());
+  SyncClient sync(second.client());
+  const std::string named =
+      absl::StrCat("process ", goes.id(), ", one of its bound parties, ended without arriving");
+  ASSERT_TRUE(WaitFor([&] { return sync.Get(barrier_id).value_or(v1::SyncObject{}).broken(); }))
+      << second.Log();
+  absl::StatusOr<v1::SyncObject> barrier = sync.Get(barrier_id);
+  EXPECT_THAT(barrier->broken_reason(), HasSubstr(named));
+  ASSERT_EQ(barrier->bound_size(), 1);
+  EXPECT_EQ(barrier->bound(0).process(), stays.id());
+  v1::SyncWaitRequest wait;
+  wait.set_id(barrier_id);
+  absl::StatusOr<v1::SyncWaitResponse> waited = sync.Wait(wait);
+  EXPECT_TRUE(absl::IsAborted(waited.status())) << waited.status();
+  EXPECT_THAT(waited.status().message(), HasSubstr(named));
+  v1::TerminateRequest stop;
+  stop.set_id(stays.id());
+  EXPECT_TRUE(second.client().Terminate(stop).ok());
 }
 
 // The same through a SIGUSR2 restart in place; a call waiting at the restart ends UNAVAILABLE.

@@ -103,13 +103,15 @@ TEST(ServiceFileTest, TheTargetIsRequired) {
   EXPECT_THAT(Parse("web", "{}").error, StartsWith("/d/web.json: start.target: is required"));
 }
 
-TEST(ServiceFileTest, NameSessionAndDaemonMustBeUnset) {
+TEST(ServiceFileTest, NameSessionDaemonAndBarriersMustBeUnset) {
   EXPECT_THAT(Parse("web", R"({"start": {"target": "x", "name": "other"}})").error,
               AllOf(StartsWith("/d/web.json: start.name: must be unset"), HasSubstr("\"web\"")));
   EXPECT_THAT(Parse("web", R"({"start": {"target": "x", "session": "7"}})").error,
               StartsWith("/d/web.json: start.session: must be unset"));
   EXPECT_THAT(Parse("web", R"({"start": {"target": "x", "daemon": true}})").error,
               StartsWith("/d/web.json: start.daemon: must be unset"));
+  EXPECT_THAT(Parse("web", R"({"start": {"target": "x", "barriers": ["3"]}})").error,
+              StartsWith("/d/web.json: start.barriers: must be unset"));
 }
 
 TEST(ServiceFileTest, ValuesStartWouldRefuseAreRefused) {

@@ -17,6 +17,7 @@
 namespace proctor {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 const SyncHolderId kA{.party = {.process = 1}};
@@ -311,6 +312,120 @@ TEST_F(SyncTableTest, BarrierWithADeadPartyBreaks) {
   EXPECT_TRUE(absl::IsAborted(a.result->status()));
 }
 
+TEST_F(SyncTableTest, ABoundPartyThatEndsWithoutArrivingBreaksTheBarrier) {
+  uint64_t barrier = Make(SyncKind::kBarrier, 1, 3);
+  absl::StatusOr<SyncInfo> bound = table_.Bind(barrier, kA.party);
+  ASSERT_TRUE(bound.ok()) << bound.status();
+  ASSERT_EQ(bound->bound.size(), 1u);
+  Answer b, c;
+  table_.Wait(barrier, kB, std::nullopt, Into(b));
+  table_.Wait(barrier, kC, std::nullopt, Into(c));
+  EXPECT_TRUE(Pending(b));
+  table_.PartyEnded(kA.party);
+  for (const Answer* waiter : {&b, &c}) {
+    ASSERT_TRUE(waiter->result.has_value());
+    EXPECT_TRUE(absl::IsAborted(waiter->result->status()));
+    EXPECT_THAT(waiter->result->status().message(),
+                AllOf(HasSubstr("BrokenBarrierError"),
+                      HasSubstr("process 1, one of its bound parties, ended without arriving")));
+  }
+  absl::StatusOr<SyncInfo> now = table_.Get(barrier);
+  EXPECT_TRUE(now->broken);
+  EXPECT_TRUE(now->bound.empty()) << "an ended party is bound no more";
+  EXPECT_THAT(now->broken_reason, HasSubstr("process 1"));
+  // Later waiters are told the same, until reset().
+  Answer late;
+  table_.Wait(barrier, kB, std::nullopt, Into(late));
+  EXPECT_THAT(late.result->status().message(), HasSubstr("process 1, one of its bound parties"));
+  ASSERT_TRUE(table_.Reset(barrier).ok());
+  EXPECT_FALSE(table_.Get(barrier)->broken);
+  EXPECT_EQ(table_.Get(barrier)->broken_reason, "");
+
+  // With no round in progress too: the next round could not be completed.
+  uint64_t idle = Make(SyncKind::kBarrier, 1, 2);
+  ASSERT_TRUE(table_.Bind(idle, kC.party).ok());
+  table_.PartyEnded(kC.party);
+  EXPECT_TRUE(table_.Get(idle)->broken);
+  EXPECT_THAT(table_.Get(idle)->broken_reason, HasSubstr("session 7"));
+}
+
+TEST_F(SyncTableTest, UnboundArrivalsStillCountAndABoundPartyThatArrivedPasses) {
+  uint64_t barrier = Make(SyncKind::kBarrier, 1, 3);
+  ASSERT_TRUE(table_.Bind(barrier, kA.party).ok());
+  Answer a, b, c;
+  table_.Wait(barrier, kB, std::nullopt, Into(b));  // unbound
+  table_.Wait(barrier, kA, std::nullopt, Into(a));
+  table_.Wait(barrier, kAdmin, std::nullopt, Into(c));  // unbound, the admin key itself
+  ASSERT_TRUE(Ok(a) && Ok(b) && Ok(c));
+  EXPECT_EQ((*b.result)->index + (*a.result)->index + (*c.result)->index, 0 + 1 + 2);
+  EXPECT_FALSE(table_.Get(barrier)->broken);
+  // A bound party that arrived in the current round and ends while the others wait breaks
+  // it, named.
+  table_.Wait(barrier, kA, std::nullopt, Into(a));
+  table_.Wait(barrier, kB, std::nullopt, Into(b));
+  table_.PartyEnded(kA.party);
+  EXPECT_THAT(b.result->status().message(), HasSubstr("process 1 ended while waiting"));
+}
+
+TEST_F(SyncTableTest, BindingIsRefusedAsItShouldBe) {
+  uint64_t barrier = Make(SyncKind::kBarrier, 1, 2);
+  uint64_t lock = Make(SyncKind::kLock);
+  absl::StatusOr<SyncInfo> refused = table_.Bind(lock, kA.party);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status()));
+  EXPECT_THAT(refused.status().message(), HasSubstr("is a Lock, which has no bind()"));
+  refused = table_.Bind(barrier, kAdmin.party);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status()));
+  EXPECT_THAT(refused.status().message(), HasSubstr("never ends"));
+  EXPECT_TRUE(absl::IsNotFound(table_.Bind(999, kA.party).status()));
+  ASSERT_TRUE(table_.Bind(barrier, kA.party).ok());
+  refused = table_.Bind(barrier, kA.party);
+  EXPECT_TRUE(absl::IsAlreadyExists(refused.status()));
+  EXPECT_EQ(refused.status().message(), "process 1 is already a bound party of Barrier 1");
+
+  // A place held for a process being started counts; let go, it is free again.
+  absl::StatusOr<SyncTable::ReservationId> held = table_.Reserve({barrier});
+  ASSERT_TRUE(held.ok()) << held.status();
+  refused = table_.Bind(barrier, kB.party);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused.status()));
+  EXPECT_EQ(refused.status().message(),
+            "Barrier 1 has 2 parties, and all are bound already (process 1 and 1 process(es) "
+            "being started): process 2 cannot be one more");
+  absl::StatusOr<SyncTable::ReservationId> more = table_.Reserve({barrier});
+  EXPECT_TRUE(absl::IsFailedPrecondition(more.status()));
+  EXPECT_THAT(more.status().message(), HasSubstr("a new process cannot be one more"));
+  table_.DropReserved(*held);
+  EXPECT_TRUE(table_.Bind(barrier, kB.party).ok());
+  refused = table_.Bind(barrier, kC.party);
+  EXPECT_EQ(refused.status().message(),
+            "Barrier 1 has 2 parties, and all are bound already (process 1, process 2): "
+            "session 7 cannot be one more");
+
+  uint64_t other = Make(SyncKind::kBarrier, 1, 5);
+  more = table_.Reserve({other, other});
+  EXPECT_TRUE(absl::IsInvalidArgument(more.status()));
+  EXPECT_THAT(more.status().message(), HasSubstr("is named twice"));
+  more = table_.Reserve({other, lock});
+  EXPECT_TRUE(absl::IsInvalidArgument(more.status()));
+  ASSERT_TRUE(table_.Reserve({other}).ok()) << "a refused reservation holds nothing";
+}
+
+TEST_F(SyncTableTest, APartyThatEndedBeforeItsBindingLandedBreaksTheBarrierAtOnce) {
+  uint64_t barrier = Make(SyncKind::kBarrier, 1, 3);
+  Answer waiting;
+  table_.Wait(barrier, kC, std::nullopt, Into(waiting));
+  dead_.insert(kA.party);
+  absl::StatusOr<SyncTable::ReservationId> held = table_.Reserve({barrier});
+  ASSERT_TRUE(held.ok());
+  table_.BindReserved(*held, kA.party);  // its process ended before Start bound it
+  EXPECT_TRUE(absl::IsAborted(waiting.result->status()));
+  EXPECT_THAT(waiting.result->status().message(), HasSubstr("process 1"));
+  EXPECT_TRUE(table_.Get(barrier)->bound.empty());
+
+  uint64_t second = Make(SyncKind::kBarrier, 1, 3);
+  ASSERT_TRUE(table_.Bind(second, kA.party).ok());
+  EXPECT_TRUE(table_.Get(second)->broken);
+}
+
 TEST_F(SyncTableTest, OwnerEndFreesItsObjects) {
   uint64_t cond = Make(SyncKind::kCondition, 1, 0, kA.party);
   uint64_t lock = table_.Get(cond)->lock_id;
@@ -403,10 +518,10 @@ TEST_F(SyncTableTest, ObjectsAndHoldersComeBackFromTheirNotes) {
       notes.erase(key);
     }
   };
-  SyncLimits limits{.max_objects_per_tree = 8, .max_waiters_per_object = 3};
+  SyncLimits limits{.max_objects_per_tree = 16, .max_waiters_per_object = 3};
   auto alive = [this](const SyncParty& party) { return !dead_.contains(party); };
   const SyncHolderId a_thread{.party = kA.party, .thread = 3};
-  uint64_t lock = 0, rlock = 0, sem = 0, event = 0, barrier = 0, cond = 0, gone = 0;
+  uint64_t lock = 0, rlock = 0, sem = 0, event = 0, barrier = 0, cond = 0, gone = 0, known = 0;
   // Stands for <state-dir>/next-sync-id, which outlives proctord.
   absl::StatusOr<std::unique_ptr<IdAllocator>> ids = IdAllocator::Open("");
   ASSERT_TRUE(ids.ok());
@@ -429,6 +544,9 @@ TEST_F(SyncTableTest, ObjectsAndHoldersComeBackFromTheirNotes) {
     sem = make({.kind = SyncKind::kBoundedSemaphore, .value = 3});
     event = make({.kind = SyncKind::kEvent, .name = "ready"});
     barrier = make({.kind = SyncKind::kBarrier, .parties = 2, .timeout = absl::Seconds(5)});
+    known = make({.kind = SyncKind::kBarrier, .parties = 3});
+    ASSERT_TRUE(before.Bind(known, kA.party).ok());
+    ASSERT_TRUE(before.Bind(known, kB.party).ok());
     cond = make({.kind = SyncKind::kCondition});
     gone = make({.kind = SyncKind::kEvent});
     acquire(lock, kB);
@@ -445,14 +563,14 @@ TEST_F(SyncTableTest, ObjectsAndHoldersComeBackFromTheirNotes) {
     ASSERT_TRUE(Ok(a) && Ok(c));
     Answer parked;  // a waiter is not kept: its call ends with the old proctord
     before.Acquire(lock, kC, true, std::nullopt, Into(parked));
-    EXPECT_EQ(notes.size(), 7u);  // the Condition's own RLock has a note too
+    EXPECT_EQ(notes.size(), 8u);  // the Condition's own RLock has a note too
     EXPECT_FALSE(notes.contains(absl::StrCat("sync/", gone)));
   }
 
   dead_.insert(kB.party);  // B ended while proctord was down
   SyncTable after(time_, limits, alive);
   after.Persist(ids->get(), keep);
-  EXPECT_EQ(after.Restore(Values(notes)), 7u);
+  EXPECT_EQ(after.Restore(Values(notes)), 8u);
   // B's lock and semaphore units are free, abandoned for the next acquirers.
   EXPECT_EQ(after.Get(lock)->value, 1);
   EXPECT_EQ(after.Get(lock)->n_waiting, 0);
@@ -477,6 +595,13 @@ TEST_F(SyncTableTest, ObjectsAndHoldersComeBackFromTheirNotes) {
   EXPECT_EQ(after.FindByName(kA.party, "held")->id, lock);
   EXPECT_EQ(after.Get(barrier)->timeout, absl::Seconds(5));
   EXPECT_FALSE(after.Get(barrier)->broken);
+  // B, a bound party, ended without arriving while proctord was down; A is still bound.
+  absl::StatusOr<SyncInfo> known_now = after.Get(known);
+  EXPECT_TRUE(known_now->broken);
+  EXPECT_THAT(known_now->broken_reason,
+              HasSubstr("process 2, one of its bound parties, ended without arriving"));
+  ASSERT_EQ(known_now->bound.size(), 1u);
+  EXPECT_EQ(known_now->bound[0], kA.party);
   // The Condition still works with its lock, which C holds.
   Answer woken;
   after.Wait(cond, kC, std::nullopt, Into(woken));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "client/credentials.h"
 #include "client/process.h"
@@ -29,6 +30,7 @@ using ::proctor::testing::ReadFile;
 using ::proctor::testing::TestDaemon;
 using ::proctor::testing::WaitFor;
 using ::proctor::testing::WriteFile;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 // ---------------------------------------------------------------------------------------------
@@ -64,6 +66,39 @@ int WaitAtBarrier(Barrier barrier, std::string ready) {
 }
 PROCTOR_FUNCTION(WaitAtBarrier);
 
+// A bound party (given the Barrier) that says it runs in `ready` and never
+// arrives.
+int NeverArrives(Barrier barrier, std::string ready) {
+  WriteFile(ready, "running");
+  absl::SleepFor(absl::Hours(1));
+  return barrier.wait().ok() ? 0 : 3;
+}
+PROCTOR_FUNCTION(NeverArrives);
+
+// A bound party that arrives once.
+int PassOnce(Barrier barrier) {
+  return barrier.wait(absl::Seconds(30)).ok() ? 0 : 3;
+}
+PROCTOR_FUNCTION(PassOnce);
+
+// With a worker's key: binds process `outside` (not of its subtree), a session,
+// and itself (bound already by its start); writes what it was told to
+// `report`, one status a line, then stays.
+int BindOutside(Barrier barrier, std::string outside, std::string report) {
+  SyncClient sync(**DefaultClient());
+  v1::SyncBindRequest request;
+  request.set_id(barrier.id());
+  request.set_process(std::stoull(outside));
+  std::string told = absl::StrCat(sync.Bind(request).status().ToString(), "\n");
+  request.set_session(1);
+  absl::StrAppend(&told, sync.Bind(request).status().ToString(), "\n");
+  absl::StrAppend(&told, barrier.bind().ToString(), "\n");
+  WriteFile(report, told);
+  absl::SleepFor(absl::Hours(1));
+  return 0;
+}
+PROCTOR_FUNCTION(BindOutside);
+
 // Tries a top-level object (refused) and one passed down from the session
 // (reached).
 int Reach(Event passed, std::string top_id) {
@@ -76,6 +111,13 @@ int Reach(Event passed, std::string top_id) {
 PROCTOR_FUNCTION(Reach);
 
 // ---------------------------------------------------------------------------------------------
+
+// `status` is `code`, with exactly `message`.
+void ExpectStatus(const absl::Status &status, absl::StatusCode code,
+                  const std::string &message) {
+  EXPECT_EQ(status.code(), code) << status;
+  EXPECT_EQ(status.message(), message);
+}
 
 class SyncTest : public ::testing::Test {
 protected:
@@ -260,6 +302,8 @@ TEST_F(SyncTest, HolderSigkilledWhileOthersWaitLeavesTheLockAbandoned) {
   EXPECT_FALSE(lock.abandoned()); // told once
 }
 
+// A party that arrived and is SIGKILLed while the others wait breaks it,
+// named.
 TEST_F(SyncTest, BarrierWithADeadPartyBreaks) {
   Barrier barrier(3);
   std::string ready = daemon_.dir() + "/ready";
@@ -274,6 +318,166 @@ TEST_F(SyncTest, BarrierWithADeadPartyBreaks) {
   killer.join();
   EXPECT_TRUE(absl::IsAborted(index.status())) << index.status();
   EXPECT_THAT(index.status().message(), HasSubstr("BrokenBarrierError"));
+  EXPECT_THAT(index.status().message(),
+              HasSubstr(absl::StrCat("process ", party.id())));
+}
+
+// A child given a Barrier is one of its known parties: SIGKILLed before it
+// arrives, it breaks the Barrier for those waiting, who are told its name.
+TEST_F(SyncTest, ABoundPartySigkilledBeforeArrivingBreaksTheBarrier) {
+  Barrier barrier(3);
+  std::string ready = daemon_.dir() + "/ready";
+  Process party = StartOk({.target = NeverArrives, .args = {barrier, ready}});
+  ASSERT_TRUE(
+      WaitFor([&] { return !ReadFile(ready).empty(); }, absl::Seconds(10)));
+  absl::StatusOr<v1::SyncObject> info = barrier.info();
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->bound_size(), 1);
+  EXPECT_EQ(info->bound(0).process(), party.id());
+  EXPECT_THAT(
+      daemon_.Cli({"--json", "sync", "ls"}).out,
+      HasSubstr(absl::StrCat("\"bound\":[\"process:", party.id(), "\"]")));
+  // Two waiters of this program (unbound), then the kill. Their timeout only
+  // keeps the test from hanging: it would break the Barrier with another
+  // reason.
+  absl::StatusOr<int64_t> other;
+  std::thread waiter([&] { other = barrier.wait(absl::Seconds(30)); });
+  ASSERT_TRUE(WaitFor([&] { return barrier.n_waiting().value_or(0) == 1; }));
+  std::thread killer([&] {
+    WaitFor([&] { return barrier.n_waiting().value_or(0) == 2; });
+    EXPECT_TRUE(party.kill().ok());
+  });
+  absl::StatusOr<int64_t> index = barrier.wait(absl::Seconds(30));
+  killer.join();
+  waiter.join();
+  const std::string named =
+      absl::StrCat("process ", party.id(),
+                   ", one of its bound parties, ended without arriving");
+  for (const absl::StatusOr<int64_t> *told : {&index, &other}) {
+    EXPECT_TRUE(absl::IsAborted(told->status())) << told->status();
+    EXPECT_THAT(told->status().message(), HasSubstr("BrokenBarrierError"));
+    EXPECT_THAT(told->status().message(), HasSubstr(named));
+  }
+  EXPECT_TRUE(*barrier.broken());
+  EXPECT_THAT(barrier.info()->broken_reason(), HasSubstr(named));
+  EXPECT_EQ(barrier.info()->bound_size(), 0);
+}
+
+// `parties` stays a count: arrivals of processes that never bound fill it, a
+// bound party among them.
+TEST_F(SyncTest, UnboundExtraArrivalsStillCount) {
+  Barrier barrier(3);
+  Process bound = StartOk({.target = PassOnce, .args = {barrier}});
+  absl::StatusOr<int64_t> other;
+  std::thread extra([&] { other = barrier.wait(absl::Seconds(30)); });
+  absl::StatusOr<int64_t> index = barrier.wait(absl::Seconds(30));
+  extra.join();
+  ASSERT_TRUE(bound.join().ok());
+  EXPECT_EQ(bound.exitcode(), 0);
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_NE(*index, *other);
+  // Its bound party has ended, so the next round could not be completed: the
+  // Barrier says so at once, naming it, until reset().
+  EXPECT_TRUE(WaitFor([&] { return barrier.broken().value_or(false); }));
+  EXPECT_THAT(barrier.info()->broken_reason(),
+              HasSubstr(absl::StrCat("process ", bound.id())));
+  ASSERT_TRUE(barrier.reset().ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> passed = 0;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back(
+        [&] { passed += barrier.wait(absl::Seconds(30)).ok(); });
+  }
+  for (std::thread &t : threads)
+    t.join();
+  EXPECT_EQ(passed, 3) << "three arrivals of nobody bound";
+}
+
+TEST_F(SyncTest, BindingIsRefusedWithTheRightCode) {
+  Barrier barrier(2);
+  std::string ready = daemon_.dir() + "/ready";
+  Process a = StartOk({.target = NeverArrives, .args = {barrier, ready}});
+  v1::SyncBindRequest bind;
+  bind.set_id(barrier.id());
+  bind.set_process(a.id());
+  ExpectStatus(sync_.Bind(bind).status(), absl::StatusCode::kAlreadyExists,
+               absl::StrCat("process ", a.id(),
+                            " is already a bound party of Barrier ",
+                            barrier.id()));
+
+  // A worker's key: a process outside its subtree, a session, itself again.
+  v1::Process outside =
+      testing::StartOk(daemon_.client(), {"/bin/sleep", "1000"});
+  std::string report = daemon_.dir() + "/report";
+  Process b = StartOk({.target = BindOutside,
+                       .args = {barrier, absl::StrCat(outside.id()), report}});
+  ASSERT_TRUE(
+      WaitFor([&] { return !ReadFile(report).empty(); }, absl::Seconds(10)));
+  std::vector<std::string> told = absl::StrSplit(ReadFile(report), '\n');
+  ASSERT_GE(told.size(), 3u);
+  EXPECT_THAT(told[0],
+              AllOf(HasSubstr("PERMISSION_DENIED"),
+                    HasSubstr(absl::StrCat("process ", outside.id(),
+                                           " is outside the subtree"))));
+  EXPECT_THAT(told[1], AllOf(HasSubstr("FAILED_PRECONDITION"),
+                             HasSubstr("sessions are for clients")));
+  EXPECT_THAT(told[2], HasSubstr("ALREADY_EXISTS"));
+
+  // Both places are taken (a and b): one more party is refused, and a start
+  // that would be one more starts nothing.
+  bind.set_process(outside.id());
+  ExpectStatus(
+      sync_.Bind(bind).status(), absl::StatusCode::kFailedPrecondition,
+      absl::StrCat("Barrier ", barrier.id(),
+                   " has 2 parties, and all are bound already (process ",
+                   a.id(), ", process ", b.id(), "): process ", outside.id(),
+                   " cannot be one more"));
+  size_t records = daemon_.client().List({})->size();
+  Process c({.target = PassOnce, .args = {barrier}});
+  absl::Status refused = c.start();
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused)) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("a new process cannot be one more"));
+  EXPECT_EQ(daemon_.client().List({})->size(), records) << "nothing started";
+
+  // The party: none, unknown, ended; the object: not a Barrier.
+  bind.clear_process();
+  EXPECT_EQ(sync_.Bind(bind).status().message(),
+            "process or session is required: the party to bind");
+  bind.set_session(999);
+  EXPECT_TRUE(absl::IsNotFound(sync_.Bind(bind).status()));
+  bind.set_process(999999);
+  EXPECT_TRUE(absl::IsNotFound(sync_.Bind(bind).status()));
+  v1::Process ended = testing::StartOk(daemon_.client(), {"/bin/true"});
+  ASSERT_TRUE(daemon_.client().Join(ended.id()).ok());
+  bind.set_process(ended.id());
+  absl::Status gone = sync_.Bind(bind).status();
+  EXPECT_TRUE(absl::IsFailedPrecondition(gone)) << gone;
+  EXPECT_THAT(gone.message(), HasSubstr("is not running"));
+  Lock lock;
+  bind.set_id(lock.id());
+  bind.set_process(outside.id());
+  EXPECT_TRUE(absl::IsInvalidArgument(sync_.Bind(bind).status()));
+  records = daemon_.client().List({})->size();
+  v1::StartRequest start;
+  start.set_target("/bin/true");
+  start.add_barriers(lock.id());
+  EXPECT_TRUE(absl::IsInvalidArgument(daemon_.client().Start(start).status()));
+  Barrier roomy(5);
+  start.set_barriers(0, roomy.id());
+  start.add_barriers(roomy.id());
+  absl::Status twice_named = daemon_.client().Start(start).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(twice_named)) << twice_named;
+  EXPECT_THAT(twice_named.message(), HasSubstr("is named twice"));
+  EXPECT_EQ(daemon_.client().List({})->size(), records) << "nothing started";
+  Process unstarted({.target = PassOnce, .args = {roomy}});
+  EXPECT_TRUE(absl::IsFailedPrecondition(roomy.bind(unstarted)));
+
+  for (Process *p : {&a, &b})
+    EXPECT_TRUE(p->kill().ok());
+  v1::TerminateRequest stop;
+  stop.set_id(outside.id());
+  EXPECT_TRUE(daemon_.client().Terminate(stop).ok());
 }
 
 TEST_F(SyncTest, SixteenProcessesLoseNoUpdate) {

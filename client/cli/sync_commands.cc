@@ -44,12 +44,17 @@ std::string OwnerText(const v1::SyncObject& object) {
   }
 }
 
+// "process:3", "session:2", "admin".
+std::string PartyText(const v1::SyncHolder& holder) {
+  return holder.party_case() == v1::SyncHolder::kProcess
+             ? absl::StrCat("process:", holder.process())
+         : holder.party_case() == v1::SyncHolder::kSession
+             ? absl::StrCat("session:", holder.session())
+             : "admin";
+}
+
 std::string HolderText(const v1::SyncHolder& holder) {
-  std::string party = holder.party_case() == v1::SyncHolder::kProcess
-                          ? absl::StrCat("process:", holder.process())
-                      : holder.party_case() == v1::SyncHolder::kSession
-                          ? absl::StrCat("session:", holder.session())
-                          : "admin";
+  std::string party = PartyText(holder);
   return holder.count() > 1 ? absl::StrCat(party, "x", holder.count()) : party;
 }
 
@@ -126,6 +131,8 @@ std::string SyncObjectJson(const v1::SyncObject& object) {
     if (holder.party_case() == v1::SyncHolder::kSession) h["session"] = holder.session();
     holders.push_back(std::move(h));
   }
+  nlohmann::ordered_json bound = nlohmann::ordered_json::array();
+  for (const v1::SyncHolder& party : object.bound()) bound.push_back(PartyText(party));
   std::string owner = OwnerText(object);
   nlohmann::ordered_json json = {
       {"id", object.id()},
@@ -137,6 +144,8 @@ std::string SyncObjectJson(const v1::SyncObject& object) {
       {"is_set", object.is_set()},
       {"parties", object.parties()},
       {"broken", object.broken()},
+      {"broken_reason", object.broken_reason()},
+      {"bound", bound},
       {"n_waiting", object.n_waiting()},
       {"holders", holders},
       {"lock_id", object.lock_id()},

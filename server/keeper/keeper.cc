@@ -8,22 +8,29 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/descriptor_passing.h"
 #include "server/keeper/spawn.h"
 #include "spdlog/spdlog.h"
 
 namespace proctor {
 namespace {
+
+// How long the notes pipe is left to fill once read: notes cost the keeper one wake-up per
+// period while they flow, not one each.
+constexpr int64_t kNotesPeriodNs = 10'000'000;
 
 absl::Status Errno(const std::string& what) {
   return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno)));
@@ -38,6 +45,18 @@ std::string ReadSmallFile(const std::string& path) {
   while ((n = read(fd, buffer, sizeof(buffer))) > 0) text.append(buffer, static_cast<size_t>(n));
   close(fd);
   return text;
+}
+
+// Hands each whole request `reader` holds to `handle` while it returns true; DATA_LOSS for
+// bytes that are not a request.
+absl::Status TakeRequests(FrameReader& reader,
+                          const std::function<bool(const internal::KeeperRequest&)>& handle) {
+  for (;;) {
+    internal::KeeperRequest request;
+    absl::StatusOr<bool> next = reader.Next(request);
+    if (!next.ok()) return next.status();
+    if (!*next || !handle(request)) return absl::OkStatus();
+  }
 }
 
 // waitid with the resource usage the libc wrapper leaves out.
@@ -72,9 +91,11 @@ absl::Status Keeper::Init() {
   sigprocmask(SIG_BLOCK, &chld, nullptr);
   signal_fd_ = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
   if (signal_fd_ < 0) return Errno("signalfd");
+  notes_timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (notes_timer_fd_ < 0) return Errno("timerfd_create");
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) return Errno("epoll_create1");
-  for (int fd : {listen_fd_, signal_fd_}) {
+  for (int fd : {listen_fd_, signal_fd_, notes_timer_fd_}) {
     epoll_event event{.events = EPOLLIN, .data = {.fd = fd}};
     if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &event) != 0) return Errno("epoll_ctl");
   }
@@ -86,7 +107,7 @@ Keeper::~Keeper() {
   for (auto& [token, worker] : workers_) {
     if (worker.pidfd >= 0) close(worker.pidfd);
   }
-  for (int fd : {listen_fd_, signal_fd_, epoll_fd_}) {
+  for (int fd : {listen_fd_, signal_fd_, notes_timer_fd_, epoll_fd_}) {
     if (fd >= 0) close(fd);
   }
 }
@@ -106,6 +127,10 @@ int Keeper::Run() {
         OnAcceptable();
       } else if (fd == signal_fd_) {
         OnSignals();
+      } else if (fd == notes_fd_) {
+        OnNotes();
+      } else if (fd == notes_timer_fd_) {
+        OnNotesTimer();
       } else if (fd == connection_) {
         if (events[i].events & EPOLLOUT) OnWritable();
         if (fd == connection_ && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
@@ -155,6 +180,11 @@ void Keeper::OnAcceptable() {
 }
 
 void Keeper::CloseConnection() {
+  // What the proctord of this connection noted is all in its pipe by now (or it is about to
+  // lose us and exit): read to the end before anything depends on the notes.
+  DrainNotes(/*close=*/true);
+  for (int fd : received_fds_) close(fd);
+  received_fds_.clear();
   if (connection_ < 0) return;
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection_, nullptr);
   close(connection_);
@@ -164,9 +194,20 @@ void Keeper::CloseConnection() {
 
 void Keeper::OnReadable() {
   char buffer[65536];
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
   for (;;) {
-    ssize_t n = read(connection_, buffer, sizeof(buffer));
+    iovec data{.iov_base = buffer, .iov_len = sizeof(buffer)};
+    msghdr message{};
+    message.msg_iov = &data;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    // Close-on-exec from the start: a worker spawned next must not inherit a notes pipe.
+    ssize_t n = recvmsg(connection_, &message, MSG_CMSG_CLOEXEC);
     if (n > 0) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&message); c != nullptr; c = CMSG_NXTHDR(&message, c)) {
+        for (int fd : PassedDescriptors(*c)) received_fds_.push_back(fd);
+      }
       reader_.Append(buffer, static_cast<size_t>(n));
       continue;
     }
@@ -175,17 +216,13 @@ void Keeper::OnReadable() {
     CloseConnection();
     return;
   }
-  for (;;) {
-    internal::KeeperRequest request;
-    absl::StatusOr<bool> next = reader_.Next(request);
-    if (!next.ok()) {
-      spdlog::error("keeper: {}; dropping the connection", std::string(next.status().message()));
-      CloseConnection();
-      return;
-    }
-    if (!*next) break;
+  absl::Status taken = TakeRequests(reader_, [this](const internal::KeeperRequest& request) {
     Handle(request);
-    if (connection_ < 0) return;
+    return connection_ >= 0;
+  });
+  if (!taken.ok()) {
+    spdlog::error("keeper: {}; dropping the connection", std::string(taken.message()));
+    CloseConnection();
   }
 }
 
@@ -193,10 +230,12 @@ void Keeper::Handle(const internal::KeeperRequest& request) {
   switch (request.kind_case()) {
     case internal::KeeperRequest::kHello: {
       greeted_ = true;
+      DrainNotes(/*close=*/false);
       internal::KeeperEvent reply;
       reply.set_serial(request.serial());
       internal::Held& held = *reply.mutable_held();
       held.set_keeper_pid(getpid());
+      held.set_takes_notes_pipe(true);
       for (const auto& [token, worker] : workers_) {
         internal::HeldWorker& out = *held.add_workers();
         out.set_token(token);
@@ -227,11 +266,28 @@ void Keeper::Handle(const internal::KeeperRequest& request) {
       HandleRelease(request.release().token());
       break;
     case internal::KeeperRequest::kRemember:
-      notes_[request.remember().key()] = request.remember().value();
-      break;
     case internal::KeeperRequest::kForget:
-      notes_.erase(request.forget().key());
+      Remember(request);
       break;
+    case internal::KeeperRequest::kNotesPipe: {
+      if (received_fds_.empty()) {
+        spdlog::warn("keeper: a notes pipe came without its descriptor; ignored");
+        break;
+      }
+      DrainNotes(/*close=*/true);
+      notes_fd_ = received_fds_.front();
+      received_fds_.erase(received_fds_.begin());
+      notes_reader_ = FrameReader();
+      epoll_event event{.events = EPOLLIN | EPOLLONESHOT, .data = {.fd = notes_fd_}};
+      if (fcntl(notes_fd_, F_SETFL, fcntl(notes_fd_, F_GETFL) | O_NONBLOCK) != 0 ||
+          epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, notes_fd_, &event) != 0) {
+        // proctord's notes would be lost; without them it cannot be restarted as it expects.
+        spdlog::error("keeper: cannot watch the notes pipe: {}; dropping the connection",
+                      std::strerror(errno));
+        CloseConnection();
+      }
+      break;
+    }
     case internal::KeeperRequest::kShutdown:
       shutdown_requested_ = true;
       break;
@@ -240,6 +296,68 @@ void Keeper::Handle(const internal::KeeperRequest& request) {
       spdlog::warn("keeper: a request of a kind it does not know; ignored");
       break;
   }
+}
+
+void Keeper::Remember(const internal::KeeperRequest& request) {
+  if (request.has_remember()) {
+    notes_[request.remember().key()] = request.remember().value();
+  } else if (request.has_forget()) {
+    notes_.erase(request.forget().key());
+  }
+}
+
+void Keeper::OnNotes() {
+  DrainNotes(/*close=*/false);
+  if (notes_fd_ < 0) return;
+  itimerspec period{.it_interval = {}, .it_value = {.tv_sec = 0, .tv_nsec = kNotesPeriodNs}};
+  timerfd_settime(notes_timer_fd_, 0, &period, nullptr);
+}
+
+void Keeper::OnNotesTimer() {
+  uint64_t expirations;
+  while (read(notes_timer_fd_, &expirations, sizeof(expirations)) > 0) {
+  }
+  DrainNotes(/*close=*/false);
+  if (notes_fd_ < 0) return;
+  // Armed again: at once if notes came meanwhile.
+  epoll_event event{.events = EPOLLIN | EPOLLONESHOT, .data = {.fd = notes_fd_}};
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, notes_fd_, &event);
+}
+
+void Keeper::DrainNotes(bool close_it) {
+  if (notes_fd_ < 0) return;
+  char buffer[65536];
+  bool ended = false;
+  for (;;) {
+    ssize_t n = read(notes_fd_, buffer, sizeof(buffer));
+    if (n > 0) {
+      notes_reader_.Append(buffer, static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    ended = n == 0 || errno != EAGAIN;
+    break;
+  }
+  // Left in the reader at the pipe's end: a frame cut short by proctord's death, whose call
+  // was never answered.
+  absl::Status taken =
+      TakeRequests(notes_reader_, [this](const internal::KeeperRequest& request) {
+        if (request.has_remember() || request.has_forget()) {
+          Remember(request);
+        } else {
+          spdlog::warn("keeper: a request other than a note on the notes pipe; ignored");
+        }
+        return true;
+      });
+  if (!taken.ok()) {
+    spdlog::error("keeper: notes pipe: {}; closing it", std::string(taken.message()));
+    ended = true;
+  }
+  if (!ended && !close_it) return;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, notes_fd_, nullptr);
+  close(notes_fd_);
+  notes_fd_ = -1;
+  notes_reader_ = FrameReader();
 }
 
 void Keeper::HandleSpawn(uint64_t serial, const internal::Spawn& spawn) {

@@ -10,7 +10,10 @@
 // group id proctord signals cannot have been given to anyone else.
 //
 // One connection at a time: a new one (a restarted proctord) replaces the old. On Hello the
-// keeper lists what it holds (Held) and reports again every exit not released. Orphans that
+// keeper lists what it holds (Held) and reports again every exit not released. Notes
+// (Remember, Forget) come on the connection or, once proctord has sent one, on a notes pipe
+// that the keeper reads lazily (keeper.proto, NotesPipe), and always to its end before it
+// answers a Hello or decides to exit. Orphans that
 // come to it are reaped at once (OrphanReaped). It exits when it holds no worker and either
 // proctord asked it to (Shutdown) or no proctord is connected and it holds no note either
 // (an open session, a sync object: the next proctord needs them back). SIGINT, SIGHUP and
@@ -25,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -57,6 +61,13 @@ class Keeper {
   absl::Status Init();
   void OnAcceptable();
   void OnReadable();
+  // The notes pipe has something: read it now, then not again before the timer.
+  void OnNotes();
+  void OnNotesTimer();
+  // Reads the notes pipe to its end (or until it is empty, while proctord writes on); closes
+  // it at its end. `close` closes it in any case.
+  void DrainNotes(bool close);
+  void Remember(const internal::KeeperRequest& request);
   void OnWritable();
   void OnSignals();
   void OnWorkerEnded(uint64_t token);
@@ -78,6 +89,10 @@ class Keeper {
   bool running_ = true;
   FrameReader reader_;
   std::string outgoing_;
+  std::vector<int> received_fds_;  // descriptors that came on the connection, not yet taken
+  int notes_fd_ = -1;              // the notes pipe's read end
+  FrameReader notes_reader_;
+  int notes_timer_fd_ = -1;
   absl::flat_hash_map<uint64_t, Worker> workers_;     // by token
   absl::flat_hash_map<int, uint64_t> pidfd_tokens_;   // pidfd → token, while running
   absl::flat_hash_set<pid_t> worker_pids_;            // until reaped

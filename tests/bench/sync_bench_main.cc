@@ -2,9 +2,11 @@
 // same run as the baseline.
 //
 //   proctor_sync_bench [--address ADDR] [--authkey-file PATH] [--daemon-pid PID] [-n N]
-//                      [--kills K] [--waiters W]
+//                      [--kills K] [--waiters W] [--only uncontended|handoff|kills|waiters]
 //
-// 1. Uncontended Lock acquire+release, against one Status call (mean µs of N each).
+// 1. Uncontended Lock acquire+release, against one Status call: N of each in turn (with a
+//    SyncList that changes nothing), each timed on its own; means and medians, their ratios,
+//    and each call's median.
 // 2. Release -> next holder wakes: one thread holds, another waits on its own connection; the
 //    time from just before release to the waiter's answer (p50/p99 of N).
 // 3. Holder SIGKILLed -> next waiter holds: a worker (`proctor lock` run through proctord)
@@ -42,7 +44,15 @@ struct Options {
   int n = 1000;
   int kills = 20;
   int waiters = 10000;
+  std::string only;  // empty: every phase
 };
+
+// For a failure while a thread of the benchmark waits in proctord and cannot be joined.
+[[noreturn]] void Die(const absl::Status& status) {
+  std::cout.flush();
+  std::cerr << "proctor_sync_bench: " << status.message() << std::endl;
+  std::_Exit(1);
+}
 
 double Micros(absl::Duration d) { return absl::ToDoubleMicroseconds(d); }
 
@@ -93,26 +103,55 @@ v1::SyncReleaseRequest ReleaseOf(uint64_t id, uint64_t thread) {
 // Keeps the admin key under its rate (5000 calls a second): lets the bucket fill again.
 void Breathe() { absl::SleepFor(absl::Seconds(2.5)); }
 
+// A Status call, an acquire and a release, and a SyncList of the lock (a Sync call that changes
+// nothing, so writes no note) in turn, each timed on its own, so that a busy host weighs on all
+// alike. The pair's mean and median against the Status call's, and each call's median.
 absl::Status Uncontended(Client& client, SyncClient& sync, int n) {
+  constexpr int kCallsPerRound = 4;
+  constexpr int kCallsPerBreath = 9000;  // under the admin key's burst of 10000
   absl::StatusOr<uint64_t> lock = MakeLock(sync);
   if (!lock.ok()) return lock.status();
   v1::StatusRequest list;
   list.set_state(v1::STATE_RUNNING);
-  absl::Time start = absl::Now();
-  for (int i = 0; i < n; ++i) {
-    if (absl::Status s = client.List(list).status(); !s.ok()) return s;
-  }
-  double status_us = Micros(absl::Now() - start) / n;
+  std::vector<double> status_us, acquire_us, release_us, pair_us, get_us;
   Breathe();
-  start = absl::Now();
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0, calls = 0; i < n; ++i, calls += kCallsPerRound) {
+    if (calls + kCallsPerRound > kCallsPerBreath) {
+      Breathe();
+      calls = 0;
+    }
+    absl::Time t0 = absl::Now();
+    if (absl::Status s = client.List(list).status(); !s.ok()) return s;
+    absl::Time t1 = absl::Now();
     if (absl::Status s = sync.Acquire(AcquireOf(*lock, 1)).status(); !s.ok()) return s;
+    absl::Time t2 = absl::Now();
     if (absl::Status s = sync.Release(ReleaseOf(*lock, 1)).status(); !s.ok()) return s;
+    absl::Time t3 = absl::Now();
+    if (absl::Status s = sync.Get(*lock).status(); !s.ok()) return s;
+    absl::Time t4 = absl::Now();
+    status_us.push_back(Micros(t1 - t0));
+    acquire_us.push_back(Micros(t2 - t1));
+    release_us.push_back(Micros(t3 - t2));
+    pair_us.push_back(Micros(t3 - t1));
+    get_us.push_back(Micros(t4 - t3));
   }
-  double pair_us = Micros(absl::Now() - start) / n;
+  auto mean = [](const std::vector<double>& us) {
+    double sum = 0;
+    for (double u : us) sum += u;
+    return sum / us.size();
+  };
+  auto median = [](std::vector<double> us) {
+    std::nth_element(us.begin(), us.begin() + us.size() / 2, us.end());
+    return us[us.size() / 2];
+  };
   std::cout << absl::StrFormat(
-      "uncontended acquire+release: %.0f µs; Status call: %.0f µs; ratio %.2f\n", pair_us,
-      status_us, pair_us / status_us);
+      "uncontended acquire+release: %.0f µs; Status call: %.0f µs; ratio %.2f (medians: %.0f "
+      "µs, %.0f µs, ratio %.2f; n=%d each, in turn)\n"
+      "  per call, medians: Status %.1f µs, SyncAcquire %.1f µs, SyncRelease %.1f µs, "
+      "SyncList %.1f µs\n",
+      mean(pair_us), mean(status_us), mean(pair_us) / mean(status_us), median(pair_us),
+      median(status_us), median(pair_us) / median(status_us), n, median(status_us),
+      median(acquire_us), median(release_us), median(get_us));
   return absl::OkStatus();
 }
 
@@ -129,14 +168,15 @@ absl::Status Handoff(SyncClient& sync, const Options& options, int n) {
     std::thread waiter([&] {
       if (other.Acquire(AcquireOf(*lock, 2)).ok()) woke_ns = absl::GetCurrentTimeNanos();
     });
-    // Released only once the waiter is parked.
+    // Released only once the waiter is parked; polled gently, under the admin key's rate.
     for (;;) {
       absl::StatusOr<v1::SyncObject> info = sync.Get(*lock);
-      if (!info.ok()) return info.status();
+      if (!info.ok()) Die(info.status());  // a waiter is parked: no way back
       if (info->n_waiting() == 1) break;
+      absl::SleepFor(absl::Microseconds(200));
     }
     int64_t released_ns = absl::GetCurrentTimeNanos();
-    if (absl::Status s = sync.Release(ReleaseOf(*lock, 1)).status(); !s.ok()) return s;
+    if (absl::Status s = sync.Release(ReleaseOf(*lock, 1)).status(); !s.ok()) Die(s);
     waiter.join();
     if (woke_ns == 0) return absl::InternalError("the waiter was not granted the lock");
     us.push_back((woke_ns - released_ns) / 1000.0);
@@ -187,15 +227,16 @@ absl::Status Kills(Client& client, SyncClient& sync, int kills) {
     });
     for (;;) {
       absl::StatusOr<v1::SyncObject> info = sync.Get(id);
-      if (!info.ok()) return info.status();
+      if (!info.ok()) Die(info.status());  // a waiter is parked: no way back
       if (info->n_waiting() == 1) break;
+      absl::SleepFor(absl::Microseconds(200));
     }
     v1::TerminateRequest kill;
     kill.set_id(holder->id());
     kill.set_signal(SIGKILL);
     kill.set_wait(false);
     int64_t killed_ns = absl::GetCurrentTimeNanos();
-    if (absl::Status s = client.Terminate(kill).status(); !s.ok()) return s;
+    if (absl::Status s = client.Terminate(kill).status(); !s.ok()) Die(s);
     waiter.join();
     if (got_ns == 0 || !abandoned) return absl::InternalError("no abandoned grant");
     us.push_back((got_ns - killed_ns) / 1000.0);
@@ -284,6 +325,9 @@ int Main(int argc, char** argv) {
       ok = absl::SimpleAtoi(value, &options.kills) && options.kills > 0;
     } else if (flag == "--waiters") {
       ok = absl::SimpleAtoi(value, &options.waiters) && options.waiters > 0;
+    } else if (flag == "--only") {
+      options.only = value;
+      ok = value == "uncontended" || value == "handoff" || value == "kills" || value == "waiters";
     } else {
       ok = false;
     }
@@ -298,17 +342,19 @@ int Main(int argc, char** argv) {
     return 1;
   }
   SyncClient sync(**client);
-  std::vector<std::function<absl::Status()>> phases = {
-      [&] { return Uncontended(**client, sync, options.n); },
-      [&] { return Handoff(sync, options, options.n); },
-      [&] { return Kills(**client, sync, options.kills); },
-      [&] { return ParkedWaiters(sync, options); },
+  std::vector<std::pair<std::string, std::function<absl::Status()>>> phases = {
+      {"uncontended", [&] { return Uncontended(**client, sync, options.n); }},
+      {"handoff", [&] { return Handoff(sync, options, options.n); }},
+      {"kills", [&] { return Kills(**client, sync, options.kills); }},
+      {"waiters", [&] { return ParkedWaiters(sync, options); }},
   };
-  for (const auto& phase : phases) {
+  for (const auto& [name, phase] : phases) {
+    if (!options.only.empty() && name != options.only) continue;
     if (absl::Status s = phase(); !s.ok()) {
       std::cerr << "proctor_sync_bench: " << s.message() << "\n";
       return 1;
     }
+    std::cout.flush();
   }
   return 0;
 }

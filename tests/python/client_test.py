@@ -407,6 +407,51 @@ class SyncTest(DaemonTest):
         with self.assertRaisesRegex(ValueError, "takes no action"):
             proctor.Barrier(2, action=print)
 
+    def test_a_bound_party_killed_before_arriving_breaks_the_barrier(self):
+        barrier = proctor.Barrier(3)
+        # Given the Barrier in its arguments, the child is one of its known parties.
+        party = python_worker("import sys, time\n"
+                              "print('running', flush=True)\n"
+                              "time.sleep(60)\n", barrier)
+        party.start()
+        self.assertEqual([p.process for p in barrier.info().bound], [party.id])
+        for _ in self.client.logs(party.id, follow=True):
+            break  # "running"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(barrier.wait, 30)
+            while barrier.n_waiting < 1:
+                time.sleep(0.01)
+            party.kill()
+            with self.assertRaisesRegex(threading.BrokenBarrierError,
+                                        f"process {party.id}, one of its bound parties, "
+                                        "ended without arriving"):
+                waiting.result()
+
+    def test_barrier_binding_and_its_refusals(self):
+        barrier = proctor.Barrier(2)
+        barrier.bind()  # this program, as its session
+        sleeper = proctor.Process(target=["sleep", "60"])
+        with self.assertRaisesRegex(RuntimeError, "can only bind a started process"):
+            barrier.bind(sleeper)
+        sleeper.start()
+        barrier.bind(sleeper)
+        with self.assertRaises(proctor.ProctorError) as twice:
+            barrier.bind(sleeper)
+        self.assertEqual(twice.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+        late = proctor.Process(target=["sleep", "60"], args=[str(barrier)])
+        with self.assertRaises(proctor.ProctorError) as full:
+            late.start()  # one more than its parties: nothing is started
+        self.assertEqual(full.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("a new process cannot be one more", full.exception.message)
+        self.assertIsNone(late.id)
+        # An unbound arrival still counts: two threads of this program pass it.
+        sleeper.kill()
+        sleeper.join(30)
+        self.assertTrue(barrier.broken)
+        barrier.reset()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            self.assertEqual(sorted(pool.map(lambda _: barrier.wait(30), range(2))), [0, 1])
+
     def test_named_objects_and_bad_names(self):
         first = proctor.Event(name="py-ready")
         second = proctor.Event(name="py-ready")

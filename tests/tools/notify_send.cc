@@ -36,6 +36,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/descriptor_passing.h"
 
 namespace {
 
@@ -81,19 +82,7 @@ std::optional<int> Connect(const std::string& where, std::string* error) {
 
 // Sends `text` on `fd`, with `passed` as SCM_RIGHTS when it is >= 0.
 bool Send(int fd, const std::string& text, int passed, std::string* error) {
-  iovec data{.iov_base = const_cast<char*>(text.data()), .iov_len = text.size()};
-  msghdr header{.msg_iov = &data, .msg_iovlen = 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (passed >= 0) {
-    header.msg_control = control;
-    header.msg_controllen = sizeof(control);
-    cmsghdr* c = CMSG_FIRSTHDR(&header);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &passed, sizeof(int));
-  }
-  if (sendmsg(fd, &header, MSG_NOSIGNAL) != static_cast<ssize_t>(text.size())) {
+  if (proctor::SendWithDescriptor(fd, text, passed) != static_cast<ssize_t>(text.size())) {
     *error = absl::StrCat("sendmsg: ", std::strerror(errno));
     return false;
   }

@@ -65,6 +65,18 @@ def default_client():
         return _default_client
 
 
+def _barriers_in(words):
+    """The ids of the Barriers that ``words`` name ("proctor-sync:Barrier:<id>"): a child
+    given a Barrier is one of its known parties from its start (README, "Barrier parties")."""
+    ids = []
+    for word in words:
+        parts = word.split(":")
+        if len(parts) == 3 and parts[0] == "proctor-sync" and parts[1] == "Barrier" and \
+                parts[2].isdigit() and int(parts[2]) != 0 and int(parts[2]) not in ids:
+            ids.append(int(parts[2]))
+    return ids
+
+
 def _session_for(client):
     """This program's session on ``client`` when it holds an admin key; else 0."""
     if client.credentials.key_id != "admin":
@@ -126,14 +138,15 @@ class Process:
             raise ValueError("the target argv is empty")
         client = self._client or default_client()
         self._client = client
+        args = [os.fspath(a) if isinstance(a, os.PathLike) else str(a)
+                for a in argv[1:] + list(self._args)]
+        kwargs = {str(k): str(v) for k, v in self._kwargs.items()}
         request = proctor_pb2.StartRequest(
-            target=os.fspath(argv[0]),
-            args=[os.fspath(a) if isinstance(a, os.PathLike) else str(a)
-                  for a in argv[1:] + list(self._args)],
-            kwargs={str(k): str(v) for k, v in self._kwargs.items()},
+            target=os.fspath(argv[0]), args=args, kwargs=kwargs,
             name=self._name or "", daemon=self._daemon, env=self._environment(),
             cwd=os.path.abspath(self._cwd) if self._cwd else os.getcwd(),
-            authkey=self._authkey, session=_session_for(client))
+            authkey=self._authkey, session=_session_for(client),
+            barriers=_barriers_in(args + list(kwargs.values())))
         self._record = client.start(request)
         self._name = self._record.name
         with _lock:

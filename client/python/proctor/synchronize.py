@@ -18,11 +18,14 @@ raises, with proctord's message: RuntimeError ("release unlocked lock", "cannot 
 un-acquired lock"), ValueError ("Semaphore released too many times", "can't specify a timeout
 for a non-blocking call") and threading.BrokenBarrierError. An RLock, and a Condition's lock,
 belong to a thread of this process. When a holder dies, what it held is released, and the
-next acquirer finds ``abandoned`` true: shared state may need repair.
+next acquirer finds ``abandoned`` true: shared state may need repair. A Process given a
+Barrier in its arguments is one of its known parties: if it ends without arriving, the
+Barrier breaks (Barrier.bind).
 
 A waiting call is one call, whose deadline is its timeout plus the client's call timeout.
 """
 
+import os
 import threading
 import time
 
@@ -297,6 +300,28 @@ class Barrier(_SyncObject):
         threading.BrokenBarrierError if the barrier breaks (a wait timed out, abort(),
         reset() or a party's death)."""
         return self._wait(timeout).index
+
+    def bind(self, process=None):
+        """Makes a party known to the Barrier: ``process`` (a started Process of this program,
+        or one of its descendants' ids), else this program itself (the worker it runs as, or
+        its session). A bound party that ends without having arrived in the current round
+        breaks the Barrier. A child given the Barrier in its arguments is bound from its
+        start. Binding a party twice raises ProctorError (ALREADY_EXISTS); one more than
+        ``parties``, or a process that has ended, RuntimeError."""
+        request = sync_pb2.SyncBindRequest(id=self.id)
+        if process is not None:
+            process_id = process if isinstance(process, int) else process.id
+            if process_id is None:
+                raise RuntimeError("can only bind a started process to a Barrier")
+            request.process = process_id
+        elif self._session:
+            request.session = self._session
+        elif os.environ.get("PROCTOR_ID", "").isdigit():
+            request.process = int(os.environ["PROCTOR_ID"])
+        else:
+            raise RuntimeError("this program is neither a worker nor in a session of its own: "
+                               "give the process to bind")
+        self._call("SyncBind", request)
 
     def abort(self):
         self._update(sync_pb2.SYNC_BARRIER_ABORT)
