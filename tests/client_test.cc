@@ -350,7 +350,10 @@ TEST_F(ClientAgainstDaemonTest, RunPassesOnBothStreamsInOrderAndWhole) {
   EXPECT_EQ(run.order.front(), "started");
   EXPECT_EQ(std::count(run.order.begin(), run.order.end(), "started"), 1);
   ASSERT_TRUE(run.started.has_value());
-  EXPECT_EQ(run.started->state(), v1::STATE_RUNNING);
+  // The record as Start answers it: running, or already ended when the exit was known before
+  // the start was answered (a fast worker on a busy host).
+  EXPECT_GT(run.started->pid(), 1);
+  EXPECT_THAT(run.started->state(), ::testing::AnyOf(v1::STATE_RUNNING, v1::STATE_EXITED));
   EXPECT_EQ(run.exited->id(), run.started->id());
   EXPECT_EQ(run.exited->state(), v1::STATE_EXITED);
   EXPECT_EQ(run.exited->exitcode(), 0);

@@ -69,11 +69,13 @@ absl::StatusOr<std::unique_ptr<BenchDaemon>> BenchDaemon::Start(
   if (absl::Status s = daemon->AwaitAnswer(state_dir, address); !s.ok()) return s;
   if (!await_spares) return daemon;
 
-  // The stock is made in the background, about 1 ms a file on ext4.
+  // The stock is made in the background, about 1 ms a file on ext4. Waited for at most 30 s:
+  // a stock in use while it is made may never settle.
   std::string spares = state_dir + "/logs/spare";
   size_t last = 0;
   absl::Time changed = absl::Now();
-  while (absl::Now() - changed < absl::Seconds(2)) {
+  const absl::Time give_up = changed + absl::Seconds(30);
+  while (absl::Now() - changed < absl::Seconds(2) && absl::Now() < give_up) {
     std::error_code ignored;
     auto it = std::filesystem::directory_iterator(spares, ignored);
     size_t count = std::distance(it, std::filesystem::directory_iterator());

@@ -23,7 +23,7 @@ class BenchDaemon {
  public:
   // Starts `proctord` with `args` and its socket and state in `dir`, and waits until it
   // answers and, with `await_spares`, until its stock of spare capture files has stopped
-  // growing.
+  // growing (for 2 s; at most 30 s).
   static absl::StatusOr<std::unique_ptr<BenchDaemon>> Start(const std::string& proctord,
                                                             const std::vector<std::string>& args,
                                                             const std::string& dir,

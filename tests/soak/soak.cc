@@ -15,9 +15,12 @@
 // (the state directory's tmpfs filled; needs root). Every failed call is counted by method,
 // status code and the fault in force when it was made (or "none").
 //
-// Prints operations done, exit codes wrong, output wrong, records lost, zombies and strays
-// left after proctord stopped, proctord's descriptors and RSS at start and end, and the errors
-// seen during each fault. Exits 1 when any check fails or a call failed with no fault in force.
+// Prints operations done, exit codes wrong, output wrong, records lost, processes that never
+// ended (still running a minute after they should have), zombies and strays left after
+// proctord stopped, proctord's descriptors and RSS at start and end, and the errors seen
+// during each fault. Exits 1 when any check fails or a call failed with no fault in force. A
+// run still going three minutes past its time is given up: the report then names the calls
+// still out (`overstayed_in`) and the soak exits 1.
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -46,6 +49,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
@@ -76,8 +80,10 @@ struct Tally {
   int64_t wrong_output = 0;
   int64_t output_lost_to_full_disk = 0;
   int64_t lost = 0;
+  int64_t never_ended = 0;  // still running when its check gave up (kJoinPatience)
   int64_t watch_events = 0;
   int64_t watch_breaks = 0;
+  std::map<std::string, int64_t> watch_break_reasons;  // "fault: CODE: message" -> count
   std::vector<std::string> examples;  // the first few wrong results, for the report
   // fault -> "Method CODE: message" -> count
   std::map<std::string, std::map<std::string, int64_t>> errors;
@@ -127,10 +133,12 @@ class FaultClock {
 class DaemonHolder {
  public:
   DaemonHolder(const Options& options, std::string dir) : options_(options), dir_(std::move(dir)) {}
-  absl::Status Start() {
+  // The first start waits for the stock of spare capture files; a restart does not, as the
+  // clients keep using it up while it is made.
+  absl::Status Start(bool await_spares) {
     absl::StatusOr<std::unique_ptr<BenchDaemon>> started =
         BenchDaemon::Start(options_.proctord, {"--log-level", "warn", "--capture-spares", "64"},
-                           dir_);
+                           dir_, await_spares);
     if (!started.ok()) return started.status();
     absl::MutexLock lock(&mu_);
     daemon_ = *std::move(started);
@@ -138,7 +146,7 @@ class DaemonHolder {
   }
   pid_t pid() {
     absl::MutexLock lock(&mu_);
-    return daemon_ == nullptr ? -1 : daemon_->pid();
+    return daemon_ == nullptr ? stopped_pid_ : daemon_->pid();
   }
   ClientOptions client_options() {
     absl::MutexLock lock(&mu_);
@@ -148,9 +156,20 @@ class DaemonHolder {
     absl::MutexLock lock(&mu_);
     daemon_->KillNine();
   }
-  void Stop() {
+  // SIGTERM without waiting, if it runs and has not been reaped (so the pid is still its).
+  void SignalToEnd() {
     absl::MutexLock lock(&mu_);
-    daemon_.reset();
+    if (daemon_ != nullptr && daemon_->pid() > 1) kill(daemon_->pid(), SIGTERM);
+  }
+  // SIGTERM, and waits for it to exit (outside the lock, so that pid() still answers).
+  void Stop() {
+    std::unique_ptr<BenchDaemon> stopping;
+    {
+      absl::MutexLock lock(&mu_);
+      stopping = std::move(daemon_);
+      stopped_pid_ = stopping == nullptr ? -1 : stopping->pid();
+    }
+    stopping.reset();
   }
 
  private:
@@ -158,6 +177,7 @@ class DaemonHolder {
   const std::string dir_;
   absl::Mutex mu_;
   std::unique_ptr<BenchDaemon> daemon_;
+  pid_t stopped_pid_ = -1;  // while Stop waits for it
 };
 
 struct Program {
@@ -190,6 +210,47 @@ Program PickProgram(std::mt19937_64& rng, const std::string& cli) {
       return {{"/bin/sleep", "1000"}, -15, -1, true};
   }
 }
+
+// The call each client thread is in and since when, for the report of a run that overstays.
+class Activities {
+ public:
+  explicit Activities(int threads) : slots_(threads) {}
+  // The calling thread is thread `index` from now on.
+  void Enter(int index) { current_ = &slots_[index]; }
+  static void Calling(absl::string_view method) {
+    if (current_ == nullptr) return;
+    absl::MutexLock lock(&current_->mu);
+    current_->method = std::string(method);
+    current_->since = absl::Now();
+  }
+  static void Done() {
+    if (current_ == nullptr) return;
+    absl::MutexLock lock(&current_->mu);
+    current_->method.clear();
+  }
+  // "thread 2: Join for 71.2s", one per thread in a call.
+  std::vector<std::string> InCalls() {
+    std::vector<std::string> busy;
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      absl::MutexLock lock(&slots_[i].mu);
+      if (slots_[i].method.empty()) continue;
+      busy.push_back(absl::StrCat("thread ", i, ": ", slots_[i].method, " for ",
+                                  absl::FormatDuration(absl::Trunc(absl::Now() - slots_[i].since,
+                                                                   absl::Milliseconds(100)))));
+    }
+    return busy;
+  }
+
+ private:
+  struct Slot {
+    absl::Mutex mu;
+    std::string method;
+    absl::Time since;
+  };
+  std::vector<Slot> slots_;
+  static thread_local Slot* current_;
+};
+thread_local Activities::Slot* Activities::current_ = nullptr;
 
 class Soak {
  public:
@@ -243,6 +304,9 @@ class Soak {
       {
         absl::MutexLock lock(&tally_.mu);
         ++tally_.watch_breaks;
+        ++tally_.watch_break_reasons[absl::StrCat(
+            faults_.Blame(absl::Now()), ": ", absl::StatusCodeToString(watched.code()), ": ",
+            watched.message().substr(0, 120))];
       }
       // A cursor older than what proctord keeps: from now on.
       if (absl::IsOutOfRange(watched)) since.reset();
@@ -260,7 +324,9 @@ class Soak {
   // Runs `call`, counting a failure under the fault in force; returns whether it worked.
   bool Call(absl::string_view method, const std::function<absl::Status()>& call) {
     absl::Time made = absl::Now();
+    Activities::Calling(method);
     absl::Status status = call();
+    Activities::Done();
     absl::MutexLock lock(&tally_.mu);
     ++tally_.operations;
     if (status.ok()) return true;
@@ -277,25 +343,42 @@ class Soak {
     if (tally_.examples.size() < 10) tally_.examples.push_back(std::move(what));
   }
 
-  // Joins `id` until it has ended, through faults; nullopt if the record went missing.
-  std::optional<v1::Process> JoinToEnd(Client& client, uint64_t id) {
-    for (int attempt = 0; attempt < 200; ++attempt) {
+  // How long a check waits for a process that should end (the longest program sleeps 0.2 s,
+  // a terminated one ends at once) before it reports it as never ended.
+  static constexpr absl::Duration kJoinPatience = absl::Seconds(60);
+
+  // Joins `id` until it has ended, through faults: the record, or the status that ended the
+  // wait (NOT_FOUND: the record went missing; DEADLINE_EXCEEDED: still running after
+  // kJoinPatience, with the last record in the message).
+  absl::StatusOr<v1::Process> JoinToEnd(Client& client, uint64_t id) {
+    const absl::Time give_up = absl::Now() + kJoinPatience;
+    std::string last = "no answer";
+    while (absl::Now() < give_up) {
       absl::StatusOr<v1::Process> joined;
       Call("Join", [&] {
-        joined = client.Join(id, absl::Seconds(5));
+        joined = client.Join(id, std::min(absl::Seconds(5), give_up - absl::Now()));
         return joined.status();
       });
       if (joined.ok() && joined->state() == v1::STATE_EXITED) return *joined;
-      if (absl::IsNotFound(joined.status())) return std::nullopt;
-      if (!joined.ok()) absl::SleepFor(absl::Milliseconds(200));
+      if (absl::IsNotFound(joined.status())) return joined.status();
+      if (joined.ok()) {
+        last = absl::StrCat("state ", v1::State_Name(joined->state()), ", pid ", joined->pid());
+      } else {
+        last = joined.status().ToString();
+        absl::SleepFor(absl::Milliseconds(200));
+      }
     }
-    return std::nullopt;
+    return absl::DeadlineExceededError(absl::StrCat("not ended after ", absl::FormatDuration(kJoinPatience), " (", last, ")"));
   }
 
   void Check(Client& client, uint64_t id, int expected, int64_t output_bytes,
              int64_t disk_mark) {
-    std::optional<v1::Process> ended = JoinToEnd(client, id);
-    if (!ended.has_value() || ended->lost()) {
+    absl::StatusOr<v1::Process> ended = JoinToEnd(client, id);
+    if (absl::IsDeadlineExceeded(ended.status())) {
+      Wrong(&Tally::never_ended, absl::StrCat("process ", id, " ", ended.status().message()));
+      return;
+    }
+    if (!ended.ok() || ended->lost()) {
       Wrong(&Tally::lost, absl::StrCat("process ", id, " lost"));
       return;
     }
@@ -358,11 +441,20 @@ class Soak {
   void TerminateAndCheck(Client& client, uint64_t id) {
     v1::TerminateRequest request;
     request.set_id(id);
-    absl::StatusOr<v1::Process> ended;
-    Call("Terminate", [&] {
-      ended = client.Terminate(request);
-      return ended.status();
-    });
+    // A Terminate that failed under a fault may never have reached proctord: it is asked again
+    // (of a process that has ended, Terminate answers its record).
+    const absl::Time give_up = absl::Now() + kJoinPatience;
+    while (absl::Now() < give_up) {
+      absl::StatusOr<v1::Process> ended;
+      if (Call("Terminate", [&] {
+            ended = client.Terminate(request);
+            return ended.status();
+          }) ||
+          absl::IsNotFound(ended.status())) {
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(200));
+    }
     // Whatever Terminate answered, the process must end as SIGTERM ends it.
     Check(client, id, -15, -1, faults_.DiskMark());
   }
@@ -381,8 +473,8 @@ class Soak {
       return client.Logs(logs, [&](std::string_view data) { out.append(data); });
     });
     // A follow broken by a fault is read again whole once the process has ended.
-    std::optional<v1::Process> ended = JoinToEnd(client, started->id());
-    if (!followed && ended.has_value()) {
+    absl::StatusOr<v1::Process> ended = JoinToEnd(client, started->id());
+    if (!followed && ended.ok()) {
       logs.set_follow(false);
       followed = Call("Logs", [&] {
         out.clear();
@@ -419,7 +511,7 @@ void RunFaults(const Options& options, const std::vector<std::string>& faults,
     if (fault == "kill") {
       daemon.KillNine();
       absl::SleepFor(length);
-      if (absl::Status s = daemon.Start(); !s.ok()) {
+      if (absl::Status s = daemon.Start(/*await_spares=*/false); !s.ok()) {
         std::cerr << "soak: restarting proctord: " << s << "\n";
         std::exit(2);
       }
@@ -484,6 +576,9 @@ Leftovers FindLeftovers(const std::string& address) {
   return found;
 }
 
+// How long past its time a run may go on before it is given up as hung.
+constexpr absl::Duration kOverstay = absl::Seconds(180);
+
 int Main(int argc, char** argv) {
   Options options;
   CLI::App app("soak: many clients, random calls and faults against a proctord of its own");
@@ -524,7 +619,7 @@ int Main(int argc, char** argv) {
   }
 
   DaemonHolder daemon(options, dir);
-  if (absl::Status s = daemon.Start(); !s.ok()) {
+  if (absl::Status s = daemon.Start(/*await_spares=*/true); !s.ok()) {
     std::cerr << "soak: " << s << "\n";
     return 2;
   }
@@ -534,67 +629,97 @@ int Main(int argc, char** argv) {
   Tally tally;
   FaultClock clock;
   Soak soak(options, daemon, clock, tally);
+  Activities activities(options.clients);
   const absl::Time started = absl::Now();
   const absl::Time deadline = started + absl::Seconds(options.seconds);
+
+  // The report, from what the run saw; `overstayed` lists the calls still out when the run
+  // was given up (see the watchdog below).
+  auto report = [&](const absl::StatusOr<DaemonStats>& at_end, const Leftovers& left,
+                    const std::vector<std::string>& overstayed) {
+    absl::MutexLock lock(&tally.mu);
+    int64_t unexplained = 0;
+    for (const auto& [what, count] : tally.errors["none"]) unexplained += count;
+    const bool passed = tally.wrong_exit == 0 && tally.wrong_output == 0 && tally.lost == 0 &&
+                        tally.never_ended == 0 && left.strays == 0 && left.zombies == 0 &&
+                        unexplained == 0 && overstayed.empty();
+    nlohmann::json report = {
+        {"clients", options.clients},
+        {"seconds", absl::ToDoubleSeconds(absl::Now() - started)},
+        {"operations", tally.operations},
+        {"processes", tally.processes},
+        {"exit_codes_wrong", tally.wrong_exit},
+        {"output_wrong", tally.wrong_output},
+        {"output_lost_to_full_disk", tally.output_lost_to_full_disk},
+        {"records_lost", tally.lost},
+        {"never_ended", tally.never_ended},
+        {"strays_after", left.strays},
+        {"zombies_after", left.zombies},
+        {"watch_events", tally.watch_events},
+        {"watch_breaks", tally.watch_breaks},
+        {"watch_break_reasons", tally.watch_break_reasons},
+        {"faults_applied", tally.faults_applied},
+        {"errors_by_fault", tally.errors},
+        {"examples", tally.examples},
+        {"passed", passed},
+    };
+    if (!overstayed.empty()) report["overstayed_in"] = overstayed;
+    if (at_start.ok()) {
+      report["descriptors_start"] = at_start->descriptors;
+      report["rss_kib_start"] = at_start->rss_kib;
+    }
+    if (at_end.ok()) {
+      report["descriptors_end"] = at_end->descriptors;
+      report["rss_kib_end"] = at_end->rss_kib;
+    }
+    // A failed run keeps proctord's log (with every restart's) for a look.
+    if (!passed) {
+      std::string log_copy = absl::StrCat("/var/tmp/proctor-soak-", getpid(), ".log");
+      std::error_code copy_error;
+      std::filesystem::copy_file(dir + "/proctord.log", log_copy, copy_error);
+      report["proctord_log"] = copy_error ? "" : log_copy;
+    }
+    std::cout << (options.json ? report.dump() : report.dump(2)) << std::endl;
+    return passed;
+  };
+  auto remove_dir = [&] {
+    if (tmpfs) umount2(dir.c_str(), MNT_DETACH);
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  };
+
+  // A client's calls are bounded (call timeouts, Soak::kJoinPatience), so a run that
+  // overstays its time by much has a call that never came back: it is reported, with where
+  // each thread is, instead of hanging.
+  absl::Notification finished;
+  std::thread watchdog([&] {
+    if (finished.WaitForNotificationWithDeadline(deadline + kOverstay)) return;
+    absl::StatusOr<DaemonStats> at_end = ReadStats(daemon.pid());
+    report(at_end, FindLeftovers(address), activities.InCalls());
+    daemon.SignalToEnd();  // it ends its workers
+    remove_dir();
+    std::_Exit(1);
+  });
+
   std::vector<std::thread> threads;
   for (int i = 0; i < options.clients; ++i) {
-    threads.emplace_back([&, i] { soak.RunClient(i, deadline); });
+    threads.emplace_back([&, i] {
+      activities.Enter(i);
+      soak.RunClient(i, deadline);
+    });
   }
   threads.emplace_back([&] { soak.RunWatcher(deadline); });
   threads.emplace_back([&] { RunFaults(options, faults, daemon, clock, tally, dir, deadline); });
   for (std::thread& thread : threads) thread.join();
-  const absl::Duration ran = absl::Now() - started;
 
   absl::StatusOr<DaemonStats> at_end = ReadStats(daemon.pid());
   daemon.Stop();  // SIGTERM: proctord ends what is left and exits
   absl::SleepFor(absl::Milliseconds(500));
   Leftovers left = FindLeftovers(address);
-  absl::MutexLock lock(&tally.mu);
-  int64_t unexplained = 0;
-  for (const auto& [what, count] : tally.errors["none"]) unexplained += count;
-  const bool passed = tally.wrong_exit == 0 && tally.wrong_output == 0 && tally.lost == 0 &&
-                      left.strays == 0 && left.zombies == 0 && unexplained == 0;
-  nlohmann::json report = {
-      {"clients", options.clients},
-      {"seconds", absl::ToDoubleSeconds(ran)},
-      {"operations", tally.operations},
-      {"processes", tally.processes},
-      {"exit_codes_wrong", tally.wrong_exit},
-      {"output_wrong", tally.wrong_output},
-      {"output_lost_to_full_disk", tally.output_lost_to_full_disk},
-      {"records_lost", tally.lost},
-      {"strays_after", left.strays},
-      {"zombies_after", left.zombies},
-      {"watch_events", tally.watch_events},
-      {"watch_breaks", tally.watch_breaks},
-      {"faults_applied", tally.faults_applied},
-      {"errors_by_fault", tally.errors},
-      {"examples", tally.examples},
-      {"passed", passed},
-  };
-  if (at_start.ok()) {
-    report["descriptors_start"] = at_start->descriptors;
-    report["rss_kib_start"] = at_start->rss_kib;
-  }
-  if (at_end.ok()) {
-    report["descriptors_end"] = at_end->descriptors;
-    report["rss_kib_end"] = at_end->rss_kib;
-  }
-  // A failed run keeps proctord's log (with every restart's) for a look.
-  std::string log_copy = absl::StrCat("/var/tmp/proctor-soak-", getpid(), ".log");
-  if (!passed) {
-    std::error_code copy_error;
-    std::filesystem::copy_file(dir + "/proctord.log", log_copy, copy_error);
-    report["proctord_log"] = copy_error ? "" : log_copy;
-  }
-  if (tmpfs) umount2(dir.c_str(), MNT_DETACH);
-  std::error_code ignored;
-  std::filesystem::remove_all(dir, ignored);
-  if (options.json) {
-    std::cout << report.dump() << "\n";
-  } else {
-    std::cout << report.dump(2) << "\n";
-  }
+  finished.Notify();
+  watchdog.join();
+  const bool passed = report(at_end, left, {});
+  remove_dir();
   return passed ? 0 : 1;
 }
 
