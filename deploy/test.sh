@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, runs every test, then builds, installs, exercises and
-# removes the Debian packages (deploy/package-test.sh), then fuzzes every parser of untrusted
-# input for a short while (deploy/fuzz-smoke.sh). Extra arguments go to ctest.
+# Installs what is missing; builds the whole project under AddressSanitizer and
+# UndefinedBehaviorSanitizer and runs every test under them (deploy/sanitize-test.sh; extra
+# arguments go to ctest); builds the unit tests under ThreadSanitizer and runs those of the
+# supervisor; builds what the Debian packages hold (build/, RelWithDebInfo) and builds,
+# installs, exercises and removes the packages (deploy/package-test.sh); then fuzzes every
+# parser of untrusted input for a short while (deploy/fuzz-smoke.sh).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 deploy/install-deps.sh
-deploy/build.sh
-ctest --test-dir build --output-on-failure -j2 --timeout 300 "$@"
+deploy/sanitize-test.sh address,undefined "$@"
+deploy/sanitize-test.sh thread
+deploy/build.sh proctord proctor-keeper proctor proctor_client
 deploy/package-test.sh
 deploy/fuzz-smoke.sh

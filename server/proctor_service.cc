@@ -139,6 +139,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     // A followed file may stay empty for long: the headers, and the proof in them, go out now.
     if (follow_) StartSendInitialMetadata();
     absl::MutexLock lock(&mu_);
+    shared_->stream = this;
     PumpLocked();
   }
 
@@ -162,14 +163,17 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     if (!writing_) FinishLocked(grpc::Status::CANCELLED);
   }
 
+  // Deletes the stream now, even with a follow timer pending: the timer's callback finds the
+  // stream gone (a callback deferred to the timer could be dropped by a stopping proctord).
   void OnDone() override {
-    bool delete_now;
+    TimerId pending;
     {
       absl::MutexLock lock(&mu_);
-      done_ = true;
-      delete_now = timer_ == 0;
+      shared_->stream = nullptr;
+      pending = timer_;
     }
-    if (delete_now) delete this;
+    if (pending != 0) timers_.Cancel(pending);
+    delete this;
   }
 
  private:
@@ -194,18 +198,12 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       FinishLocked(grpc::Status::OK);
       return;
     }
-    timer_ = timers_.After(kFollowInterval, [this] { OnTimer(); });
-  }
-
-  void OnTimer() {
-    bool delete_now;
-    {
-      absl::MutexLock lock(&mu_);
-      timer_ = 0;
-      delete_now = done_;
-      if (!done_) PumpLocked();
-    }
-    if (delete_now) delete this;
+    timer_ = timers_.After(kFollowInterval, [shared = shared_] {
+      absl::MutexLock lock(&shared->mu);
+      if (shared->stream == nullptr) return;
+      shared->stream->timer_ = 0;
+      shared->stream->PumpLocked();
+    });
   }
 
   bool IsRunning() {
@@ -219,18 +217,24 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Finish(status);
   }
 
+  // What the follow timer's callback shares with the stream, which may be gone when it runs.
+  struct Shared {
+    absl::Mutex mu;
+    LogStream* stream ABSL_GUARDED_BY(mu);
+  };
+
   Supervisor& supervisor_;
   Timers& timers_;
   const uint64_t id_;
   const int fd_;
-  absl::Mutex mu_;
+  const std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
+  absl::Mutex& mu_ = shared_->mu;
   int64_t offset_ ABSL_GUARDED_BY(mu_);
   const bool follow_;
   v1::LogChunk chunk_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);  // chunk_, serialized; alive until written
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
   TimerId timer_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

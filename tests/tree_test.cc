@@ -136,7 +136,7 @@ TEST_F(TreeTest, ProctorStartInsideAWorkerMakesAChild) {
   })) << ReadFile(parent.stderr_path());
   EXPECT_EQ((*children)[0].name(), "Process-1:1");
   CommandResult tree = daemon_.Cli({"ps", "--tree"});
-  EXPECT_THAT(tree.out, HasSubstr("└─ "));
+  EXPECT_THAT(tree.out, HasSubstr("└─ ")) << tree.err;
   Terminate(parent.id());
   EXPECT_FALSE(IsAlive((*children)[0].pid()));
 }

@@ -1701,7 +1701,11 @@ std::string ProcessTree(const std::vector<v1::Process>& processes) {
         absl::StrAppend(&out, lead, p.id(), " ", p.name(), " (pid ", p.pid(), ", ",
                         StateOf(p), exit,
                         p.daemon() ? ", daemon" : "", ") ", p.target(), "\n");
-        const auto& kids = children[p.id()];
+        // find(), not []: inserting an empty entry for a leaf could move the vectors that
+        // callers up the recursion are still walking.
+        auto found = children.find(p.id());
+        if (found == children.end()) return;
+        const std::vector<const v1::Process*>& kids = found->second;
         for (size_t i = 0; i < kids.size(); ++i) {
           bool last = i + 1 == kids.size();
           draw(*kids[i], indent + (last ? "└─ " : "├─ "), indent + (last ? "   " : "│  "));

@@ -6,22 +6,28 @@
 // a worker that starts a daemonic child through the CLI and exits, a long sleeper), Join it
 // and check its exit code and, for output, the size of what Logs returns; Terminate some long
 // sleepers (the record Terminate returns is then the truth); follow a worker's output with
-// Logs --follow; list with Status; Release what was checked. One more thread keeps a Watch
+// Logs --follow; list with Status; Release what was checked; run `proctor lock` to add one to
+// a counter file under a Lock, or to be SIGKILLed holding it. One more thread keeps a Watch
 // open, resuming from its last cursor after each break.
 //
 // Faults (--faults, in turn, each for --fault-seconds every --interval seconds): `kill`
 // (SIGKILL proctord, start it again on the same state directory), `stop` (SIGSTOP, then
 // SIGCONT), `fds` (proctord's descriptor limit lowered to what it has open plus a few), `disk`
-// (the state directory's tmpfs filled; needs root). Every failed call is counted by method,
+// (the state directory's tmpfs filled; needs root), `spawner` (a worker that starts copies of
+// itself without end, then its tree terminated). Every failed call is counted by method,
 // status code and the fault in force when it was made (or "none").
 //
-// Prints operations done, exit codes wrong, output wrong, records lost, processes that never
+// Prints operations done, exit codes wrong, output wrong, records lost, counter updates lost,
+// lock holders killed and abandonments reported, processes that never
 // ended (still running a minute after they should have), zombies and strays left after
 // proctord stopped, proctord's descriptors and RSS at start and end, and the errors seen
 // during each fault. Exits 1 when any check fails or a call failed with no fault in force. A
 // run still going three minutes past its time is given up: the report then names the calls
 // still out (`overstayed_in`) and the soak exits 1.
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -45,6 +51,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -63,7 +70,7 @@ namespace {
 struct Options {
   int clients = 4;
   double seconds = 30;
-  std::string faults = "kill,stop,fds,disk";
+  std::string faults = "kill,stop,fds,disk,spawner";
   double interval = 6;
   double fault_seconds = 2;
   std::string proctord = PROCTORD_PATH;
@@ -83,6 +90,10 @@ struct Tally {
   int64_t never_ended = 0;  // still running when its check gave up (kJoinPatience)
   int64_t watch_events = 0;
   int64_t watch_breaks = 0;
+  int64_t lock_runs = 0;          // `proctor lock` runs that incremented the counter, exit 0
+  int64_t lock_holders_killed = 0;  // `proctor lock` runs SIGKILLed while holding the lock
+  int64_t lock_abandoned_seen = 0;  // runs told the lock had been abandoned
+  std::vector<int64_t> spawner_sizes;  // processes in each runaway tree when it was terminated
   std::map<std::string, int64_t> watch_break_reasons;  // "fault: CODE: message" -> count
   std::vector<std::string> examples;  // the first few wrong results, for the report
   // fault -> "Method CODE: message" -> count
@@ -129,6 +140,11 @@ class FaultClock {
   absl::Time ended_ = absl::InfinitePast();
 };
 
+// proctord's limits, low enough that the spawner fault (a runaway tree) stays within
+// 1 + 6 + 36 + 216 processes; the soak's own trees are two deep with one child.
+constexpr int kMaxChildren = 6;
+constexpr int kMaxDepth = 4;
+
 // The daemon under test, replaced when a fault restarts it.
 class DaemonHolder {
  public:
@@ -137,7 +153,9 @@ class DaemonHolder {
   // clients keep using it up while it is made.
   absl::Status Start(bool await_spares) {
     absl::StatusOr<std::unique_ptr<BenchDaemon>> started =
-        BenchDaemon::Start(options_.proctord, {"--log-level", "warn", "--capture-spares", "64"},
+        BenchDaemon::Start(options_.proctord,
+                           {"--log-level", "warn", "--capture-spares", "64", "--max-children",
+                            absl::StrCat(kMaxChildren), "--max-depth", absl::StrCat(kMaxDepth)},
                            dir_, await_spares);
     if (!started.ok()) return started.status();
     absl::MutexLock lock(&mu_);
@@ -254,15 +272,16 @@ thread_local Activities::Slot* Activities::current_ = nullptr;
 
 class Soak {
  public:
-  Soak(const Options& options, DaemonHolder& daemon, FaultClock& faults, Tally& tally)
-      : options_(options), daemon_(daemon), faults_(faults), tally_(tally) {}
+  Soak(const Options& options, DaemonHolder& daemon, FaultClock& faults, Tally& tally,
+       std::string dir)
+      : options_(options), daemon_(daemon), faults_(faults), tally_(tally), dir_(std::move(dir)) {}
 
   void RunClient(int index, absl::Time deadline) {
     std::mt19937_64 rng(index * 7919 + 1);
     std::unique_ptr<Client> client = Connect();
     std::vector<uint64_t> sleepers;
     while (absl::Now() < deadline) {
-      int op = static_cast<int>(rng() % 20);
+      int op = static_cast<int>(rng() % 22);
       if (op < 12) {
         StartAndCheck(*client, rng, sleepers);
       } else if (op < 15 && !sleepers.empty()) {
@@ -271,11 +290,94 @@ class Soak {
         TerminateAndCheck(*client, id);
       } else if (op < 17) {
         Call("Status", [&] { return client->List(v1::StatusRequest()).status(); });
-      } else {
+      } else if (op < 20) {
         FollowAndCheck(*client);
+      } else {
+        LockAndCount(index, rng);
       }
     }
     for (uint64_t id : sleepers) TerminateAndCheck(*client, id);
+  }
+
+  // `proctor lock soak-counter` (the CLI with the admin key, as a user runs it) adds one to a
+  // counter file while it holds the lock. One run in four is SIGKILLed, with what it runs,
+  // once it holds the lock instead: a later run must be told the lock was abandoned.
+  void LockAndCount(int index, std::mt19937_64& rng) {
+    const bool kill_holder = rng() % 4 == 0;
+    const std::string run = absl::StrCat(dir_, "/lock-", index);
+    std::remove((run + ".held").c_str());
+    std::vector<std::string> argv = {options_.cli, "lock", "soak-counter", "--timeout", "30",
+                                     "--", "/bin/sh", "-c"};
+    if (kill_holder) {
+      argv.insert(argv.end(), {": > \"$0\"; exec sleep 60", run + ".held"});
+    } else {
+      argv.insert(argv.end(), {"n=$(cat \"$0\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$0\"",
+                               dir_ + "/counter"});
+    }
+    const absl::Time made = absl::Now();
+    Activities::Calling("proctor lock");
+    const pid_t cli = SpawnCli(argv, run + ".err");
+    int status = 0;
+    bool reaped = false;
+    if (cli > 0 && kill_holder) {
+      // Killed as soon as it holds the lock, unless it has ended without.
+      while (!std::filesystem::exists(run + ".held")) {
+        reaped = waitpid(cli, &status, WNOHANG) == cli;
+        if (reaped) break;
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+      // Our unreaped child leads the group: the group is still its.
+      if (!reaped) kill(-cli, SIGKILL);
+    }
+    if (cli > 0 && !reaped) waitpid(cli, &status, 0);
+    Activities::Done();
+    std::ifstream err_file(run + ".err");
+    const std::string err((std::istreambuf_iterator<char>(err_file)),
+                          std::istreambuf_iterator<char>());
+    absl::MutexLock lock(&tally_.mu);
+    ++tally_.operations;
+    if (err.find("abandoned") != std::string::npos) ++tally_.lock_abandoned_seen;
+    if (kill_holder && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {
+      ++tally_.lock_holders_killed;
+      return;
+    }
+    if (cli > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+      if (!kill_holder) ++tally_.lock_runs;
+      return;
+    }
+    // Not acquired in 30 s (124) or an error: counted against the fault in force, if any.
+    std::string line = err.substr(0, err.find('\n')).substr(0, 160);
+    std::string how = cli <= 0                ? absl::StrCat("not started: ", std::strerror(-cli))
+                      : WIFEXITED(status)     ? absl::StrCat("exit ", WEXITSTATUS(status))
+                      : WIFSIGNALED(status)   ? absl::StrCat("signal ", WTERMSIG(status))
+                                              : "?";
+    ++tally_.errors[faults_.Blame(made)][absl::StrCat("proctor lock ", how, ": ", line)];
+  }
+
+  // A runaway: a worker that starts copies of itself through proctord without end (each
+  // copy does the same) until the limits refuse; after `length` its tree is terminated and
+  // must end whole. Other clients' Starts meanwhile may meet the limits too.
+  void RunSpawner(absl::Duration length) {
+    static constexpr char kScript[] =
+        "while :; do \"$1\" start -- /bin/sh -c \"$0\" \"$0\" \"$1\" >/dev/null 2>&1 || "
+        "sleep 0.2; done";
+    std::unique_ptr<Client> client = Connect();
+    std::optional<v1::Process> top =
+        StartCounted(*client, {"/bin/sh", "-c", kScript, kScript, options_.cli});
+    absl::SleepFor(length);
+    if (!top.has_value()) return;
+    // Its size: the running records named after it ("Process-7", "Process-7:1", ...).
+    v1::StatusRequest running;
+    running.set_state(v1::STATE_RUNNING);
+    absl::StatusOr<std::vector<v1::Process>> listed = client->List(running);
+    if (listed.ok()) {
+      const int64_t size = std::count_if(listed->begin(), listed->end(), [&](const v1::Process& p) {
+        return p.name() == top->name() || absl::StartsWith(p.name(), top->name() + ":");
+      });
+      absl::MutexLock lock(&tally_.mu);
+      tally_.spawner_sizes.push_back(size);
+    }
+    TerminateAndCheck(*client, top->id());
   }
 
   void RunWatcher(absl::Time deadline) {
@@ -491,16 +593,48 @@ class Soak {
     Check(client, started->id(), 0, -1, disk_mark);
   }
 
+  // Runs the CLI `argv` in a process group of its own with the admin's address and key,
+  // stderr to `err_path`; its pid, or -errno.
+  pid_t SpawnCli(const std::vector<std::string>& argv, const std::string& err_path) {
+    const ClientOptions client = daemon_.client_options();
+    std::vector<std::string> env = {absl::StrCat("PROCTOR_ADDRESS=", client.address),
+                                    absl::StrCat("PROCTOR_AUTHKEY_FILE=", client.authkey_file),
+                                    "PATH=/usr/bin:/bin"};
+    std::vector<char*> args, envp;
+    for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+    args.push_back(nullptr);
+    for (const std::string& var : env) envp.push_back(const_cast<char*>(var.c_str()));
+    envp.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0600);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+    pid_t pid = -1;
+    if (int err = posix_spawn(&pid, args[0], &actions, &attr, args.data(), envp.data()); err != 0) {
+      pid = -err;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    return pid;
+  }
+
   const Options& options_;
   DaemonHolder& daemon_;
   FaultClock& faults_;
   Tally& tally_;
+  const std::string dir_;
 };
 
 // Applies each enabled fault in turn until `deadline`.
 void RunFaults(const Options& options, const std::vector<std::string>& faults,
                DaemonHolder& daemon, FaultClock& clock, Tally& tally, const std::string& dir,
-               absl::Time deadline) {
+               Soak& soak, absl::Time deadline) {
   const absl::Duration length = absl::Seconds(options.fault_seconds);
   for (size_t turn = 0; !faults.empty(); ++turn) {
     absl::SleepFor(absl::Seconds(options.interval));
@@ -528,6 +662,8 @@ void RunFaults(const Options& options, const std::vector<std::string>& faults,
       prlimit(pid, RLIMIT_NOFILE, &low, nullptr);
       absl::SleepFor(length);
       prlimit(pid, RLIMIT_NOFILE, &old, nullptr);
+    } else if (fault == "spawner") {
+      soak.RunSpawner(length);
     } else if (fault == "disk") {
       std::string filler = dir + "/filler";
       FILE* f = std::fopen(filler.c_str(), "w");
@@ -585,7 +721,7 @@ int Main(int argc, char** argv) {
   app.add_option("--clients", options.clients, "concurrent clients")->check(CLI::PositiveNumber);
   app.add_option("--seconds", options.seconds, "how long to run")->check(CLI::PositiveNumber);
   app.add_option("--faults", options.faults,
-                 "comma-separated: kill, stop, fds, disk; 'none' for none");
+                 "comma-separated: kill, stop, fds, disk, spawner; 'none' for none");
   app.add_option("--interval", options.interval, "seconds between faults");
   app.add_option("--fault-seconds", options.fault_seconds, "how long each fault lasts");
   app.add_option("--proctord", options.proctord, "the proctord to run");
@@ -596,8 +732,9 @@ int Main(int argc, char** argv) {
   std::vector<std::string> faults;
   for (absl::string_view fault : absl::StrSplit(options.faults, ',', absl::SkipEmpty())) {
     if (fault == "none") continue;
-    if (fault != "kill" && fault != "stop" && fault != "fds" && fault != "disk") {
-      std::cerr << "soak: unknown fault '" << fault << "' (kill, stop, fds, disk, none)\n";
+    if (fault != "kill" && fault != "stop" && fault != "fds" && fault != "disk" &&
+        fault != "spawner") {
+      std::cerr << "soak: unknown fault '" << fault << "' (kill, stop, fds, disk, spawner, none)\n";
       return 2;
     }
     if (fault == "disk" && geteuid() != 0) {
@@ -628,7 +765,7 @@ int Main(int argc, char** argv) {
 
   Tally tally;
   FaultClock clock;
-  Soak soak(options, daemon, clock, tally);
+  Soak soak(options, daemon, clock, tally, dir);
   Activities activities(options.clients);
   const absl::Time started = absl::Now();
   const absl::Time deadline = started + absl::Seconds(options.seconds);
@@ -640,9 +777,15 @@ int Main(int argc, char** argv) {
     absl::MutexLock lock(&tally.mu);
     int64_t unexplained = 0;
     for (const auto& [what, count] : tally.errors["none"]) unexplained += count;
+    std::ifstream counter_file(dir + "/counter");
+    int64_t counter = 0;
+    counter_file >> counter;
+    // Every run that said it added one under the lock did (a run that failed under a fault
+    // may have added one too): fewer means two held the lock at once.
+    const bool no_lost_update = counter >= tally.lock_runs;
     const bool passed = tally.wrong_exit == 0 && tally.wrong_output == 0 && tally.lost == 0 &&
                         tally.never_ended == 0 && left.strays == 0 && left.zombies == 0 &&
-                        unexplained == 0 && overstayed.empty();
+                        unexplained == 0 && overstayed.empty() && no_lost_update;
     nlohmann::json report = {
         {"clients", options.clients},
         {"seconds", absl::ToDoubleSeconds(absl::Now() - started)},
@@ -658,6 +801,11 @@ int Main(int argc, char** argv) {
         {"watch_events", tally.watch_events},
         {"watch_breaks", tally.watch_breaks},
         {"watch_break_reasons", tally.watch_break_reasons},
+        {"lock_runs_counted", tally.lock_runs},
+        {"lock_counter", counter},
+        {"lock_holders_killed", tally.lock_holders_killed},
+        {"lock_abandoned_seen", tally.lock_abandoned_seen},
+        {"spawner_tree_sizes", tally.spawner_sizes},
         {"faults_applied", tally.faults_applied},
         {"errors_by_fault", tally.errors},
         {"examples", tally.examples},
@@ -709,7 +857,8 @@ int Main(int argc, char** argv) {
     });
   }
   threads.emplace_back([&] { soak.RunWatcher(deadline); });
-  threads.emplace_back([&] { RunFaults(options, faults, daemon, clock, tally, dir, deadline); });
+  threads.emplace_back(
+      [&] { RunFaults(options, faults, daemon, clock, tally, dir, soak, deadline); });
   for (std::thread& thread : threads) thread.join();
 
   absl::StatusOr<DaemonStats> at_end = ReadStats(daemon.pid());
