@@ -4,9 +4,9 @@
 #       build-asan/: the whole project under AddressSanitizer (leaks included) and
 #       UndefinedBehaviorSanitizer, then every test (ctest, as deploy/test.sh runs them).
 #   deploy/sanitize-test.sh thread
-#       build-tsan/: the unit tests under ThreadSanitizer, then those of the supervisor (its
-#       records, restart policies, restore after a restart) and of what its threads share:
-#       the event log, the event loop, the sync table, the keeper's notes.
+#       build-tsan/: supervisor_tests under ThreadSanitizer: the supervisor's unit tests (its
+#       records, restart policies, restore after a restart) and those of what its threads
+#       share: the event log, the event loop, the sync table.
 # Suppressions, each with its reason, are in tests/sanitizers/.
 set -euo pipefail
 
@@ -27,10 +27,8 @@ case $sanitizers in
     ;;
   thread)
     cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPROCTOR_SANITIZE=thread
-    cmake --build build-tsan -j "$(nproc)" --target unit_tests
-    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-      build-tsan/tests/unit_tests \
-      --gtest_filter='Supervisor*:RestartPolicy*:Restore*:EventLog*:EventLoop*:SyncTable*:KeeperNotes*'
+    cmake --build build-tsan -j "$(nproc)" --target supervisor_tests
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" build-tsan/tests/supervisor_tests
     ;;
   *)
     echo "usage: $0 address,undefined [CTEST ARGS...] | thread" >&2
