@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds proctor with sanitizers and runs tests under them. Every report fails the run.
 #   deploy/sanitize-test.sh address,undefined [CTEST ARGS...]
-#       build-asan/: the whole project under AddressSanitizer (leaks included) and
-#       UndefinedBehaviorSanitizer, then every test (ctest, as deploy/test.sh runs them).
+#       build-asan/: the whole project but the benchmark programs under AddressSanitizer
+#       (leaks included) and UndefinedBehaviorSanitizer, then every test (ctest).
 #   deploy/sanitize-test.sh thread
 #       build-tsan/: supervisor_tests under ThreadSanitizer: the supervisor's unit tests (its
 #       records, restart policies, restore after a restart) and those of what its threads
@@ -18,7 +18,7 @@ suppressions=$PWD/tests/sanitizers
 case $sanitizers in
   address,undefined)
     cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DPROCTOR_SANITIZE=address,undefined
+      -DPROCTOR_SANITIZE=address,undefined -DPROCTOR_BENCHMARKS=OFF
     cmake --build build-asan -j "$(nproc)"
     export ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1
     export LSAN_OPTIONS=suppressions=$suppressions/lsan.supp:print_suppressions=0

@@ -32,6 +32,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "tests/bench/async_calls.h"
 #include "client/sync_client.h"
 #include "grpcpp/grpcpp.h"
 
@@ -294,17 +295,7 @@ absl::Status ParkedWaiters(SyncClient& sync, const Options& options) {
         "%d parked waiters: proctord VmRSS %d -> %d KiB, %.2f KiB per waiter\n",
         options.waiters, before, after, static_cast<double>(after - before) / options.waiters);
   }
-  for (auto& call : calls) call->context.TryCancel();
-  for (size_t done = 0; done < calls.size(); ++done) {
-    void* tag = nullptr;
-    bool ok = false;
-    if (!cq.Next(&tag, &ok)) break;
-  }
-  cq.Shutdown();
-  void* tag = nullptr;
-  bool ok = false;
-  while (cq.Next(&tag, &ok)) {
-  }
+  bench::CancelAndDrain(calls, cq);
   return sync.Remove(*lock);
 }
 
