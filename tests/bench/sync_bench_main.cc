@@ -32,9 +32,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
-#include "tests/bench/async_calls.h"
 #include "client/sync_client.h"
 #include "grpcpp/grpcpp.h"
+#include "tests/bench/async_calls.h"
 
 namespace proctor {
 namespace {
