@@ -263,6 +263,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   // attempt may take, and a busy daemon needs more than a fraction of a second.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // A listing of every record is one reply, beyond gRPC's default 4 MiB on a busy daemon
+  // (10,000 records of ~0.4 KiB, or a few with long arguments).
+  args.SetMaxReceiveMessageSize(kMaxReplyBytes);
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(address, *channel_credentials, args);
   return std::unique_ptr<Client>(new Client(std::move(address), std::move(channel),

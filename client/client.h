@@ -36,6 +36,10 @@
 
 namespace proctor {
 
+// The largest reply a Client takes (gRPC's default is 4 MiB): a Status listing of every
+// record is one message, some 0.4 KiB a record, more with long arguments.
+inline constexpr int kMaxReplyBytes = 256 << 20;
+
 struct ClientOptions {
   // "unix:/path" or "host:port"; an absolute path "/path" means "unix:/path".
   // Empty: $PROCTOR_ADDRESS, else the daemon's default socket.

@@ -72,6 +72,18 @@ class LifecycleTest : public ::testing::Test {
   Client& client_ = daemon_.client();
 };
 
+// A listing of every record is one reply; past gRPC's default 4 MiB it must still come
+// back, to the library and to `proctor ps`.
+TEST_F(LifecycleTest, AListingLargerThanFourMebibytesComesBack) {
+  const std::string long_arg(100 * 1024, 'a');
+  for (int i = 0; i < 50; ++i) StartOk(client_, {"/bin/sh", "-c", "exit 0", long_arg});
+  absl::StatusOr<std::vector<v1::Process>> all = client_.List(v1::StatusRequest());
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->size(), 50u);
+  testing::CommandResult ps = daemon_.Cli({"--json", "ps", "--all"});
+  EXPECT_EQ(ps.status, 0) << ps.err;
+}
+
 TEST_F(LifecycleTest, ARecordShowsTheDirectoryTheWorkerReallyStartedIn) {
   v1::Process started = StartOk(daemon_.client(), {"/bin/sleep", "1000"});
   char cwd[4096];

@@ -179,6 +179,17 @@ class ProcessTest(DaemonTest):
             proctor.Process().start()
         p.join()
 
+    def test_a_listing_over_four_mebibytes_comes_back(self):
+        # One reply for every record, past gRPC's default 4 MiB receive limit.
+        long_arg = "a" * (100 * 1024)
+        ids = [self.client.start(proctor_pb2.StartRequest(
+            target="/bin/sh", args=["-c", "exit 0", long_arg])).id for _ in range(45)]
+        listed = {p.id for p in self.client.list().processes}
+        self.assertTrue(set(ids) <= listed)
+        for id in ids:
+            self.client.join(id)
+            self.client.release(id)
+
     def test_close_releases_the_record(self):
         p = proctor.Process(target="true")
         p.start()

@@ -47,9 +47,14 @@ def _read(path):
         return f.read()
 
 
+# A Status listing of every record is one reply, beyond gRPC's default 4 MiB on a busy
+# daemon; the C++ client takes as much (kMaxReplyBytes).
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20)]
+
+
 def _channel(address, tls_ca, tls_cert, tls_key, insecure_tcp):
     if address.startswith("unix:") or insecure_tcp:
-        return grpc.insecure_channel(address)
+        return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
     try:
         files = [(option or os.environ.get(env)) for option, env in (
             (tls_ca, "PROCTOR_TLS_CA"), (tls_cert, "PROCTOR_TLS_CERT"),
@@ -60,7 +65,7 @@ def _channel(address, tls_ca, tls_cert, tls_key, insecure_tcp):
                            f"cannot read TLS file {e.filename}: {e.strerror}") from None
     credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                                certificate_chain=cert)
-    return grpc.secure_channel(address, credentials)
+    return grpc.secure_channel(address, credentials, options=_CHANNEL_OPTIONS)
 
 
 class Client:
