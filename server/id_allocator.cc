@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "server/posix_error.h"
 
 namespace proctor {
 
@@ -37,14 +38,14 @@ absl::Status IdAllocator::PersistLocked(uint64_t limit) {
   // Write-then-rename so a crash leaves either the old or the new counter, never half of one.
   std::string tmp = path_ + ".tmp";
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return absl::InternalError(absl::StrCat(tmp, ": ", std::strerror(errno)));
+  if (fd < 0) return PosixError(tmp, errno);
   std::string text = absl::StrCat(limit, "\n");
   bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
             fsync(fd) == 0;
   int err = errno;
   close(fd);
   if (!ok || rename(tmp.c_str(), path_.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat(path_, ": ", std::strerror(ok ? errno : err)));
+    return PosixError(path_, ok ? errno : err);
   }
   return absl::OkStatus();
 }

@@ -28,37 +28,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "server/posix_error.h"
 #include "spdlog/spdlog.h"
 
 namespace proctor {
 namespace {
-
-// errno → status once, at the syscall, with what it was about.
-absl::Status PosixError(const std::string& context, int err) {
-  std::string message = absl::StrCat(context, ": ", std::strerror(err));
-  switch (err) {
-    case ENOENT:
-      return absl::NotFoundError(message);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    case ENOEXEC:
-    case E2BIG:
-    case EINVAL:
-    case ENOTDIR:
-    case EISDIR:
-    case ENAMETOOLONG:
-    case ELOOP:
-      return absl::InvalidArgumentError(message);
-    case EAGAIN:
-    case ENOMEM:
-    case EMFILE:
-    case ENFILE:
-      return absl::ResourceExhaustedError(message);
-    default:
-      return absl::InternalError(message);
-  }
-}
 
 // kill(2) reads 0 as "my own group", -1 as "every process" and 1 is init: none of them is
 // ever a worker's.

@@ -15,6 +15,7 @@
 #include "common/authkey.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/posix_error.h"
 #include "server/watch_stream.h"
 
 namespace proctor {
@@ -49,10 +50,7 @@ namespace {
 // A capture file, opened for reading.
 absl::StatusOr<int> OpenCaptured(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot open captured output ", path, ": ", std::strerror(errno)));
-  }
+  if (fd < 0) return PosixError(absl::StrCat("cannot open captured output ", path), errno);
   return fd;
 }
 

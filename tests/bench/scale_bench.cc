@@ -314,12 +314,16 @@ int Main(int argc, char** argv) {
   // for each. Root may raise the hard limit, which both inherit.
   rlimit limit{};
   getrlimit(RLIMIT_NOFILE, &limit);
-  const rlim_t wanted = static_cast<rlim_t>(options.live) * 4 + 4096;
+  const int processes = options.live + options.probes + 100;
+  const rlim_t wanted = static_cast<rlim_t>(processes) * 2 + 64;
   if (limit.rlim_max < wanted) {
-    limit.rlim_max = limit.rlim_cur = wanted;
-    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
-      std::cerr << "proctor_scale_bench: cannot raise RLIMIT_NOFILE to " << wanted << ": "
-                << std::strerror(errno) << " (run as root, or lower --live)\n";
+    rlimit raised = {wanted, wanted};
+    if (setrlimit(RLIMIT_NOFILE, &raised) != 0) {
+      std::cerr << "proctor_scale_bench: " << processes << " processes need a descriptor limit of "
+                << wanted << ", and raising it from " << limit.rlim_max << " failed: "
+                << std::strerror(errno) << " (needs CAP_SYS_RESOURCE; or give --live "
+                << static_cast<int>(limit.rlim_max / 2) - options.probes - 100 - 32
+                << " or less)\n";
       return 2;
     }
   }
