@@ -26,13 +26,23 @@ LogTrimmer::~LogTrimmer() {
 }
 
 absl::StatusOr<bool> LogTrimmer::Trim(const std::string& path, int64_t max_bytes) {
+  // One stat first: a file with no more than max_bytes allocated holds no more data than that
+  // (holes take no blocks), which is nearly every file nearly every time. Opening each file of
+  // each live worker every second was proctord's whole idle CPU (open, fstat, lseek and close:
+  // 58 ms a second with 9,600 live workers).
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
+    int err = errno;
+    if (err == ENOENT) return absl::NotFoundError(absl::StrCat(path, " is gone"));
+    return absl::InternalError(absl::StrCat("stat ", path, ": ", std::strerror(err)));
+  }
+  if (static_cast<int64_t>(st.st_blocks) * 512 <= max_bytes) return false;
   int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT) return absl::NotFoundError(absl::StrCat(path, " is gone"));
     return absl::InternalError(absl::StrCat("open ", path, ": ", std::strerror(err)));
   }
-  struct stat st;
   if (fstat(fd, &st) != 0) {
     int err = errno;
     close(fd);

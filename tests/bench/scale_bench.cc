@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -215,7 +216,18 @@ absl::StatusOr<int64_t> ParkedJoinsRssKib(const ClientOptions& options, pid_t da
     settled = now == after ? settled + 1 : 0;
     after = now;
   }
+  // None may have been answered yet: a Join that came back did not park.
+  void* tag = nullptr;
+  bool ok = false;
+  absl::Status answered;
+  if (cq.AsyncNext(&tag, &ok, std::chrono::system_clock::now()) ==
+      grpc::CompletionQueue::GOT_EVENT) {
+    const grpc::Status& status = static_cast<Call*>(tag)->status;
+    answered = absl::InternalError(absl::StrCat("a parked Join was answered: ",
+                                                status.error_code(), " ", status.error_message()));
+  }
   bench::CancelAndDrain(calls, cq);
+  if (!answered.ok()) return answered;
   return after - before;
 }
 
