@@ -80,36 +80,6 @@ void Mutex::Unlock() {
   }
 }
 
-bool Mutex::TryLock() {
-  REAL(bool (*)(Mutex*), "_ZN", "5Mutex7TryLockEv");
-  bool locked;
-  {
-    InLibrary ignored;
-    locked = real(this);
-  }
-  if (locked) __tsan_acquire(this);
-  return locked;
-}
-
-void Mutex::ReaderLock() {
-  REAL(void (*)(Mutex*), "_ZN", "5Mutex10ReaderLockEv");
-  {
-    InLibrary ignored;
-    real(this);
-  }
-  __tsan_acquire(this);
-}
-
-void Mutex::ReaderUnlock() {
-  REAL(void (*)(Mutex*),
-       "_ZN", "5Mutex12ReaderUnlockEv");
-  __tsan_release(this);
-  {
-    InLibrary ignored;
-    real(this);
-  }
-}
-
 // The waits give the mutex up and take it again: a release before, an acquire after.
 void Mutex::Await(const Condition& cond) {
   REAL(void (*)(Mutex*, const Condition&),
@@ -146,16 +116,6 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
   }
   __tsan_acquire(this);
   return met;
-}
-
-void Mutex::LockWhen(const Condition& cond) {
-  REAL(void (*)(Mutex*, const Condition&),
-       "_ZN", "5Mutex8LockWhenERKNS0_9ConditionE");
-  {
-    InLibrary ignored;
-    real(this, cond);
-  }
-  __tsan_acquire(this);
 }
 
 void CondVar::Wait(Mutex* mu) {
