@@ -15,6 +15,7 @@
 #include "common/authkey.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/bidi_stream_state.h"
 #include "server/posix_error.h"
 #include "server/watch_stream.h"
 
@@ -550,17 +551,7 @@ class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   }
 
   void OnWriteDone(bool) override {
-    grpc::Status pending;
-    bool finish = false;
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->writing = false;
-      if (state_->pending_finish.has_value()) {
-        pending = *state_->pending_finish;
-        finish = true;
-      }
-    }
-    if (finish) state_->FinishOnce(pending);
+    if (std::optional<grpc::Status> pending = state_->WriteDone()) state_->FinishOnce(*pending);
   }
 
   void OnCancel() override {
@@ -570,33 +561,12 @@ class SessionStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
 
   void OnDone() override {
     CloseSession();
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->stream = nullptr;
-    }
+    state_->Gone();
     delete this;
   }
 
  private:
-  struct State {
-    absl::Mutex mu;
-    SessionStream* stream ABSL_GUARDED_BY(mu) = nullptr;
-    bool finished ABSL_GUARDED_BY(mu) = false;
-    bool writing ABSL_GUARDED_BY(mu) = false;
-    std::optional<grpc::Status> pending_finish ABSL_GUARDED_BY(mu);
-
-    // Finishes the stream once; after any write in flight.
-    void FinishOnce(const grpc::Status& status) {
-      absl::MutexLock lock(&mu);
-      if (finished || stream == nullptr) return;
-      if (writing) {
-        pending_finish = status;
-        return;
-      }
-      finished = true;
-      stream->Finish(status);
-    }
-  };
+  using State = BidiStreamState<SessionStream>;
 
   void CloseSession() {
     uint64_t session;
@@ -713,6 +683,13 @@ grpc::ServerUnaryReactor* ProctorService::Refuse(grpc::CallbackServerContext* co
     timers_.After(delay, [reactor, s = ToGrpc(HeldBack(status, delay))] { reactor->Finish(s); });
   }
   return reactor;
+}
+
+ProctorService::StreamAdmission ProctorService::AdmitStream(grpc::CallbackServerContext* context,
+                                                            absl::string_view method) {
+  absl::StatusOr<Caller> caller = Authenticate(context, method);
+  absl::Duration hold_back = HoldBack(context, caller.status());
+  return {std::move(caller), hold_back};
 }
 
 grpc::ServerUnaryReactor* ProctorService::Deny(grpc::CallbackServerContext* context,

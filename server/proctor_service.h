@@ -125,6 +125,15 @@ class ProctorService final : public RawProctorService {
   grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
                                    const absl::Status& status,
                                    absl::Duration delay = absl::ZeroDuration());
+  // For a stream whose requests come later, on the stream: the caller, with the daemon's
+  // proof added to its headers; or why the stream is refused, and how long to hold that back
+  // (finish it after `hold_back`, on timers()).
+  struct StreamAdmission {
+    absl::StatusOr<Caller> caller;
+    absl::Duration hold_back;
+  };
+  StreamAdmission AdmitStream(grpc::CallbackServerContext* context, absl::string_view method);
+  Timers& timers() { return timers_; }
 
  private:
   // The caller, with the daemon's proof added to the reply (also to a refusal for the key's

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "server/bidi_stream_state.h"
 
 namespace proctor {
 namespace {
@@ -299,17 +300,65 @@ grpc::ServerUnaryReactor* SyncService::SyncList(grpc::CallbackServerContext* con
   return FinishWith(context, absl::OkStatus());
 }
 
+SyncTable::WaiterId SyncService::AcquireAs(const SyncHolderId& holder,
+                                           const v1::SyncAcquireRequest& request,
+                                           SyncTable::Reply reply) {
+  bool blocking = !request.has_blocking() || request.blocking();
+  return table_.Acquire(request.id(), holder, blocking,
+                        TimeoutOf(request.has_timeout(), request.timeout()), std::move(reply));
+}
+
+SyncTable::WaiterId SyncService::WaitAs(const SyncHolderId& holder,
+                                        const v1::SyncWaitRequest& request,
+                                        SyncTable::Reply reply) {
+  return table_.Wait(request.id(), holder, TimeoutOf(request.has_timeout(), request.timeout()),
+                     std::move(reply));
+}
+
+absl::StatusOr<SyncInfo> SyncService::ReleaseAs(const SyncHolderId& holder,
+                                                const v1::SyncReleaseRequest& request) {
+  // Unset is 1; a negative count gets the table's "n must be one or more".
+  int64_t n = request.n() == 0 ? 1 : request.n();
+  return table_.Release(request.id(), holder, n);
+}
+
+absl::StatusOr<SyncInfo> SyncService::UpdateAs(const SyncHolderId& holder,
+                                               const v1::SyncUpdateRequest& request) {
+  const uint64_t id = request.id();
+  switch (request.op()) {
+    case v1::SYNC_EVENT_SET:
+      return table_.Set(id);
+    case v1::SYNC_EVENT_CLEAR:
+      return table_.Clear(id);
+    case v1::SYNC_NOTIFY: {
+      int64_t n = request.has_n() ? request.n() : 1;
+      if (n < 0) {
+        return absl::InvalidArgumentError(
+            "n must not be negative; SYNC_NOTIFY_ALL wakes every waiter");
+      }
+      return table_.Notify(id, holder, n);
+    }
+    case v1::SYNC_NOTIFY_ALL:
+      return table_.Notify(id, holder, -1);
+    case v1::SYNC_BARRIER_ABORT:
+      return table_.Abort(id);
+    case v1::SYNC_BARRIER_RESET:
+      return table_.Reset(id);
+    default:
+      return absl::InvalidArgumentError(
+          "op is required: SYNC_EVENT_SET, SYNC_EVENT_CLEAR, SYNC_NOTIFY, SYNC_NOTIFY_ALL, "
+          "SYNC_BARRIER_ABORT or SYNC_BARRIER_RESET");
+  }
+}
+
 grpc::ServerUnaryReactor* SyncService::SyncAcquire(grpc::CallbackServerContext* context,
                                                    const grpc::ByteBuffer* raw,
                                                    grpc::ByteBuffer* response) {
   return OnObject<v1::SyncAcquireRequest>(
       context, "SyncAcquire", *raw,
       [&](const v1::SyncAcquireRequest& request, const SyncHolderId& holder) {
-        bool blocking = !request.has_blocking() || request.blocking();
-        std::optional<absl::Duration> timeout =
-            TimeoutOf(request.has_timeout(), request.timeout());
         return ParkOrAnswer(context, table_, response, [&](SyncTable::Reply reply) {
-          return table_.Acquire(request.id(), holder, blocking, timeout, std::move(reply));
+          return AcquireAs(holder, request, std::move(reply));
         });
       });
 }
@@ -320,9 +369,7 @@ grpc::ServerUnaryReactor* SyncService::SyncRelease(grpc::CallbackServerContext* 
   return OnObject<v1::SyncReleaseRequest>(
       context, "SyncRelease", *raw,
       [&](const v1::SyncReleaseRequest& request, const SyncHolderId& holder) {
-        // Unset is 1; a negative count gets the table's "n must be one or more".
-        int64_t n = request.n() == 0 ? 1 : request.n();
-        return Reply(context, table_.Release(request.id(), holder, n), response);
+        return Reply(context, ReleaseAs(holder, request), response);
       });
 }
 
@@ -332,10 +379,8 @@ grpc::ServerUnaryReactor* SyncService::SyncWait(grpc::CallbackServerContext* con
   return OnObject<v1::SyncWaitRequest>(
       context, "SyncWait", *raw,
       [&](const v1::SyncWaitRequest& request, const SyncHolderId& holder) {
-        std::optional<absl::Duration> timeout =
-            TimeoutOf(request.has_timeout(), request.timeout());
         return ParkOrAnswer(context, table_, response, [&](SyncTable::Reply reply) {
-          return table_.Wait(request.id(), holder, timeout, std::move(reply));
+          return WaitAs(holder, request, std::move(reply));
         });
       });
 }
@@ -346,33 +391,7 @@ grpc::ServerUnaryReactor* SyncService::SyncUpdate(grpc::CallbackServerContext* c
   return OnObject<v1::SyncUpdateRequest>(
       context, "SyncUpdate", *raw,
       [&](const v1::SyncUpdateRequest& request, const SyncHolderId& holder) {
-        const uint64_t id = request.id();
-        switch (request.op()) {
-          case v1::SYNC_EVENT_SET:
-            return Reply(context, table_.Set(id), response);
-          case v1::SYNC_EVENT_CLEAR:
-            return Reply(context, table_.Clear(id), response);
-          case v1::SYNC_NOTIFY: {
-            int64_t n = request.has_n() ? request.n() : 1;
-            if (n < 0) {
-              return gate_.Refuse(context, absl::InvalidArgumentError(
-                                               "n must not be negative; SYNC_NOTIFY_ALL wakes "
-                                               "every waiter"));
-            }
-            return Reply(context, table_.Notify(id, holder, n), response);
-          }
-          case v1::SYNC_NOTIFY_ALL:
-            return Reply(context, table_.Notify(id, holder, -1), response);
-          case v1::SYNC_BARRIER_ABORT:
-            return Reply(context, table_.Abort(id), response);
-          case v1::SYNC_BARRIER_RESET:
-            return Reply(context, table_.Reset(id), response);
-          default:
-            return gate_.Refuse(context, absl::InvalidArgumentError(
-                                             "op is required: SYNC_EVENT_SET, SYNC_EVENT_CLEAR, "
-                                             "SYNC_NOTIFY, SYNC_NOTIFY_ALL, SYNC_BARRIER_ABORT or "
-                                             "SYNC_BARRIER_RESET"));
-        }
+        return Reply(context, UpdateAs(holder, request), response);
       });
 }
 
@@ -441,6 +460,178 @@ void SyncService::Bind(uint64_t reservation, uint64_t process) {
 }
 
 void SyncService::Drop(uint64_t reservation) { table_.DropReserved(reservation); }
+
+// One SyncCalls stream: reads a SyncCall, answers it (at once, or when the wait it began is
+// over), then reads the next. A waiting call's Reply and the stream's cancellation meet in
+// State, which outlives the reactor: a Reply that comes after the stream ended, or after the
+// call was cancelled, finds it so and its grant is given back.
+class SyncCallStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  SyncCallStream(SyncService& service, ProctorService::StreamAdmission admission)
+      : service_(service), state_(std::make_shared<State>()) {
+    state_->stream = this;
+    if (!admission.caller.ok()) {
+      grpc::Status status = ToGrpc(HeldBack(admission.caller.status(), admission.hold_back));
+      if (admission.hold_back <= absl::ZeroDuration()) {
+        state_->FinishOnce(status);
+      } else {
+        std::shared_ptr<State> state = state_;
+        service.gate_.timers().After(admission.hold_back,
+                                     [state, status] { state->FinishOnce(status); });
+      }
+      return;
+    }
+    caller_ = *std::move(admission.caller);
+    // The proof goes out now: the client can trust the stream before its first answer.
+    StartSendInitialMetadata();
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client closed its side (reads are made only between calls)
+      state_->FinishOnce(grpc::Status::OK);
+      return;
+    }
+    v1::SyncCall call;
+    if (absl::Status parsed = ParseRequest(in_, call); !parsed.ok()) {
+      state_->FinishOnce(ToGrpc(parsed));
+      return;
+    }
+    switch (call.call_case()) {
+      case v1::SyncCall::kAcquire:
+        return Park(call.acquire(), &SyncService::AcquireAs);
+      case v1::SyncCall::kWait:
+        return Park(call.wait(), &SyncService::WaitAs);
+      case v1::SyncCall::kRelease:
+        return AnswerNow(call.release(), &SyncService::ReleaseAs);
+      case v1::SyncCall::kUpdate:
+        return AnswerNow(call.update(), &SyncService::UpdateAs);
+      default:
+        state_->Write(ErrorResult(absl::InvalidArgumentError(
+            "a SyncCall names one call: acquire, release, wait or update")));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (std::optional<grpc::Status> pending = state_->WriteDone()) {
+      state_->FinishOnce(*pending);
+    } else if (ok) {
+      StartRead(&in_);
+    }  // else the stream is broken: OnCancel follows
+  }
+
+  void OnCancel() override {
+    SyncTable::WaiterId waiter = 0;
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->cancelled = true;
+      if (state_->waiting_call != 0) waiter = state_->waiter;
+      state_->waiting_call = 0;  // a Reply from now on finds its call gone
+    }
+    if (waiter != 0) service_.table_.Cancel(waiter);
+    state_->FinishOnce(grpc::Status::CANCELLED);
+  }
+
+  void OnDone() override {
+    state_->Gone();
+    delete this;
+  }
+
+ private:
+  struct State : BidiStreamState<SyncCallStream> {
+    bool cancelled ABSL_GUARDED_BY(mu) = false;
+    uint64_t calls ABSL_GUARDED_BY(mu) = 0;         // calls that waited, numbered
+    uint64_t waiting_call ABSL_GUARDED_BY(mu) = 0;  // the one waiting unanswered; 0: none
+    SyncTable::WaiterId waiter ABSL_GUARDED_BY(mu) = 0;
+
+    void Write(const v1::SyncCallResult& result) {
+      absl::MutexLock lock(&mu);
+      WriteLocked(result);
+    }
+    bool WriteLocked(const v1::SyncCallResult& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      if (finished || stream == nullptr) return false;
+      SerializeReply(result, &stream->out_);
+      writing = true;
+      stream->StartWrite(&stream->out_);
+      return true;
+    }
+    // The Reply of waiting call number `call`: false when it is no longer waited for.
+    bool Answer(uint64_t call, const absl::StatusOr<SyncWaitResult>& answer) {
+      absl::MutexLock lock(&mu);
+      if (waiting_call != call) return false;
+      waiting_call = 0;
+      if (!answer.ok()) return WriteLocked(ErrorResult(answer.status()));
+      v1::SyncCallResult result;
+      result.mutable_waited()->set_ok(answer->ok);
+      result.mutable_waited()->set_abandoned(answer->abandoned);
+      result.mutable_waited()->set_index(answer->index);
+      return WriteLocked(result);
+    }
+  };
+
+  static v1::SyncCallResult ErrorResult(const absl::Status& status) {
+    v1::SyncCallResult result;
+    result.set_code(static_cast<int32_t>(status.code()));
+    result.set_message(std::string(status.message()));
+    return result;
+  }
+
+  template <typename Request>
+  void AnswerNow(const Request& request,
+                 absl::StatusOr<SyncInfo> (SyncService::*call)(const SyncHolderId&,
+                                                               const Request&)) {
+    absl::StatusOr<SyncHolderId> holder = service_.HolderFor(caller_, request);
+    absl::StatusOr<SyncInfo> info =
+        holder.ok() ? (service_.*call)(*holder, request) : holder.status();
+    if (!info.ok()) return state_->Write(ErrorResult(info.status()));
+    v1::SyncCallResult result;
+    ToProto(*info, result.mutable_object());
+    state_->Write(result);
+  }
+
+  template <typename Request>
+  void Park(const Request& request,
+            SyncTable::WaiterId (SyncService::*park)(const SyncHolderId&, const Request&,
+                                                     SyncTable::Reply)) {
+    absl::StatusOr<SyncHolderId> holder = service_.HolderFor(caller_, request);
+    if (!holder.ok()) return state_->Write(ErrorResult(holder.status()));
+    uint64_t call;
+    {
+      absl::MutexLock lock(&state_->mu);
+      call = ++state_->calls;
+      state_->waiting_call = call;
+      state_->waiter = 0;
+    }
+    std::shared_ptr<State> state = state_;
+    SyncTable::WaiterId waiter =
+        (service_.*park)(*holder, request, [state, call](absl::StatusOr<SyncWaitResult> answer) {
+          return state->Answer(call, answer);
+        });
+    bool cancelled;
+    {
+      absl::MutexLock lock(&state_->mu);
+      if (state_->waiting_call == call) {  // it waits: a cancel from now on finds the waiter
+        state_->waiter = waiter;
+        return;
+      }
+      cancelled = state_->cancelled;
+    }
+    // Cancelled before the waiter was known here: it leaves its queue now (a no-op when the
+    // call was answered instead).
+    if (cancelled) service_.table_.Cancel(waiter);
+  }
+
+  SyncService& service_;
+  const std::shared_ptr<State> state_;
+  Caller caller_;
+  grpc::ByteBuffer in_;   // the SyncCall being read
+  grpc::ByteBuffer out_;  // the SyncCallResult being written
+};
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SyncService::SyncCalls(
+    grpc::CallbackServerContext* context) {
+  return new SyncCallStream(*this, gate_.AdmitStream(context, "SyncCalls"));
+}
 
 SyncObjects::SyncObjects(Supervisor& supervisor, Timers& timers, ProctorService& gate,
                          SyncLimits limits)

@@ -34,7 +34,10 @@ using RawSyncService = v1::Sync::WithRawCallbackMethod_SyncCreate<
     v1::Sync::WithRawCallbackMethod_SyncRemove<v1::Sync::WithRawCallbackMethod_SyncList<
         v1::Sync::WithRawCallbackMethod_SyncAcquire<v1::Sync::WithRawCallbackMethod_SyncRelease<
             v1::Sync::WithRawCallbackMethod_SyncWait<v1::Sync::WithRawCallbackMethod_SyncUpdate<
-                v1::Sync::WithRawCallbackMethod_SyncBind<v1::Sync::Service>>>>>>>>;
+                v1::Sync::WithRawCallbackMethod_SyncBind<
+                    v1::Sync::WithRawCallbackMethod_SyncCalls<v1::Sync::Service>>>>>>>>>;
+
+class SyncCallStream;
 
 // Binding (SyncBind, and StartRequest.barriers through StartBindings): a worker's key binds
 // processes of its own subtree, itself included, to a Barrier it reaches; an admin key any
@@ -68,6 +71,9 @@ class SyncService final : public RawSyncService, public StartBindings {
   grpc::ServerUnaryReactor* SyncBind(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
+  // Acquire, release, wait and update on one stream, admitted once (SyncCallStream).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* SyncCalls(
+      grpc::CallbackServerContext* context) override;
 
   // StartBindings: the Barriers of a StartRequest, for the process it starts.
   absl::StatusOr<uint64_t> Reserve(const Caller& caller, const v1::StartRequest& request) override;
@@ -75,6 +81,20 @@ class SyncService final : public RawSyncService, public StartBindings {
   void Drop(uint64_t reservation) override;
 
  private:
+  friend class SyncCallStream;
+
+  // What SyncAcquire, SyncWait, SyncRelease and SyncUpdate do once admitted, for a caller
+  // acting as `holder`; shared by the unary calls and SyncCalls. AcquireAs and WaitAs hand
+  // `reply` to the table (it may run before they return).
+  SyncTable::WaiterId AcquireAs(const SyncHolderId& holder, const v1::SyncAcquireRequest& request,
+                                SyncTable::Reply reply);
+  SyncTable::WaiterId WaitAs(const SyncHolderId& holder, const v1::SyncWaitRequest& request,
+                             SyncTable::Reply reply);
+  absl::StatusOr<SyncInfo> ReleaseAs(const SyncHolderId& holder,
+                                     const v1::SyncReleaseRequest& request);
+  absl::StatusOr<SyncInfo> UpdateAs(const SyncHolderId& holder,
+                                    const v1::SyncUpdateRequest& request);
+
   // The party a SyncBind names, when `caller` may bind it.
   absl::StatusOr<SyncParty> BindablePartyOf(const Caller& caller,
                                             const v1::SyncBindRequest& request);

@@ -632,6 +632,10 @@ TEST_F(AuthCredentialTest, StreamsSendTheirProofBeforeTheirFirstMessage) {
   expect_proof_first("Watch", [&](grpc::ClientContext& c) { return stub_->Watch(&c, watch); });
   // Before the session's first request: the client may check the daemon before it asks.
   expect_proof_first("Session", [&](grpc::ClientContext& c) { return stub_->Session(&c); });
+  // SyncCalls: before its first call is made.
+  std::unique_ptr<v1::Sync::Stub> sync =
+      v1::Sync::NewStub(grpc::CreateChannel(daemon_.address(), grpc::InsecureChannelCredentials()));
+  expect_proof_first("SyncCalls", [&](grpc::ClientContext& c) { return sync->SyncCalls(&c); });
   {
     // A Run waiting for a readiness that never comes sends no event.
     v1::StartRequest request = sleeper;

@@ -602,9 +602,11 @@ TEST_F(RestartTest, SyncObjectsLiveThroughSigusrTwoAndWaitersAreToldUnavailable)
   ASSERT_TRUE(event.ok()) << event.status();
   absl::StatusOr<v1::SyncWaitResponse> waited;
   std::thread waiter([&] {
+    // On a SyncClient of its own: `sync` keeps its stream, idle, through the restart.
+    SyncClient waiting(daemon.client());
     v1::SyncWaitRequest wait;
     wait.set_id(event->id());
-    waited = sync.Wait(wait);
+    waited = waiting.Wait(wait);
   });
   ASSERT_TRUE(WaitFor([&] { return sync.Get(event->id())->n_waiting() == 1; }));
   ASSERT_EQ(kill(daemon.pid(), SIGUSR2), 0);
@@ -616,6 +618,11 @@ TEST_F(RestartTest, SyncObjectsLiveThroughSigusrTwoAndWaitersAreToldUnavailable)
   EXPECT_EQ(after->value(), 1) << "the admin key's unit is still taken";
   EXPECT_EQ(after->initial_value(), 2);
   EXPECT_EQ(sync.Get(event->id())->n_waiting(), 0);
+  // The stream `sync` kept ended with the old proctord: the call goes on a new one.
+  absl::StatusOr<v1::SyncWaitResponse> second = sync.Acquire(acquire);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->ok());
+  EXPECT_EQ(sync.Get(sem->id())->value(), 0);
 }
 
 // A stop asked for while proctord is stopping to restart is not lost: the restarted proctord

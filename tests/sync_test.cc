@@ -6,7 +6,10 @@
 
 #include <atomic>
 #include <fstream>
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -17,6 +20,7 @@
 #include "client/process.h"
 #include "client/sync.h"
 #include "client/sync_client.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "tests/test_daemon.h"
 #include "gmock/gmock.h"
@@ -536,6 +540,189 @@ TEST_F(SyncTest, ACancelledWaitLeavesTheQueue) {
   EXPECT_TRUE(WaitFor([&] { return lock.info()->n_waiting() == 0; }));
   ASSERT_TRUE(lock.release().ok());
   EXPECT_TRUE(*lock.acquire(false));
+}
+
+// SyncCalls spoken raw, with the admin key: a stream of its own, signed once.
+class RawSyncCalls {
+public:
+  explicit RawSyncCalls(const TestDaemon &daemon)
+      : auth_(*FindCredentials(daemon.authkey_path())),
+        stub_(v1::Sync::NewStub(grpc::CreateChannel(
+            daemon.address(), grpc::InsecureChannelCredentials()))) {
+    nonce_ = auth_.Sign(context_, "SyncCalls");
+    stream_ = stub_->SyncCalls(&context_);
+  }
+
+  // OK when the daemon's headers prove it holds the key.
+  absl::Status Proved() {
+    stream_->WaitForInitialMetadata();
+    return auth_.CheckReply(context_, "SyncCalls", nonce_, grpc::Status::OK,
+                            "the test daemon");
+  }
+  bool Send(const v1::SyncCall &call) { return stream_->Write(call); }
+  std::optional<v1::SyncCallResult> Answer() {
+    v1::SyncCallResult result;
+    if (!stream_->Read(&result))
+      return std::nullopt;
+    return result;
+  }
+  v1::SyncCallResult Call(const v1::SyncCall &call) {
+    EXPECT_TRUE(Send(call));
+    return Answer().value_or(v1::SyncCallResult());
+  }
+  grpc::ClientContext &context() { return context_; }
+  grpc::ClientReaderWriter<v1::SyncCall, v1::SyncCallResult> &stream() {
+    return *stream_;
+  }
+
+private:
+  CallAuth auth_;
+  std::unique_ptr<v1::Sync::Stub> stub_;
+  grpc::ClientContext context_;
+  std::string nonce_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SyncCall, v1::SyncCallResult>>
+      stream_;
+};
+
+TEST_F(SyncTest, ASyncCallsStreamAnswersInOrderAndGoesOnAfterAnError) {
+  Lock lock;
+  RawSyncCalls raw(daemon_);
+  ASSERT_TRUE(raw.Proved().ok());
+  v1::SyncCall acquire;
+  acquire.mutable_acquire()->set_id(lock.id());
+  v1::SyncCallResult got = raw.Call(acquire);
+  EXPECT_EQ(got.code(), 0) << got.message();
+  EXPECT_TRUE(got.waited().ok());
+  v1::SyncCall again = acquire;
+  again.mutable_acquire()->set_blocking(false);
+  EXPECT_FALSE(raw.Call(again).waited().ok()) << "a Lock is not re-entrant";
+  v1::SyncCall unknown;
+  unknown.mutable_release()->set_id(777);
+  got = raw.Call(unknown);
+  EXPECT_EQ(got.code(), static_cast<int>(absl::StatusCode::kNotFound));
+  EXPECT_THAT(got.message(), HasSubstr("777"));
+  EXPECT_FALSE(got.has_object());
+  got = raw.Call(v1::SyncCall());
+  EXPECT_EQ(got.code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(got.message(),
+            "a SyncCall names one call: acquire, release, wait or update");
+  v1::SyncCall wait;
+  wait.mutable_wait()->set_id(lock.id());
+  EXPECT_THAT(raw.Call(wait).message(), HasSubstr("which has no wait()"));
+  v1::SyncCall release;
+  release.mutable_release()->set_id(lock.id());
+  got = raw.Call(release);
+  EXPECT_EQ(got.code(), 0) << got.message();
+  EXPECT_EQ(got.object().id(), lock.id());
+  EXPECT_EQ(got.object().holders_size(), 0);
+  got = raw.Call(release);
+  EXPECT_EQ(got.code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(got.message(), "release unlocked lock");
+  raw.stream().WritesDone();
+  grpc::Status closed = raw.stream().Finish();
+  EXPECT_TRUE(closed.ok()) << closed.error_message();
+  EXPECT_TRUE(*lock.acquire(false)) << "the stream's release took effect";
+}
+
+TEST_F(SyncTest, ASyncCallsStreamWithoutAKeyOrWithGarbageIsEnded) {
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(daemon_.address(), grpc::InsecureChannelCredentials());
+  {
+    grpc::ClientContext unsigned_context;
+    auto stream = v1::Sync::NewStub(channel)->SyncCalls(&unsigned_context);
+    v1::SyncCall acquire;
+    acquire.mutable_acquire()->set_id(1);
+    stream->Write(acquire);
+    v1::SyncCallResult result;
+    EXPECT_FALSE(stream->Read(&result));
+    grpc::Status refused = stream->Finish();
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+        << refused.error_message();
+  }
+  // Bytes that are no SyncCall end the stream INVALID_ARGUMENT.
+  CallAuth auth(*FindCredentials(daemon_.authkey_path()));
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  auth.Sign(context, "SyncCalls");
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+      generic.PrepareCall(&context, "/proctor.v1.Sync/SyncCalls", &cq);
+  auto await = [&cq](intptr_t want) {
+    void *tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) {
+      if (reinterpret_cast<intptr_t>(tag) == want)
+        return ok;
+    }
+    return false;
+  };
+  call->StartCall(reinterpret_cast<void *>(1));
+  ASSERT_TRUE(await(1));
+  grpc::Slice garbage(std::string("\xff\xff\xff\xff not a message"));
+  call->Write(grpc::ByteBuffer(&garbage, 1), reinterpret_cast<void *>(2));
+  await(2);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void *>(3));
+  ASSERT_TRUE(await(3));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << status.error_message();
+  cq.Shutdown();
+  void *tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+  EXPECT_TRUE(daemon_.client().List(v1::StatusRequest()).ok());
+}
+
+TEST_F(SyncTest, ACancelledSyncCallsStreamTakesItsWaitOutOfTheQueue) {
+  Lock lock;
+  ASSERT_TRUE(*lock.acquire());
+  RawSyncCalls raw(daemon_);
+  v1::SyncCall acquire;
+  acquire.mutable_acquire()->set_id(lock.id());
+  ASSERT_TRUE(raw.Send(acquire));
+  ASSERT_TRUE(WaitFor([&] { return lock.info()->n_waiting() == 1; }));
+  raw.context().TryCancel();
+  EXPECT_TRUE(WaitFor([&] { return lock.info()->n_waiting() == 0; }));
+  EXPECT_EQ(raw.stream().Finish().error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(lock.release().ok());
+  EXPECT_TRUE(*lock.acquire(false)) << "nothing was granted to the cancelled wait";
+}
+
+// A call on a kept stream that proctord does not answer ends at its deadline, and
+// the next call, once proctord answers again, is made on a new stream.
+TEST_F(SyncTest, AKeptStreamThatIsNotAnsweredFailsAtTheCallTimeout) {
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect({.address = daemon_.address(),
+                       .authkey_file = daemon_.authkey_path(),
+                       .call_timeout = absl::Seconds(1)});
+  ASSERT_TRUE(client.ok()) << client.status();
+  SyncClient sync(**client);
+  v1::SyncCreateRequest create;
+  create.set_kind(v1::SYNC_LOCK);
+  absl::StatusOr<v1::SyncObject> lock = sync.Create(create);
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  v1::SyncAcquireRequest acquire;
+  acquire.set_id(lock->id());
+  ASSERT_TRUE(sync.Acquire(acquire)->ok());  // the stream is open and kept
+  ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  v1::SyncReleaseRequest release;
+  release.set_id(lock->id());
+  absl::Time before = absl::Now();
+  absl::Status stopped = sync.Release(release).status();
+  absl::Duration took = absl::Now() - before;
+  ASSERT_EQ(kill(daemon_.pid(), SIGCONT), 0);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(stopped)) << stopped;
+  EXPECT_THAT(stopped.message(), HasSubstr("did not answer within 1s"));
+  EXPECT_GE(took, absl::Milliseconds(900));
+  EXPECT_LT(took, absl::Seconds(5));
+  // Whether the cut-off release was done is unknown to the caller; the lock tells.
+  absl::StatusOr<v1::SyncObject> now = sync.Get(lock->id());
+  ASSERT_TRUE(now.ok()) << now.status();
+  if (now->holders_size() == 1) {
+    EXPECT_TRUE(sync.Release(release).ok());
+  }
+  EXPECT_TRUE(sync.Acquire(acquire)->ok());
 }
 
 TEST_F(SyncTest, CliLockRunsTheCommandHoldingItAndReleasesAfter) {

@@ -5,8 +5,8 @@
 //                      [--kills K] [--waiters W] [--only uncontended|handoff|kills|waiters]
 //
 // 1. Uncontended Lock acquire+release, against one Status call: N of each in turn (with a
-//    SyncList that changes nothing), each timed on its own; means and medians, their ratios,
-//    and each call's median.
+//    SyncList that changes nothing, and the pair again as unary calls), each timed on its
+//    own; means and medians, their ratios, and each call's median.
 // 2. Release -> next holder wakes: one thread holds, another waits on its own connection; the
 //    time from just before release to the waiter's answer (p50/p99 of N).
 // 3. Holder SIGKILLed -> next waiter holds: a worker (`proctor lock` run through proctord)
@@ -104,17 +104,46 @@ v1::SyncReleaseRequest ReleaseOf(uint64_t id, uint64_t thread) {
 // Keeps the admin key under its rate (5000 calls a second): lets the bucket fill again.
 void Breathe() { absl::SleepFor(absl::Seconds(2.5)); }
 
-// A Status call, an acquire and a release, and a SyncList of the lock (a Sync call that changes
-// nothing, so writes no note) in turn, each timed on its own, so that a busy host weighs on all
-// alike. The pair's mean and median against the Status call's, and each call's median.
-absl::Status Uncontended(Client& client, SyncClient& sync, int n) {
-  constexpr int kCallsPerRound = 4;
+// The admin key's CallAuth, for calls made on a stub of the bench's own.
+absl::StatusOr<CallAuth> AdminAuth(const Options& options) {
+  absl::StatusOr<Credentials> credentials =
+      options.client.credentials.has_value() ? *options.client.credentials
+                                             : FindCredentials(options.client.authkey_file);
+  if (!credentials.ok()) return credentials.status();
+  return CallAuth(*credentials);
+}
+
+// One unary call of the Sync service, signed with `auth`.
+template <typename Request, typename Response>
+absl::Status UnarySync(const CallAuth& auth, v1::Sync::Stub& stub, absl::string_view method,
+                       grpc::Status (v1::Sync::Stub::*rpc)(grpc::ClientContext*, const Request&,
+                                                           Response*),
+                       const Request& request) {
+  grpc::ClientContext context;
+  auth.Sign(context, method);
+  Response response;
+  grpc::Status status = (stub.*rpc)(&context, request, &response);
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+// A Status call, an acquire and a release (as SyncClient makes them: messages on a kept
+// SyncCalls stream), a SyncList of the lock (a Sync call that changes nothing, so writes no
+// note), and the acquire and release again as unary SyncAcquire and SyncRelease calls, in turn,
+// each timed on its own, so that a busy host weighs on all alike. The pairs' means and medians
+// against the Status call's, and each call's median.
+absl::Status Uncontended(Client& client, SyncClient& sync, const Options& options, int n) {
+  constexpr int kCallsPerRound = 6;
   constexpr int kCallsPerBreath = 9000;  // under the admin key's burst of 10000
   absl::StatusOr<uint64_t> lock = MakeLock(sync);
   if (!lock.ok()) return lock.status();
+  absl::StatusOr<CallAuth> auth = AdminAuth(options);
+  if (!auth.ok()) return auth.status();
+  std::unique_ptr<v1::Sync::Stub> stub = v1::Sync::NewStub(
+      grpc::CreateChannel(client.address(), grpc::InsecureChannelCredentials()));
   v1::StatusRequest list;
   list.set_state(v1::STATE_RUNNING);
   std::vector<double> status_us, acquire_us, release_us, pair_us, get_us;
+  std::vector<double> unary_acquire_us, unary_release_us, unary_pair_us;
   Breathe();
   for (int i = 0, calls = 0; i < n; ++i, calls += kCallsPerRound) {
     if (calls + kCallsPerRound > kCallsPerBreath) {
@@ -130,11 +159,26 @@ absl::Status Uncontended(Client& client, SyncClient& sync, int n) {
     absl::Time t3 = absl::Now();
     if (absl::Status s = sync.Get(*lock).status(); !s.ok()) return s;
     absl::Time t4 = absl::Now();
+    if (absl::Status s = UnarySync(*auth, *stub, "SyncAcquire", &v1::Sync::Stub::SyncAcquire,
+                                   AcquireOf(*lock, 1));
+        !s.ok()) {
+      return s;
+    }
+    absl::Time t5 = absl::Now();
+    if (absl::Status s = UnarySync(*auth, *stub, "SyncRelease", &v1::Sync::Stub::SyncRelease,
+                                   ReleaseOf(*lock, 1));
+        !s.ok()) {
+      return s;
+    }
+    absl::Time t6 = absl::Now();
     status_us.push_back(Micros(t1 - t0));
     acquire_us.push_back(Micros(t2 - t1));
     release_us.push_back(Micros(t3 - t2));
     pair_us.push_back(Micros(t3 - t1));
     get_us.push_back(Micros(t4 - t3));
+    unary_acquire_us.push_back(Micros(t5 - t4));
+    unary_release_us.push_back(Micros(t6 - t5));
+    unary_pair_us.push_back(Micros(t6 - t4));
   }
   auto mean = [](const std::vector<double>& us) {
     double sum = 0;
@@ -148,11 +192,14 @@ absl::Status Uncontended(Client& client, SyncClient& sync, int n) {
   std::cout << absl::StrFormat(
       "uncontended acquire+release: %.0f µs; Status call: %.0f µs; ratio %.2f (medians: %.0f "
       "µs, %.0f µs, ratio %.2f; n=%d each, in turn)\n"
-      "  per call, medians: Status %.1f µs, SyncAcquire %.1f µs, SyncRelease %.1f µs, "
-      "SyncList %.1f µs\n",
+      "  as unary calls: %.0f µs; ratio %.2f (median %.0f µs, ratio %.2f)\n"
+      "  per call, medians: Status %.1f µs, acquire %.1f µs, release %.1f µs, SyncList %.1f "
+      "µs, SyncAcquire %.1f µs, SyncRelease %.1f µs\n",
       mean(pair_us), mean(status_us), mean(pair_us) / mean(status_us), median(pair_us),
-      median(status_us), median(pair_us) / median(status_us), n, median(status_us),
-      median(acquire_us), median(release_us), median(get_us));
+      median(status_us), median(pair_us) / median(status_us), n, mean(unary_pair_us),
+      mean(unary_pair_us) / mean(status_us), median(unary_pair_us),
+      median(unary_pair_us) / median(status_us), median(status_us), median(acquire_us),
+      median(release_us), median(get_us), median(unary_acquire_us), median(unary_release_us));
   return absl::OkStatus();
 }
 
@@ -255,11 +302,9 @@ absl::Status ParkedWaiters(SyncClient& sync, const Options& options) {
   absl::StatusOr<uint64_t> lock = MakeLock(sync);
   if (!lock.ok()) return lock.status();
   if (absl::Status s = sync.Acquire(AcquireOf(*lock, 1)).status(); !s.ok()) return s;
-  absl::StatusOr<Credentials> credentials =
-      options.client.credentials.has_value() ? *options.client.credentials
-                                             : FindCredentials(options.client.authkey_file);
-  if (!credentials.ok()) return credentials.status();
-  CallAuth auth(*credentials);
+  absl::StatusOr<CallAuth> admin = AdminAuth(options);
+  if (!admin.ok()) return admin.status();
+  const CallAuth& auth = *admin;
   std::unique_ptr<v1::Sync::Stub> stub = v1::Sync::NewStub(
       grpc::CreateChannel(sync.client().address(), grpc::InsecureChannelCredentials()));
   Breathe();
@@ -334,7 +379,7 @@ int Main(int argc, char** argv) {
   }
   SyncClient sync(**client);
   std::vector<std::pair<std::string, std::function<absl::Status()>>> phases = {
-      {"uncontended", [&] { return Uncontended(**client, sync, options.n); }},
+      {"uncontended", [&] { return Uncontended(**client, sync, options, options.n); }},
       {"handoff", [&] { return Handoff(sync, options, options.n); }},
       {"kills", [&] { return Kills(**client, sync, options.kills); }},
       {"waiters", [&] { return ParkedWaiters(sync, options); }},
