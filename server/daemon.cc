@@ -1279,9 +1279,7 @@ absl::Status Daemon::OpenEvents() {
   event_recorder_ = std::make_unique<EventRecorder>(
       journal_.get(), *event_log_,
       [this](absl::flat_hash_set<uint64_t>& ids, absl::flat_hash_set<uint64_t>& sessions) {
-        for (const ProcessInfo& info : supervisor_for_events_->List(ListFilter{})) {
-          ids.insert(info.id);
-        }
+        for (uint64_t id : supervisor_for_events_->KeptIds()) ids.insert(id);
         for (uint64_t session : supervisor_for_events_->OpenSessions()) sessions.insert(session);
       });
   spdlog::info("journal {}: events up to cursor {}{}", options_.state_dir + "/journal.db",

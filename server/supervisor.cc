@@ -360,7 +360,7 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
   launch.memo = memo.SerializeAsString();
   record.authkey = std::move(authkey);
   if (spec.restart.mode != RestartPolicy::Mode::kNo) {
-    record.relaunch = launch;
+    record.relaunch = std::make_unique<LaunchSpec>(launch);
     record.relaunch->append_output = true;
   }
   starting_.emplace(id, std::move(record));
@@ -404,7 +404,7 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
   }
   if (info.name.empty()) info.name = absl::StrCat("Process-", record.identity);
   record.run_started = clock_.MonotonicNow();
-  if (record.relaunch.has_value()) {
+  if (record.relaunch != nullptr) {
     out.Call([this, id, note = LaunchNote(*record.relaunch)] {
       os_.Remember(LaunchNoteKey(id), note);
     });
@@ -427,8 +427,16 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
     spdlog::info("id={}: its parent, session or the daemon ended while it started", id);
     SignalTreeLocked(record, kSigterm, grace, out);
   }
-  if (record.early_exit.has_value()) ExitLocked(record, *record.early_exit, out);
-  return record.info;
+  if (!record.early_exit.has_value()) return record.info;
+  // Taken, not read: a later run of this record (a restart) must not find it.
+  const Exit exit = *std::exchange(record.early_exit, std::nullopt);
+  ProcessInfo answer = record.info;
+  ExitLocked(record, exit, out);  // may evict `record`, under a retention of none
+  if (const Record* kept = FindLocked(id)) return kept->info;
+  answer.running = false;
+  answer.status = exit.status;
+  answer.usage = exit.usage;
+  return answer;
 }
 
 void Supervisor::RollBackLocked(uint64_t id, Outbox& out) {
@@ -1012,7 +1020,7 @@ void Supervisor::RunEndedLocked(Record& record, Outbox& out) {
 std::optional<absl::Duration> Supervisor::NextRestartLocked(Record& record, bool& gave_up) {
   const RestartPolicy& policy = record.info.restart;
   if (policy.mode == RestartPolicy::Mode::kNo || record.no_restart || shutting_down_ ||
-      !record.relaunch.has_value()) {
+      record.relaunch == nullptr) {
     return std::nullopt;
   }
   if (policy.mode == RestartPolicy::Mode::kOnFailure && !Failed(*record.info.status)) {
@@ -1026,10 +1034,12 @@ std::optional<absl::Duration> Supervisor::NextRestartLocked(Record& record, bool
     recent.clear();
   }
   if (policy.window.has_value()) {
-    while (!record.restart_times.empty() && now - record.restart_times.front() > *policy.window) {
-      record.restart_times.pop_front();
-      recent.erase(recent.begin());
-    }
+    auto kept = std::find_if(record.restart_times.begin(), record.restart_times.end(),
+                             [&](absl::Duration t) { return now - t <= *policy.window; });
+    const auto dropped = kept - record.restart_times.begin();
+    record.restart_times.erase(record.restart_times.begin(), kept);
+    recent.erase(recent.begin(),
+                 recent.begin() + std::min<ptrdiff_t>(dropped, static_cast<ptrdiff_t>(recent.size())));
   }
   if (policy.max_restarts > 0 && record.restart_times.size() >= policy.max_restarts) {
     gave_up = true;
@@ -1074,7 +1084,7 @@ void Supervisor::EndForGoodLocked(Record& record, Outbox& out) {
   if (info.notify.has_value() && options_.notify != nullptr) {
     out.Call([this, id] { options_.notify->Close(id); });
   }
-  if (record.relaunch.has_value()) {
+  if (record.relaunch != nullptr) {
     record.relaunch.reset();
     out.Call([this, id] { os_.Forget(LaunchNoteKey(id)); });
   }
@@ -1567,12 +1577,12 @@ uint64_t TopLevelNumber(const ProcessInfo& info) {
 void Supervisor::Restore(Restored restored) {
   Outbox out(*this);
   absl::MutexLock lock(&mu_);
-  auto relaunch_of = [&](uint64_t id) -> std::optional<LaunchSpec> {
+  auto relaunch_of = [&](uint64_t id) -> std::unique_ptr<LaunchSpec> {
     auto note = restored.launches.find(id);
-    if (note == restored.launches.end()) return std::nullopt;
+    if (note == restored.launches.end()) return nullptr;
     std::optional<LaunchSpec> launch = LaunchFromNote(note->second);
     restored.launches.erase(note);
-    return launch;
+    return launch.has_value() ? std::make_unique<LaunchSpec>(*std::move(launch)) : nullptr;
   };
   // Wall-clock times from the journal, as the monotonic clock would have read them.
   const absl::Duration mono_now = clock_.MonotonicNow();
@@ -1606,7 +1616,7 @@ void Supervisor::Restore(Restored restored) {
       if (record.info.last_exit.has_value()) record.info.status = record.info.last_exit->status;
       record.no_restart = false;
       record.relaunch = relaunch_of(id);
-      if (record.relaunch.has_value()) {
+      if (record.relaunch != nullptr) {
         restore_restart_count(record);
         record.run_started = monotonic_of(record.info.start_time);
         if (record.info.notify.has_value()) {
@@ -1649,7 +1659,7 @@ void Supervisor::Restore(Restored restored) {
     record.run_started = monotonic_of(record.info.start_time);
     record.relaunch = relaunch_of(id);
     restore_restart_count(record);
-    if (record.info.restart.mode != RestartPolicy::Mode::kNo && !record.relaunch.has_value()) {
+    if (record.info.restart.mode != RestartPolicy::Mode::kNo && record.relaunch == nullptr) {
       spdlog::warn("id={}: nothing kept what to launch it with; it will not be restarted", id);
     }
     if (record.info.notify.has_value()) {
@@ -1732,6 +1742,14 @@ std::vector<uint64_t> Supervisor::OpenSessions() {
   std::vector<uint64_t> open;
   for (const auto& [session, state] : sessions_) open.push_back(session);
   return open;
+}
+
+std::vector<uint64_t> Supervisor::KeptIds() {
+  absl::MutexLock lock(&mu_);
+  std::vector<uint64_t> ids;
+  ids.reserve(records_.size());
+  for (const auto& [id, record] : records_) ids.push_back(id);
+  return ids;
 }
 
 SupervisorCounts Supervisor::Counts() {

@@ -63,6 +63,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
@@ -364,6 +365,8 @@ class Supervisor {
 
   // The sessions open now.
   std::vector<uint64_t> OpenSessions();
+  // The ids of every record kept, running or ended (what List gives, without the records).
+  std::vector<uint64_t> KeptIds();
   // Takes the lock and looks at every record: for status lines and metrics, not for each call.
   SupervisorCounts Counts();
   // Ends a session now (its daemonic processes are terminated); no-op when already ended.
@@ -408,12 +411,16 @@ class Supervisor {
     absl::Duration kill_deadline = absl::InfiniteDuration();  // monotonic
     std::optional<Exit> early_exit;  // reaped before its launch was committed
     // Restarts (a policy other than kNo).
-    std::optional<LaunchSpec> relaunch;  // what each run is launched with
+    // What each run is launched with. Apart: a LaunchSpec is 256 bytes, and most records
+    // have none.
+    std::unique_ptr<LaunchSpec> relaunch;
     bool relaunching = false;            // a restart's launch is in flight
     bool no_restart = false;             // terminated: its next exit is its last
     absl::Duration run_started;          // monotonic
     int backoff_step = 0;
-    std::deque<absl::Duration> restart_times;  // monotonic, counted against max_restarts
+    // Monotonic, counted against max_restarts. A vector: a deque allocates some 600 bytes as
+    // it is made, for every record, which most never use.
+    std::vector<absl::Duration> restart_times;
     TimerId restart_timer = 0;
     // Notify.
     std::vector<Waiter> ready_waiters;
@@ -556,7 +563,9 @@ class Supervisor {
   IdAllocator& ids_;
 
   absl::Mutex mu_;
-  absl::flat_hash_map<uint64_t, Record> records_ ABSL_GUARDED_BY(mu_);
+  // Nodes, not slots: a Record is about 1 KiB, and a flat map's slots (up to twice as many
+  // as records, three times while it grows) would each hold one.
+  absl::node_hash_map<uint64_t, Record> records_ ABSL_GUARDED_BY(mu_);
   // Launches in flight: admitted, not yet visible.
   absl::flat_hash_map<uint64_t, Record> starting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint64_t> draining_ ABSL_GUARDED_BY(mu_);  // have terminators

@@ -71,7 +71,10 @@ TEST(OrchestrationTest, ACrashLoopRestartsUntilThePolicyGivesUpAndJoinSeesOnlyTh
   EXPECT_NE(joined->last_exit().pid(), joined->pid());
   std::vector<std::string> runs =
       absl::StrSplit(ReadFile(started->stdout_path()), '\n', absl::SkipEmpty());
-  ASSERT_EQ(runs.size(), 3u) << "each run's output follows the last one's";
+  ASSERT_EQ(runs.size(), 3u) << "each run's output follows the last one's: "
+                             << ReadFile(started->stdout_path()) << "\nstderr: "
+                             << ReadFile(started->stderr_path()) << "\n"
+                             << daemon.Log();
   EXPECT_NE(runs[0], runs[2]) << "three processes, three pids";
   EXPECT_THAT(EventsOf(daemon.client(), started->id()),
               ElementsAre(v1::EVENT_STARTED, v1::EVENT_RESTARTING, v1::EVENT_STARTED,

@@ -903,6 +903,29 @@ TEST_F(RestartPolicyTest, AFailedRunComesBackAfterADoublingWaitWithItsIdAndName)
       << "what it was launched with is kept only while it may run again";
 }
 
+// A first run that ends before its Start is committed has its exit applied by the commit,
+// and only to that run: the next run is not taken as ended (nor its group signalled) at its
+// own launch.
+TEST_F(RestartPolicyTest, AnExitSeenBeforeTheStartCommittedIsTheFirstRunsAlone) {
+  os_.DuringNextLaunch([this](pid_t pid) {
+    os_.Exit(pid, WaitStatus::Exited(3));  // before Start has heard of the pid
+  });
+  ProcessInfo first = StartRestarting(kOnFailure);
+  ProcessInfo waiting = Now(first.id);
+  ASSERT_TRUE(waiting.backoff) << "the first run has ended";
+  ASSERT_TRUE(waiting.last_exit.has_value());
+  EXPECT_EQ(waiting.last_exit->status.exitcode(), 3);
+  time_.Advance(absl::Milliseconds(100));
+  ASSERT_EQ(os_.launches.size(), 2u);
+  ProcessInfo second = Now(first.id);
+  EXPECT_TRUE(second.running) << "the second run is running, not ended by the first's exit";
+  EXPECT_FALSE(second.backoff);
+  EXPECT_NE(second.pid, first.pid);
+  EXPECT_TRUE(os_.signals.empty()) << "nothing was signalled";
+  EXPECT_THAT(Kinds(), ElementsAre(EventKind::kStarted, EventKind::kRestarting,
+                                   EventKind::kStarted));
+}
+
 TEST_F(RestartPolicyTest, JoinWaitsThroughRestartsAndTerminateInBackoffEndsIt) {
   ProcessInfo info =
       StartRestarting(RestartPolicy{.mode = RestartPolicy::Mode::kAlways});

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -706,6 +707,17 @@ TEST_F(SyncTest, AKeptStreamThatIsNotAnsweredFailsAtTheCallTimeout) {
   acquire.set_id(lock->id());
   ASSERT_TRUE(sync.Acquire(acquire)->ok());  // the stream is open and kept
   ASSERT_EQ(kill(daemon_.pid(), SIGSTOP), 0);
+  // The signal is delivered at once, the stop is not: wait until every thread has stopped.
+  ASSERT_TRUE(WaitFor([&] {
+    for (const auto &task : std::filesystem::directory_iterator(
+             absl::StrCat("/proc/", daemon_.pid(), "/task"))) {
+      std::vector<std::string> fields =
+          absl::StrSplit(ReadFile(task.path().string() + "/stat"), ' ');
+      if (fields.size() < 3 || fields[2] != "T")
+        return false;
+    }
+    return true;
+  }));
   v1::SyncReleaseRequest release;
   release.set_id(lock->id());
   absl::Time before = absl::Now();
