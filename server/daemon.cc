@@ -767,7 +767,7 @@ absl::Status Daemon::Init() {
   }
   if (options_.max_log_bytes > 0) {
     log_trimmer_ = std::make_unique<LogTrimmer>(
-        static_cast<int64_t>(options_.max_log_bytes), absl::Seconds(1),
+        log_dir_, static_cast<int64_t>(options_.max_log_bytes), absl::Seconds(1),
         [supervisor = supervisor_.get()] { return supervisor->CaptureFilesInUse(); });
   }
 

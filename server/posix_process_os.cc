@@ -675,7 +675,12 @@ void PosixProcessOs::OnCgroupEvents() {
 
 void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
   auto it = cgroups_.find(token);
-  if (it == cgroups_.end() || it->second.populated || tokens_.contains(token)) return;
+  // Kept until the leader is reaped, not only released: until then GroupHasLiveMembers()
+  // answers from it, and without it would have to search /proc.
+  if (it == cgroups_.end() || it->second.populated || tokens_.contains(token) ||
+      releasing_.contains(token)) {
+    return;
+  }
   // EBUSY if something entered meanwhile: then the next event removes it.
   if (unlinkat(cgroup_base_fd_, it->second.name.c_str(), AT_REMOVEDIR) != 0) return;
   ForgetGroupLocked(token);  // its members were all in the cgroup

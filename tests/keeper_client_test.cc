@@ -1,6 +1,7 @@
 // KeeperClient's notes: with a real keeper they go on a pipe the keeper reads lazily, and none
 // written before proctord's end is lost; with a keeper that takes no pipe (one started by an
-// older proctord) they go on the connection.
+// older proctord) they go on the connection. And orphans the keeper reaps while it holds an
+// ended worker.
 #include "server/keeper_client.h"
 
 #include <signal.h>
@@ -10,13 +11,16 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -54,6 +58,15 @@ class KeeperNotesTest : public ::testing::Test {
     }
   }
 
+  // Starts the keeper of state_ and connects to it.
+  void OpenKeeper(internal::Held& held) {
+    absl::StatusOr<std::unique_ptr<KeeperClient>> opened =
+        KeeperClient::Open(state_.path(), PROCTOR_KEEPER_PATH, held);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    client_ = *std::move(opened);
+    keeper_ = held.keeper_pid();
+  }
+
   TempDir state_;
   pid_t keeper_ = 0;
   std::unique_ptr<KeeperClient> client_;
@@ -62,11 +75,7 @@ class KeeperNotesTest : public ::testing::Test {
 
 TEST_F(KeeperNotesTest, NotesWrittenJustBeforeProctordEndsAreAllKept) {
   internal::Held held;
-  absl::StatusOr<std::unique_ptr<KeeperClient>> opened =
-      KeeperClient::Open(state_.path(), PROCTOR_KEEPER_PATH, held);
-  ASSERT_TRUE(opened.ok()) << opened.status();
-  client_ = *std::move(opened);
-  keeper_ = held.keeper_pid();
+  ASSERT_NO_FATAL_FAILURE(OpenKeeper(held));
   EXPECT_TRUE(held.takes_notes_pipe());
   // More than the pipe holds, written faster than the keeper reads it.
   for (int i = 0; i < 6000; ++i) {
@@ -90,12 +99,77 @@ TEST_F(KeeperNotesTest, NotesWrittenJustBeforeProctordEndsAreAllKept) {
     }
     client_.reset();  // as proctord's end closes them: the connection, then the pipe
     internal::Held again;
-    opened = KeeperClient::Open(state_.path(), PROCTOR_KEEPER_PATH, again);
+    absl::StatusOr<std::unique_ptr<KeeperClient>> opened =
+        KeeperClient::Open(state_.path(), PROCTOR_KEEPER_PATH, again);
     ASSERT_TRUE(opened.ok()) << opened.status();
     client_ = *std::move(opened);
     EXPECT_EQ(again.keeper_pid(), keeper_) << "the same keeper, holding the notes";
     ASSERT_EQ(NotesOf(again), expected_) << "round " << round;
   }
+}
+
+// The keeper asks the kernel for its first ended child to find ended orphans; a worker it
+// holds (ended, not released) comes first and hides those after it. Such an orphan is still
+// reaped and reported while the worker is held.
+TEST_F(KeeperNotesTest, AnOrphanEndingBehindAHeldWorkerIsReapedAndReported) {
+  internal::Held held;
+  ASSERT_NO_FATAL_FAILURE(OpenKeeper(held));
+  absl::Mutex mu;
+  std::set<uint64_t> exited;
+  std::set<uint64_t> reaped;
+  std::set<pid_t> orphans;
+  client_->Start(KeeperClient::Listener{
+      .on_exited =
+          [&](const internal::Exited& exit) {
+            absl::MutexLock lock(&mu);
+            exited.insert(exit.token());
+          },
+      .on_reaped =
+          [&](uint64_t token) {
+            absl::MutexLock lock(&mu);
+            reaped.insert(token);
+          },
+      .on_orphan_reaped =
+          [&](const internal::OrphanReaped& orphan) {
+            absl::MutexLock lock(&mu);
+            orphans.insert(orphan.pid());
+          },
+      .on_lost = [] {}});
+  auto spawn = [&](uint64_t token, const std::string& script) {
+    internal::Spawn request;
+    request.set_token(token);
+    request.set_path("/bin/sh");
+    for (const char* arg : {"/bin/sh", "-c", script.c_str()}) request.add_argv(arg);
+    request.set_stdout_path(absl::StrCat(state_.path(), "/", token, ".out"));
+    request.set_stderr_path(absl::StrCat(state_.path(), "/", token, ".err"));
+    absl::StatusOr<internal::Spawned> spawned = client_->Spawn(request);
+    ASSERT_TRUE(spawned.ok()) << spawned.status();
+    ASSERT_GT(spawned->pid(), 0) << spawned->failed_step();
+    EXPECT_TRUE(WaitFor([&] {
+      absl::MutexLock lock(&mu);
+      return exited.contains(token);
+    }));
+  };
+  spawn(1, "exit 0");  // held from here on
+  // Ends at once, leaving a child that ends 300 ms later: an orphan of the keeper by then.
+  const std::string orphan_file = state_.path() + "/orphan";
+  spawn(2, absl::StrCat("sleep 0.3 & echo $! > ", orphan_file));
+  pid_t orphan = 0;
+  std::ifstream(orphan_file) >> orphan;
+  ASSERT_GT(orphan, 1);
+  EXPECT_TRUE(WaitFor([&] {
+    absl::MutexLock lock(&mu);
+    return orphans.contains(orphan);
+  })) << "the orphan " << orphan << " was not reported reaped";
+
+  client_->Release(1);
+  client_->Release(2);
+  EXPECT_TRUE(WaitFor([&] {
+    absl::MutexLock lock(&mu);
+    return reaped.size() == 2;
+  }));
+  client_->Shutdown(absl::Seconds(10));
+  client_.reset();
 }
 
 // A keeper's end of the socket, played by the test: it answers Hello without offering to take
