@@ -398,30 +398,46 @@ absl::StatusOr<std::shared_ptr<Runtime>> CurrentRuntime() {
   return g.current;
 }
 
-// Copies one stream of a child to ours, whole lines at a time so that lines of different
-// children are not cut into each other.
+// Writes what a child wrote to one of our streams, whole lines at a time, so that lines of
+// different children are not cut into each other.
+class LineWriter {
+ public:
+  explicit LineWriter(FILE* out) : out_(out) {}
+  void Add(std::string_view chunk) {
+    pending_.append(chunk);
+    size_t end = pending_.rfind('\n');
+    if (end == std::string::npos) return;
+    Emit(absl::string_view(pending_).substr(0, end + 1));
+    pending_.erase(0, end + 1);
+  }
+  // What is left of a last line without its newline.
+  void Flush() {
+    if (!pending_.empty()) Emit(pending_);
+    pending_.clear();
+  }
+
+ private:
+  void Emit(absl::string_view text) {
+    // One fwrite is one locked stdio operation: whole against the program's own output.
+    std::fwrite(text.data(), 1, text.size(), out_);
+    std::fflush(out_);
+  }
+
+  FILE* const out_;
+  std::string pending_;
+};
+
+// Copies one stream of a child to ours.
 void Forward(ChildState& child, v1::Stream stream, FILE* out) {
   v1::LogsRequest request;
   request.set_id(child.id);
   request.set_stream(stream);
   request.set_follow(true);
-  std::string pending;
-  auto emit = [out](absl::string_view text) {
-    // One fwrite is one locked stdio operation: whole against the program's own output.
-    std::fwrite(text.data(), 1, text.size(), out);
-    std::fflush(out);
-  };
+  LineWriter writer(out);
   absl::Status status = child.runtime.client().Logs(
-      request,
-      [&](std::string_view chunk) {
-        pending.append(chunk);
-        size_t end = pending.rfind('\n');
-        if (end == std::string::npos) return;
-        emit(absl::string_view(pending).substr(0, end + 1));
-        pending.erase(0, end + 1);
-      },
+      request, [&](std::string_view chunk) { writer.Add(chunk); },
       child.stop_forwarding.get_token());
-  if (!pending.empty()) emit(pending);
+  writer.Flush();
   // A followed stream ends without error only once the process has ended.
   if (status.ok()) child.NoteEnded();
   --child.forwarding;
@@ -646,13 +662,13 @@ absl::Status Process::FillTarget(v1::StartRequest& request) const {
   return absl::OkStatus();
 }
 
-absl::Status Process::start() {
+absl::StatusOr<Process::PreparedStart> Process::PrepareStart() {
   if (absl::Status s = CheckUsable(); !s.ok()) return s;
   if (started_) return Misuse("cannot start a process twice");
   absl::StatusOr<std::shared_ptr<Runtime>> runtime = CurrentRuntime();
   if (!runtime.ok()) return runtime.status();
-
-  v1::StartRequest request;
+  PreparedStart prepared{.runtime = *runtime};
+  v1::StartRequest& request = prepared.request;
   if (absl::Status s = FillTarget(request); !s.ok()) return s;
   AddBarriers(request);
   request.set_name(name());
@@ -662,29 +678,63 @@ absl::Status Process::start() {
   if (!cwd.ok()) return cwd.status();
   request.set_cwd(*cwd);
   request.set_authkey(authkey_);
-  if (!(*runtime)->worker()) {
-    absl::StatusOr<uint64_t> session = (*runtime)->SessionId();
+  if (!prepared.runtime->worker()) {
+    absl::StatusOr<uint64_t> session = prepared.runtime->SessionId();
     if (!session.ok()) return session.status();
     request.set_session(*session);
   }
-
   // Made before the Start: once the process runs, there must be a sentinel to give.
-  int ended_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (ended_fd < 0) {
+  prepared.ended_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (prepared.ended_fd < 0) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot make the process's sentinel: eventfd: ", std::strerror(errno)));
   }
-  absl::StatusOr<v1::Process> started = (*runtime)->client().Start(request);
+  return prepared;
+}
+
+void Process::Started(PreparedStart& prepared, const v1::Process& started) {
+  started_ = true;
+  child_ = std::make_shared<ChildState>(*prepared.runtime, started.id(), options_.daemon,
+                                        std::exchange(prepared.ended_fd, -1));
+  Update(started);
+  prepared.runtime->Adopt(child_);
+  InstallExitHandler();
+}
+
+absl::Status Process::start() {
+  absl::StatusOr<PreparedStart> prepared = PrepareStart();
+  if (!prepared.ok()) return prepared.status();
+  absl::StatusOr<v1::Process> started = prepared->runtime->client().Start(prepared->request);
   if (!started.ok()) {
-    ::close(ended_fd);
+    ::close(prepared->ended_fd);
     return started.status();
   }
-  started_ = true;
-  child_ = std::make_shared<ChildState>(**runtime, started->id(), options_.daemon, ended_fd);
-  Update(*started);
+  Started(*prepared, *started);
   StartForwarding(*child_);
-  (*runtime)->Adopt(child_);
-  InstallExitHandler();
+  return absl::OkStatus();
+}
+
+absl::Status Process::start_and_join() {
+  absl::StatusOr<PreparedStart> prepared = PrepareStart();
+  if (!prepared.ok()) return prepared.status();
+  // Whole lines, as the forwarders of start() write them; each stream on its own.
+  LineWriter out(stdout), err(stderr);
+  absl::StatusOr<v1::Process> ended = prepared->runtime->client().Run(
+      prepared->request,
+      [&](v1::Stream stream, std::string_view data) {
+        (stream == v1::STREAM_STDERR ? err : out).Add(data);
+      },
+      [&](const v1::Process& started) { Started(*prepared, started); });
+  out.Flush();
+  err.Flush();
+  if (!started_) {
+    ::close(prepared->ended_fd);
+    return ended.ok() ? absl::InternalError("Run ended without a started record")
+                      : ended.status();
+  }
+  if (!ended.ok()) return ended.status();
+  Update(*ended);
+  child_->runtime.Forget(child_.get());
   return absl::OkStatus();
 }
 

@@ -397,6 +397,7 @@ enum class Reach {
 namespace internal {
 struct ChildState;
 struct ParentLink;
+class Runtime;
 int RunChild(int argc, char** argv);
 }  // namespace internal
 
@@ -417,6 +418,15 @@ class Process {
   // runs. FAILED_PRECONDITION: "cannot start a process twice", "process object is closed",
   // an unregistered function or subclass, or nothing to run; else proctord's error.
   absl::Status start();
+
+  // start() and join() in one call to proctord (its Run): the process's output is written
+  // to this program's stdout and stderr as it comes, whole lines at a time, and its exit
+  // record comes at the end of the same stream. One round trip where start() and join()
+  // make two, and no follower of the capture files in proctord. Returns once the process
+  // has ended, its output written and flushed; exitcode() is then set. The errors of
+  // start(); once the process has started, an error (proctord stopped answering) leaves it
+  // running, as a failed join() does, and join() may be called to wait again.
+  absl::Status start_and_join();
 
   // What runs in the child. The default calls the function target with args and kwargs in
   // this process (Python's p.run(); exceptions from the target propagate); for an executable
@@ -509,6 +519,17 @@ class Process {
   absl::Status FillTarget(v1::StartRequest& request) const;
   // The environment the child starts with (see "Environment" above).
   void FillEnvironment(v1::StartRequest& request);
+  // What start() and start_and_join() ask proctord for, checked as start() documents, with
+  // the connection and the sentinel's eventfd (made before: once the process runs, there
+  // must be a sentinel to give).
+  struct PreparedStart {
+    std::shared_ptr<internal::Runtime> runtime;
+    v1::StartRequest request;
+    int ended_fd = -1;
+  };
+  absl::StatusOr<PreparedStart> PrepareStart();
+  // Takes the record proctord answered a Start (or a Run) with, and the sentinel.
+  void Started(PreparedStart& prepared, const v1::Process& started);
   // `grace` unset: the signal alone, never followed by SIGKILL.
   absl::Status Signal(int sig, const char* verb, Reach reach, std::optional<absl::Duration> grace);
   absl::Status JoinParent(std::optional<absl::Duration> timeout);

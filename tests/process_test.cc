@@ -197,6 +197,23 @@ int RunHelper(absl::string_view mode) {
     std::cout << "joined" << std::endl;
     return 0;
   }
+  if (mode == "start-and-join") {
+    Process p({.target = PrintLines});
+    if (absl::Status s = p.start_and_join(); !s.ok()) {
+      std::cerr << s << std::endl;
+      return 2;
+    }
+    absl::StatusOr<int> sentinel = p.sentinel();
+    pollfd ended{.fd = sentinel.value_or(-1), .events = POLLIN};
+    std::cout << "joined exitcode=" << p.exitcode().value_or(-100)
+              << " alive=" << p.is_alive().value_or(true)
+              << " sentinel=" << (poll(&ended, 1, 0) == 1)
+              << " again=" << p.start().message() << " closed=" << p.close().ok() << std::endl;
+    Process fails({.target = "/no/such/program"});
+    std::cout << "missing: " << absl::StatusCodeToString(fails.start_and_join().code())
+              << std::endl;
+    return 0;
+  }
   std::cerr << "unknown helper mode " << mode << std::endl;
   return 2;
 }
@@ -564,6 +581,16 @@ TEST_F(ProcessTest, ForwardedOutputIsCompleteWhenJoinReturns) {
   CommandResult r = RunCommand({SelfExe(), "--helper=forward"}, HelperEnv(daemon_));
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out, "out-1\nout-2\nout-3\nno-newlinejoined\n");
+  EXPECT_EQ(r.err, "err-1\n");
+}
+
+// start_and_join(): one Run call, the output whole and in order, the exit record after it.
+TEST_F(ProcessTest, StartAndJoinForwardsTheOutputAndEndsWithTheExit) {
+  CommandResult r = RunCommand({SelfExe(), "--helper=start-and-join"}, HelperEnv(daemon_));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "out-1\nout-2\nout-3\nno-newlinejoined exitcode=0 alive=0 sentinel=1 again=cannot "
+            "start a process twice closed=1\nmissing: NOT_FOUND\n");
   EXPECT_EQ(r.err, "err-1\n");
 }
 
