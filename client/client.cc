@@ -297,6 +297,11 @@ absl::Status Client::Finish(const grpc::ClientContext& context, absl::string_vie
                             absl::Duration timeout) const {
   absl::Status checked = auth_.CheckReply(context, method, nonce, status, address_);
   if (absl::IsUnavailable(checked)) {
+    // A call that fails at once for want of a connection polls nothing, and neither does the
+    // caller between calls: the connection the channel is making to a proctord that is back
+    // would wait for gRPC's backup poller (every 5 s) to take each step of its handshake.
+    // Driving it here for a moment lets the next call find it made.
+    channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + kReconnectDrive));
     return absl::UnavailableError(
         absl::StrCat("cannot reach proctord at ", address_, ": ", checked.message()));
   }

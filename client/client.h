@@ -39,6 +39,9 @@ namespace proctor {
 // The largest reply a Client takes (gRPC's default is 4 MiB): a Status listing of every
 // record is one message, some 0.4 KiB a record, more with long arguments.
 inline constexpr int kMaxReplyBytes = 256 << 20;
+// How long a call that failed for want of a connection (UNAVAILABLE) drives the channel's
+// reconnection before it returns: a restarted proctord is then answered by the next call.
+inline constexpr absl::Duration kReconnectDrive = absl::Milliseconds(50);
 
 struct ClientOptions {
   // "unix:/path" or "host:port"; an absolute path "/path" means "unix:/path".

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -52,6 +54,36 @@ pid_t KeeperPid(const std::string& log) {
   std::string rest = log.substr(at + 24);
   (void)absl::SimpleAtoi(rest.substr(0, rest.find(')')), &pid);
   return pid;
+}
+
+// A Client kept across a kill -9 is answered again as soon as the next proctord answers a
+// client of its own: a call that fails for want of a connection also drives the connection
+// the channel is making, which nothing else would (gRPC polls it every 5 s otherwise).
+TEST_F(RestartTest, AClientKeptAcrossKillNineIsAnsweredAgainAtOnce) {
+  const std::string address = absl::StrCat("unix:", place_.path(), "/p.sock");
+  std::optional<TestDaemon> daemon;
+  daemon.emplace(Flags());
+  absl::StatusOr<std::unique_ptr<Client>> kept =
+      Client::Connect({.address = address, .authkey_file = state_.path() + "/authkey"});
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_TRUE((*kept)->List(v1::StatusRequest()).ok()) << "round " << round;
+    daemon->Kill();
+    daemon.reset();
+    // Calls fail while it is down, and the channel's reconnects are refused.
+    absl::SleepFor(absl::Milliseconds(700));
+    EXPECT_FALSE((*kept)->List(v1::StatusRequest()).ok());
+    daemon.emplace(Flags());  // returns once it answers a client of its own
+    absl::Time back = absl::Now();
+    absl::Status answered;
+    while (absl::Now() - back < absl::Seconds(10)) {
+      answered = (*kept)->List(v1::StatusRequest()).status();
+      if (answered.ok()) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    ASSERT_TRUE(answered.ok()) << answered << daemon->Log();
+    EXPECT_LT(absl::Now() - back, absl::Seconds(1)) << "round " << round;
+  }
 }
 
 TEST_F(RestartTest, WorkersLiveOnAcrossKillNineWithTheirTrueExitCodes) {

@@ -10,7 +10,9 @@
 // - exit -> Join: P probe workers, each `read` from a FIFO of its own with a Join parked on
 //   it; the bench writes the FIFO and times until that Join returns (p50, p99). Baseline in
 //   the same run: the same probe spawned by the bench itself, timed until its waitpid returns;
-// - S parked Joins (async, one channel) on the live workers: none answered within 2 s.
+// - S parked Joins (async, one channel) on the live workers: none answered within 2 s, and
+//   proctord's RSS growth while they are parked (measured first, before the listings, whose
+//   freed memory they would reuse);
 // Then the history: H short processes (/bin/true, Start+Join, never released) on a fresh
 // proctord with the default --retain 10000; proctord's RSS every H/7 processes, and what a
 // retained record costs once retention is full.
@@ -180,9 +182,10 @@ absl::StatusOr<ExitLatency> MeasureExitToJoin(Client& client, const std::string&
 }
 
 // `ids.size()` Joins, async on one channel, on the live workers `ids`: none may be answered
-// within 2 s (a Join that comes back did not park). Cancelled afterwards. Their memory is not
-// measured: RSS growth reads 0 here, the freed memory of the listings before being reused.
-absl::Status ParkJoins(const ClientOptions& options, const std::vector<uint64_t>& ids) {
+// within 2 s (a Join that comes back did not park). proctord's RSS (`daemon`) is read then,
+// into `rss_parked_kib`, before they are cancelled.
+absl::Status ParkJoins(const ClientOptions& options, const std::vector<uint64_t>& ids,
+                       pid_t daemon, int64_t* rss_parked_kib) {
   absl::StatusOr<Credentials> credentials = FindCredentials(options.authkey_file);
   if (!credentials.ok()) return credentials.status();
   CallAuth auth(*credentials);
@@ -214,6 +217,7 @@ absl::Status ParkJoins(const ClientOptions& options, const std::vector<uint64_t>
     answered = absl::InternalError(absl::StrCat("a parked Join was answered: ",
                                                 status.error_code(), " ", status.error_message()));
   }
+  *rss_parked_kib = RssKib(daemon);
   bench::CancelAndDrain(calls, cq);
   return answered;
 }
@@ -235,6 +239,16 @@ absl::StatusOr<nlohmann::json> MeasureLive(BenchDaemon& daemon, const std::strin
   absl::SleepFor(absl::Seconds(2));
   figures["proctord_rss_kib"] = RssKib(daemon.pid());
   if (keeper > 0) figures["keeper_rss_kib"] = RssKib(keeper);
+
+  // Before the listings: the memory they free would be reused by the Joins and hide them.
+  int64_t rss_parked_kib = 0;
+  if (absl::Status parked = ParkJoins(options, sleepers, daemon.pid(), &rss_parked_kib);
+      !parked.ok()) {
+    return parked;
+  }
+  figures["parked_joins"] = sleepers.size();
+  figures["parked_joins_rss_growth_kib"] =
+      rss_parked_kib - figures["proctord_rss_kib"].get<int64_t>();
 
   std::vector<double> listing_ms;
   for (int i = 0; i < 5; ++i) {
@@ -261,8 +275,6 @@ absl::StatusOr<nlohmann::json> MeasureLive(BenchDaemon& daemon, const std::strin
   figures["bare_exit_to_waitpid_p50_ms"] = Percentile(exits->bare_ms, 0.5);
   figures["bare_exit_to_waitpid_p99_ms"] = Percentile(exits->bare_ms, 0.99);
 
-  if (absl::Status parked = ParkJoins(options, sleepers); !parked.ok()) return parked;
-  figures["parked_joins"] = sleepers.size();
   return figures;
 }
 
