@@ -226,8 +226,13 @@ absl::StatusOr<v1::SyncCallResult> SyncClient::OnStream(const v1::SyncCall& call
     bool unsent = false;
     absl::StatusOr<v1::SyncCallResult> result = stream->Call(call, timeout, &unsent);
     if (result.ok()) {
-      absl::MutexLock lock(&streams_mu_);
-      idle_streams_.push_back(std::move(stream));
+      {
+        absl::MutexLock lock(&streams_mu_);
+        idle_streams_.push_back(std::move(stream));
+      }
+      if (result->code() != 0) {
+        return absl::Status(static_cast<absl::StatusCode>(result->code()), result->message());
+      }
       return result;
     }
     // A kept stream that ended while idle never carried the call: once more on a new one.
@@ -239,18 +244,12 @@ absl::StatusOr<v1::SyncWaitResponse> SyncClient::Waited(const v1::SyncCall& call
                                                         absl::Duration timeout) {
   absl::StatusOr<v1::SyncCallResult> result = OnStream(call, timeout);
   if (!result.ok()) return result.status();
-  if (result->code() != 0) {
-    return absl::Status(static_cast<absl::StatusCode>(result->code()), result->message());
-  }
   return std::move(*result->mutable_waited());
 }
 
 absl::StatusOr<v1::SyncObject> SyncClient::Changed(const v1::SyncCall& call) {
   absl::StatusOr<v1::SyncCallResult> result = OnStream(call, client_.call_timeout_);
   if (!result.ok()) return result.status();
-  if (result->code() != 0) {
-    return absl::Status(static_cast<absl::StatusCode>(result->code()), result->message());
-  }
   return std::move(*result->mutable_object());
 }
 

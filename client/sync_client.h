@@ -48,7 +48,8 @@ class SyncClient {
  private:
   class CallStream;
 
-  // `call` on a kept stream (or a new one when none is free), answered within `timeout`.
+  // `call` on a kept stream (or a new one when none is free), answered within `timeout`; the
+  // call's own error (its result's `code`) as the status.
   absl::StatusOr<v1::SyncCallResult> OnStream(const v1::SyncCall& call, absl::Duration timeout);
   // OnStream(), with a SyncWaitResponse (acquire, wait) or SyncObject (release, update) as the
   // result.

@@ -41,15 +41,18 @@ struct WaitAnswer {
   grpc::ByteBuffer* const response;
 };
 
+// What a SyncAcquire or SyncWait answers, and a SyncCalls stream's acquire or wait.
+v1::SyncWaitResponse WaitResponseOf(const SyncWaitResult& result) {
+  v1::SyncWaitResponse reply;
+  reply.set_ok(result.ok);
+  reply.set_abandoned(result.abandoned);
+  reply.set_index(result.index);
+  return reply;
+}
+
 grpc::Status SerializeAnswer(const absl::StatusOr<SyncWaitResult>& result,
                              grpc::ByteBuffer* response) {
-  if (result.ok()) {
-    v1::SyncWaitResponse reply;
-    reply.set_ok(result->ok);
-    reply.set_abandoned(result->abandoned);
-    reply.set_index(result->index);
-    SerializeReply(reply, response);
-  }
+  if (result.ok()) SerializeReply(WaitResponseOf(*result), response);
   return ToGrpc(result.status());
 }
 
@@ -562,9 +565,7 @@ class SyncCallStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       waiting_call = 0;
       if (!answer.ok()) return WriteLocked(ErrorResult(answer.status()));
       v1::SyncCallResult result;
-      result.mutable_waited()->set_ok(answer->ok);
-      result.mutable_waited()->set_abandoned(answer->abandoned);
-      result.mutable_waited()->set_index(answer->index);
+      *result.mutable_waited() = WaitResponseOf(*answer);
       return WriteLocked(result);
     }
   };
