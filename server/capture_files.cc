@@ -2,17 +2,22 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace proctor {
 
-CaptureFiles::CaptureFiles(std::string dir, size_t stock)
-    : spare_dir_(dir + "/spare"), stock_(stock) {
+CaptureFiles::CaptureFiles(std::string dir, size_t stock, size_t first_stock)
+    : spare_dir_(dir + "/spare"),
+      stock_(stock),
+      target_(std::min(stock, std::max<size_t>(first_stock, 1))) {
+  signal(SIGIO, SIG_IGN);  // a broken lease must not end the process (see the header)
   mkdir(spare_dir_.c_str(), 0700);
   // Spares from an earlier run are used, but only plain empty files.
   if (DIR* d = opendir(spare_dir_.c_str())) {
@@ -29,6 +34,7 @@ CaptureFiles::CaptureFiles(std::string dir, size_t stock)
     }
     closedir(d);
     next_name_ = spares_.size();
+    target_ = std::min(stock_, std::max(target_, spares_.size()));
   }
   refill_ = std::thread([this] { Refill(); });
 }
@@ -45,12 +51,8 @@ void CaptureFiles::Refill() {
   absl::MutexLock lock(&mu_);
   for (;;) {
     mu_.Await(absl::Condition(this, &CaptureFiles::RefillDue));
-    while (!stopping_ && spares_.size() < stock_) {
-      std::string path;
-      // Unique names even across runs: the counter goes on from the spares found at start.
-      do {
-        path = absl::StrCat(spare_dir_, "/", next_name_++);
-      } while (access(path.c_str(), F_OK) == 0);
+    while (!stopping_ && spares_.size() < target_) {
+      std::string path = NewSpareNameLocked();
       mu_.Unlock();
       int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
       if (fd >= 0) close(fd);
@@ -59,7 +61,7 @@ void CaptureFiles::Refill() {
       spares_.push_back(std::move(path));
     }
     if (stopping_) return;
-    short_after_failure_ = spares_.size() < stock_;
+    short_after_failure_ = spares_.size() < target_;
     // Creation failed: try again later rather than spin.
     if (short_after_failure_ &&
         mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1))) {
@@ -72,7 +74,7 @@ void CaptureFiles::Recycle(const std::string& path) {
   std::string spare;
   {
     absl::MutexLock lock(&mu_);
-    if (spares_.size() < stock_) spare = absl::StrCat(spare_dir_, "/", next_name_++);
+    if (spares_.size() < stock_) spare = NewSpareNameLocked();
   }
   if (spare.empty() || !TakeBackUnused(path, spare)) {
     unlink(path.c_str());
@@ -83,7 +85,7 @@ void CaptureFiles::Recycle(const std::string& path) {
 }
 
 bool CaptureFiles::TakeBackUnused(const std::string& path, const std::string& spare) {
-  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return false;
   // The kernel grants a write lease only while no other open file description of the file
   // exists, anywhere: then no process can write to it any more (none has it open, and only
@@ -96,16 +98,61 @@ bool CaptureFiles::TakeBackUnused(const std::string& path, const std::string& sp
   return taken;
 }
 
+bool CaptureFiles::RecycleIfEmpty(const std::string& path) {
+  std::string spare;
+  {
+    absl::MutexLock lock(&mu_);
+    if (spares_.size() >= target_) return false;  // kept with its record, taken back later
+    spare = NewSpareNameLocked();
+  }
+  // O_NONBLOCK: a file someone holds a lease on is not waited for.
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return false;
+  // As in TakeBackUnused: with the lease, nothing else has the file open, and nothing can
+  // write to it before it is renamed away (readers' opens fail meanwhile: O_NONBLOCK).
+  bool taken = false;
+  if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0) {
+    struct stat st;
+    taken = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0 &&
+            rename(path.c_str(), spare.c_str()) == 0;
+    fcntl(fd, F_SETLEASE, F_UNLCK);
+  }
+  close(fd);
+  if (!taken) return false;
+  absl::MutexLock lock(&mu_);
+  spares_.push_back(std::move(spare));
+  return true;
+}
+
+size_t CaptureFiles::target() const {
+  absl::MutexLock lock(&mu_);
+  return target_;
+}
+
+std::string CaptureFiles::NewSpareNameLocked() {
+  std::string path;
+  // Unique names even across runs: the counter goes on from the spares found at start, and
+  // skips names an earlier run left.
+  do {
+    path = absl::StrCat(spare_dir_, "/", next_name_++);
+  } while (access(path.c_str(), F_OK) == 0);
+  return path;
+}
+
 bool CaptureFiles::RefillDue() const {
   // Below half, to make the slow creations in bulk; or short after a failed creation.
-  return stopping_ || short_after_failure_ || spares_.size() < (stock_ + 1) / 2;
+  return stopping_ || short_after_failure_ || spares_.size() < (target_ + 1) / 2;
 }
 
 void CaptureFiles::Prepare(const std::string& path) {
   std::string spare;
   {
     absl::MutexLock lock(&mu_);
-    if (spares_.empty()) return;
+    if (spares_.empty()) {
+      // Demand outran the stock: keep more from now on (the refill wakes on the change).
+      target_ = std::min(stock_, std::max<size_t>(target_ * 2, 1));
+      return;
+    }
     spare = std::move(spares_.back());
     spares_.pop_back();
   }

@@ -158,7 +158,9 @@ void DeclareFlags(CLI::App& app, DaemonOptions& options) {
                options.max_sync_objects);
   AddCountFlag(app, "--max-sync-waiters", 1, "callers waiting on one sync object",
                options.max_sync_waiters);
-  AddCountFlag(app, "--capture-spares", 0, "capture files made ahead of time, off the start path",
+  AddCountFlag(app, "--capture-spares", 0,
+               "the most capture files kept ready, off the start path (starts at 64, doubles "
+               "when it runs out)",
                options.capture_spares);
   AddCountFlag(app, "--max-log-bytes", 0,
                "output kept per capture file; past it the oldest part is dropped (0: no cap)",

@@ -49,10 +49,26 @@ absl::Status HeldBack(const absl::Status& refused, absl::Duration delay) {
 namespace {
 
 // A capture file, opened for reading.
-absl::StatusOr<int> OpenCaptured(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return PosixError(absl::StrCat("cannot open captured output ", path), errno);
-  return fd;
+// Opens one of `record`'s capture files for reading.
+absl::StatusOr<int> OpenCaptured(const ProcessInfo& record, const std::string& path) {
+  // O_NONBLOCK: the file may be being taken back into the stock under a lease (see
+  // CaptureFiles); waiting for the lease would open a file that is about to be someone
+  // else's, so the open fails instead and is tried again on the path, which is gone by then.
+  for (int attempt = 0;; ++attempt) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) return fd;
+    const int err = errno;
+    if (err == EWOULDBLOCK && attempt < 100) {
+      usleep(100);  // the lease is held for a rename's time
+      continue;
+    }
+    // An ended record's output that stayed empty was given back: it reads as empty.
+    if (err == ENOENT && !record.running && !record.backoff) {
+      fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) return fd;
+    }
+    return PosixError(absl::StrCat("cannot open captured output ", path), err);
+  }
 }
 
 // Reads the next chunk (up to kLogChunkBytes) of a capture file from `offset` into `data`, and
@@ -268,8 +284,8 @@ class RunStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       std::optional<absl::Duration> ready_timeout) {
     absl::StatusOr<ProcessInfo> info = supervisor.OpenLogs(started.id);
     if (!info.ok()) return new FailedStream(info.status(), timers);
-    absl::StatusOr<int> out = OpenCaptured(info->stdout_path);
-    absl::StatusOr<int> err = out.ok() ? OpenCaptured(info->stderr_path) : out;
+    absl::StatusOr<int> out = OpenCaptured(*info, info->stdout_path);
+    absl::StatusOr<int> err = out.ok() ? OpenCaptured(*info, info->stderr_path) : out;
     if (!err.ok()) {
       if (out.ok()) close(*out);
       supervisor.CloseLogs(started.id);
@@ -884,7 +900,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ProctorService::Logs(
   if (!info.ok()) return new FailedStream(info.status(), timers_);
   const std::string& path =
       request.stream() == v1::STREAM_STDERR ? info->stderr_path : info->stdout_path;
-  absl::StatusOr<int> opened = OpenCaptured(path);
+  absl::StatusOr<int> opened = OpenCaptured(*info, path);
   if (!opened.ok()) {
     supervisor_.CloseLogs(request.id());
     return new FailedStream(opened.status(), timers_);

@@ -1088,6 +1088,7 @@ void Supervisor::EndForGoodLocked(Record& record, Outbox& out) {
     record.relaunch.reset();
     out.Call([this, id] { os_.Forget(LaunchNoteKey(id)); });
   }
+  GiveBackEmptyFilesLocked(record, out.files());
   ended_order_.push_back(id);
   ++ended_count_;
   out.Settle();
@@ -1239,6 +1240,11 @@ void Supervisor::EraseLocked(uint64_t id, FilesToDrop& files) {
 }
 
 void Supervisor::Drop(const FilesToDrop& files) {
+  if (options_.capture_files != nullptr) {
+    for (const std::string& path : files.recycle_if_empty) {
+      options_.capture_files->RecycleIfEmpty(path);
+    }
+  }
   for (const std::string& path : files.remove) {
     if (options_.capture_files != nullptr) {
       options_.capture_files->Recycle(path);  // reused only if nothing has it open
@@ -1257,8 +1263,23 @@ absl::StatusOr<ProcessInfo> Supervisor::OpenLogs(uint64_t id) {
 }
 
 void Supervisor::CloseLogs(uint64_t id) {
+  Outbox out(*this);
   absl::MutexLock lock(&mu_);
-  if (Record* record = FindLocked(id); record != nullptr) --record->log_readers;
+  Record* record = FindLocked(id);
+  if (record == nullptr) return;
+  --record->log_readers;
+  // A reader (a Run's, say) kept them past the end: given back now instead.
+  if (!record->info.running && !record->info.backoff && !record->relaunching) {
+    GiveBackEmptyFilesLocked(*record, out.files());
+  }
+}
+
+void Supervisor::GiveBackEmptyFilesLocked(const Record& record, FilesToDrop& files) {
+  // No inode per worker in steady state: output that stayed empty gives its files back. A
+  // reader counted keeps them (it holds them open, or is about to open them).
+  if (record.log_readers > 0) return;
+  files.recycle_if_empty.push_back(record.info.stdout_path);
+  files.recycle_if_empty.push_back(record.info.stderr_path);
 }
 
 std::optional<std::string> Supervisor::CredentialOf(uint64_t id) {

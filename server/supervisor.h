@@ -288,7 +288,9 @@ class Supervisor {
 
   absl::StatusOr<ProcessInfo> Get(uint64_t id);
   // A Logs reader counts from OpenLogs to CloseLogs (the files it holds open stay readable
-  // after the record is forgotten and its files removed).
+  // after the record is forgotten and its files removed). A record that ended for good while
+  // no reader was counted may have had its empty capture files taken back: a reader that
+  // finds no file at an ended record's path reads empty output.
   absl::StatusOr<ProcessInfo> OpenLogs(uint64_t id);
   void CloseLogs(uint64_t id);
 
@@ -428,11 +430,18 @@ class Supervisor {
     TimerId watchdog_timer = 0;
     bool watchdog_fired = false;  // during this run
   };
-  // Capture files of forgotten records, given back once the lock is released: reused only
-  // when nothing has them open any more, removed otherwise (see CaptureFiles).
+  // Capture files given back once the lock is released (see CaptureFiles): those of
+  // forgotten records, reused only when nothing has them open any more and removed otherwise;
+  // and those of records that ended for good with no Logs reader, reused if they stayed
+  // empty and nothing has them open, else kept.
   struct FilesToDrop {
     std::vector<std::string> remove;
+    std::vector<std::string> recycle_if_empty;
   };
+  // Once `record` has ended for good: its capture files, to be given back if they stayed
+  // empty, unless a Logs reader is counted on it.
+  void GiveBackEmptyFilesLocked(const Record& record, FilesToDrop& files)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   struct Sweep {
     uint64_t root;
     int signal;

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -109,6 +111,94 @@ TEST(CaptureFilesTest, WithoutStockPrepareLeavesCreationToTheSpawn) {
   std::string path = dir.path() + "/1.out";
   files.Prepare(path);
   EXPECT_NE(access(path.c_str(), F_OK), 0);
+}
+
+TEST(CaptureFilesTest, AnEndedWorkersEmptyFileGoesBackToTheStock) {
+  TempDir dir;
+  CaptureFiles files(dir.path(), 4);
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 4; }, absl::Seconds(30)));
+  std::string path = dir.path() + "/1.out";
+  files.Prepare(path);
+  ASSERT_EQ(Spares(dir), 3u);
+  EXPECT_TRUE(files.RecycleIfEmpty(path));
+  EXPECT_NE(access(path.c_str(), F_OK), 0) << "the path of an empty output is gone";
+  EXPECT_EQ(Spares(dir), 4u) << "its file is a spare again, not a new inode";
+}
+
+TEST(CaptureFilesTest, OutputOrAHolderKeepsAnEndedWorkersFile) {
+  TempDir dir;
+  CaptureFiles files(dir.path(), 4);
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 4; }, absl::Seconds(30)));
+  files.Prepare(dir.path() + "/a.out");
+  files.Prepare(dir.path() + "/b.out");
+  std::string written = dir.path() + "/written.out";
+  ASSERT_TRUE(WriteFile(written, "the worker's output"));
+  EXPECT_FALSE(files.RecycleIfEmpty(written));
+  EXPECT_EQ(ReadFile(written), "the worker's output");
+  // Empty so far, but a process the worker left behind still holds it and may write later.
+  std::string held = dir.path() + "/held.out";
+  ASSERT_TRUE(WriteFile(held, ""));
+  int still_writing = open(held.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(still_writing, 0);
+  EXPECT_FALSE(files.RecycleIfEmpty(held));
+  ASSERT_EQ(write(still_writing, "late", 4), 4);
+  close(still_writing);
+  EXPECT_EQ(ReadFile(held), "late");
+  EXPECT_EQ(Spares(dir), 2u);
+}
+
+TEST(CaptureFilesTest, AnEmptyFileStaysWhereItIsWhenTheStockIsFull) {
+  TempDir dir;
+  CaptureFiles files(dir.path(), 2);
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 2; }, absl::Seconds(30)));
+  std::string path = dir.path() + "/1.out";
+  ASSERT_TRUE(WriteFile(path, ""));
+  EXPECT_FALSE(files.RecycleIfEmpty(path));
+  EXPECT_EQ(access(path.c_str(), F_OK), 0);
+  EXPECT_EQ(Spares(dir), 2u);
+}
+
+TEST(CaptureFilesTest, TheStockStartsSmallAndGrowsWhenItRunsOut) {
+  {
+    TempDir dir;
+    CaptureFiles files(dir.path(), 4096);
+    ASSERT_TRUE(WaitFor([&] { return Spares(dir) == CaptureFiles::kFirstStock; },
+                        absl::Seconds(30)));
+    absl::SleepFor(absl::Milliseconds(200));
+    EXPECT_EQ(Spares(dir), CaptureFiles::kFirstStock) << "only the first stock is made";
+    EXPECT_EQ(files.target(), CaptureFiles::kFirstStock);
+  }
+  TempDir dir;
+  CaptureFiles files(dir.path(), 8, 1);
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 1; }, absl::Seconds(30)));
+  // Prepares in a row outrun the refill of a stock of one: one of them finds none.
+  for (int i = 0; i < 1000 && files.target() == 1; ++i) {
+    files.Prepare(dir.path() + "/" + std::to_string(i) + ".out");
+  }
+  EXPECT_EQ(files.target(), 2u);
+  EXPECT_TRUE(WaitFor([&] { return Spares(dir) == 2; }, absl::Seconds(30))) << Spares(dir);
+  EXPECT_EQ(files.target(), 2u);
+}
+
+TEST(CaptureFilesTest, AnOpenThatBreaksALeaseDoesNotEndTheProcess) {
+  TempDir dir;
+  CaptureFiles files(dir.path(), 1);
+  // What a take-back does, with an open in the middle of it (SIGIO's default would end this
+  // test program here).
+  std::string path = dir.path() + "/1.out";
+  ASSERT_TRUE(WriteFile(path, ""));
+  int holder = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(holder, 0);
+  ASSERT_EQ(fcntl(holder, F_SETLEASE, F_WRLCK), 0) << std::strerror(errno);
+  int reader = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  EXPECT_LT(reader, 0);
+  EXPECT_EQ(errno, EWOULDBLOCK);
+  absl::SleepFor(absl::Milliseconds(50));  // any signal is delivered by now
+  fcntl(holder, F_SETLEASE, F_UNLCK);
+  close(holder);
+  reader = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  EXPECT_GE(reader, 0) << "the lease is gone";
+  close(reader);
 }
 
 }  // namespace

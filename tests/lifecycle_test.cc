@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -262,6 +263,72 @@ TEST_F(LifecycleTest, ReleaseForgetsTheRecordAndItsOutput) {
   ASSERT_TRUE(client_.Release(started.id()).ok());
   EXPECT_EQ(client_.Status(started.id()).status().code(), absl::StatusCode::kNotFound);
   EXPECT_NE(access(started.stdout_path().c_str(), F_OK), 0) << "captured output removed";
+}
+
+// The files a directory holds, not counting subdirectories' contents.
+size_t FilesIn(const std::string& dir) {
+  size_t count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.is_regular_file()) ++count;
+  }
+  return count;
+}
+
+// A steady stream of workers that write nothing creates no file: each gives its capture
+// files back to the stock when it ends. Workers with output, or whose descendants still
+// hold their output open, keep theirs.
+TEST_F(LifecycleTest, WorkersThatWriteNothingCreateNoFiles) {
+  const std::string logs = daemon_.state_dir() + "/logs";
+  JoinOk(client_, StartOk(client_, {"/bin/true"}).id());
+  // Once the stock is made (it stops changing).
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const size_t spares = FilesIn(logs + "/spare");
+        absl::SleepFor(absl::Milliseconds(200));
+        return spares > 0 && spares == FilesIn(logs + "/spare");
+      },
+      absl::Seconds(30)));
+  const size_t before = FilesIn(logs) + FilesIn(logs + "/spare");
+  v1::Process last;
+  for (int i = 0; i < 100; ++i) {
+    last = StartOk(client_, {"/bin/true"});
+    JoinOk(client_, last.id());
+  }
+  // Given back after the Join is answered: wait for the last one.
+  EXPECT_TRUE(WaitFor([&] { return access(last.stdout_path().c_str(), F_OK) != 0; }));
+  EXPECT_LE(FilesIn(logs) + FilesIn(logs + "/spare"), before)
+      << "100 workers that wrote nothing left files behind";
+  EXPECT_EQ(Logs(client_, last.id()), "");
+  EXPECT_EQ(Logs(client_, last.id(), v1::STREAM_STDERR), "");
+
+  v1::Process spoke = StartOk(client_, {"/bin/echo", "kept"});
+  JoinOk(client_, spoke.id());
+  EXPECT_EQ(Logs(client_, spoke.id()), "kept\n");
+  EXPECT_EQ(ReadFile(spoke.stdout_path()), "kept\n");
+  // The worker ends at once; what it left behind writes later, through the same file.
+  v1::Process left = StartOk(client_, {"/bin/sh", "-c", "(sleep 0.5; echo late) & exit 0"});
+  JoinOk(client_, left.id());
+  EXPECT_TRUE(WaitFor([&] { return Logs(client_, left.id()) == "late\n"; }))
+      << Logs(client_, left.id());
+}
+
+// A Run opens the capture files of a process that may have ended and be giving them back
+// under a lease at that very moment: the open must neither wait for the lease nor end
+// proctord (a broken lease raises SIGIO in its holder).
+TEST_F(LifecycleTest, RunsOfProcessesThatEndAtOnceRaceNothing) {
+  auto run_many = [&] {
+    v1::StartRequest request;
+    request.set_target("/bin/true");
+    for (int i = 0; i < 150; ++i) {
+      absl::StatusOr<v1::Process> exited =
+          client_.Run(request, [](v1::Stream, std::string_view) {});
+      ASSERT_TRUE(exited.ok()) << exited.status();
+      ASSERT_EQ(exited->exitcode(), 0);
+    }
+  };
+  std::thread other(run_many);
+  run_many();
+  other.join();
 }
 
 TEST_F(LifecycleTest, ReleaseOfARunningProcessIsRefused) {
