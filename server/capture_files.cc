@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace proctor {
@@ -28,12 +29,17 @@ CaptureFiles::CaptureFiles(std::string dir, size_t stock, size_t first_stock)
       struct stat st;
       if (lstat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0) {
         spares_.push_back(path);
+        // New names go on past every name found: nothing but this class adds to the
+        // directory, so they are unique without asking the filesystem.
+        uint64_t number;
+        if (absl::SimpleAtoi(entry->d_name, &number)) {
+          next_name_ = std::max(next_name_, number + 1);
+        }
       } else {
         unlink(path.c_str());
       }
     }
     closedir(d);
-    next_name_ = spares_.size();
     target_ = std::min(stock_, std::max(target_, spares_.size()));
   }
   refill_ = std::thread([this] { Refill(); });
@@ -130,13 +136,7 @@ size_t CaptureFiles::target() const {
 }
 
 std::string CaptureFiles::NewSpareNameLocked() {
-  std::string path;
-  // Unique names even across runs: the counter goes on from the spares found at start, and
-  // skips names an earlier run left.
-  do {
-    path = absl::StrCat(spare_dir_, "/", next_name_++);
-  } while (access(path.c_str(), F_OK) == 0);
-  return path;
+  return absl::StrCat(spare_dir_, "/", next_name_++);
 }
 
 bool CaptureFiles::RefillDue() const {

@@ -65,7 +65,7 @@ class CaptureFiles {
   bool RefillDue() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Empties `path` and moves it to `spare` if no open file description of it exists.
   static bool TakeBackUnused(const std::string& path, const std::string& spare);
-  // A name in the spare directory no file has had in this run.
+  // A name in the spare directory that no file there has.
   std::string NewSpareNameLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string spare_dir_;

@@ -297,7 +297,39 @@ absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
     os->cpu_group_procs_ = OpenWorkerCpuGroup();
   }
   for (const internal::HeldWorker& worker : held.workers()) os->Adopt(worker);
+  if (os->cgroup_base_fd_ >= 0) os->PoolLeftoverCgroups();
   return os;
+}
+
+void PosixProcessOs::PoolLeftoverCgroups() {
+  // Empty cgroups an earlier proctord of this keeper left (its pool, say): no worker is in
+  // them, so they are spares (or, past the pool's size, removed). Busy ones are left alone.
+  DIR* dir = opendir(cgroup_base_path_.c_str());
+  if (dir == nullptr) return;
+  absl::MutexLock lock(&mu_);
+  absl::flat_hash_set<std::string> used;
+  for (const auto& [token, cgroup] : cgroups_) used.insert(cgroup.name);
+  while (dirent* entry = readdir(dir)) {
+    if (entry->d_type != DT_DIR || entry->d_name[0] == '.' || used.contains(entry->d_name)) {
+      continue;
+    }
+    const std::string name = entry->d_name;
+    if (!absl::StrContains(ReadSmallFile(cgroup_base_fd_, name + "/cgroup.events"),
+                           "populated 0")) {
+      continue;
+    }
+    if (spare_cgroups_.size() < kSpareCgroups) {
+      int watch = inotify_add_watch(
+          inotify_fd_, absl::StrCat(cgroup_base_path_, "/", name, "/cgroup.events").c_str(),
+          IN_MODIFY);
+      if (watch >= 0) {
+        spare_cgroups_.push_back(WorkerCgroup{.name = name, .watch = watch});
+        continue;
+      }
+    }
+    unlinkat(cgroup_base_fd_, name.c_str(), AT_REMOVEDIR);
+  }
+  closedir(dir);
 }
 
 PosixProcessOs::PosixProcessOs(EventLoop& loop, KeeperClient& keeper, Options options)
@@ -381,6 +413,9 @@ PosixProcessOs::~PosixProcessOs() {
     for (const auto& [token, cgroup] : cgroups_) {
       unlinkat(cgroup_base_fd_, cgroup.name.c_str(), AT_REMOVEDIR);
     }
+    for (const WorkerCgroup& spare : spare_cgroups_) {
+      unlinkat(cgroup_base_fd_, spare.name.c_str(), AT_REMOVEDIR);
+    }
     close(cgroup_base_fd_);
     rmdir(cgroup_base_path_.c_str());
   }
@@ -408,8 +443,8 @@ KeeperClient::Listener PosixProcessOs::KeeperListener() {
   };
 }
 
-bool PosixProcessOs::WatchCgroupLocked(uint64_t token) {
-  WorkerCgroup cgroup{.name = absl::StrCat(token)};
+bool PosixProcessOs::WatchCgroupLocked(uint64_t token, const std::string& name) {
+  WorkerCgroup cgroup{.name = name};
   cgroup.watch = inotify_add_watch(
       inotify_fd_, absl::StrCat(cgroup_base_path_, "/", cgroup.name, "/cgroup.events").c_str(),
       IN_MODIFY);
@@ -424,19 +459,50 @@ void PosixProcessOs::Adopt(const internal::HeldWorker& worker) {
   workers_[worker.pid()] = worker.token();
   tokens_[worker.token()] = worker.pid();
   HoldGroupLocked(worker.token(), worker.pid());
-  const std::string expected = absl::StrCat(cgroup_base_path_, "/", worker.token());
-  if (worker.cgroup_dir().empty() || cgroup_base_fd_ < 0 || worker.cgroup_dir() != expected) {
+  // Any cgroup directly below the base: spares are reused, so the name need not be the token.
+  absl::string_view name = worker.cgroup_dir();
+  if (name.empty() || cgroup_base_fd_ < 0 ||
+      !absl::ConsumePrefix(&name, absl::StrCat(cgroup_base_path_, "/")) || name.empty() ||
+      absl::StrContains(name, '/')) {
     if (!worker.cgroup_dir().empty()) {
       spdlog::warn("id={} pid={}: its cgroup {} is not where this proctord keeps them ({}); "
                    "its escaped descendants are found in /proc",
-                   worker.token(), worker.pid(), worker.cgroup_dir(), expected);
+                   worker.token(), worker.pid(), worker.cgroup_dir(), cgroup_base_path_);
     }
     return;
   }
-  if (!WatchCgroupLocked(worker.token())) return;
+  if (!WatchCgroupLocked(worker.token(), std::string(name))) return;
   cgroups_[worker.token()].populated = absl::StrContains(
-      ReadSmallFile(cgroup_base_fd_, absl::StrCat(worker.token(), "/cgroup.events")),
-      "populated 1");
+      ReadSmallFile(cgroup_base_fd_, absl::StrCat(name, "/cgroup.events")), "populated 1");
+}
+
+std::string PosixProcessOs::TakeCgroup(uint64_t token, std::string& step) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!spare_cgroups_.empty()) {
+      WorkerCgroup cgroup = std::move(spare_cgroups_.back());
+      spare_cgroups_.pop_back();
+      cgroup.populated = true;  // as a new one: until its cgroup.events says otherwise
+      cgroup_watches_[cgroup.watch] = token;
+      std::string name = cgroup.name;
+      cgroups_[token] = std::move(cgroup);
+      return name;
+    }
+  }
+  std::string name = absl::StrCat(token);
+  if (mkdirat(cgroup_base_fd_, name.c_str(), 0755) != 0 && errno != EEXIST) {
+    step = "mkdir";
+    return "";
+  }
+  absl::MutexLock lock(&mu_);
+  if (!WatchCgroupLocked(token, name)) {
+    const int err = errno;
+    unlinkat(cgroup_base_fd_, name.c_str(), AT_REMOVEDIR);
+    errno = err;
+    step = "cgroup";
+    return "";
+  }
+  return name;
 }
 
 absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t token) {
@@ -484,24 +550,15 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
     for (gid_t group : spec.identity->groups) spawn.add_groups(group);
   }
 
-  // The worker's own cgroup, made (and watched) before it exists so that it is born into it.
-  const std::string cgroup_name = absl::StrCat(token);
+  // The worker's own cgroup, had (and watched) before it exists so that it is born into it.
+  std::string cgroup_name;
   const bool use_cgroup = cgroup_base_fd_ >= 0 && cgroups_usable_.load();
   if (use_cgroup) {
-    if (mkdirat(cgroup_base_fd_, cgroup_name.c_str(), 0755) != 0 && errno != EEXIST) {
-      int err = errno;
-      GiveUpCgroups(absl::StrCat("mkdir ", cgroup_base_path_, "/", cgroup_name), err);
-      return Launch(spec, token);
-    }
-    bool watched;
-    {
-      absl::MutexLock lock(&mu_);
-      watched = WatchCgroupLocked(token);
-    }
-    if (!watched) {
-      int err = errno;
-      unlinkat(cgroup_base_fd_, cgroup_name.c_str(), AT_REMOVEDIR);
-      GiveUpCgroups(absl::StrCat("cgroup ", cgroup_base_path_, "/", cgroup_name), err);
+    std::string step;
+    cgroup_name = TakeCgroup(token, step);
+    if (cgroup_name.empty()) {
+      const int err = errno;
+      GiveUpCgroups(absl::StrCat(step, " ", cgroup_base_path_, "/", token), err);
       return Launch(spec, token);
     }
     spawn.set_cgroup_dir(absl::StrCat(cgroup_base_path_, "/", cgroup_name));
@@ -513,8 +570,8 @@ absl::StatusOr<Launched> PosixProcessOs::Launch(const LaunchSpec& spec, uint64_t
     if (it == cgroups_.end()) return;
     inotify_rm_watch(inotify_fd_, it->second.watch);
     cgroup_watches_.erase(it->second.watch);
+    unlinkat(cgroup_base_fd_, it->second.name.c_str(), AT_REMOVEDIR);
     cgroups_.erase(it);
-    unlinkat(cgroup_base_fd_, cgroup_name.c_str(), AT_REMOVEDIR);
   };
 
   absl::StatusOr<internal::Spawned> spawned = keeper_.Spawn(std::move(spawn));
@@ -679,6 +736,16 @@ void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
   // answers from it, and without it would have to search /proc.
   if (it == cgroups_.end() || it->second.populated || tokens_.contains(token) ||
       releasing_.contains(token)) {
+    return;
+  }
+  // Empty for sure (read now, not as last seen): the next worker's.
+  if (spare_cgroups_.size() < kSpareCgroups &&
+      absl::StrContains(ReadSmallFile(cgroup_base_fd_, it->second.name + "/cgroup.events"),
+                        "populated 0")) {
+    ForgetGroupLocked(token);  // its members were all in the cgroup
+    cgroup_watches_.erase(it->second.watch);
+    spare_cgroups_.push_back(std::move(it->second));
+    cgroups_.erase(it);
     return;
   }
   // EBUSY if something entered meanwhile: then the next event removes it.

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -199,6 +200,28 @@ TEST(CaptureFilesTest, AnOpenThatBreaksALeaseDoesNotEndTheProcess) {
   reader = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   EXPECT_GE(reader, 0) << "the lease is gone";
   close(reader);
+}
+
+TEST(CaptureFilesTest, SparesAnEarlierRunLeftAreUsedAndNeverOverwritten) {
+  TempDir dir;
+  ASSERT_EQ(mkdir((dir.path() + "/spare").c_str(), 0700), 0);
+  for (const char* name : {"0", "1", "7"}) {
+    ASSERT_TRUE(WriteFile(dir.path() + "/spare/" + name, ""));
+  }
+  ASSERT_TRUE(WriteFile(dir.path() + "/spare/8", "not empty: not a spare"));
+  CaptureFiles files(dir.path(), 8, 8);
+  // 3 found, below half of 8: made up to 8.
+  ASSERT_TRUE(WaitFor([&] { return Spares(dir) == 8; }, absl::Seconds(30)));
+  std::set<ino_t> inodes;
+  for (int i = 0; i < 8; ++i) {
+    std::string path = dir.path() + "/" + std::to_string(i) + ".out";
+    files.Prepare(path);
+    struct stat st;
+    ASSERT_EQ(stat(path.c_str(), &st), 0) << path;
+    EXPECT_EQ(st.st_size, 0) << path;
+    inodes.insert(st.st_ino);
+  }
+  EXPECT_EQ(inodes.size(), 8u) << "every spare a file of its own";
 }
 
 }  // namespace

@@ -225,6 +225,66 @@ TEST(EscapeeTest, EscapeesThatChangeTheirEnvironmentAreStillEnded) {
   }
 }
 
+// The cgroup v2 path of `pid` ("0::" line of /proc/<pid>/cgroup), or "".
+std::string CgroupOfPid(pid_t pid) {
+  for (absl::string_view line :
+       absl::StrSplit(ReadFile(absl::StrCat("/proc/", pid, "/cgroup")), '\n')) {
+    if (absl::ConsumePrefix(&line, "0::")) return std::string(line);
+  }
+  return "";
+}
+
+// Workers' cgroups are pooled when they are empty and reused by later workers; a cgroup
+// anything is still alive in, and that of a live worker, is never anyone else's.
+TEST(CgroupPoolTest, EmptiedCgroupsAreReusedAndBusyOnesAreNeverShared) {
+  TestDaemon daemon;
+  if (daemon.Log().find("its own cgroup") == std::string::npos) {
+    GTEST_SKIP() << "workers get no cgroups here";
+  }
+  // Ends at once, but what it leaves behind keeps its cgroup busy.
+  v1::Process left = StartOk(daemon.client(), {"/bin/sh", "-c", "sleep 301 & exec sleep 301"});
+  ASSERT_TRUE(WaitFor([&] { return !CgroupOfPid(left.pid()).empty(); }));
+  const std::string busy = CgroupOfPid(left.pid());
+  ASSERT_TRUE(absl::StrContains(busy, "/proctord-")) << busy;
+  ASSERT_EQ(kill(left.pid(), SIGKILL), 0);  // still unreaped: the pid is the worker's
+  ASSERT_TRUE(daemon.client().Join(left.id()).ok());
+
+  std::set<std::string> used;
+  for (int i = 0; i < 20; ++i) {
+    v1::Process worker = StartOk(daemon.client(), {"/bin/cat", "/proc/self/cgroup"});
+    ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
+    std::string out = ReadFile(worker.stdout_path());
+    size_t at = out.find("0::");
+    ASSERT_NE(at, std::string::npos) << out;
+    std::string cgroup = out.substr(at + 3, out.find('\n', at) - at - 3);
+    EXPECT_NE(cgroup, busy) << "a cgroup something still lives in was handed on";
+    used.insert(cgroup);
+    // Given to the pool once the keeper has reaped the worker, a moment after the Join.
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_LT(used.size(), 10u) << "cgroups of ended workers were not reused";
+
+  std::set<std::string> live;
+  std::vector<v1::Process> running;
+  for (int i = 0; i < 3; ++i) {
+    running.push_back(StartOk(daemon.client(), {"/bin/sleep", "300"}));
+    ASSERT_TRUE(WaitFor([&] { return !CgroupOfPid(running.back().pid()).empty(); }));
+    live.insert(CgroupOfPid(running.back().pid()));
+  }
+  EXPECT_EQ(live.size(), 3u) << "live workers share a cgroup";
+  EXPECT_FALSE(live.contains(busy));
+  for (const v1::Process& p : running) {
+    v1::TerminateRequest request;
+    request.set_id(p.id());
+    ASSERT_TRUE(daemon.client().Terminate(request).ok());
+  }
+  // The busy cgroup's leftover still ends with its worker's tree.
+  v1::TerminateRequest terminate;
+  terminate.set_id(left.id());
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+  EXPECT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", "301"}).empty(); }));
+}
+
 // Without cgroups, an escapee that kept the environment it started with is still found (in
 // /proc, by the PROCTOR_ID its environment started with) and ended with its tree.
 TEST(EscapeeTest, WithoutCgroupsEscapeesAreFoundInProc) {

@@ -30,8 +30,10 @@
 namespace proctor {
 namespace {
 
+using testing::ReadFile;
 using testing::TempDir;
 using testing::WaitFor;
+using testing::WriteFile;
 
 std::map<std::string, std::string> NotesOf(const internal::Held& held) {
   std::map<std::string, std::string> notes;
@@ -168,6 +170,46 @@ TEST_F(KeeperNotesTest, AnOrphanEndingBehindAHeldWorkerIsReapedAndReported) {
     absl::MutexLock lock(&mu);
     return reaped.size() == 2;
   }));
+  client_->Shutdown(absl::Seconds(10));
+  client_.reset();
+}
+
+// A first run writes into an empty capture file whatever the path held; a restart's run
+// (append_output) adds to what is there.
+TEST_F(KeeperNotesTest, AFirstRunsCaptureFileStartsEmptyAndARestartsRunAppends) {
+  internal::Held held;
+  ASSERT_NO_FATAL_FAILURE(OpenKeeper(held));
+  absl::Mutex mu;
+  std::set<uint64_t> exited;
+  client_->Start(KeeperClient::Listener{.on_exited =
+                                            [&](const internal::Exited& exit) {
+                                              absl::MutexLock lock(&mu);
+                                              exited.insert(exit.token());
+                                            },
+                                        .on_lost = [] {}});
+  const std::string out = state_.path() + "/run.out";
+  auto run = [&](uint64_t token, bool append) {
+    ASSERT_TRUE(WriteFile(out, "stale\n")) << "before token " << token;
+    internal::Spawn request;
+    request.set_token(token);
+    request.set_path("/bin/echo");
+    for (const char* arg : {"/bin/echo", "fresh"}) request.add_argv(arg);
+    request.set_stdout_path(out);
+    request.set_stderr_path(state_.path() + "/run.err");
+    request.set_append_output(append);
+    absl::StatusOr<internal::Spawned> spawned = client_->Spawn(request);
+    ASSERT_TRUE(spawned.ok()) << spawned.status();
+    ASSERT_GT(spawned->pid(), 0) << spawned->failed_step();
+    ASSERT_TRUE(WaitFor([&] {
+      absl::MutexLock lock(&mu);
+      return exited.contains(token);
+    }));
+    client_->Release(token);
+  };
+  run(1, false);
+  EXPECT_EQ(ReadFile(out), "fresh\n");
+  run(2, true);
+  EXPECT_EQ(ReadFile(out), "stale\nfresh\n");
   client_->Shutdown(absl::Seconds(10));
   client_.reset();
 }

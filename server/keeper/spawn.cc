@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,6 +58,16 @@ bool OpenAs(int target, const char* path, int flags) {
   return ok;
 }
 
+// A first run's capture file starts empty. Not O_TRUNC: the file is nearly always an empty
+// spare already, and a truncation even of an empty file is a journaled inode change on ext4
+// and an IN_MODIFY event for the log trimmer.
+bool EmptyUnlessAppending(const ChildPlan* plan, int fd) {
+  if (plan->append_output) return true;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return false;
+  return st.st_size == 0 || ftruncate(fd, 0) == 0;
+}
+
 int ChildMain(void* arg) {
   ChildPlan* plan = static_cast<ChildPlan*>(arg);
   // Handlers and ignored signals of the keeper must not reach the worker (SIG_IGN survives
@@ -78,9 +89,13 @@ int ChildMain(void* arg) {
     ChildFailed(plan, kEnterCgroupStep);
   }
   if (!OpenAs(0, "/dev/null", O_RDONLY)) ChildFailed(plan, "open /dev/null");
-  const int kCapture = O_WRONLY | O_CREAT | O_APPEND | (plan->append_output ? 0 : O_TRUNC);
-  if (!OpenAs(1, plan->stdout_path, kCapture)) ChildFailed(plan, plan->stdout_path);
-  if (!OpenAs(2, plan->stderr_path, kCapture)) ChildFailed(plan, plan->stderr_path);
+  const int kCapture = O_WRONLY | O_CREAT | O_APPEND;
+  if (!OpenAs(1, plan->stdout_path, kCapture) || !EmptyUnlessAppending(plan, 1)) {
+    ChildFailed(plan, plan->stdout_path);
+  }
+  if (!OpenAs(2, plan->stderr_path, kCapture) || !EmptyUnlessAppending(plan, 2)) {
+    ChildFailed(plan, plan->stderr_path);
+  }
   // Raw syscalls: glibc's wrappers would try to change the ids of every thread of the
   // process whose memory the child shares. Groups first, while we may still change them.
   if (plan->switch_user) {
