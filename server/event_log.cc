@@ -17,24 +17,40 @@ WatchFilter WatchFilter::FromRequest(const v1::WatchRequest& request) {
   return filter;
 }
 
-bool WatchFilter::Matches(const v1::Event& event) const {
-  if (!types.empty() && std::find(types.begin(), types.end(), event.type()) == types.end()) {
+KeptEvent::KeptEvent(const v1::Event& event)
+    : cursor_(event.cursor()),
+      type_(event.type()),
+      has_process_(event.has_process()),
+      session_(event.session()),
+      id_(event.process().id()),
+      parent_id_(event.process().parent_id()),
+      parent_session_(event.process().parent_session()),
+      name_(event.process().name()),
+      bytes_(event.SerializeAsString()) {}
+
+v1::Event KeptEvent::Parse() const {
+  v1::Event event;
+  event.ParseFromArray(bytes_.begin(), static_cast<int>(bytes_.size()));
+  return event;
+}
+
+bool WatchFilter::Matches(const KeptEvent& event) const {
+  if (!types.empty() && std::find(types.begin(), types.end(), event.type_) == types.end()) {
     return false;
   }
-  if (!event.has_process()) {
+  if (!event.has_process_) {
     if (!ids.empty() || !name.empty() || parent_id.has_value() || visible) return false;
-    return !parent_session.has_value() || event.session() == *parent_session;
+    return !parent_session.has_value() || event.session_ == *parent_session;
   }
-  const v1::Process& process = event.process();
-  if (!ids.empty() && !ids.contains(process.id())) return false;
-  if (!name.empty() && process.name() != name) return false;
-  if (parent_id.has_value() && process.parent_id() != *parent_id) return false;
-  if (parent_session.has_value() && process.parent_session() != *parent_session) return false;
-  if (visible && !visible(process.id())) {
+  if (!ids.empty() && !ids.contains(event.id_)) return false;
+  if (!name.empty() && event.name_ != name) return false;
+  if (parent_id.has_value() && event.parent_id_ != *parent_id) return false;
+  if (parent_session.has_value() && event.parent_session_ != *parent_session) return false;
+  if (visible && !visible(event.id_)) {
     // The record of a released or evicted process is gone before its event is filtered;
     // whether it was in the subtree is its parent's to tell.
-    bool gone = event.type() == v1::EVENT_RELEASED || event.type() == v1::EVENT_EVICTED;
-    if (!gone || process.parent_id() == 0 || !visible(process.parent_id())) return false;
+    bool gone = event.type_ == v1::EVENT_RELEASED || event.type_ == v1::EVENT_EVICTED;
+    if (!gone || event.parent_id_ == 0 || !visible(event.parent_id_)) return false;
   }
   return true;
 }
@@ -62,7 +78,7 @@ absl::Status EventLog::Publish(const std::vector<v1::Event>& events) {
       }
       published.reserve(events.size());
       for (const v1::Event& event : events) {
-        published.push_back(std::make_shared<const v1::Event>(event));
+        published.push_back(std::make_shared<const KeptEvent>(event));
         window_.push_back(published.back());
       }
       last_cursor_ = previous;

@@ -4,6 +4,9 @@
 // order. The log keeps the last `window` of them, so that a watcher can start from a cursor
 // it holds (replay) and go on with live events with no gap and no duplicate.
 //
+// Each event is kept serialized (KeptEvent), once for every watcher that writes it, with the
+// few fields a filter looks at beside it.
+//
 // Delivery is pulled, to suit a gRPC ServerWriteReactor that has one write in flight at a
 // time. Each watcher has a queue: the replayed events, then the live events that match its
 // filter. The reactor calls Next() when it can write:
@@ -43,10 +46,38 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "grpcpp/support/slice.h"
 #include "absl/synchronization/mutex.h"
 #include "proctor/v1/proctor.pb.h"
 
 namespace proctor {
+
+// An event as the log keeps it: the v1::Event serialized (what a Watch writes, shared by
+// every watcher's write), and the fields WatchFilter looks at. About half the memory of the
+// message it is made from, which for a process event holds a whole record.
+class KeptEvent {
+ public:
+  explicit KeptEvent(const v1::Event& event);
+
+  uint64_t cursor() const { return cursor_; }
+  v1::EventType type() const { return type_; }
+  // The v1::Event, serialized.
+  const grpc::Slice& bytes() const { return bytes_; }
+  v1::Event Parse() const;
+
+ private:
+  friend struct WatchFilter;
+  uint64_t cursor_;
+  v1::EventType type_;
+  bool has_process_;
+  uint64_t session_;
+  // Of the process, if the event has one.
+  uint64_t id_;
+  uint64_t parent_id_;
+  uint64_t parent_session_;
+  std::string name_;
+  grpc::Slice bytes_;
+};
 
 // Which events a watcher gets; every field set must match (empty or unset: any).
 struct WatchFilter {
@@ -65,17 +96,18 @@ struct WatchFilter {
   static WatchFilter FromRequest(const v1::WatchRequest& request);
   // Session events pass only when no process field (ids, name, parent_id, visible) is set,
   // and parent_session, when set, names their session.
-  bool Matches(const v1::Event& event) const;
+  bool Matches(const KeptEvent& event) const;
+  bool Matches(const v1::Event& event) const { return Matches(KeptEvent(event)); }
 };
 
 class EventLog {
  public:
-  using EventPtr = std::shared_ptr<const v1::Event>;
+  using EventPtr = std::shared_ptr<const KeptEvent>;
   using WatcherId = uint64_t;
 
   struct Options {
     // Events kept for replay. A typical event (an exited record with three arguments) takes
-    // about 0.8 KiB in memory, so the default costs up to ~13 MiB; it covers a watcher that
+    // about 0.4 KiB in memory, so the default costs up to ~7 MiB; it covers a watcher that
     // was ended for falling max_behind events behind and reconnects from its cursor.
     size_t window = 16384;
     size_t max_behind = 1024;  // live events a watcher may have waiting before it is ended

@@ -43,9 +43,8 @@ void WatchStream::PumpLocked() {
     return;
   }
   if (*next == nullptr) return;  // OnReady comes when there is more
-  std::string bytes = (*next)->SerializeAsString();
-  grpc::Slice slice(bytes);
-  out_ = grpc::ByteBuffer(&slice, 1);
+  // The kept bytes themselves: a reference, not a copy.
+  out_ = grpc::ByteBuffer(&(*next)->bytes(), 1);
   writing_ = true;
   StartWrite(&out_);
 }

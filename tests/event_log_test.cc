@@ -115,6 +115,21 @@ void WaitUntil(const std::function<bool()>& done) {
   ASSERT_TRUE(done());
 }
 
+// What a watcher is sent is the event it was published as, byte for byte.
+TEST(EventLogTest, AKeptEventIsTheEventWhole) {
+  v1::Event event = ProcessEvent(9, 4, v1::EVENT_EXITED);
+  event.mutable_process()->set_exitcode(3);
+  event.mutable_process()->add_args("--flag=x");
+  event.mutable_process()->set_stdout_path("/var/lib/proctor/logs/4.out");
+  KeptEvent kept(event);
+  EXPECT_EQ(kept.cursor(), 9u);
+  EXPECT_EQ(kept.type(), v1::EVENT_EXITED);
+  EXPECT_EQ(std::string(kept.bytes().begin(), kept.bytes().end()), event.SerializeAsString());
+  v1::Event parsed = kept.Parse();
+  EXPECT_EQ(parsed.SerializeAsString(), event.SerializeAsString());
+  EXPECT_EQ(parsed.process().args(0), "--flag=x");
+}
+
 TEST(EventLogTest, ReplaysAfterTheCursorThenDeliversLiveEvents) {
   EventLog log({.window = 100});
   ASSERT_TRUE(log.Publish(Events(1, 10)).ok());

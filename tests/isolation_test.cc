@@ -242,8 +242,13 @@ TEST(CgroupPoolTest, EmptiedCgroupsAreReusedAndBusyOnesAreNeverShared) {
     GTEST_SKIP() << "workers get no cgroups here";
   }
   // Ends at once, but what it leaves behind keeps its cgroup busy.
-  v1::Process left = StartOk(daemon.client(), {"/bin/sh", "-c", "sleep 301 & exec sleep 301"});
-  ASSERT_TRUE(WaitFor([&] { return !CgroupOfPid(left.pid()).empty(); }));
+  // Seconds unique to this test program, to tell its sleeps from any other's.
+  const std::string seconds = absl::StrCat(100000 + getpid());
+  v1::Process left = StartOk(daemon.client(), {"/bin/sh", "-c",
+                                               absl::StrCat("sleep ", seconds,
+                                                            " & exec sleep ", seconds)});
+  // Both there: the one left behind, and the worker itself once the shell has exec'd.
+  ASSERT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", seconds}).size() == 2; }));
   const std::string busy = CgroupOfPid(left.pid());
   ASSERT_TRUE(absl::StrContains(busy, "/proctord-")) << busy;
   ASSERT_EQ(kill(left.pid(), SIGKILL), 0);  // still unreaped: the pid is the worker's
@@ -260,6 +265,9 @@ TEST(CgroupPoolTest, EmptiedCgroupsAreReusedAndBusyOnesAreNeverShared) {
     EXPECT_NE(cgroup, busy) << "a cgroup something still lives in was handed on";
     used.insert(cgroup);
     // Given to the pool once the keeper has reaped the worker, a moment after the Join.
+    ASSERT_TRUE(WaitFor([&] {
+      return access(absl::StrCat("/proc/", worker.pid()).c_str(), F_OK) != 0;
+    }));
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_LT(used.size(), 10u) << "cgroups of ended workers were not reused";
@@ -282,7 +290,7 @@ TEST(CgroupPoolTest, EmptiedCgroupsAreReusedAndBusyOnesAreNeverShared) {
   v1::TerminateRequest terminate;
   terminate.set_id(left.id());
   ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
-  EXPECT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", "301"}).empty(); }));
+  EXPECT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", seconds}).empty(); }));
 }
 
 // Without cgroups, an escapee that kept the environment it started with is still found (in
