@@ -56,6 +56,39 @@ pid_t KeeperPid(const std::string& log) {
   return pid;
 }
 
+// Where descriptor `fd` of `pid` points ("" when it is not open).
+std::string DescriptorTarget(pid_t pid, int fd) {
+  char target[512];
+  ssize_t n = readlink(absl::StrCat("/proc/", pid, "/fd/", fd).c_str(), target, sizeof(target));
+  return n < 0 ? "" : std::string(target, n);
+}
+
+// A worker's child shares the keeper's descriptor table until it has one of its own (before
+// its first open): the keeper's own descriptors are untouched by any number of spawns, failed
+// ones included, and each worker gets its output files and nothing of the keeper's.
+TEST_F(RestartTest, SpawningLeavesTheKeepersDescriptorsAsTheyWere) {
+  TestDaemon daemon(Flags());
+  const pid_t keeper = KeeperPid(daemon.Log());
+  ASSERT_GT(keeper, 1);
+  std::vector<std::string> before;
+  for (int fd = 0; fd < 3; ++fd) before.push_back(DescriptorTarget(keeper, fd));
+  for (int i = 0; i < 5; ++i) {
+    v1::Process worker = StartOk(daemon.client(), {"/bin/sh", "-c", "ls /proc/$$/fd; echo out"});
+    ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
+    EXPECT_EQ(ReadFile(worker.stdout_path()), "0\n1\n2\nout\n") << "its own 0-2 alone";
+  }
+  // A spawn whose child fails at the end, at exec (not a program, found out only then).
+  const std::string not_a_program = absl::StrCat(place_.path(), "/not-a-program");
+  ASSERT_TRUE(WriteFile(not_a_program, "neither ELF nor #!\n"));
+  ASSERT_EQ(chmod(not_a_program.c_str(), 0755), 0);
+  v1::StartRequest failing;
+  failing.set_target(not_a_program);
+  EXPECT_FALSE(daemon.client().Start(failing).ok());
+  for (int fd = 0; fd < 3; ++fd) {
+    EXPECT_EQ(DescriptorTarget(keeper, fd), before[fd]) << "the keeper's descriptor " << fd;
+  }
+}
+
 // A Client kept across a kill -9 is answered again as soon as the next proctord answers a
 // client of its own: a call that fails for want of a connection also drives the connection
 // the channel is making, which nothing else would (gRPC polls it every 5 s otherwise).

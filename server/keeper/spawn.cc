@@ -1,6 +1,7 @@
 #include "server/keeper/spawn.h"
 
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -88,6 +89,14 @@ int ChildMain(void* arg) {
   if (plan->cgroup_procs >= 0 && write(plan->cgroup_procs, "0", 1) != 1) {
     ChildFailed(plan, kEnterCgroupStep);
   }
+  // A descriptor table of our own from here on, with 0-2 in it alone. It was the keeper's
+  // until now (CLONE_FILES), so that the clone did not copy the keeper's descriptors (one per
+  // held worker) only for exec to close them again; CLOSE_RANGE_UNSHARE copies just those
+  // below 3. Nothing below may touch a descriptor before this.
+  if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_UNSHARE) != 0 &&
+      syscall(SYS_unshare, CLONE_FILES) != 0) {
+    ChildFailed(plan, "unshare(CLONE_FILES)");
+  }
   if (!OpenAs(0, "/dev/null", O_RDONLY)) ChildFailed(plan, "open /dev/null");
   const int kCapture = O_WRONLY | O_CREAT | O_APPEND;
   if (!OpenAs(1, plan->stdout_path, kCapture) || !EmptyUnlessAppending(plan, 1)) {
@@ -174,7 +183,8 @@ SpawnOutcome SpawnWorker(const internal::Spawn& spawn) {
   sigprocmask(SIG_SETMASK, &all, &old);
   int pidfd = -1;
   pid_t pid = clone(ChildMain, stack.get() + kChildStackBytes,
-                    CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, &pidfd);
+                    CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | SIGCHLD, &plan,
+                    &pidfd);
   int clone_error = errno;
   sigprocmask(SIG_SETMASK, &old, nullptr);
   if (cgroup_procs >= 0) close(cgroup_procs);
