@@ -82,7 +82,7 @@ void CaptureFiles::Recycle(const std::string& path) {
     absl::MutexLock lock(&mu_);
     if (spares_.size() < stock_) spare = NewSpareNameLocked();
   }
-  if (spare.empty() || !TakeBackUnused(path, spare)) {
+  if (spare.empty() || !TakeBack(path, spare, /*empty_it=*/true)) {
     unlink(path.c_str());
     return;
   }
@@ -90,16 +90,23 @@ void CaptureFiles::Recycle(const std::string& path) {
   spares_.push_back(std::move(spare));
 }
 
-bool CaptureFiles::TakeBackUnused(const std::string& path, const std::string& spare) {
+bool CaptureFiles::TakeBack(const std::string& path, const std::string& spare, bool empty_it) {
+  // O_NONBLOCK: a file someone holds a lease on is not waited for.
   int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return false;
   // The kernel grants a write lease only while no other open file description of the file
   // exists, anywhere: then no process can write to it any more (none has it open, and only
   // proctord knows where it is), and it can be emptied and reused safely. A process that
-  // escaped its tree and still holds it makes this fail, and the file is removed instead.
-  bool unused = fcntl(fd, F_SETLEASE, F_WRLCK) == 0;
-  bool taken = unused && ftruncate(fd, 0) == 0 && rename(path.c_str(), spare.c_str()) == 0;
-  if (unused) fcntl(fd, F_SETLEASE, F_UNLCK);
+  // escaped its tree and still holds it makes this fail. Readers' opens fail while the lease
+  // is held (they use O_NONBLOCK), and find the path gone afterwards.
+  bool taken = false;
+  if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0) {
+    struct stat st;
+    const bool empty = empty_it ? ftruncate(fd, 0) == 0
+                                : fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0;
+    taken = empty && rename(path.c_str(), spare.c_str()) == 0;
+    fcntl(fd, F_SETLEASE, F_UNLCK);
+  }
   close(fd);
   return taken;
 }
@@ -111,20 +118,7 @@ bool CaptureFiles::RecycleIfEmpty(const std::string& path) {
     if (spares_.size() >= target_) return false;  // kept with its record, taken back later
     spare = NewSpareNameLocked();
   }
-  // O_NONBLOCK: a file someone holds a lease on is not waited for.
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-  if (fd < 0) return false;
-  // As in TakeBackUnused: with the lease, nothing else has the file open, and nothing can
-  // write to it before it is renamed away (readers' opens fail meanwhile: O_NONBLOCK).
-  bool taken = false;
-  if (fcntl(fd, F_SETLEASE, F_WRLCK) == 0) {
-    struct stat st;
-    taken = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0 &&
-            rename(path.c_str(), spare.c_str()) == 0;
-    fcntl(fd, F_SETLEASE, F_UNLCK);
-  }
-  close(fd);
-  if (!taken) return false;
+  if (!TakeBack(path, spare, /*empty_it=*/false)) return false;
   absl::MutexLock lock(&mu_);
   spares_.push_back(std::move(spare));
   return true;

@@ -63,8 +63,9 @@ class CaptureFiles {
  private:
   void Refill();
   bool RefillDue() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Empties `path` and moves it to `spare` if no open file description of it exists.
-  static bool TakeBackUnused(const std::string& path, const std::string& spare);
+  // Moves `path` to `spare` if no open file description of it exists (under a write lease),
+  // emptying it first if `empty_it`, else only if it is empty. Returns whether it did.
+  static bool TakeBack(const std::string& path, const std::string& spare, bool empty_it);
   // A name in the spare directory that no file there has.
   std::string NewSpareNameLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
