@@ -115,7 +115,7 @@ bool CaptureFiles::RecycleIfEmpty(const std::string& path) {
   std::string spare;
   {
     absl::MutexLock lock(&mu_);
-    if (spares_.size() >= target_) return false;  // kept with its record, taken back later
+    if (spares_.size() >= stock_) return false;  // kept with its record, taken back later
     spare = NewSpareNameLocked();
   }
   if (!TakeBack(path, spare, /*empty_it=*/false)) return false;

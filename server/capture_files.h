@@ -22,9 +22,9 @@
 // CaptureFiles therefore ignores SIGIO in the whole process; the lease is let go within a
 // rename's time anyway.
 //
-// The stock starts small (kFirstStock by default) and doubles, up to `stock`, each time a Prepare finds
-// it empty: workers whose output is empty give their files back when they end, and only
-// workloads that keep output need many spares.
+// The stock starts small (kFirstStock by default) and doubles, up to `stock`, each time a
+// Prepare finds it empty: workers whose output is empty give their files back when they end,
+// and only workloads that keep output need many spares.
 #ifndef PROCTOR_SERVER_CAPTURE_FILES_H_
 #define PROCTOR_SERVER_CAPTURE_FILES_H_
 
@@ -53,7 +53,8 @@ class CaptureFiles {
   // open, else removed.
   void Recycle(const std::string& path);
   // Takes back the capture file of a worker that has ended if it is empty, nothing has it
-  // open and the stock has room; otherwise leaves it where it is. Returns whether it did
+  // open and the stock has room (files given back are kept up to `stock`, whatever the
+  // refill's target); otherwise leaves it where it is. Returns whether it did
   // (then `path` no longer exists, and its output was empty).
   bool RecycleIfEmpty(const std::string& path);
   // How many spares the stock is kept at now (between `first_stock` and `stock`).

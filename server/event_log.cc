@@ -28,12 +28,6 @@ KeptEvent::KeptEvent(const v1::Event& event)
       name_(event.process().name()),
       bytes_(event.SerializeAsString()) {}
 
-v1::Event KeptEvent::Parse() const {
-  v1::Event event;
-  event.ParseFromArray(bytes_.begin(), static_cast<int>(bytes_.size()));
-  return event;
-}
-
 bool WatchFilter::Matches(const KeptEvent& event) const {
   if (!types.empty() && std::find(types.begin(), types.end(), event.type_) == types.end()) {
     return false;

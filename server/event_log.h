@@ -63,7 +63,6 @@ class KeptEvent {
   v1::EventType type() const { return type_; }
   // The v1::Event, serialized.
   const grpc::Slice& bytes() const { return bytes_; }
-  v1::Event Parse() const;
 
  private:
   friend struct WatchFilter;
@@ -97,7 +96,6 @@ struct WatchFilter {
   // Session events pass only when no process field (ids, name, parent_id, visible) is set,
   // and parent_session, when set, names their session.
   bool Matches(const KeptEvent& event) const;
-  bool Matches(const v1::Event& event) const { return Matches(KeptEvent(event)); }
 };
 
 class EventLog {

@@ -301,6 +301,19 @@ absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
   return os;
 }
 
+std::optional<bool> PosixProcessOs::CgroupPopulated(const std::string& name) const {
+  const std::string events = ReadSmallFile(cgroup_base_fd_, name + "/cgroup.events");
+  if (absl::StrContains(events, "populated 1")) return true;
+  if (absl::StrContains(events, "populated 0")) return false;
+  return std::nullopt;
+}
+
+int PosixProcessOs::WatchCgroupEvents(const std::string& name) {
+  return inotify_add_watch(
+      inotify_fd_, absl::StrCat(cgroup_base_path_, "/", name, "/cgroup.events").c_str(),
+      IN_MODIFY);
+}
+
 void PosixProcessOs::PoolLeftoverCgroups() {
   // Empty cgroups an earlier proctord of this keeper left (its pool, say): no worker is in
   // them, so they are spares (or, past the pool's size, removed). Busy ones are left alone.
@@ -314,15 +327,9 @@ void PosixProcessOs::PoolLeftoverCgroups() {
       continue;
     }
     const std::string name = entry->d_name;
-    if (!absl::StrContains(ReadSmallFile(cgroup_base_fd_, name + "/cgroup.events"),
-                           "populated 0")) {
-      continue;
-    }
+    if (CgroupPopulated(name).value_or(true)) continue;  // busy, or cannot be told
     if (spare_cgroups_.size() < kSpareCgroups) {
-      int watch = inotify_add_watch(
-          inotify_fd_, absl::StrCat(cgroup_base_path_, "/", name, "/cgroup.events").c_str(),
-          IN_MODIFY);
-      if (watch >= 0) {
+      if (int watch = WatchCgroupEvents(name); watch >= 0) {
         spare_cgroups_.push_back(WorkerCgroup{.name = name, .watch = watch});
         continue;
       }
@@ -444,10 +451,7 @@ KeeperClient::Listener PosixProcessOs::KeeperListener() {
 }
 
 bool PosixProcessOs::WatchCgroupLocked(uint64_t token, const std::string& name) {
-  WorkerCgroup cgroup{.name = name};
-  cgroup.watch = inotify_add_watch(
-      inotify_fd_, absl::StrCat(cgroup_base_path_, "/", cgroup.name, "/cgroup.events").c_str(),
-      IN_MODIFY);
+  WorkerCgroup cgroup{.name = name, .watch = WatchCgroupEvents(name)};
   if (cgroup.watch < 0) return false;
   cgroup_watches_[cgroup.watch] = token;
   cgroups_[token] = cgroup;
@@ -472,8 +476,7 @@ void PosixProcessOs::Adopt(const internal::HeldWorker& worker) {
     return;
   }
   if (!WatchCgroupLocked(worker.token(), std::string(name))) return;
-  cgroups_[worker.token()].populated = absl::StrContains(
-      ReadSmallFile(cgroup_base_fd_, absl::StrCat(name, "/cgroup.events")), "populated 1");
+  cgroups_[worker.token()].populated = CgroupPopulated(std::string(name)).value_or(false);
 }
 
 std::string PosixProcessOs::TakeCgroup(uint64_t token, std::string& step) {
@@ -715,8 +718,7 @@ void PosixProcessOs::OnCgroupEvents() {
       name = cgroups_.at(w->second).name;
     }
     // Read without the lock: GroupExists() answers from memory meanwhile.
-    bool populated =
-        absl::StrContains(ReadSmallFile(cgroup_base_fd_, name + "/cgroup.events"), "populated 1");
+    const bool populated = CgroupPopulated(name).value_or(false);
     absl::MutexLock lock(&mu_);
     auto w = cgroup_watches_.find(watch);
     if (w == cgroup_watches_.end()) continue;
@@ -739,9 +741,7 @@ void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
     return;
   }
   // Empty for sure (read now, not as last seen): the next worker's.
-  if (spare_cgroups_.size() < kSpareCgroups &&
-      absl::StrContains(ReadSmallFile(cgroup_base_fd_, it->second.name + "/cgroup.events"),
-                        "populated 0")) {
+  if (spare_cgroups_.size() < kSpareCgroups && !CgroupPopulated(it->second.name).value_or(true)) {
     ForgetGroupLocked(token);  // its members were all in the cgroup
     cgroup_watches_.erase(it->second.watch);
     spare_cgroups_.push_back(std::move(it->second));
@@ -917,8 +917,7 @@ bool PosixProcessOs::GroupHasLiveMembers(uint64_t token) {
     }
   }
   if (!cgroup_name.empty()) {
-    return absl::StrContains(ReadSmallFile(cgroup_base_fd_, cgroup_name + "/cgroup.events"),
-                             "populated 1");
+    return CgroupPopulated(cgroup_name).value_or(false);
   }
   // No cgroup: any live process in the group but the leader (rare: only while it is reaped).
   DIR* proc = opendir("/proc");

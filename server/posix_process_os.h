@@ -26,8 +26,8 @@
 //   An emptied cgroup whose leader is reaped goes to a pool of spares (up to kSpareCgroups,
 //   its inotify watch kept) and is the next worker's, instead of being removed: making and
 //   removing a cgroup cost about 190 µs of CPU per worker (proctor_bench with and without
-//   --no-worker-cgroups), reusing one an inotify-free take from the pool. Only a cgroup with
-//   no member, as cgroup.events says when it is pooled, is reused. A worker's cgroup is
+//   --no-worker-cgroups); taking one from the pool makes no syscall. Only a cgroup that
+//   cgroup.events shows empty when it is pooled is reused. A worker's cgroup is
 //   thus not named after it; a restarted proctord learns the names from the keeper.
 // - Strays (descendants found by FindDescendants) are held as pidfds, opened and then checked
 //   to still be where they were found; SignalProcess works only on those and on workers.
@@ -121,6 +121,11 @@ class PosixProcessOs final : public ProcessOs {
   void SetUpCgroups();
   // After adopting the held workers: the empty cgroups below the base that none of them has.
   void PoolLeftoverCgroups();
+  // Whether anything is in the cgroup `name` below the base, from its cgroup.events read
+  // now; nullopt when that cannot be read.
+  std::optional<bool> CgroupPopulated(const std::string& name) const;
+  // An inotify watch (IN_MODIFY) on the cgroup.events of `name` below the base, or -1.
+  int WatchCgroupEvents(const std::string& name);
   void Adopt(const internal::HeldWorker& worker);
   bool GroupExistsLocked(uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Watches the cgroup `name` below the base as `token`'s; false (errno set) if it cannot.

@@ -48,7 +48,6 @@ absl::Status HeldBack(const absl::Status& refused, absl::Duration delay) {
 
 namespace {
 
-// A capture file, opened for reading.
 // Opens one of `record`'s capture files for reading.
 absl::StatusOr<int> OpenCaptured(const ProcessInfo& record, const std::string& path) {
   // O_NONBLOCK: the file may be being taken back into the stock under a lease (see

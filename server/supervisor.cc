@@ -533,8 +533,7 @@ Supervisor::WaiterId Supervisor::Join(uint64_t id, std::optional<absl::Duration>
                                     " is negative; give 0 or more")));
   } else if (record == nullptr) {
     out.Answer(std::move(done), NoSuchProcess(id));
-  } else if ((!record->info.running && !record->info.backoff && !record->relaunching) ||
-             timeout == absl::ZeroDuration()) {
+  } else if (record->ended_for_good() || timeout == absl::ZeroDuration()) {
     out.Answer(std::move(done), record->info);
   } else {
     WaiterId waiter = next_waiter_++;
@@ -576,7 +575,7 @@ Supervisor::WaiterId Supervisor::AwaitReady(uint64_t id, absl::Duration timeout,
     out.Answer(std::move(done), info);
     return 0;
   }
-  if (!info.running && !info.backoff && !record->relaunching) {
+  if (record->ended_for_good()) {
     out.Answer(std::move(done),
                absl::FailedPreconditionError(absl::StrCat(
                    "process ", id, " ended before it was ready (exit code ",
@@ -1269,9 +1268,7 @@ void Supervisor::CloseLogs(uint64_t id) {
   if (record == nullptr) return;
   --record->log_readers;
   // A reader (a Run's, say) kept them past the end: given back now instead.
-  if (!record->info.running && !record->info.backoff && !record->relaunching) {
-    GiveBackEmptyFilesLocked(*record, out.files());
-  }
+  if (record->ended_for_good()) GiveBackEmptyFilesLocked(*record, out.files());
 }
 
 void Supervisor::GiveBackEmptyFilesLocked(const Record& record, FilesToDrop& files) {

@@ -429,6 +429,9 @@ class Supervisor {
     absl::Duration start_watchdog;  // the period each run starts with
     TimerId watchdog_timer = 0;
     bool watchdog_fired = false;  // during this run
+
+    // Ended, and no run of a restart policy is due or in flight: nothing more will run.
+    bool ended_for_good() const { return !info.running && !info.backoff && !relaunching; }
   };
   // Capture files given back once the lock is released (see CaptureFiles): those of
   // forgotten records, reused only when nothing has them open any more and removed otherwise;
