@@ -153,8 +153,8 @@ void ToProto(const ProcessInfo& info, v1::Process* out) {
   out->set_stdout_path(info.stdout_path);
   out->set_stderr_path(info.stderr_path);
   out->set_cwd(info.cwd);
-  if (info.restart.mode != RestartPolicy::Mode::kNo) {
-    RestartToProto(info.restart, out->mutable_restart());
+  if (info.restart.has_value()) {
+    RestartToProto(*info.restart, out->mutable_restart());
   }
   out->set_restarts(info.restarts);
   if (info.last_exit.has_value()) RunExitToProto(*info.last_exit, out->mutable_last_exit());
@@ -210,7 +210,11 @@ ProcessInfo FromProto(const v1::Process& process) {
   info.start_time = FromTimestamp(process.start_time());
   info.stdout_path = process.stdout_path();
   info.stderr_path = process.stderr_path();
-  if (process.has_restart()) RestartFromProto(process.restart(), info.restart).IgnoreError();
+  if (process.has_restart()) {
+    RestartPolicy policy;
+    RestartFromProto(process.restart(), policy).IgnoreError();
+    if (policy.mode != RestartPolicy::Mode::kNo) info.restart = policy;
+  }
   info.restarts = process.restarts();
   if (process.has_last_exit()) info.last_exit = RunExitFromProto(process.last_exit());
   for (const google::protobuf::Timestamp& t : process.recent_restarts()) {

@@ -295,11 +295,11 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
       return absl::FailedPreconditionError(
           absl::StrCat("parent process ", spec.parent_id, " has ended"));
     }
-    if (parent->terminating) {
+    if (parent->peek().terminating) {
       return absl::FailedPreconditionError(
           absl::StrCat("parent process ", spec.parent_id, " is being terminated"));
     }
-    size_t running_children = parent->children_starting;
+    size_t running_children = parent->peek().children_starting;
     for (uint64_t child : parent->info.children) {
       if (Record* c = FindLocked(child); c != nullptr && c->info.running) ++running_children;
     }
@@ -314,9 +314,9 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
                        spec.parent_id, " is at depth ", parent->depth, ")"));
     }
     record.depth = parent->depth + 1;
-    record.parent_identity = parent->identity;
-    if (authkey.empty()) authkey = parent->authkey;
-    ++parent->children_starting;
+    record.active().parent_identity = parent->identity;
+    if (authkey.empty()) authkey = parent->active().authkey;
+    ++parent->active().children_starting;
   } else if (spec.session != 0 && !sessions_.contains(spec.session)) {
     return absl::NotFoundError(absl::StrCat("no open session ", spec.session));
   }
@@ -333,13 +333,13 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
   info.cwd = launch.cwd;
   info.start_time = clock_.Now();
   info.end_time = absl::InfinitePast();
-  info.restart = spec.restart;
+  if (spec.restart.mode != RestartPolicy::Mode::kNo) info.restart = spec.restart;
   info.service = spec.service;
   if (spec.notify) {
     info.notify.emplace();
     info.notify->watchdog = spec.watchdog;
   }
-  record.start_watchdog = spec.watchdog;
+  record.active().start_watchdog = spec.watchdog;
   info.stdout_path = absl::StrCat(options_.log_dir, "/", id, ".out");
   info.stderr_path = absl::StrCat(options_.log_dir, "/", id, ".err");
   launch.stdout_path = info.stdout_path;
@@ -358,10 +358,10 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
   memo.set_depth(static_cast<uint32_t>(record.depth));
   if (launch.identity.has_value()) memo.set_uid(launch.identity->uid);
   launch.memo = memo.SerializeAsString();
-  record.authkey = std::move(authkey);
+  record.active().authkey = std::move(authkey);
   if (spec.restart.mode != RestartPolicy::Mode::kNo) {
-    record.relaunch = std::make_unique<LaunchSpec>(launch);
-    record.relaunch->append_output = true;
+    record.active().relaunch = std::make_unique<LaunchSpec>(launch);
+    record.active().relaunch->append_output = true;
   }
   starting_.emplace(id, std::move(record));
   return absl::OkStatus();
@@ -380,15 +380,16 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
   if (info.parent_id != 0) {
     Record* parent = FindAnyLocked(info.parent_id);
     if (parent != nullptr) {
-      --parent->children_starting;
+      --parent->active().children_starting;
       record.identity = absl::StrCat(parent->identity, ":", ++parent->children_started);
       parent->info.children.push_back(id);
       // A tree being terminated takes its new child with it; a parent that ended takes its
       // daemonic children. (A parent still starting applies its own early exit at commit.)
-      end_now = parent->terminating || (info.daemon && !parent->info.running);
+      end_now = parent->peek().terminating || (info.daemon && !parent->info.running);
+      parent->DropActivityIfIdle();  // it may have ended while this launch was in flight
     } else {
       // The parent ended and was forgotten meanwhile.
-      record.identity = absl::StrCat(record.parent_identity, ":?", id);
+      record.identity = absl::StrCat(record.active().parent_identity, ":?", id);
       end_now = info.daemon;
     }
   } else {
@@ -403,9 +404,9 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
     }
   }
   if (info.name.empty()) info.name = absl::StrCat("Process-", record.identity);
-  record.run_started = clock_.MonotonicNow();
-  if (record.relaunch != nullptr) {
-    out.Call([this, id, note = LaunchNote(*record.relaunch)] {
+  record.active().run_started = clock_.MonotonicNow();
+  if (record.active().relaunch != nullptr) {
+    out.Call([this, id, note = LaunchNote(*record.active().relaunch)] {
       os_.Remember(LaunchNoteKey(id), note);
     });
   }
@@ -427,9 +428,9 @@ ProcessInfo Supervisor::CommitLocked(uint64_t id, const Launched& launched, Outb
     spdlog::info("id={}: its parent, session or the daemon ended while it started", id);
     SignalTreeLocked(record, kSigterm, grace, out);
   }
-  if (!record.early_exit.has_value()) return record.info;
+  if (!record.active().early_exit.has_value()) return record.info;
   // Taken, not read: a later run of this record (a restart) must not find it.
-  const Exit exit = *std::exchange(record.early_exit, std::nullopt);
+  const Exit exit = *std::exchange(record.active().early_exit, std::nullopt);
   ProcessInfo answer = record.info;
   ExitLocked(record, exit, out);  // may evict `record`, under a retention of none
   if (const Record* kept = FindLocked(id)) return kept->info;
@@ -443,12 +444,24 @@ void Supervisor::RollBackLocked(uint64_t id, Outbox& out) {
   auto it = starting_.find(id);
   Record& record = it->second;
   if (Record* parent = FindAnyLocked(record.info.parent_id); parent != nullptr) {
-    --parent->children_starting;
+    --parent->active().children_starting;
+    parent->DropActivityIfIdle();
   }
   out.files().remove.push_back(record.info.stdout_path);
   out.files().remove.push_back(record.info.stderr_path);
   starting_.erase(it);
   CheckShutdownLocked(out);
+}
+
+const Supervisor::Activity Supervisor::Record::kIdle;
+
+bool Supervisor::Record::idle() const {
+  if (!ended_for_good()) return false;
+  const Activity& a = peek();
+  return a.joiners.empty() && a.terminators.empty() && a.ready_waiters.empty() &&
+         a.strays.empty() && a.kill_timer == 0 && a.restart_timer == 0 &&
+         a.watchdog_timer == 0 && a.children_starting == 0 && !a.early_exit.has_value() &&
+         a.relaunch == nullptr;
 }
 
 Supervisor::Record* Supervisor::FindLocked(uint64_t id) {
@@ -541,7 +554,7 @@ Supervisor::WaiterId Supervisor::Join(uint64_t id, std::optional<absl::Duration>
     if (timeout.has_value()) {
       w.timer = timers_.After(*timeout, [this, id, waiter] { OnJoinTimeout(id, waiter); });
     }
-    record->joiners.push_back(std::move(w));
+    record->active().joiners.push_back(std::move(w));
     waiter_record_[waiter] = id;
     return waiter;
   }
@@ -553,7 +566,7 @@ void Supervisor::OnJoinTimeout(uint64_t id, WaiterId waiter) {
   absl::MutexLock lock(&mu_);
   Record* record = FindLocked(id);
   if (record == nullptr) return;
-  auto& joiners = record->joiners;
+  auto& joiners = record->active().joiners;
   auto w = std::find_if(joiners.begin(), joiners.end(),
                         [&](const Waiter& j) { return j.id == waiter; });
   if (w == joiners.end()) return;
@@ -586,7 +599,7 @@ Supervisor::WaiterId Supervisor::AwaitReady(uint64_t id, absl::Duration timeout,
   Waiter w{waiter, std::move(done)};
   w.deadline = clock_.MonotonicNow() + timeout;
   w.timer = timers_.After(timeout, [this, id, waiter] { OnReadyTimeout(id, waiter); });
-  record->ready_waiters.push_back(std::move(w));
+  record->active().ready_waiters.push_back(std::move(w));
   waiter_record_[waiter] = id;
   return waiter;
 }
@@ -596,7 +609,7 @@ void Supervisor::OnReadyTimeout(uint64_t id, WaiterId waiter) {
   absl::MutexLock lock(&mu_);
   Record* record = FindLocked(id);
   if (record == nullptr) return;
-  auto& waiters = record->ready_waiters;
+  auto& waiters = record->active().ready_waiters;
   auto w = std::find_if(waiters.begin(), waiters.end(),
                         [&](const Waiter& r) { return r.id == waiter; });
   if (w == waiters.end()) return;
@@ -607,7 +620,7 @@ void Supervisor::OnReadyTimeout(uint64_t id, WaiterId waiter) {
                  "process ", id, " did not send READY=1 in time; it is being terminated")));
   waiters.erase(w);
   waiter_record_.erase(waiter);
-  record->tree = true;
+  record->active().tree = true;
   out.Emit(EventKind::kTerminateRequested, &record->info);
   SignalTreeLocked(*record, kSigterm, kDefaultGrace, out);
   EvictLocked(out);
@@ -628,7 +641,7 @@ void Supervisor::OnNotify(uint64_t id, const NotifyMessage& message) {
   if (message.extend_timeout.has_value()) {
     // Each waiter's deadline moves to at least that far from now, never closer.
     const absl::Duration deadline = clock_.MonotonicNow() + *message.extend_timeout;
-    for (Waiter& w : record->ready_waiters) {
+    for (Waiter& w : record->active().ready_waiters) {
       if (deadline <= w.deadline) continue;
       timers_.Cancel(w.timer);
       w.deadline = deadline;
@@ -647,17 +660,17 @@ void Supervisor::OnNotify(uint64_t id, const NotifyMessage& message) {
       spdlog::info("id={} name=\"{}\" is ready", id, record->info.name);
       // Before the commit, the commit reports it, after its start.
       if (committed) out.Emit(EventKind::kReady, &record->info);
-      for (Waiter& w : record->ready_waiters) {
+      for (Waiter& w : record->active().ready_waiters) {
         timers_.Cancel(w.timer);
         waiter_record_.erase(w.id);
         out.Answer(std::move(w.done), record->info);
       }
-      record->ready_waiters.clear();
+      record->active().ready_waiters.clear();
     }
   }
   if (message.watchdog_trigger) {
-    timers_.Cancel(record->watchdog_timer);
-    record->watchdog_timer = 0;
+    timers_.Cancel(record->active().watchdog_timer);
+    record->active().watchdog_timer = 0;
     uint32_t run = record->info.restarts;
     out.Call([this, id, run] { OnWatchdog(id, run); });
   }
@@ -671,15 +684,15 @@ uint64_t Supervisor::OnNotifyDropped(uint64_t id) {
 }
 
 void Supervisor::ArmWatchdogLocked(Record& record) {
-  if (record.watchdog_timer != 0) timers_.Cancel(record.watchdog_timer);
-  record.watchdog_timer = 0;
+  if (record.active().watchdog_timer != 0) timers_.Cancel(record.active().watchdog_timer);
+  record.active().watchdog_timer = 0;
   const ProcessInfo& info = record.info;
   if (!info.running || !info.notify.has_value() || info.notify->watchdog <= absl::ZeroDuration()) {
     return;
   }
   uint64_t id = info.id;
   uint32_t run = info.restarts;
-  record.watchdog_timer =
+  record.active().watchdog_timer =
       timers_.After(info.notify->watchdog, [this, id, run] { OnWatchdog(id, run); });
 }
 
@@ -689,11 +702,11 @@ void Supervisor::OnWatchdog(uint64_t id, uint32_t run) {
   Record* record = FindLocked(id);
   // A timer of an earlier run, or of a run that has ended meanwhile, has nothing to do.
   if (record == nullptr || !record->info.running || record->info.restarts != run ||
-      record->watchdog_fired) {
+      record->active().watchdog_fired) {
     return;
   }
-  record->watchdog_timer = 0;
-  record->watchdog_fired = true;
+  record->active().watchdog_timer = 0;
+  record->active().watchdog_fired = true;
   spdlog::warn("id={} name=\"{}\" pid={}: no WATCHDOG=1 within {}: SIGABRT", id,
                record->info.name, record->info.pid,
                absl::FormatDuration(record->info.notify->watchdog));
@@ -720,7 +733,7 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& 
     out.Answer(std::move(done), NoSuchProcess(id));
     return 0;
   }
-  record->tree = record->tree || options.tree;
+  if (options.tree) record->active().tree = true;
   out.Emit(EventKind::kTerminateRequested, &record->info);
   StopRestartsLocked(*record, out);
   // An ended worker may still have left processes in its group (or tree): they are its too.
@@ -731,12 +744,13 @@ Supervisor::WaiterId Supervisor::Terminate(uint64_t id, const TerminateOptions& 
   }
   if (!options.wait) {
     out.Answer(std::move(done), record->info);
+    record->DropActivityIfIdle();
     EvictLocked(out);
     return 0;
   }
   // Answered by SettleDrains once nothing of it is left, which may be at once.
   WaiterId waiter = next_waiter_++;
-  record->terminators.push_back(Waiter{waiter, std::move(done)});
+  record->active().terminators.push_back(Waiter{waiter, std::move(done)});
   waiter_record_[waiter] = id;
   draining_.insert(id);
   out.Settle();
@@ -753,12 +767,13 @@ void Supervisor::SignalLocked(Record& record, int sig, absl::Duration grace, Out
 }
 
 void Supervisor::ArmKillTimerLocked(Record& record, absl::Duration delay) {
+  Activity& activity = record.active();
   absl::Duration deadline = clock_.MonotonicNow() + delay;
-  if (deadline >= record.kill_deadline) return;
-  if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
-  record.kill_deadline = deadline;
+  if (deadline >= activity.kill_deadline) return;
+  if (activity.kill_timer != 0) timers_.Cancel(activity.kill_timer);
+  activity.kill_deadline = deadline;
   uint64_t id = record.info.id;
-  record.kill_timer = timers_.After(delay, [this, id] { OnGraceExpired(id); });
+  activity.kill_timer = timers_.After(delay, [this, id] { OnGraceExpired(id); });
 }
 
 std::vector<Supervisor::Record*> Supervisor::SubtreeLocked(Record& root) {
@@ -774,14 +789,17 @@ std::vector<Supervisor::Record*> Supervisor::SubtreeLocked(Record& root) {
 void Supervisor::SignalTreeLocked(Record& root, int sig, absl::Duration grace, Outbox& out) {
   for (Record* record : SubtreeLocked(root)) {
     // No new children below a process being terminated: a Start already on its way from
-    // inside the tree must not outlive the signal (see CommitLocked).
-    record->terminating = true;
+    // inside the tree must not outlive the signal (see CommitLocked). An ended one has none
+    // unless a launch below it is in flight.
+    if (record->info.running || record->peek().children_starting > 0) {
+      record->active().terminating = true;
+    }
     StopRestartsLocked(*record, out);
     SignalLocked(*record, sig, grace, out);
     // Everything the worker started, whatever it did to leave its group, at once.
     if (sig == kSigkill && os_.AnythingAlive(record->info.id)) out.KillCgroup(record->info.id);
   }
-  root.tree = true;
+  root.active().tree = true;
   // The root's timer also SIGKILLs the strays, even when the root itself has ended; after a
   // SIGKILL it comes back soon to catch anything that appeared meanwhile.
   ArmKillTimerLocked(root, sig == kSigkill ? kDrainRecheck : grace);
@@ -803,21 +821,21 @@ void Supervisor::SweepStrays(uint64_t root_id, int sig) {
   absl::MutexLock lock(&mu_);
   Record* root = FindLocked(root_id);
   if (root == nullptr) return;
+  std::vector<pid_t>& strays = root->active().strays;
   for (pid_t stray : found) {
-    if (std::find(root->strays.begin(), root->strays.end(), stray) == root->strays.end()) {
-      root->strays.push_back(stray);
-    }
+    if (std::find(strays.begin(), strays.end(), stray) == strays.end()) strays.push_back(stray);
   }
-  std::erase_if(root->strays, [&](pid_t stray) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  std::erase_if(strays, [&](pid_t stray) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return !os_.SignalProcess(stray, sig).ok();
   });
 }
 
 bool Supervisor::AnythingAliveLocked(Record& record) {
   // A restart's launch in flight is about to be alive (and is ended at its commit).
-  if (record.relaunching) return true;
-  if (!record.tree) return record.info.running || os_.GroupExists(record.info.id);
-  if (!record.strays.empty()) return true;
+  const Activity& activity = record.peek();
+  if (activity.relaunching) return true;
+  if (!activity.tree) return record.info.running || os_.GroupExists(record.info.id);
+  if (!activity.strays.empty()) return true;
   for (Record* r : SubtreeLocked(record)) {
     if (r->info.running || os_.AnythingAlive(r->info.id)) return true;
   }
@@ -825,7 +843,8 @@ bool Supervisor::AnythingAliveLocked(Record& record) {
 }
 
 void Supervisor::PruneStraysLocked(Record& record) {
-  std::erase_if(record.strays, [this](pid_t pid) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (record.activity == nullptr) return;
+  std::erase_if(record.activity->strays, [this](pid_t pid) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return !os_.ProcessExists(pid);
   });
 }
@@ -835,16 +854,17 @@ void Supervisor::OnGraceExpired(uint64_t id) {
   absl::MutexLock lock(&mu_);
   Record* record = FindLocked(id);
   if (record == nullptr) return;
-  record->kill_timer = 0;
-  record->kill_deadline = absl::InfiniteDuration();
+  record->active().kill_timer = 0;
+  record->active().kill_deadline = absl::InfiniteDuration();
   PruneStraysLocked(*record);
   if (!AnythingAliveLocked(*record)) {
     // A tree whose known parts are gone still gets its sweep: escapees may remain.
-    if (record->tree) out.SweepTree(id, kSigkill);
+    if (record->peek().tree) out.SweepTree(id, kSigkill);
+    record->DropActivityIfIdle();
     return;
   }
   spdlog::info("grace expired id={} pid={}: SIGKILL", id, record->info.pid);
-  if (record->tree) {
+  if (record->peek().tree) {
     SignalTreeLocked(*record, kSigkill, absl::ZeroDuration(), out);  // re-arms the recheck
   } else {
     SignalLocked(*record, kSigkill, absl::ZeroDuration(), out);
@@ -865,8 +885,9 @@ void Supervisor::SettleDrains() {
       }
       PruneStraysLocked(*record);
       if (AnythingAliveLocked(*record)) continue;
-      if (!record->tree) {
+      if (!record->peek().tree) {
         CompleteTerminatorsLocked(*record, out);
+        record->DropActivityIfIdle();
         continue;
       }
       std::vector<uint64_t> ids;
@@ -888,23 +909,27 @@ void Supervisor::SettleDrains() {
     if (record == nullptr || !draining_.contains(record->info.id)) continue;
     for (pid_t escaped : late[i]) {
       spdlog::info("terminate id={}: SIGKILL to escaped pid={}", record->info.id, escaped);
-      if (os_.SignalProcess(escaped, kSigkill).ok()) record->strays.push_back(escaped);
+      if (os_.SignalProcess(escaped, kSigkill).ok()) record->active().strays.push_back(escaped);
     }
     // Strays now being killed are reaped as orphans, which settles the drain again.
-    if (!AnythingAliveLocked(*record)) CompleteTerminatorsLocked(*record, out);
+    if (!AnythingAliveLocked(*record)) {
+      CompleteTerminatorsLocked(*record, out);
+      record->DropActivityIfIdle();
+    }
   }
   CheckShutdownLocked(out);
 }
 
 void Supervisor::CompleteTerminatorsLocked(Record& record, Outbox& out) {
-  if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
-  record.kill_timer = 0;
-  record.kill_deadline = absl::InfiniteDuration();
-  for (Waiter& w : record.terminators) {
+  Activity& activity = record.active();
+  if (activity.kill_timer != 0) timers_.Cancel(activity.kill_timer);
+  activity.kill_timer = 0;
+  activity.kill_deadline = absl::InfiniteDuration();
+  for (Waiter& w : activity.terminators) {
     waiter_record_.erase(w.id);
     out.Answer(std::move(w.done), record.info);
   }
-  record.terminators.clear();
+  activity.terminators.clear();
   draining_.erase(record.info.id);
 }
 
@@ -915,13 +940,15 @@ void Supervisor::CancelWait(WaiterId waiter) {
   Record* record = FindLocked(wr->second);
   waiter_record_.erase(wr);
   if (record == nullptr) return;
-  for (auto* list : {&record->joiners, &record->terminators, &record->ready_waiters}) {
+  Activity& activity = record->active();
+  for (auto* list : {&activity.joiners, &activity.terminators, &activity.ready_waiters}) {
     auto w = std::find_if(list->begin(), list->end(),
                           [&](const Waiter& j) { return j.id == waiter; });
     if (w == list->end()) continue;
     if (w->timer != 0) timers_.Cancel(w->timer);
     list->erase(w);
   }
+  record->DropActivityIfIdle();
 }
 
 void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usage) {
@@ -929,14 +956,14 @@ void Supervisor::OnExit(uint64_t id, WaitStatus status, const ResourceUsage& usa
   absl::MutexLock lock(&mu_);
   if (auto starting = starting_.find(id); starting != starting_.end()) {
     // Reaped before Start committed it: the commit applies the exit.
-    starting->second.early_exit = Exit{status, usage};
+    starting->second.active().early_exit = Exit{status, usage};
     return;
   }
   Record* record = FindLocked(id);
   if (record == nullptr) return;
-  if (record->relaunching) {
+  if (record->active().relaunching) {
     // A restart's run, reaped before its launch was committed: the commit applies the exit.
-    record->early_exit = Exit{status, usage};
+    record->active().early_exit = Exit{status, usage};
     return;
   }
   // Not running: an exit reported again after a restart that was journaled already.
@@ -951,8 +978,8 @@ void Supervisor::ExitLocked(Record& record, const Exit& exit, Outbox& out) {
   info.usage = exit.usage;
   info.end_time = clock_.Now();
   --live_count_;
-  if (record.watchdog_timer != 0) timers_.Cancel(record.watchdog_timer);
-  record.watchdog_timer = 0;
+  if (record.active().watchdog_timer != 0) timers_.Cancel(record.active().watchdog_timer);
+  record.active().watchdog_timer = 0;
   if (end_listener_) out.Call([this, id] { end_listener_(id, 0); });
   spdlog::info("exited id={} name=\"{}\" pid={} exitcode={}{}", id, info.name, info.pid,
                exit.status.exitcode(),
@@ -985,9 +1012,10 @@ void Supervisor::RunEndedLocked(Record& record, Outbox& out) {
   if (!delay.has_value()) {
     if (gave_up) {
       spdlog::warn("id={} name=\"{}\": {} restarts{}, the limit of its policy: giving up", id,
-                   info.name, record.restart_times.size(),
-                   info.restart.window.has_value()
-                       ? absl::StrCat(" within ", absl::FormatDuration(*info.restart.window))
+                   info.name, record.active().restart_times.size(),
+                   info.restart_policy().window.has_value()
+                       ? absl::StrCat(" within ",
+                                      absl::FormatDuration(*info.restart_policy().window))
                        : "");
       out.Emit(EventKind::kGaveUp, &info);
     }
@@ -998,7 +1026,7 @@ void Supervisor::RunEndedLocked(Record& record, Outbox& out) {
                            .status = *info.status,
                            .start_time = info.start_time,
                            .end_time = info.end_time,
-                           .watchdog = record.watchdog_fired};
+                           .watchdog = record.active().watchdog_fired};
   info.backoff = true;
   info.next_start_time = clock_.Now() + *delay;
   if (info.notify.has_value()) {
@@ -1012,14 +1040,15 @@ void Supervisor::RunEndedLocked(Record& record, Outbox& out) {
   // What the run left in its group ends before the next run takes its place: SIGTERM now,
   // SIGKILL when the next run is due.
   if (os_.GroupHasLiveMembers(id)) out.SignalGroup(GroupSignal{id, info.pid, kSigterm, *delay});
-  record.restart_timer = timers_.After(*delay, [this, id] { OnRestartDue(id); });
+  record.active().restart_timer = timers_.After(*delay, [this, id] { OnRestartDue(id); });
   out.Settle();
 }
 
 std::optional<absl::Duration> Supervisor::NextRestartLocked(Record& record, bool& gave_up) {
-  const RestartPolicy& policy = record.info.restart;
-  if (policy.mode == RestartPolicy::Mode::kNo || record.no_restart || shutting_down_ ||
-      record.relaunch == nullptr) {
+  Activity& activity = record.active();
+  const RestartPolicy& policy = record.info.restart_policy();
+  if (policy.mode == RestartPolicy::Mode::kNo || activity.no_restart || shutting_down_ ||
+      activity.relaunch == nullptr) {
     return std::nullopt;
   }
   if (policy.mode == RestartPolicy::Mode::kOnFailure && !Failed(*record.info.status)) {
@@ -1027,51 +1056,52 @@ std::optional<absl::Duration> Supervisor::NextRestartLocked(Record& record, bool
   }
   const absl::Duration now = clock_.MonotonicNow();
   std::vector<absl::Time>& recent = record.info.recent_restarts;
-  if (now - record.run_started >= policy.reset_after) {
-    record.backoff_step = 0;
-    record.restart_times.clear();
+  if (now - activity.run_started >= policy.reset_after) {
+    activity.backoff_step = 0;
+    activity.restart_times.clear();
     recent.clear();
   }
   if (policy.window.has_value()) {
-    auto kept = std::find_if(record.restart_times.begin(), record.restart_times.end(),
+    auto kept = std::find_if(activity.restart_times.begin(), activity.restart_times.end(),
                              [&](absl::Duration t) { return now - t <= *policy.window; });
-    const auto dropped = kept - record.restart_times.begin();
-    record.restart_times.erase(record.restart_times.begin(), kept);
+    const auto dropped = kept - activity.restart_times.begin();
+    activity.restart_times.erase(activity.restart_times.begin(), kept);
     recent.erase(recent.begin(),
                  recent.begin() + std::min<ptrdiff_t>(dropped, static_cast<ptrdiff_t>(recent.size())));
   }
-  if (policy.max_restarts > 0 && record.restart_times.size() >= policy.max_restarts) {
+  if (policy.max_restarts > 0 && activity.restart_times.size() >= policy.max_restarts) {
     gave_up = true;
     return std::nullopt;
   }
   absl::Duration delay = policy.initial_backoff;
-  for (int i = 0; i < record.backoff_step && delay < policy.max_backoff; ++i) delay *= 2;
+  for (int i = 0; i < activity.backoff_step && delay < policy.max_backoff; ++i) delay *= 2;
   if (options_.restart_jitter > 0) {
     delay *= absl::Uniform(bit_gen_, 1 - options_.restart_jitter, 1 + options_.restart_jitter);
   }
   delay = std::min(delay, policy.max_backoff);
-  ++record.backoff_step;
-  record.restart_times.push_back(now);
+  ++activity.backoff_step;
+  activity.restart_times.push_back(now);
   recent.push_back(clock_.Now());
   return delay;
 }
 
 void Supervisor::EndForGoodLocked(Record& record, Outbox& out) {
+  Activity& activity = record.active();
   ProcessInfo& info = record.info;
   const uint64_t id = info.id;
   info.backoff = false;
   info.next_start_time = absl::InfinitePast();
-  if (record.restart_timer != 0) timers_.Cancel(record.restart_timer);
-  record.restart_timer = 0;
+  if (activity.restart_timer != 0) timers_.Cancel(activity.restart_timer);
+  activity.restart_timer = 0;
   restarts_due_.erase(id);
   out.Emit(EventKind::kExited, &info);
-  for (Waiter& w : record.joiners) {
+  for (Waiter& w : activity.joiners) {
     if (w.timer != 0) timers_.Cancel(w.timer);
     waiter_record_.erase(w.id);
     out.Answer(std::move(w.done), info);
   }
-  record.joiners.clear();
-  for (Waiter& w : record.ready_waiters) {
+  activity.joiners.clear();
+  for (Waiter& w : activity.ready_waiters) {
     if (w.timer != 0) timers_.Cancel(w.timer);
     waiter_record_.erase(w.id);
     out.Answer(std::move(w.done),
@@ -1079,22 +1109,24 @@ void Supervisor::EndForGoodLocked(Record& record, Outbox& out) {
                    "process ", id, " ended before it was ready (exit code ",
                    info.status.has_value() ? info.status->exitcode() : 0, ")")));
   }
-  record.ready_waiters.clear();
+  activity.ready_waiters.clear();
   if (info.notify.has_value() && options_.notify != nullptr) {
     out.Call([this, id] { options_.notify->Close(id); });
   }
-  if (record.relaunch != nullptr) {
-    record.relaunch.reset();
+  if (activity.relaunch != nullptr) {
+    activity.relaunch.reset();
     out.Call([this, id] { os_.Forget(LaunchNoteKey(id)); });
   }
   GiveBackEmptyFilesLocked(record, out.files());
   ended_order_.push_back(id);
   ++ended_count_;
   out.Settle();
+  record.DropActivityIfIdle();
 }
 
 void Supervisor::StopRestartsLocked(Record& record, Outbox& out) {
-  record.no_restart = true;
+  if (record.ended_for_good()) return;
+  record.active().no_restart = true;
   if (record.info.backoff) {
     spdlog::info("id={}: terminated while waiting to restart; it has ended", record.info.id);
     EndForGoodLocked(record, out);
@@ -1107,9 +1139,9 @@ void Supervisor::OnRestartDue(uint64_t id) {
     Outbox out(*this);
     absl::MutexLock lock(&mu_);
     Record* record = FindLocked(id);
-    if (record == nullptr || !record->info.backoff || record->relaunching) return;
-    if (record->restart_timer != 0) timers_.Cancel(record->restart_timer);
-    record->restart_timer = 0;
+    if (record == nullptr || !record->info.backoff || record->active().relaunching) return;
+    if (record->active().restart_timer != 0) timers_.Cancel(record->active().restart_timer);
+    record->active().restart_timer = 0;
     if (!os_.Reusable(id)) {
       // The last run's leftovers had their SIGTERM and their time: SIGKILL, then try again
       // once they are reaped (OnOrphanReaped), or soon.
@@ -1123,20 +1155,21 @@ void Supervisor::OnRestartDue(uint64_t id) {
         if (anything) out.KillCgroup(id);
       }
       restarts_due_.insert(id);
-      record->restart_timer = timers_.After(kDrainRecheck, [this, id] { OnRestartDue(id); });
+      record->active().restart_timer =
+          timers_.After(kDrainRecheck, [this, id] { OnRestartDue(id); });
       return;
     }
     restarts_due_.erase(id);
     if (size_t live = live_count_ + starting_.size(); live >= options_.max_processes) {
       spdlog::warn("id={}: cannot restart yet, {} processes are running (--max-processes={})",
                    id, live, options_.max_processes);
-      absl::Duration retry = std::max(record->info.restart.initial_backoff, kDrainRecheck);
-      record->restart_timer = timers_.After(retry, [this, id] { OnRestartDue(id); });
+      absl::Duration retry = std::max(record->info.restart_policy().initial_backoff, kDrainRecheck);
+      record->active().restart_timer = timers_.After(retry, [this, id] { OnRestartDue(id); });
       return;
     }
-    record->relaunching = true;
+    record->active().relaunching = true;
     ++live_count_;
-    launch = *record->relaunch;
+    launch = *record->active().relaunch;
   }
   absl::StatusOr<Launched> launched = os_.Launch(launch, id);
   {
@@ -1144,7 +1177,7 @@ void Supervisor::OnRestartDue(uint64_t id) {
     absl::MutexLock lock(&mu_);
     Record& record = *FindLocked(id);  // a record in backoff is neither released nor evicted
     ProcessInfo& info = record.info;
-    record.relaunching = false;
+    record.active().relaunching = false;
     if (!launched.ok()) {
       --live_count_;
       spdlog::warn("id={} name=\"{}\": restart failed: {}", id, info.name,
@@ -1153,7 +1186,7 @@ void Supervisor::OnRestartDue(uint64_t id) {
       info.backoff = false;
       info.status = WaitStatus::Exited(127);
       info.start_time = info.end_time = clock_.Now();
-      record.run_started = clock_.MonotonicNow();
+      record.active().run_started = clock_.MonotonicNow();
       RunEndedLocked(record, out);
       EvictLocked(out);
       return;
@@ -1168,23 +1201,23 @@ void Supervisor::OnRestartDue(uint64_t id) {
     info.usage = ResourceUsage{};
     info.start_time = clock_.Now();
     info.end_time = absl::InfinitePast();
-    record.run_started = clock_.MonotonicNow();
-    record.watchdog_fired = false;
-    if (record.kill_timer != 0) timers_.Cancel(record.kill_timer);
-    record.kill_timer = 0;
-    record.kill_deadline = absl::InfiniteDuration();
-    if (info.notify.has_value()) info.notify->watchdog = record.start_watchdog;
+    record.active().run_started = clock_.MonotonicNow();
+    record.active().watchdog_fired = false;
+    if (record.active().kill_timer != 0) timers_.Cancel(record.active().kill_timer);
+    record.active().kill_timer = 0;
+    record.active().kill_deadline = absl::InfiniteDuration();
+    if (info.notify.has_value()) info.notify->watchdog = record.active().start_watchdog;
     ArmWatchdogLocked(record);
     out.Emit(EventKind::kStarted, &info);
     spdlog::info("restarted id={} name=\"{}\" pid={} (restart {})", id, info.name, info.pid,
                  info.restarts);
-    if (record.no_restart || shutting_down_) {
+    if (record.active().no_restart || shutting_down_) {
       // Terminated (or the daemon began to stop) while the launch was in flight.
       if (shutting_down_) draining_.insert(id);
       SignalTreeLocked(record, kSigterm, shutting_down_ ? shutdown_grace_ : kDefaultGrace, out);
     }
-    if (record.early_exit.has_value()) {
-      Exit exit = *std::exchange(record.early_exit, std::nullopt);
+    if (record.active().early_exit.has_value()) {
+      Exit exit = *std::exchange(record.active().early_exit, std::nullopt);
       ExitLocked(record, exit, out);
     }
   }
@@ -1378,7 +1411,7 @@ absl::Status Supervisor::Release(uint64_t id) {
   absl::MutexLock lock(&mu_);
   Record* record = FindLocked(id);
   if (record == nullptr) return NoSuchProcess(id);
-  if (record->info.backoff || record->relaunching) {
+  if (record->info.backoff || record->peek().relaunching) {
     return absl::FailedPreconditionError(absl::StrCat(
         "process ", id, " is waiting to restart; terminate it before releasing it"));
   }
@@ -1387,7 +1420,7 @@ absl::Status Supervisor::Release(uint64_t id) {
         "process ", id, " is still running; join or terminate it before releasing it"));
   }
   PruneStraysLocked(*record);
-  if (os_.GroupHasLiveMembers(id) || !record->strays.empty()) {
+  if (os_.GroupHasLiveMembers(id) || !record->peek().strays.empty()) {
     // Its captured output is still being written, and nothing else would end them.
     return absl::FailedPreconditionError(
         absl::StrCat("process ", id, " has ended but processes it started are still alive; "
@@ -1417,8 +1450,7 @@ void Supervisor::Shutdown(absl::Duration grace, std::function<void()> all_done) 
                starting_.size(), absl::FormatDuration(grace));
   for (auto& [id, record] : records_) {
     // Nothing restarts from now on; what waits to restart has ended.
-    record.no_restart = true;
-    if (record.info.backoff) EndForGoodLocked(record, out);
+    StopRestartsLocked(record, out);
     if (!record.info.running && !os_.GroupExists(record.info.id)) continue;
     draining_.insert(id);
     if (record.info.daemon) SignalLocked(record, kSigterm, grace, out);
@@ -1609,10 +1641,11 @@ void Supervisor::Restore(Restored restored) {
     return mono_now - std::max(absl::ZeroDuration(), wall_now - t);
   };
   auto restore_restart_count = [&](Record& record) {
+    Activity& activity = record.active();
     for (absl::Time t : record.info.recent_restarts) {
-      record.restart_times.push_back(monotonic_of(t));
+      activity.restart_times.push_back(monotonic_of(t));
     }
-    record.backoff_step = static_cast<int>(record.restart_times.size());
+    activity.backoff_step = static_cast<int>(activity.restart_times.size());
   };
   auto reopen_endpoint = [&](uint64_t id, std::optional<uid_t> owner) {
     if (options_.notify == nullptr) return;
@@ -1632,20 +1665,21 @@ void Supervisor::Restore(Restored restored) {
       // It was waiting to run again: it does, when its wait is over, if the keeper kept
       // what to launch it with.
       if (record.info.last_exit.has_value()) record.info.status = record.info.last_exit->status;
-      record.no_restart = false;
-      record.relaunch = relaunch_of(id);
-      if (record.relaunch != nullptr) {
+      std::unique_ptr<LaunchSpec> relaunch = relaunch_of(id);
+      if (relaunch != nullptr) {
+        Activity& activity = record.active();
+        activity.relaunch = std::move(relaunch);
         restore_restart_count(record);
-        record.run_started = monotonic_of(record.info.start_time);
+        activity.run_started = monotonic_of(record.info.start_time);
         if (record.info.notify.has_value()) {
           std::optional<uid_t> owner;
-          if (record.relaunch->identity.has_value()) owner = record.relaunch->identity->uid;
+          if (activity.relaunch->identity.has_value()) owner = activity.relaunch->identity->uid;
           reopen_endpoint(id, owner);
-          record.start_watchdog = record.info.notify->watchdog;
+          activity.start_watchdog = record.info.notify->watchdog;
         }
         absl::Duration delay = std::clamp(record.info.next_start_time - clock_.Now(),
-                                           absl::ZeroDuration(), record.info.restart.max_backoff);
-        record.restart_timer = timers_.After(delay, [this, id] { OnRestartDue(id); });
+                                           absl::ZeroDuration(), record.info.restart_policy().max_backoff);
+        activity.restart_timer = timers_.After(delay, [this, id] { OnRestartDue(id); });
         spdlog::info("id={}: restarts in {}, as before proctord stopped", id,
                      absl::FormatDuration(delay));
         continue;
@@ -1672,19 +1706,20 @@ void Supervisor::Restore(Restored restored) {
       spdlog::warn("id={}: no key kept for it; its own calls will be refused", id);
     }
     record.credential = memo.credential();
-    record.authkey = memo.authkey().empty() ? RandomBytes(kAuthkeyBytes) : memo.authkey();
     record.depth = std::max<size_t>(memo.depth(), 1);
-    record.run_started = monotonic_of(record.info.start_time);
-    record.relaunch = relaunch_of(id);
+    Activity& activity = record.active();
+    activity.authkey = memo.authkey().empty() ? RandomBytes(kAuthkeyBytes) : memo.authkey();
+    activity.run_started = monotonic_of(record.info.start_time);
+    activity.relaunch = relaunch_of(id);
     restore_restart_count(record);
-    if (record.info.restart.mode != RestartPolicy::Mode::kNo && record.relaunch == nullptr) {
+    if (record.info.restart.has_value() && activity.relaunch == nullptr) {
       spdlog::warn("id={}: nothing kept what to launch it with; it will not be restarted", id);
     }
     if (record.info.notify.has_value()) {
       std::optional<uid_t> owner;
       if (memo.has_uid()) owner = memo.uid();
       reopen_endpoint(id, owner);
-      record.start_watchdog = record.info.notify->watchdog;
+      activity.start_watchdog = record.info.notify->watchdog;
       ArmWatchdogLocked(record);
     }
     ++live_count_;
@@ -1777,7 +1812,8 @@ SupervisorCounts Supervisor::Counts() {
                           .sessions = sessions_.size()};
   for (const auto& [id, record] : records_) {
     if (record.info.backoff) ++counts.backoff;
-    counts.joins += record.joiners.size();
+    counts.joins += record.peek().joiners.size();
+    if (record.activity != nullptr) ++counts.in_progress;
   }
   return counts;
 }

@@ -73,6 +73,7 @@
 #include "common/wait_status.h"
 #include "server/capture_files.h"
 #include "server/clock.h"
+#include "server/heap_optional.h"
 #include "server/id_allocator.h"
 #include "server/notify_endpoints.h"
 #include "server/notify_message.h"
@@ -133,14 +134,22 @@ struct ProcessInfo {
   ResourceUsage usage;
   std::string stdout_path;
   std::string stderr_path;
-  RestartPolicy restart;
+  // Unset: no restart policy (RestartPolicy::Mode::kNo), as most processes have. On the heap,
+  // like the other parts most records never have (see HeapOptional).
+  HeapOptional<RestartPolicy> restart;
   uint32_t restarts = 0;
-  std::optional<RunExit> last_exit;  // the run before the current one (see v1::Process)
+  HeapOptional<RunExit> last_exit;  // the run before the current one (see v1::Process)
   std::vector<absl::Time> recent_restarts;  // counted against max_restarts
   bool backoff = false;              // ended, waiting to run again (running is false)
   absl::Time next_start_time = absl::InfinitePast();  // while in backoff
-  std::optional<NotifyInfo> notify;  // set when started with notify
+  HeapOptional<NotifyInfo> notify;  // set when started with notify
   std::string service;               // the declared service it runs
+
+  // Its restart policy: kNo when it has none.
+  const RestartPolicy& restart_policy() const {
+    static const RestartPolicy kNone;
+    return restart.has_value() ? *restart : kNone;
+  }
 };
 
 struct StartSpec {
@@ -225,6 +234,9 @@ struct SupervisorCounts {
   size_t ended = 0;     // ended records kept
   size_t joins = 0;     // Join calls waiting for an exit
   size_t sessions = 0;  // open sessions
+  // Records with something in progress (a run, waiters, timers, a restart policy): those that
+  // hold more than the compact part every kept record has.
+  size_t in_progress = 0;
 };
 
 struct SupervisorOptions {
@@ -394,34 +406,30 @@ class Supervisor {
     WaitStatus status;
     ResourceUsage usage;
   };
-  struct Record {
-    ProcessInfo info;
-    std::string identity;        // "3:1": the 1st child of the 3rd top-level process
-    std::string parent_identity; // while starting: the parent's, for the child's name
-    size_t depth = 1;
+  // What a record needs only while something is in progress on it: a run, a launch of a
+  // child, waiters, timers, a terminate, a restart policy. Apart, and dropped once the record
+  // is idle (DropActivityIfIdle): most records kept are ended ones, and this was half of a
+  // record's size.
+  struct Activity {
+    std::string parent_identity;     // while starting: the parent's, for the child's name
+    std::string authkey;             // multiprocessing's attribute, inherited by children
     bool tree = false;               // its terminators wait for the whole tree
     bool terminating = false;        // signalled by a tree terminate: may not have children
-    int log_readers = 0;             // Logs streams open on its capture files
     std::vector<pid_t> strays;       // descendants outside any worker's group, once found
-    uint64_t children_started = 0;
     size_t children_starting = 0;    // launches in flight with this record as parent
-    std::string credential;  // what proctord checks; the worker's own
-    std::string authkey;     // multiprocessing's attribute, inherited by children
     std::vector<Waiter> joiners;
     std::vector<Waiter> terminators;  // wait for exit and an empty group
     TimerId kill_timer = 0;
     absl::Duration kill_deadline = absl::InfiniteDuration();  // monotonic
     std::optional<Exit> early_exit;  // reaped before its launch was committed
-    // Restarts (a policy other than kNo).
-    // What each run is launched with. Apart: a LaunchSpec is 256 bytes, and most records
-    // have none.
+    // Restarts (a policy other than kNo). What each run is launched with.
     std::unique_ptr<LaunchSpec> relaunch;
     bool relaunching = false;            // a restart's launch is in flight
     bool no_restart = false;             // terminated: its next exit is its last
     absl::Duration run_started;          // monotonic
     int backoff_step = 0;
     // Monotonic, counted against max_restarts. A vector: a deque allocates some 600 bytes as
-    // it is made, for every record, which most never use.
+    // it is made, which most records never use.
     std::vector<absl::Duration> restart_times;
     TimerId restart_timer = 0;
     // Notify.
@@ -429,9 +437,34 @@ class Supervisor {
     absl::Duration start_watchdog;  // the period each run starts with
     TimerId watchdog_timer = 0;
     bool watchdog_fired = false;  // during this run
+  };
+  struct Record {
+    ProcessInfo info;
+    std::string identity;        // "3:1": the 1st child of the 3rd top-level process
+    size_t depth = 1;
+    int log_readers = 0;             // Logs streams open on its capture files
+    uint64_t children_started = 0;
+    std::string credential;  // what proctord checks; the worker's own
 
+    // Its Activity, made on first use. For reading, peek() makes none.
+    Activity& active() {
+      if (activity == nullptr) activity = std::make_unique<Activity>();
+      return *activity;
+    }
+    const Activity& peek() const { return activity != nullptr ? *activity : kIdle; }
     // Ended, and no run of a restart policy is due or in flight: nothing more will run.
-    bool ended_for_good() const { return !info.running && !info.backoff && !relaunching; }
+    bool ended_for_good() const {
+      return !info.running && !info.backoff && !peek().relaunching;
+    }
+    // Ended for good, and nothing waits, is timed or is in flight on it, and no restart
+    // policy could run it again: what is left of its Activity is never looked at again.
+    bool idle() const;
+    void DropActivityIfIdle() {
+      if (activity != nullptr && idle()) activity.reset();
+    }
+
+    std::unique_ptr<Activity> activity;
+    static const Activity kIdle;
   };
   // Capture files given back once the lock is released (see CaptureFiles): those of
   // forgotten records, reused only when nothing has them open any more and removed otherwise;

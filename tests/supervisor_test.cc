@@ -459,6 +459,53 @@ TEST_F(SupervisorTest, TreeTerminateReachesChildrenAndStrays) {
   EXPECT_TRUE(terminated.value.has_value());
 }
 
+// Most records kept are ended ones: they keep no waiters, timers or restart state, only
+// while something is still in progress on them.
+TEST_F(SupervisorTest, AnEndedRecordKeepsWhatIsInProgressOnItAndNothingElse) {
+  ProcessInfo joined_one = StartTrue();
+  ProcessInfo with_stray = StartTrue();
+  EXPECT_EQ(supervisor_->Counts().in_progress, 2u) << "both run";
+  Result joined;
+  supervisor_->Join(joined_one.id, std::nullopt, joined.Callback());
+  os_.Exit(joined_one.pid, WaitStatus::Exited(0));
+  ASSERT_TRUE(joined.value.has_value());
+  EXPECT_EQ(supervisor_->Counts().in_progress, 1u) << "answered and ended: nothing left";
+  Result again;
+  supervisor_->Join(joined_one.id, std::nullopt, again.Callback());
+  EXPECT_TRUE(again.value.has_value());
+  EXPECT_EQ(supervisor_->Counts().in_progress, 1u) << "a Join of an ended record keeps nothing";
+
+  // A tree terminate of an ended worker whose leftover lives goes on until the leftover is
+  // gone, and answers then.
+  os_.AddStray(4242, with_stray.pid);
+  os_.Exit(with_stray.pid, WaitStatus::Exited(0));
+  EXPECT_EQ(supervisor_->Counts().in_progress, 0u);
+  Result terminated;
+  supervisor_->Terminate(with_stray.id,
+                         TerminateOptions{.signal = kSigterm, .grace = absl::Seconds(1)},
+                         terminated.Callback());
+  EXPECT_EQ(supervisor_->Counts().in_progress, 1u) << "a terminator waits on it";
+  time_.Advance(absl::Seconds(1));
+  EXPECT_THAT(os_.signals.back(), Pair(4242, kSigkill)) << "its grace was kept";
+  EXPECT_FALSE(terminated.value.has_value());
+  os_.ReapStray(4242);
+  ASSERT_TRUE(terminated.value.has_value());
+  EXPECT_TRUE(terminated.value->ok());
+  time_.Advance(absl::Seconds(5));
+  EXPECT_EQ(supervisor_->Counts().in_progress, 0u);
+  EXPECT_EQ(time_.pending(), 0u);
+
+  // A parent that ends while its child's launch is in flight keeps the count of that launch
+  // until the child is committed, and nothing after.
+  ProcessInfo parent = StartTrue();
+  os_.DuringNextLaunch([&](pid_t) { os_.Exit(parent.pid, WaitStatus::Exited(0)); });
+  ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = parent.id});
+  EXPECT_FALSE(supervisor_->Get(parent.id)->running);
+  EXPECT_EQ(supervisor_->Counts().in_progress, 1u) << "the child alone";
+  os_.Exit(child.pid, WaitStatus::Exited(0));
+  EXPECT_EQ(supervisor_->Counts().in_progress, 0u);
+}
+
 TEST_F(SupervisorTest, NarrowTerminateSignalsOnlyTheGroup) {
   ProcessInfo root = StartTrue();
   ProcessInfo child = StartOk(StartSpec{.target = "/bin/true", .parent_id = root.id});
@@ -852,6 +899,26 @@ class RestartPolicyTest : public SupervisorTest {
 constexpr RestartPolicy kOnFailure{.mode = RestartPolicy::Mode::kOnFailure,
                                    .initial_backoff = absl::Milliseconds(100),
                                    .max_backoff = absl::Milliseconds(250)};
+
+TEST_F(RestartPolicyTest, ARecordWaitingToRestartKeepsItsStateUntilItHasEndedForGood) {
+  ProcessInfo first = StartRestarting(kOnFailure);
+  os_.Exit(first.pid, WaitStatus::Exited(3));
+  EXPECT_TRUE(Now(first.id).backoff);
+  EXPECT_EQ(supervisor_->Counts().in_progress, 1u) << "in backoff: it runs again";
+  time_.Advance(absl::Milliseconds(100));
+  ProcessInfo second = Now(first.id);
+  ASSERT_TRUE(second.running);
+  EXPECT_EQ(second.restart_policy().mode, RestartPolicy::Mode::kOnFailure);
+  os_.Exit(second.pid, WaitStatus::Exited(0));
+  ProcessInfo ended = Now(first.id);
+  EXPECT_FALSE(ended.backoff);
+  EXPECT_EQ(ended.restarts, 1u);
+  ASSERT_TRUE(ended.last_exit.has_value());
+  EXPECT_EQ(ended.last_exit->status.exitcode(), 3);
+  EXPECT_EQ(ended.restart_policy().mode, RestartPolicy::Mode::kOnFailure)
+      << "what it ran under is still reported";
+  EXPECT_EQ(supervisor_->Counts().in_progress, 0u);
+}
 
 TEST_F(RestartPolicyTest, AFailedRunComesBackAfterADoublingWaitWithItsIdAndName) {
   ProcessInfo first = StartRestarting(kOnFailure);

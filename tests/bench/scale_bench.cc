@@ -14,8 +14,9 @@
 //   proctord's RSS growth while they are parked (measured first, before the listings, whose
 //   freed memory they would reuse);
 // Then the history: H short processes (/bin/true, Start+Join, never released) on a fresh
-// proctord with the default --retain 10000; proctord's RSS every H/7 processes, and what a
-// retained record costs once retention is full.
+// proctord with the default --retain 10000; proctord's RSS every H/7 processes. The same again
+// with --retain 0, which keeps everything else (the event window, the journal, the stock of
+// capture files): the difference is what the retained records cost.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -278,13 +279,18 @@ absl::StatusOr<nlohmann::json> MeasureLive(BenchDaemon& daemon, const std::strin
   return figures;
 }
 
-absl::StatusOr<nlohmann::json> MeasureHistory(const Options& options, const std::string& dir) {
-  const std::string own = dir + "/history";
+// `retain`: proctord's --retain; unset, its default.
+absl::StatusOr<nlohmann::json> MeasureHistory(const Options& options, const std::string& dir,
+                                              std::optional<int> retain) {
+  const std::string own =
+      absl::StrCat(dir, "/history", retain.has_value() ? absl::StrCat("-retain-", *retain) : "");
   if (mkdir(own.c_str(), 0700) != 0) {
     return absl::InternalError(absl::StrCat("mkdir ", own, ": ", std::strerror(errno)));
   }
+  std::vector<std::string> flags = {"--log-level", "warn"};
+  if (retain.has_value()) flags.insert(flags.end(), {"--retain", absl::StrCat(*retain)});
   absl::StatusOr<std::unique_ptr<BenchDaemon>> daemon =
-      BenchDaemon::Start(options.proctord, {"--log-level", "warn"}, own);
+      BenchDaemon::Start(options.proctord, flags, own);
   if (!daemon.ok()) return daemon.status();
   nlohmann::json samples = nlohmann::json::array();
   const int step = std::max(1, options.history / 7);
@@ -365,21 +371,37 @@ int Main(int argc, char** argv) {
       }
     }  // proctord stops, and ends its workers
     if (options.history > 0) {
-      absl::StatusOr<nlohmann::json> history = MeasureHistory(options, dir);
-      if (!history.ok()) {
-        std::cerr << "proctor_scale_bench: history: " << history.status() << "\n";
+      absl::StatusOr<nlohmann::json> history = MeasureHistory(options, dir, std::nullopt);
+      absl::StatusOr<nlohmann::json> unretained =
+          history.ok() ? MeasureHistory(options, dir, 0) : history;
+      if (!unretained.ok()) {
+        std::cerr << "proctor_scale_bench: history: " << unretained.status() << "\n";
         return 1;
       }
       report["history"] = *history;
+      report["history_retain_0"] = *unretained;
+      // Over the same processes, each run's growth from its own start.
+      auto growth = [](const nlohmann::json& samples) {
+        return samples.back()["rss_kib"].get<int>() - samples.front()["rss_kib"].get<int>();
+      };
+      report["retained_records_kib"] = growth(*history) - growth(*unretained);
     }
     if (options.json) {
       std::cout << report.dump() << std::endl;
       return 0;
     }
     for (const nlohmann::json& size : report["live"]) std::cout << size.dump() << "\n";
-    for (const nlohmann::json& sample : report["history"]) {
-      std::cout << absl::StrFormat("history: %7d processes  proctord RSS %7d KiB\n",
-                                   sample["processes"].get<int>(), sample["rss_kib"].get<int>());
+    for (size_t i = 0; i < report["history"].size(); ++i) {
+      const nlohmann::json& sample = report["history"][i];
+      std::cout << absl::StrFormat(
+          "history: %7d processes  proctord RSS %7d KiB  (--retain 0: %7d KiB)\n",
+          sample["processes"].get<int>(), sample["rss_kib"].get<int>(),
+          report["history_retain_0"][i]["rss_kib"].get<int>());
+    }
+    if (report.contains("retained_records_kib")) {
+      std::cout << absl::StrFormat(
+          "history: the retained records cost %d KiB (growth over the growth with --retain 0)\n",
+          report["retained_records_kib"].get<int>());
     }
     return 0;
   });
