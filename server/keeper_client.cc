@@ -222,6 +222,7 @@ KeeperClient::~KeeperClient() {
     absl::MutexLock lock(&mu_);
     closing_ = true;
   }
+  FlushReleases();  // what was recorded as ended may be reaped
   shutdown(fd_, SHUT_RDWR);
   if (reader_.joinable()) reader_.join();
   if (notes_fd_ >= 0) close(notes_fd_);
@@ -237,7 +238,19 @@ bool KeeperClient::Write(const internal::KeeperRequest& request) {
   std::string frame;
   AppendFrame(request, frame);
   absl::MutexLock lock(&write_mu_);
+  if (!held_releases_.empty()) {
+    // One write for both: the keeper wakes once.
+    frame.insert(0, held_releases_);
+    held_releases_.clear();
+  }
   return WriteAll(fd_, frame);
+}
+
+void KeeperClient::FlushReleases() {
+  absl::MutexLock lock(&write_mu_);
+  if (held_releases_.empty()) return;
+  WriteAll(fd_, held_releases_);
+  held_releases_.clear();
 }
 
 void KeeperClient::WriteNote(const internal::KeeperRequest& request) {
@@ -275,7 +288,14 @@ absl::StatusOr<internal::Spawned> KeeperClient::Spawn(internal::Spawn spawn) {
 void KeeperClient::Release(uint64_t token) {
   internal::KeeperRequest request;
   request.mutable_release()->set_token(token);
-  Write(request);
+  if (std::this_thread::get_id() != reader_.get_id()) {
+    // Nothing would write it soon from here: the reader is blocked in its read.
+    Write(request);
+    return;
+  }
+  // Written by the next Write, or by the reader once kReleaseDelay has passed without one.
+  absl::MutexLock lock(&write_mu_);
+  AppendFrame(request, held_releases_);
 }
 
 void KeeperClient::Remember(const std::string& key, const std::string& value) {
@@ -308,7 +328,22 @@ void KeeperClient::Shutdown(absl::Duration limit) {
 void KeeperClient::ReadLoop() {
   FrameReader reader;
   char buffer[65536];
+  const int release_delay_ms = static_cast<int>(absl::ToInt64Milliseconds(kReleaseDelay));
   for (;;) {
+    bool held;
+    {
+      absl::MutexLock lock(&write_mu_);
+      held = !held_releases_.empty();
+    }
+    if (held) {
+      pollfd readable = {.fd = fd_, .events = POLLIN, .revents = 0};
+      int ready = poll(&readable, 1, release_delay_ms);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready == 0) {
+        FlushReleases();
+        continue;
+      }
+    }
     ssize_t n = read(fd_, buffer, sizeof(buffer));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;

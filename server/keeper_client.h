@@ -9,6 +9,12 @@
 // Spawn may be called from any thread, concurrently; it blocks until the keeper has started
 // the worker or failed to, so it must not be called from the reader thread (the listener).
 //
+// A Release from the listener (on_exited, on the reader thread) is not written at once: it
+// goes with the next request (a Spawn, most often, in a steady stream of workers), or after
+// kReleaseDelay without one. The keeper then wakes once for both, and its Reaped comes back
+// with the Spawned. A worker stays a zombie, its pid still ours, that much longer at most.
+// From any other thread, Release is written at once.
+//
 // Notes (Remember, Forget) go, when the keeper takes one, on a pipe of their own that the
 // keeper reads lazily (keeper.proto, NotesPipe): a note is one write that wakes nobody, and
 // once written it outlives proctord. Notes keep their order; a note written before a call
@@ -60,6 +66,7 @@ class KeeperClient {
   // The keeper's answer; UNAVAILABLE when the keeper is gone.
   absl::StatusOr<internal::Spawned> Spawn(internal::Spawn spawn);
   void Release(uint64_t token);
+  static constexpr absl::Duration kReleaseDelay = absl::Milliseconds(1);
   void Remember(const std::string& key, const std::string& value);
   void Forget(const std::string& key);
   // Asks the keeper to exit once it holds no worker and waits up to `limit` for it to close
@@ -76,8 +83,11 @@ class KeeperClient {
 
   KeeperClient(int fd, int notes_fd, pid_t keeper_pid)
       : fd_(fd), notes_fd_(notes_fd), keeper_pid_(keeper_pid) {}
-  // Writes one request whole; false when the connection is broken.
+  // Writes one request whole, after the releases held back; false when the connection is
+  // broken.
   bool Write(const internal::KeeperRequest& request);
+  // Writes the releases held back, if any.
+  void FlushReleases();
   // Remember and Forget: on the notes pipe, else on the connection.
   void WriteNote(const internal::KeeperRequest& request);
   void ReadLoop();
@@ -88,6 +98,7 @@ class KeeperClient {
   Listener listener_;
   std::thread reader_;
   absl::Mutex write_mu_;
+  std::string held_releases_ ABSL_GUARDED_BY(write_mu_);  // framed, not yet written
   absl::Mutex notes_mu_;  // one note written at a time, whole
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Pending*> pending_ ABSL_GUARDED_BY(mu_);

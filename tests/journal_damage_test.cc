@@ -34,9 +34,9 @@ struct Worker {
   uint64_t exited_cursor = 0;  // the cursor of its EXITED event
 };
 
-// Runs `sh -c "exit N"` for each code, one after another, each joined (so none is left
-// running when the test kills proctord), and finds each one's EXITED event by watching the
-// daemon's events from before the first. Each worker waits at a gate in `dir` until Start has
+// Runs `sh -c "exit N"` for each code, one after another, each joined and reaped by the
+// keeper (so none is left running, or held by the keeper, when the test kills proctord), and
+// finds each one's EXITED event by watching the daemon's events from before the first. Each worker waits at a gate in `dir` until Start has
 // answered, so that its exit is a commit of its own, never one with its start.
 std::vector<Worker> RunWorkers(Client& client, const std::string& dir,
                                const std::vector<int>& codes) {
@@ -50,6 +50,10 @@ std::vector<Worker> RunWorkers(Client& client, const std::string& dir,
     EXPECT_TRUE(gate.Open());
     absl::StatusOr<v1::Process> joined = client.Join(started.id());
     EXPECT_TRUE(joined.ok() && joined->exitcode() == code) << joined.status();
+    // Released by proctord once its exit is journaled, then reaped: its pid is gone.
+    EXPECT_TRUE(WaitFor([&] {
+      return access(absl::StrCat("/proc/", started.pid()).c_str(), F_OK) != 0;
+    })) << "worker " << started.id() << " was not reaped";
     workers.push_back({.id = started.id(), .exitcode = code});
   }
   uint64_t until = 0;

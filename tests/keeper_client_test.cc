@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -172,6 +173,53 @@ TEST_F(KeeperNotesTest, AnOrphanEndingBehindAHeldWorkerIsReapedAndReported) {
   }));
   client_->Shutdown(absl::Seconds(10));
   client_.reset();
+}
+
+// proctord releases a worker from the listener, as its exit is reported. The release waits
+// for the next request to ride with, and goes alone when none comes: either way the worker
+// is reaped.
+TEST_F(KeeperNotesTest, AReleaseFromTheListenerRidesWithTheNextSpawnOrGoesAlone) {
+  internal::Held held;
+  ASSERT_NO_FATAL_FAILURE(OpenKeeper(held));
+  absl::Mutex mu;
+  std::vector<uint64_t> reaped;
+  client_->Start(KeeperClient::Listener{
+      .on_exited = [&](const internal::Exited& exit) { client_->Release(exit.token()); },
+      .on_reaped =
+          [&](uint64_t token) {
+            absl::MutexLock lock(&mu);
+            reaped.push_back(token);
+          },
+      .on_lost = [] {}});
+  auto spawn = [&](uint64_t token) {
+    internal::Spawn request;
+    request.set_token(token);
+    request.set_path("/bin/true");
+    request.add_argv("/bin/true");
+    request.set_stdout_path(absl::StrCat(state_.path(), "/", token, ".out"));
+    request.set_stderr_path(absl::StrCat(state_.path(), "/", token, ".err"));
+    absl::StatusOr<internal::Spawned> spawned = client_->Spawn(request);
+    ASSERT_TRUE(spawned.ok()) << spawned.status();
+    ASSERT_GT(spawned->pid(), 0) << spawned->failed_step();
+  };
+  auto reaped_count = [&] {
+    absl::MutexLock lock(&mu);
+    return reaped.size();
+  };
+  // Alone: nothing else is asked of the keeper.
+  spawn(1);
+  EXPECT_TRUE(WaitFor([&] { return reaped_count() == 1; }));
+  // In a stream: each next Spawn follows the last worker's exit closely.
+  for (uint64_t token = 2; token <= 50; ++token) ASSERT_NO_FATAL_FAILURE(spawn(token));
+  EXPECT_TRUE(WaitFor([&] { return reaped_count() == 50; }));
+  client_->Shutdown(absl::Seconds(10));
+  client_.reset();
+  std::vector<uint64_t> sorted = reaped;
+  std::sort(sorted.begin(), sorted.end());
+  ASSERT_EQ(sorted.size(), 50u);
+  EXPECT_EQ(sorted.front(), 1u);
+  EXPECT_EQ(sorted.back(), 50u);
+  EXPECT_EQ(std::unique(sorted.begin(), sorted.end()), sorted.end()) << "each reaped once";
 }
 
 // A first run writes into an empty capture file whatever the path held; a restart's run
