@@ -24,6 +24,9 @@ extern char** environ;
 namespace proctor {
 namespace {
 
+// The KeeperClient whose reader this thread is, if any.
+thread_local const KeeperClient* reading_for = nullptr;
+
 constexpr absl::Duration kHelloTimeout = absl::Seconds(10);
 
 absl::StatusOr<sockaddr_un> SocketAddress(const std::string& path) {
@@ -288,7 +291,7 @@ absl::StatusOr<internal::Spawned> KeeperClient::Spawn(internal::Spawn spawn) {
 void KeeperClient::Release(uint64_t token) {
   internal::KeeperRequest request;
   request.mutable_release()->set_token(token);
-  if (std::this_thread::get_id() != reader_.get_id()) {
+  if (reading_for != this) {
     // Nothing would write it soon from here: the reader is blocked in its read.
     Write(request);
     return;
@@ -326,6 +329,7 @@ void KeeperClient::Shutdown(absl::Duration limit) {
 }
 
 void KeeperClient::ReadLoop() {
+  reading_for = this;
   FrameReader reader;
   char buffer[65536];
   const int release_delay_ms = static_cast<int>(absl::ToInt64Milliseconds(kReleaseDelay));
