@@ -492,10 +492,16 @@ std::string PosixProcessOs::TakeCgroup(uint64_t token, std::string& step) {
       return name;
     }
   }
+  // A new one is made here, never taken over: a directory that exists may be another
+  // worker's (pooled cgroups keep their first names, so one named after this token may hold
+  // a later worker) or a spare's.
   std::string name = absl::StrCat(token);
-  if (mkdirat(cgroup_base_fd_, name.c_str(), 0755) != 0 && errno != EEXIST) {
-    step = "mkdir";
-    return "";
+  for (int suffix = 1; mkdirat(cgroup_base_fd_, name.c_str(), 0755) != 0; ++suffix) {
+    if (errno != EEXIST || suffix > kCgroupNameAttempts) {
+      step = "mkdir";
+      return "";
+    }
+    name = absl::StrCat(token, "-", suffix);
   }
   absl::MutexLock lock(&mu_);
   if (!WatchCgroupLocked(token, name)) {

@@ -28,7 +28,9 @@
 //   removing a cgroup cost about 190 µs of CPU per worker (proctor_bench with and without
 //   --no-worker-cgroups); taking one from the pool makes no syscall. Only a cgroup that
 //   cgroup.events shows empty when it is pooled is reused. A worker's cgroup is
-//   thus not named after it; a restarted proctord learns the names from the keeper.
+//   thus not named after it (and a directory named after a token may hold another worker:
+//   a new cgroup is one mkdir made, never one found); a restarted proctord learns the names
+//   from the keeper.
 // - Strays (descendants found by FindDescendants) are held as pidfds, opened and then checked
 //   to still be where they were found; SignalProcess works only on those and on workers.
 //
@@ -111,11 +113,12 @@ class PosixProcessOs final : public ProcessOs {
  private:
   // One worker's cgroup, from its launch until it is empty and its leader is reaped.
   struct WorkerCgroup {
-    std::string name;  // directory below the base: the token of the worker it was made for
+    std::string name;  // directory below the base: the token it was made for ("7", "7-1")
     int watch = -1;    // inotify watch on its cgroup.events
     bool populated = true;
   };
   static constexpr size_t kSpareCgroups = 64;
+  static constexpr int kCgroupNameAttempts = 1000;  // "7-1" ... "7-1000", after "7"
   PosixProcessOs(EventLoop& loop, KeeperClient& keeper, Options options);
   // Finds cgroup v2 and makes the daemon's directory of worker cgroups; logs the outcome.
   void SetUpCgroups();

@@ -293,6 +293,53 @@ TEST(CgroupPoolTest, EmptiedCgroupsAreReusedAndBusyOnesAreNeverShared) {
   EXPECT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", seconds}).empty(); }));
 }
 
+// A pooled cgroup keeps the name of the worker it was made for, and may hold another worker
+// when that one runs again (a restart keeps its id): the rerun gets a cgroup of its own, and
+// ending it leaves the other worker alone.
+TEST(CgroupPoolTest, ARestartNeverTakesTheCgroupNamedAfterItFromAnotherWorker) {
+  TestDaemon daemon;
+  if (daemon.Log().find("its own cgroup") == std::string::npos) {
+    GTEST_SKIP() << "workers get no cgroups here";
+  }
+  TempDir dir;
+  const std::string ran = dir.path() + "/ran";
+  v1::StartRequest request;
+  request.set_target("/bin/sh");
+  request.add_args("-c");
+  // Fails at once the first time (its cgroup goes to the pool), runs on the second.
+  request.add_args(absl::StrCat("[ -e ", ran, " ] && exec sleep 300; touch ", ran, "; exit 1"));
+  v1::RestartPolicy* policy = request.mutable_restart();
+  policy->set_mode(v1::RestartPolicy::ON_FAILURE);
+  policy->mutable_initial_backoff()->set_nanos(500'000'000);
+  policy->mutable_max_backoff()->set_seconds(1);
+  absl::StatusOr<v1::Process> restarting = daemon.client().Start(request);
+  ASSERT_TRUE(restarting.ok()) << restarting.status();
+  const pid_t first_run = restarting->pid();
+  ASSERT_TRUE(WaitFor([&] {
+    return access(absl::StrCat("/proc/", first_run).c_str(), F_OK) != 0;
+  })) << "its first run was not reaped";
+  absl::SleepFor(absl::Milliseconds(20));  // pooled a moment after the reaping
+
+  // The only spare: the cgroup named after the restarting worker's id.
+  v1::Process other = StartOk(daemon.client(), {"/bin/sleep", "300"});
+  ASSERT_TRUE(WaitFor([&] { return !CgroupOfPid(other.pid()).empty(); }));
+  const std::string others = CgroupOfPid(other.pid());
+  ASSERT_TRUE(WaitFor([&] {
+    absl::StatusOr<v1::Process> now = daemon.client().Status(restarting->id());
+    return now.ok() && now->state() == v1::STATE_RUNNING && now->restarts() == 1 &&
+           !CgroupOfPid(now->pid()).empty();
+  })) << "it was not restarted\n" << daemon.Log();
+  const v1::Process rerun = *daemon.client().Status(restarting->id());
+  EXPECT_NE(CgroupOfPid(rerun.pid()), others) << "two live workers share a cgroup";
+
+  v1::TerminateRequest terminate;
+  terminate.set_id(rerun.id());
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+  EXPECT_TRUE(IsAlive(other.pid())) << "ending one worker ended another";
+  terminate.set_id(other.id());
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+}
+
 // Without cgroups, an escapee that kept the environment it started with is still found (in
 // /proc, by the PROCTOR_ID its environment started with) and ended with its tree.
 TEST(EscapeeTest, WithoutCgroupsEscapeesAreFoundInProc) {

@@ -311,7 +311,10 @@ class Soak {
     if (kill_holder) {
       argv.insert(argv.end(), {": > \"$0\"; exec sleep 60", run + ".held"});
     } else {
-      argv.insert(argv.end(), {"n=$(cat \"$0\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$0\"",
+      // Written aside and renamed: a write refused by the full disk (the disk fault) must
+      // leave the counter as it was, not emptied.
+      argv.insert(argv.end(), {"n=$(cat \"$0\" 2>/dev/null || echo 0); "
+                               "echo $((n + 1)) > \"$0.new\" && mv \"$0.new\" \"$0\"",
                                dir_ + "/counter"});
     }
     const absl::Time made = absl::Now();
