@@ -776,6 +776,12 @@ void Supervisor::ArmKillTimerLocked(Record& record, absl::Duration delay) {
   activity.kill_timer = timers_.After(delay, [this, id] { OnGraceExpired(id); });
 }
 
+void Supervisor::CancelKillTimerLocked(Activity& activity) {
+  if (activity.kill_timer != 0) timers_.Cancel(activity.kill_timer);
+  activity.kill_timer = 0;
+  activity.kill_deadline = absl::InfiniteDuration();
+}
+
 std::vector<Supervisor::Record*> Supervisor::SubtreeLocked(Record& root) {
   std::vector<Record*> subtree = {&root};
   for (size_t i = 0; i < subtree.size(); ++i) {
@@ -820,7 +826,8 @@ void Supervisor::SweepStrays(uint64_t root_id, int sig) {
   std::vector<pid_t> found = os_.FindDescendants(ids);
   absl::MutexLock lock(&mu_);
   Record* root = FindLocked(root_id);
-  if (root == nullptr) return;
+  // Nothing found, and none known before: nothing to signal (and no Activity to make).
+  if (root == nullptr || (found.empty() && root->peek().strays.empty())) return;
   std::vector<pid_t>& strays = root->active().strays;
   for (pid_t stray : found) {
     if (std::find(strays.begin(), strays.end(), stray) == strays.end()) strays.push_back(stray);
@@ -854,8 +861,7 @@ void Supervisor::OnGraceExpired(uint64_t id) {
   absl::MutexLock lock(&mu_);
   Record* record = FindLocked(id);
   if (record == nullptr) return;
-  record->active().kill_timer = 0;
-  record->active().kill_deadline = absl::InfiniteDuration();
+  CancelKillTimerLocked(record->active());  // it has fired
   PruneStraysLocked(*record);
   if (!AnythingAliveLocked(*record)) {
     // A tree whose known parts are gone still gets its sweep: escapees may remain.
@@ -922,9 +928,7 @@ void Supervisor::SettleDrains() {
 
 void Supervisor::CompleteTerminatorsLocked(Record& record, Outbox& out) {
   Activity& activity = record.active();
-  if (activity.kill_timer != 0) timers_.Cancel(activity.kill_timer);
-  activity.kill_timer = 0;
-  activity.kill_deadline = absl::InfiniteDuration();
+  CancelKillTimerLocked(activity);
   for (Waiter& w : activity.terminators) {
     waiter_record_.erase(w.id);
     out.Answer(std::move(w.done), record.info);
@@ -1201,24 +1205,23 @@ void Supervisor::OnRestartDue(uint64_t id) {
     info.usage = ResourceUsage{};
     info.start_time = clock_.Now();
     info.end_time = absl::InfinitePast();
-    record.active().run_started = clock_.MonotonicNow();
-    record.active().watchdog_fired = false;
-    if (record.active().kill_timer != 0) timers_.Cancel(record.active().kill_timer);
-    record.active().kill_timer = 0;
-    record.active().kill_deadline = absl::InfiniteDuration();
-    if (info.notify.has_value()) info.notify->watchdog = record.active().start_watchdog;
+    Activity& activity = record.active();
+    activity.run_started = clock_.MonotonicNow();
+    activity.watchdog_fired = false;
+    CancelKillTimerLocked(activity);
+    if (info.notify.has_value()) info.notify->watchdog = activity.start_watchdog;
     ArmWatchdogLocked(record);
     out.Emit(EventKind::kStarted, &info);
     spdlog::info("restarted id={} name=\"{}\" pid={} (restart {})", id, info.name, info.pid,
                  info.restarts);
-    if (record.active().no_restart || shutting_down_) {
+    if (activity.no_restart || shutting_down_) {
       // Terminated (or the daemon began to stop) while the launch was in flight.
       if (shutting_down_) draining_.insert(id);
       SignalTreeLocked(record, kSigterm, shutting_down_ ? shutdown_grace_ : kDefaultGrace, out);
     }
-    if (record.active().early_exit.has_value()) {
-      Exit exit = *std::exchange(record.active().early_exit, std::nullopt);
-      ExitLocked(record, exit, out);
+    if (activity.early_exit.has_value()) {
+      Exit exit = *std::exchange(activity.early_exit, std::nullopt);
+      ExitLocked(record, exit, out);  // may drop the Activity: nothing below may use it
     }
   }
   if (absl::Status confined = os_.Confine(id); !confined.ok()) {

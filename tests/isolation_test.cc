@@ -225,13 +225,17 @@ TEST(EscapeeTest, EscapeesThatChangeTheirEnvironmentAreStillEnded) {
   }
 }
 
-// The cgroup v2 path of `pid` ("0::" line of /proc/<pid>/cgroup), or "".
-std::string CgroupOfPid(pid_t pid) {
-  for (absl::string_view line :
-       absl::StrSplit(ReadFile(absl::StrCat("/proc/", pid, "/cgroup")), '\n')) {
+// The cgroup v2 path in `proc_cgroup`, the text of a /proc/<pid>/cgroup ("0::" line), or "".
+std::string CgroupV2Path(absl::string_view proc_cgroup) {
+  for (absl::string_view line : absl::StrSplit(proc_cgroup, '\n')) {
     if (absl::ConsumePrefix(&line, "0::")) return std::string(line);
   }
   return "";
+}
+
+// The cgroup v2 path of `pid`, or "".
+std::string CgroupOfPid(pid_t pid) {
+  return CgroupV2Path(ReadFile(absl::StrCat("/proc/", pid, "/cgroup")));
 }
 
 // Workers' cgroups are pooled when they are empty and reused by later workers; a cgroup
@@ -258,16 +262,13 @@ TEST(CgroupPoolTest, EmptiedCgroupsAreReusedAndBusyOnesAreNeverShared) {
   for (int i = 0; i < 20; ++i) {
     v1::Process worker = StartOk(daemon.client(), {"/bin/cat", "/proc/self/cgroup"});
     ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
-    std::string out = ReadFile(worker.stdout_path());
-    size_t at = out.find("0::");
-    ASSERT_NE(at, std::string::npos) << out;
-    std::string cgroup = out.substr(at + 3, out.find('\n', at) - at - 3);
+    const std::string out = ReadFile(worker.stdout_path());
+    const std::string cgroup = CgroupV2Path(out);
+    ASSERT_FALSE(cgroup.empty()) << out;
     EXPECT_NE(cgroup, busy) << "a cgroup something still lives in was handed on";
     used.insert(cgroup);
     // Given to the pool once the keeper has reaped the worker, a moment after the Join.
-    ASSERT_TRUE(WaitFor([&] {
-      return access(absl::StrCat("/proc/", worker.pid()).c_str(), F_OK) != 0;
-    }));
+    ASSERT_TRUE(WaitFor([&] { return IsGone(worker.pid()); }));
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_LT(used.size(), 10u) << "cgroups of ended workers were not reused";
@@ -306,8 +307,10 @@ TEST(CgroupPoolTest, ARestartNeverTakesTheCgroupNamedAfterItFromAnotherWorker) {
   v1::StartRequest request;
   request.set_target("/bin/sh");
   request.add_args("-c");
-  // Fails at once the first time (its cgroup goes to the pool), runs on the second.
-  request.add_args(absl::StrCat("[ -e ", ran, " ] && exec sleep 300; touch ", ran, "; exit 1"));
+  // Fails at once the first time (its cgroup goes to the pool), runs on the second. The first
+  // run leaves its /proc/self/cgroup in `ran`.
+  request.add_args(absl::StrCat("[ -e ", ran, " ] && exec sleep 300; cat /proc/self/cgroup > ",
+                                ran, "; exit 1"));
   v1::RestartPolicy* policy = request.mutable_restart();
   policy->set_mode(v1::RestartPolicy::ON_FAILURE);
   policy->mutable_initial_backoff()->set_nanos(500'000'000);
@@ -315,15 +318,15 @@ TEST(CgroupPoolTest, ARestartNeverTakesTheCgroupNamedAfterItFromAnotherWorker) {
   absl::StatusOr<v1::Process> restarting = daemon.client().Start(request);
   ASSERT_TRUE(restarting.ok()) << restarting.status();
   const pid_t first_run = restarting->pid();
-  ASSERT_TRUE(WaitFor([&] {
-    return access(absl::StrCat("/proc/", first_run).c_str(), F_OK) != 0;
-  })) << "its first run was not reaped";
-  absl::SleepFor(absl::Milliseconds(20));  // pooled a moment after the reaping
+  ASSERT_TRUE(WaitFor([&] { return IsGone(first_run); })) << "its first run was not reaped";
+  absl::SleepFor(absl::Milliseconds(100));  // pooled a moment after the reaping
 
   // The only spare: the cgroup named after the restarting worker's id.
   v1::Process other = StartOk(daemon.client(), {"/bin/sleep", "300"});
   ASSERT_TRUE(WaitFor([&] { return !CgroupOfPid(other.pid()).empty(); }));
   const std::string others = CgroupOfPid(other.pid());
+  ASSERT_EQ(others, CgroupV2Path(ReadFile(ran)))
+      << "the other worker did not get the pooled cgroup: the case is not set up";
   ASSERT_TRUE(WaitFor([&] {
     absl::StatusOr<v1::Process> now = daemon.client().Status(restarting->id());
     return now.ok() && now->state() == v1::STATE_RUNNING && now->restarts() == 1 &&

@@ -51,9 +51,8 @@ std::vector<Worker> RunWorkers(Client& client, const std::string& dir,
     absl::StatusOr<v1::Process> joined = client.Join(started.id());
     EXPECT_TRUE(joined.ok() && joined->exitcode() == code) << joined.status();
     // Released by proctord once its exit is journaled, then reaped: its pid is gone.
-    EXPECT_TRUE(WaitFor([&] {
-      return access(absl::StrCat("/proc/", started.pid()).c_str(), F_OK) != 0;
-    })) << "worker " << started.id() << " was not reaped";
+    EXPECT_TRUE(WaitFor([&] { return IsGone(started.pid()); }))
+        << "worker " << started.id() << " was not reaped";
     workers.push_back({.id = started.id(), .exitcode = code});
   }
   uint64_t until = 0;

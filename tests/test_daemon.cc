@@ -353,6 +353,8 @@ bool IsZombie(pid_t pid) {
   return !fields.empty() && fields[0] == "Z";
 }
 
+bool IsGone(pid_t pid) { return StatFields(pid).empty(); }
+
 pid_t ParentOf(pid_t pid) {
   std::vector<std::string> fields = StatFields(pid);
   pid_t ppid = 0;

@@ -117,6 +117,8 @@ v1::Process StartOk(Client& client, const std::vector<std::string>& argv,
 // True when /proc/<pid> exists and is not a zombie; IsZombie for the zombie state.
 bool IsAlive(pid_t pid);
 bool IsZombie(pid_t pid);
+// No process has the pid any more, not even a zombie: it has been reaped.
+bool IsGone(pid_t pid);
 // The parent of `pid`, from /proc/<pid>/stat; 0 once it is gone.
 pid_t ParentOf(pid_t pid);
 // SIGSTOPs `pid` and waits until every one of its threads has stopped (the signal is taken
