@@ -301,7 +301,7 @@ absl::StatusOr<std::unique_ptr<PosixProcessOs>> PosixProcessOs::Create(
   return os;
 }
 
-std::optional<bool> PosixProcessOs::CgroupPopulated(const std::string& name) const {
+std::optional<bool> PosixProcessOs::CgroupPopulatedLocked(const std::string& name) const {
   const std::string events = ReadSmallFile(cgroup_base_fd_, name + "/cgroup.events");
   if (absl::StrContains(events, "populated 1")) return true;
   if (absl::StrContains(events, "populated 0")) return false;
@@ -327,7 +327,7 @@ void PosixProcessOs::PoolLeftoverCgroups() {
       continue;
     }
     const std::string name = entry->d_name;
-    if (CgroupPopulated(name).value_or(true)) continue;  // busy, or cannot be told
+    if (CgroupPopulatedLocked(name).value_or(true)) continue;  // busy, or cannot be told
     if (spare_cgroups_.size() < kSpareCgroups) {
       if (int watch = WatchCgroupEvents(name); watch >= 0) {
         spare_cgroups_.push_back(WorkerCgroup{.name = name, .watch = watch});
@@ -476,7 +476,7 @@ void PosixProcessOs::Adopt(const internal::HeldWorker& worker) {
     return;
   }
   if (!WatchCgroupLocked(worker.token(), std::string(name))) return;
-  cgroups_[worker.token()].populated = CgroupPopulated(std::string(name)).value_or(false);
+  cgroups_[worker.token()].populated = CgroupPopulatedLocked(std::string(name)).value_or(false);
 }
 
 std::string PosixProcessOs::TakeCgroup(uint64_t token, std::string& step) {
@@ -486,6 +486,7 @@ std::string PosixProcessOs::TakeCgroup(uint64_t token, std::string& step) {
       WorkerCgroup cgroup = std::move(spare_cgroups_.back());
       spare_cgroups_.pop_back();
       cgroup.populated = true;  // as a new one: until its cgroup.events says otherwise
+      cgroup.launching = true;
       cgroup_watches_[cgroup.watch] = token;
       std::string name = cgroup.name;
       cgroups_[token] = std::move(cgroup);
@@ -511,6 +512,7 @@ std::string PosixProcessOs::TakeCgroup(uint64_t token, std::string& step) {
     step = "cgroup";
     return "";
   }
+  cgroups_[token].launching = true;
   return name;
 }
 
@@ -616,6 +618,12 @@ void PosixProcessOs::OnSpawned(uint64_t token, pid_t pid) {
   workers_[pid] = token;
   tokens_[token] = pid;
   HoldGroupLocked(token, pid);
+  // From now on the worker's unreaped pid keeps its cgroup. It entered before its exec, so
+  // a read now is its own (events while it was on its way in were not taken as its).
+  if (auto cgroup = cgroups_.find(token); cgroup != cgroups_.end() && cgroup->second.launching) {
+    cgroup->second.launching = false;
+    cgroup->second.populated = CgroupPopulatedLocked(cgroup->second.name).value_or(true);
+  }
 }
 
 void PosixProcessOs::HoldGroupLocked(uint64_t token, pid_t pid) {
@@ -716,20 +724,15 @@ void PosixProcessOs::OnCgroupEvents() {
   }
   bool emptied = false;
   for (int watch : changed) {
-    std::string name;
-    {
-      absl::MutexLock lock(&mu_);
-      auto w = cgroup_watches_.find(watch);
-      if (w == cgroup_watches_.end()) continue;
-      name = cgroups_.at(w->second).name;
-    }
-    // Read without the lock: GroupExists() answers from memory meanwhile.
-    const bool populated = CgroupPopulated(name).value_or(false);
     absl::MutexLock lock(&mu_);
     auto w = cgroup_watches_.find(watch);
     if (w == cgroup_watches_.end()) continue;
     uint64_t token = w->second;
     WorkerCgroup& cgroup = cgroups_.at(token);
+    // An event may be late (the kernel spaces them 10 ms apart) and be about the worker the
+    // cgroup had before: while a launch is on its way in, the cgroup counts as its.
+    const bool populated =
+        cgroup.launching || CgroupPopulatedLocked(cgroup.name).value_or(false);
     if (cgroup.populated && !populated) emptied = true;
     cgroup.populated = populated;
     MaybeRemoveCgroupLocked(token);
@@ -742,12 +745,12 @@ void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
   auto it = cgroups_.find(token);
   // Kept until the leader is reaped, not only released: until then GroupHasLiveMembers()
   // answers from it, and without it would have to search /proc.
-  if (it == cgroups_.end() || it->second.populated || tokens_.contains(token) ||
-      releasing_.contains(token)) {
+  if (it == cgroups_.end() || it->second.populated || it->second.launching ||
+      tokens_.contains(token) || releasing_.contains(token)) {
     return;
   }
   // Empty for sure (read now, not as last seen): the next worker's.
-  if (spare_cgroups_.size() < kSpareCgroups && !CgroupPopulated(it->second.name).value_or(true)) {
+  if (spare_cgroups_.size() < kSpareCgroups && !CgroupPopulatedLocked(it->second.name).value_or(true)) {
     ForgetGroupLocked(token);  // its members were all in the cgroup
     cgroup_watches_.erase(it->second.watch);
     spare_cgroups_.push_back(std::move(it->second));
@@ -903,7 +906,6 @@ bool PosixProcessOs::GroupExistsLocked(uint64_t token) {
 
 bool PosixProcessOs::GroupHasLiveMembers(uint64_t token) {
   pid_t pgid = 0;
-  std::string cgroup_name;
   {
     absl::MutexLock lock(&mu_);
     auto releasing = releasing_.find(token);
@@ -919,11 +921,8 @@ bool PosixProcessOs::GroupHasLiveMembers(uint64_t token) {
     // leaves its cgroup at once, so where there is one it answers (read now: the watch on it
     // may not have been read yet).
     if (auto cgroup = cgroups_.find(token); cgroup != cgroups_.end()) {
-      cgroup_name = cgroup->second.name;
+      return CgroupPopulatedLocked(cgroup->second.name).value_or(false);
     }
-  }
-  if (!cgroup_name.empty()) {
-    return CgroupPopulated(cgroup_name).value_or(false);
   }
   // No cgroup: any live process in the group but the leader (rare: only while it is reaped).
   DIR* proc = opendir("/proc");

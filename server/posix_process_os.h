@@ -30,7 +30,10 @@
 //   cgroup.events shows empty when it is pooled is reused. A worker's cgroup is
 //   thus not named after it (and a directory named after a token may hold another worker:
 //   a new cgroup is one mkdir made, never one found); a restarted proctord learns the names
-//   from the keeper.
+//   from the keeper. A cgroup is not pooled while the launch it was taken for is in flight:
+//   a notification may come late (the kernel spaces them 10 ms apart) and be about its
+//   previous worker. Its state is read under the lock the pool hands it on under, so what
+//   is read is always about the worker that holds it.
 // - Strays (descendants found by FindDescendants) are held as pidfds, opened and then checked
 //   to still be where they were found; SignalProcess works only on those and on workers.
 //
@@ -116,6 +119,9 @@ class PosixProcessOs final : public ProcessOs {
     std::string name;  // directory below the base: the token it was made for ("7", "7-1")
     int watch = -1;    // inotify watch on its cgroup.events
     bool populated = true;
+    // Had for a launch the keeper has not yet reported spawned: empty or not, the worker may
+    // still be on its way in, so the cgroup is not done with (pooled or removed) meanwhile.
+    bool launching = false;
   };
   static constexpr size_t kSpareCgroups = 64;
   static constexpr int kCgroupNameAttempts = 1000;  // "7-1" ... "7-1000", after "7"
@@ -125,8 +131,11 @@ class PosixProcessOs final : public ProcessOs {
   // After adopting the held workers: the empty cgroups below the base that none of them has.
   void PoolLeftoverCgroups();
   // Whether anything is in the cgroup `name` below the base, from its cgroup.events read
-  // now; nullopt when that cannot be read.
-  std::optional<bool> CgroupPopulated(const std::string& name) const;
+  // now; nullopt when that cannot be read. Only under mu_: a pooled cgroup passes from one
+  // worker to the next under it, so a name looked up and read within one hold describes the
+  // worker it was looked up for, never the next one the pool gave it to.
+  std::optional<bool> CgroupPopulatedLocked(const std::string& name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An inotify watch (IN_MODIFY) on the cgroup.events of `name` below the base, or -1.
   int WatchCgroupEvents(const std::string& name);
   void Adopt(const internal::HeldWorker& worker);

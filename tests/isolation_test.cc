@@ -343,7 +343,58 @@ TEST(CgroupPoolTest, ARestartNeverTakesTheCgroupNamedAfterItFromAnotherWorker) {
   ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
 }
 
+// The kernel spaces cgroup.events notifications 10 ms apart, so the one that says a worker's
+// cgroup emptied can arrive after the cgroup was pooled and given to the next worker, while
+// that worker is still on its way in. It is not taken as the new worker's: the cgroup stays
+// its own, and is not pooled again for a third. The delay before the next Start is swept so
+// that its launch meets the late notification, and three threads keep the CPUs busy: on an
+// idle machine the notifications are read too soon to be late.
+TEST(CgroupPoolTest, ALateNotificationOfTheLastWorkerNeverHandsOnTheNextOnesCgroup) {
+  TestDaemon daemon;
+  if (daemon.Log().find("its own cgroup") == std::string::npos) {
+    GTEST_SKIP() << "workers get no cgroups here";
+  }
+  std::vector<std::jthread> spinners;
+  for (int t = 0; t < 3; ++t) {
+    spinners.emplace_back([](std::stop_token stop) {
+      while (!stop.stop_requested()) {
+      }
+    });
+  }
+  int shared = 0;
+  std::string example;
+  for (int i = 0; i < 60 && shared == 0; ++i) {
+    v1::Process brief = StartOk(daemon.client(), {"/bin/true"});
+    ASSERT_TRUE(daemon.client().Join(brief.id()).ok());
+    ASSERT_TRUE(WaitFor([&] { return IsGone(brief.pid()); }));
+    absl::SleepFor(absl::Microseconds(200 * i));  // 0 to 12 ms
+    v1::Process first = StartOk(daemon.client(), {"/bin/sleep", "30"});
+    v1::Process second = StartOk(daemon.client(), {"/bin/sleep", "30"});
+    std::string a;
+    std::string b;
+    ASSERT_TRUE(WaitFor([&] {
+      a = CgroupOfPid(first.pid());
+      b = CgroupOfPid(second.pid());
+      return !a.empty() && !b.empty();
+    }));
+    if (a == b) {
+      ++shared;
+      example = a;
+    }
+    for (const v1::Process& p : {first, second}) {
+      v1::TerminateRequest terminate;
+      terminate.set_id(p.id());
+      terminate.set_signal(SIGKILL);
+      ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+      ASSERT_TRUE(daemon.client().Release(p.id()).ok());
+    }
+    ASSERT_TRUE(daemon.client().Release(brief.id()).ok());
+  }
+  EXPECT_EQ(shared, 0) << "two live workers shared the cgroup " << example;
+}
+
 // Without cgroups, an escapee that kept the environment it started with is still found (in
+
 // /proc, by the PROCTOR_ID its environment started with) and ended with its tree.
 TEST(EscapeeTest, WithoutCgroupsEscapeesAreFoundInProc) {
   TestDaemon daemon({"--no-worker-cgroups"});
