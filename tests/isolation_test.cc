@@ -225,19 +225,6 @@ TEST(EscapeeTest, EscapeesThatChangeTheirEnvironmentAreStillEnded) {
   }
 }
 
-// The cgroup v2 path in `proc_cgroup`, the text of a /proc/<pid>/cgroup ("0::" line), or "".
-std::string CgroupV2Path(absl::string_view proc_cgroup) {
-  for (absl::string_view line : absl::StrSplit(proc_cgroup, '\n')) {
-    if (absl::ConsumePrefix(&line, "0::")) return std::string(line);
-  }
-  return "";
-}
-
-// The cgroup v2 path of `pid`, or "".
-std::string CgroupOfPid(pid_t pid) {
-  return CgroupV2Path(ReadFile(absl::StrCat("/proc/", pid, "/cgroup")));
-}
-
 // Workers' cgroups are pooled when they are empty and reused by later workers; a cgroup
 // anything is still alive in, and that of a live worker, is never anyone else's.
 TEST(CgroupPoolTest, EmptiedCgroupsAreReusedAndBusyOnesAreNeverShared) {
@@ -341,56 +328,6 @@ TEST(CgroupPoolTest, ARestartNeverTakesTheCgroupNamedAfterItFromAnotherWorker) {
   EXPECT_TRUE(IsAlive(other.pid())) << "ending one worker ended another";
   terminate.set_id(other.id());
   ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
-}
-
-// The kernel spaces cgroup.events notifications 10 ms apart, so the one that says a worker's
-// cgroup emptied can arrive after the cgroup was pooled and given to the next worker, while
-// that worker is still on its way in. It is not taken as the new worker's: the cgroup stays
-// its own, and is not pooled again for a third. The delay before the next Start is swept so
-// that its launch meets the late notification, and three threads keep the CPUs busy: on an
-// idle machine the notifications are read too soon to be late.
-TEST(CgroupPoolTest, ALateNotificationOfTheLastWorkerNeverHandsOnTheNextOnesCgroup) {
-  TestDaemon daemon;
-  if (daemon.Log().find("its own cgroup") == std::string::npos) {
-    GTEST_SKIP() << "workers get no cgroups here";
-  }
-  std::vector<std::jthread> spinners;
-  for (int t = 0; t < 3; ++t) {
-    spinners.emplace_back([](std::stop_token stop) {
-      while (!stop.stop_requested()) {
-      }
-    });
-  }
-  int shared = 0;
-  std::string example;
-  for (int i = 0; i < 60 && shared == 0; ++i) {
-    v1::Process brief = StartOk(daemon.client(), {"/bin/true"});
-    ASSERT_TRUE(daemon.client().Join(brief.id()).ok());
-    ASSERT_TRUE(WaitFor([&] { return IsGone(brief.pid()); }));
-    absl::SleepFor(absl::Microseconds(200 * i));  // 0 to 12 ms
-    v1::Process first = StartOk(daemon.client(), {"/bin/sleep", "30"});
-    v1::Process second = StartOk(daemon.client(), {"/bin/sleep", "30"});
-    std::string a;
-    std::string b;
-    ASSERT_TRUE(WaitFor([&] {
-      a = CgroupOfPid(first.pid());
-      b = CgroupOfPid(second.pid());
-      return !a.empty() && !b.empty();
-    }));
-    if (a == b) {
-      ++shared;
-      example = a;
-    }
-    for (const v1::Process& p : {first, second}) {
-      v1::TerminateRequest terminate;
-      terminate.set_id(p.id());
-      terminate.set_signal(SIGKILL);
-      ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
-      ASSERT_TRUE(daemon.client().Release(p.id()).ok());
-    }
-    ASSERT_TRUE(daemon.client().Release(brief.id()).ok());
-  }
-  EXPECT_EQ(shared, 0) << "two live workers shared the cgroup " << example;
 }
 
 // Without cgroups, an escapee that kept the environment it started with is still found (in

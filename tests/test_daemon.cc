@@ -472,6 +472,17 @@ std::string ReadFile(const std::string& path) {
   return buffer.str();
 }
 
+std::string CgroupV2Path(absl::string_view proc_cgroup) {
+  for (absl::string_view line : absl::StrSplit(proc_cgroup, '\n')) {
+    if (absl::ConsumePrefix(&line, "0::")) return std::string(line);
+  }
+  return "";
+}
+
+std::string CgroupOfPid(pid_t pid) {
+  return CgroupV2Path(ReadFile(absl::StrCat("/proc/", pid, "/cgroup")));
+}
+
 }  // namespace proctor::testing
 
 namespace proctor::testing {

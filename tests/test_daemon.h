@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/client.h"
 
@@ -152,6 +153,10 @@ bool WaitAtGate(const std::string& path);
 // workers of a proctord are below its keeper, which is its child until it ends).
 std::vector<pid_t> Descendants(pid_t ancestor);
 std::string ReadFile(const std::string& path);
+// The cgroup v2 path in `proc_cgroup`, the text of a /proc/<pid>/cgroup ("0::" line), or "".
+std::string CgroupV2Path(absl::string_view proc_cgroup);
+// The cgroup v2 path of `pid`, or "" (also once it is gone).
+std::string CgroupOfPid(pid_t pid);
 // The credential a running worker signs its calls with, from its environment
 // (PROCTOR_AUTHKEY and PROCTOR_ID), waiting up to `limit` for the process to have exec'd.
 absl::StatusOr<Credentials> WorkerCredentials(pid_t pid, absl::Duration limit = absl::Seconds(5));
