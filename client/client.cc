@@ -150,6 +150,7 @@ class RunCall final : public grpc::ClientReadReactor<v1::RunEvent> {
     absl::MutexLock lock(&mu_);
     // An event is passed on only after the headers, which carry the daemon's proof.
     auto something = [this] {
+      mu_.AssertHeld();  // Await evaluates a condition with the lock held
       return (headers_ && !headers_seen_) || (has_event_ && headers_) || read_failed_ ||
              probe_answered_ || done_;
     };

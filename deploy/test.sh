@@ -4,7 +4,8 @@
 # arguments go to ctest); builds the unit tests under ThreadSanitizer and runs those of the
 # supervisor; builds what the Debian packages hold (build/, RelWithDebInfo) and builds,
 # installs, exercises and removes the packages (deploy/package-test.sh); then fuzzes every
-# parser of untrusted input for a short while (deploy/fuzz-smoke.sh).
+# parser of untrusted input for a short while (deploy/fuzz-smoke.sh), and has clang check
+# the lock annotations of our code (deploy/lock-check.sh).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,3 +16,4 @@ deploy/sanitize-test.sh thread
 deploy/build.sh proctord proctor-keeper proctor proctor_client
 deploy/package-test.sh
 deploy/fuzz-smoke.sh
+deploy/lock-check.sh

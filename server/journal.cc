@@ -381,6 +381,7 @@ absl::Status Journal::Restore(const std::string& aside, const std::vector<v1::Ev
   last_cursor_ = max_cursor;
   first_cursor_ = max_cursor + 1;
   return InTransactionLocked([&]() -> absl::Status {
+    mu_.AssertHeld();  // InTransactionLocked runs it under the lock
     for (const v1::Event& event : events) {
       if (absl::Status s = InsertLocked(event); !s.ok()) return s;
     }
@@ -443,6 +444,7 @@ absl::Status Journal::Append(std::vector<v1::Event>& events) {
   absl::MutexLock lock(&mu_);
   uint64_t cursor = last_cursor_;
   absl::Status status = InTransactionLocked([&]() -> absl::Status {
+    mu_.AssertHeld();  // InTransactionLocked runs it under the lock
     for (v1::Event& event : events) {
       // Numbered here, or already numbered by the caller (higher than any before).
       if (event.cursor() == 0) {
@@ -490,7 +492,10 @@ absl::StatusOr<Journal::Loaded> Journal::Load() {
     }
     uint64_t old_first = first_cursor_;
     first_cursor_ = std::max(first_cursor_, highest + 1);
-    if (absl::Status s = InTransactionLocked([&] { return DeleteLocked(damaged); }); !s.ok()) {
+    if (absl::Status s = InTransactionLocked([&] {
+          mu_.AssertHeld();  // InTransactionLocked runs it under the lock
+          return DeleteLocked(damaged);
+        }); !s.ok()) {
       first_cursor_ = old_first;
       return s;
     }
@@ -571,7 +576,10 @@ absl::StatusOr<Journal::CompactStats> Journal::Compact(
   if (!drop.empty()) {
     uint64_t old_first = first_cursor_;
     first_cursor_ = std::max(first_cursor_, drop.front() + 1);  // drop is newest first
-    if (absl::Status s = InTransactionLocked([&] { return DeleteLocked(drop); }); !s.ok()) {
+    if (absl::Status s = InTransactionLocked([&] {
+          mu_.AssertHeld();  // InTransactionLocked runs it under the lock
+          return DeleteLocked(drop);
+        }); !s.ok()) {
       first_cursor_ = old_first;
       return s;
     }

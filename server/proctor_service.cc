@@ -152,7 +152,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
         follow_(follow) {
     // A followed file may stay empty for long: the headers, and the proof in them, go out now.
     if (follow_) StartSendInitialMetadata();
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&shared_->mu);
     shared_->stream = this;
     PumpLocked();
   }
@@ -163,7 +163,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&shared_->mu);
     writing_ = false;
     if (!ok) {
       FinishLocked(grpc::Status::CANCELLED);
@@ -173,7 +173,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   void OnCancel() override {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&shared_->mu);
     if (!writing_) FinishLocked(grpc::Status::CANCELLED);
   }
 
@@ -182,7 +182,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void OnDone() override {
     TimerId pending;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&shared_->mu);
       shared_->stream = nullptr;
       pending = timer_;
     }
@@ -191,7 +191,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
  private:
-  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(shared_->mu) {
     if (finished_) return;
     // Whether the process had ended is asked before reading: output written before the exit
     // is then surely in the file, and an empty read means the end.
@@ -214,9 +214,11 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
     timer_ = timers_.After(kFollowInterval, [shared = shared_] {
       absl::MutexLock lock(&shared->mu);
-      if (shared->stream == nullptr) return;
-      shared->stream->timer_ = 0;
-      shared->stream->PumpLocked();
+      LogStream* stream = shared->stream;
+      if (stream == nullptr) return;
+      stream->shared_->mu.AssertHeld();  // the same mutex: the stream's shared_ is `shared`
+      stream->timer_ = 0;
+      stream->PumpLocked();
     });
   }
 
@@ -225,7 +227,7 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     return info.ok() && (info->running || info->backoff);  // a restart writes on
   }
 
-  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shared_->mu) {
     if (finished_) return;
     finished_ = true;
     Finish(status);
@@ -242,14 +244,13 @@ class LogStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   const uint64_t id_;
   const int fd_;
   const std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
-  absl::Mutex& mu_ = shared_->mu;
-  int64_t offset_ ABSL_GUARDED_BY(mu_);
+  int64_t offset_ ABSL_GUARDED_BY(shared_->mu);
   const bool follow_;
-  v1::LogChunk chunk_ ABSL_GUARDED_BY(mu_);
-  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);  // chunk_, serialized; alive until written
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  TimerId timer_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::LogChunk chunk_ ABSL_GUARDED_BY(shared_->mu);
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(shared_->mu);  // chunk_, serialized; alive until written
+  bool writing_ ABSL_GUARDED_BY(shared_->mu) = false;
+  bool finished_ ABSL_GUARDED_BY(shared_->mu) = false;
+  TimerId timer_ ABSL_GUARDED_BY(shared_->mu) = 0;
 };
 
 class FailedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
@@ -375,6 +376,7 @@ class RunStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       Supervisor::WaiterId ready = supervisor_.AwaitReady(
           id_, *ready_timeout, [state](absl::StatusOr<ProcessInfo> result) {
             state->WithStream([&](RunStream& stream) {
+              stream.state_->mu.AssertHeld();  // WithStream holds it
               stream.state_->ready = 0;
               if (!result.ok()) {
                 stream.FinishLocked(ToGrpc(result.status()));
@@ -390,6 +392,7 @@ class RunStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Supervisor::WaiterId join =
         supervisor_.Join(id_, std::nullopt, [state](absl::StatusOr<ProcessInfo> result) {
           state->WithStream([&](RunStream& stream) {
+            stream.state_->mu.AssertHeld();  // WithStream holds it
             stream.state_->join = 0;
             stream.state_->exit = std::move(result);
             stream.PumpLocked();
@@ -409,17 +412,16 @@ class RunStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   void PumpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
-    State& state = *state_;
-    if (state.finished || state.writing || !state.started.has_value()) return;
-    if (!state.started_sent) {
-      state.started_sent = true;
-      *event_.mutable_started() = *state.started;
+    if (state_->finished || state_->writing || !state_->started.has_value()) return;
+    if (!state_->started_sent) {
+      state_->started_sent = true;
+      *event_.mutable_started() = *state_->started;
       WriteLocked();
       return;
     }
     // Whether the process had ended is asked before reading: output written before the exit
     // is then surely in the files, and empty reads mean the end.
-    const bool ended = state.exit.has_value();
+    const bool ended = state_->exit.has_value();
     // Both streams in turn, so that neither holds up the other.
     for (int tries = 0; tries < 2; ++tries) {
       Output& output = outputs_[next_output_];
@@ -437,20 +439,21 @@ class RunStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       return;
     }
     if (ended) {
-      if (!state.exit->ok()) {
-        FinishLocked(ToGrpc(state.exit->status()));
+      if (!state_->exit->ok()) {
+        FinishLocked(ToGrpc(state_->exit->status()));
         return;
       }
-      ToProto(**state.exit, event_.mutable_exited());
+      ToProto(**state_->exit, event_.mutable_exited());
       SerializeReply(event_, &out_);
-      state.finished = true;
+      state_->finished = true;
       StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
       return;
     }
-    if (state.timer != 0) return;
+    if (state_->timer != 0) return;
     std::shared_ptr<State> shared = state_;
-    state.timer = timers_.After(kFollowInterval, [shared] {
+    state_->timer = timers_.After(kFollowInterval, [shared] {
       shared->WithStream([](RunStream& stream) {
+        stream.state_->mu.AssertHeld();  // WithStream holds it
         stream.state_->timer = 0;
         stream.PumpLocked();
       });

@@ -1773,7 +1773,7 @@ void Supervisor::Restore(Restored restored) {
   }
   // Notes of processes that have ended for good meanwhile.
   for (const auto& [id, note] : restored.launches) {
-    out.Call([this, id] { os_.Forget(LaunchNoteKey(id)); });
+    out.Call([this, id = id] { os_.Forget(LaunchNoteKey(id)); });
   }
   // What happened while nobody watched: daemonic processes end with their parent or session.
   for (auto& [id, record] : records_) {

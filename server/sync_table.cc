@@ -398,6 +398,7 @@ absl::StatusOr<SyncInfo> SyncTable::Create(const SyncCreateSpec& spec) {
   if (!second_id.ok()) return second_id.status();
   bool first = true;
   auto make = [&](SyncKind kind, const std::string& name) -> Object& {
+    mu_.AssertHeld();  // called below, under the lock
     uint64_t id = first ? *first_id : *second_id;
     first = false;
     Object& object = objects_[id];
@@ -939,6 +940,7 @@ void SyncTable::PartyEnded(const SyncParty& party) {
   }
   // Conditions first: a lock they use can go only after them.
   std::stable_partition(owned.begin(), owned.end(), [&](uint64_t id) {
+    mu_.AssertHeld();  // called here, under the lock
     auto it = objects_.find(id);
     return it != objects_.end() && it->second.info.kind == SyncKind::kCondition;
   });
