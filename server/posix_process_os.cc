@@ -750,7 +750,8 @@ void PosixProcessOs::MaybeRemoveCgroupLocked(uint64_t token) {
     return;
   }
   // Empty for sure (read now, not as last seen): the next worker's.
-  if (spare_cgroups_.size() < kSpareCgroups && !CgroupPopulatedLocked(it->second.name).value_or(true)) {
+  if (spare_cgroups_.size() < kSpareCgroups &&
+      !CgroupPopulatedLocked(it->second.name).value_or(true)) {
     ForgetGroupLocked(token);  // its members were all in the cgroup
     cgroup_watches_.erase(it->second.watch);
     spare_cgroups_.push_back(std::move(it->second));

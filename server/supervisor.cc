@@ -1431,10 +1431,14 @@ absl::Status Supervisor::Release(uint64_t id) {
   }
   PruneStraysLocked(*record);
   if (os_.GroupHasLiveMembers(id) || !record->peek().strays.empty()) {
-    // Its captured output is still being written, and nothing else would end them.
-    return absl::FailedPreconditionError(
-        absl::StrCat("process ", id, " has ended but processes it started are still alive; "
-                     "terminate it before releasing it"));
+    // Its captured output is still being written. Unless a Terminate's SIGKILL is due,
+    // nothing would end them.
+    const bool ending = record->peek().kill_timer != 0;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "process ", id, " has ended but processes it started are still alive; ",
+        ending ? "a Terminate is ending them (SIGKILL after its grace): release it once they "
+                 "have ended (Terminate with wait returns then)"
+               : "terminate it before releasing it"));
   }
   out.Emit(EventKind::kReleased, &record->info);
   EraseLocked(id, out.files());

@@ -422,6 +422,32 @@ TEST(ReleaseTest, ReleaseIsRefusedWhileProcessesOfTheWorkerLive) {
   EXPECT_TRUE(daemon.client().Release(worker.id()).ok());
 }
 
+// A Release while a Terminate is still ending what an ended worker left says so, and how to
+// wait for it, rather than to terminate it.
+TEST(ReleaseTest, AReleaseWhileATerminateEndsWhatIsLeftSaysHowToWait) {
+  TestDaemon daemon;
+  // What it leaves ignores SIGTERM: only the SIGKILL after the grace ends it.
+  v1::Process worker = StartOk(
+      daemon.client(), {"/bin/sh", "-c", "(trap '' TERM; exec sleep 3006) & exit 0"});
+  ASSERT_TRUE(daemon.client().Join(worker.id()).ok());
+  ASSERT_TRUE(WaitFor([&] { return ProcessesRunning({"sleep", "3006"}).size() == 1; }));
+  v1::TerminateRequest terminate;
+  terminate.set_id(worker.id());
+  terminate.set_wait(false);
+  *terminate.mutable_grace() = DurationToProto(absl::Seconds(60));
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+  absl::Status refused = daemon.client().Release(worker.id());
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.message(), HasSubstr("still alive"));
+  EXPECT_THAT(refused.message(), HasSubstr("a Terminate is ending them"));
+  EXPECT_THAT(refused.message(), Not(HasSubstr("terminate it before")));
+  terminate.set_wait(true);
+  terminate.set_signal(SIGKILL);
+  ASSERT_TRUE(daemon.client().Terminate(terminate).ok());
+  EXPECT_TRUE(ProcessesRunning({"sleep", "3006"}).empty());
+  EXPECT_TRUE(daemon.client().Release(worker.id()).ok());
+}
+
 // Each worker signs with a credential of its own. A child never holds its parent's, so it
 // cannot act as its parent (here: on its sibling); multiprocessing's authkey, which it does
 // inherit, is not accepted as a credential.
