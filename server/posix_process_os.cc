@@ -619,10 +619,13 @@ void PosixProcessOs::OnSpawned(uint64_t token, pid_t pid) {
   tokens_[token] = pid;
   HoldGroupLocked(token, pid);
   // From now on the worker's unreaped pid keeps its cgroup. It entered before its exec, so
-  // a read now is its own (events while it was on its way in were not taken as its).
+  // a read now is its own: an event put off while it was on its way in is read here (it
+  // may have ended meanwhile, and no event would come again).
   if (auto cgroup = cgroups_.find(token); cgroup != cgroups_.end() && cgroup->second.launching) {
     cgroup->second.launching = false;
-    cgroup->second.populated = CgroupPopulatedLocked(cgroup->second.name).value_or(true);
+    if (std::exchange(cgroup->second.event_unread, false)) {
+      cgroup->second.populated = CgroupPopulatedLocked(cgroup->second.name).value_or(true);
+    }
   }
 }
 
@@ -730,9 +733,12 @@ void PosixProcessOs::OnCgroupEvents() {
     uint64_t token = w->second;
     WorkerCgroup& cgroup = cgroups_.at(token);
     // An event may be late (the kernel spaces them 10 ms apart) and be about the worker the
-    // cgroup had before: while a launch is on its way in, the cgroup counts as its.
-    const bool populated =
-        cgroup.launching || CgroupPopulatedLocked(cgroup.name).value_or(false);
+    // cgroup had before: while a launch is on its way in, it is put off until the spawn.
+    if (cgroup.launching) {
+      cgroup.event_unread = true;
+      continue;
+    }
+    const bool populated = CgroupPopulatedLocked(cgroup.name).value_or(false);
     if (cgroup.populated && !populated) emptied = true;
     cgroup.populated = populated;
     MaybeRemoveCgroupLocked(token);

@@ -122,6 +122,8 @@ class PosixProcessOs final : public ProcessOs {
     // Had for a launch the keeper has not yet reported spawned: empty or not, the worker may
     // still be on its way in, so the cgroup is not done with (pooled or removed) meanwhile.
     bool launching = false;
+    // An event came while launching and was not read: it is read at the spawn instead.
+    bool event_unread = false;
   };
   static constexpr size_t kSpareCgroups = 64;
   static constexpr int kCgroupNameAttempts = 1000;  // "7-1" ... "7-1000", after "7"

@@ -565,10 +565,10 @@ class Supervisor {
   void SignalLocked(Record& record, int sig, absl::Duration grace, Outbox& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // (Re)arms the record's kill timer to fire `delay` from now, unless it fires sooner already.
-  // No SIGKILL is due for the record any more (its timer, if any, is cancelled).
-  void CancelKillTimerLocked(Activity& activity) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ArmKillTimerLocked(Record& record, absl::Duration delay)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // No SIGKILL is due for the record any more (its timer, if any, is cancelled).
+  void CancelKillTimerLocked(Activity& activity) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The same as SignalLocked for `root` and every record below it, and asks `out` to sweep
   // the tree for strays (outside the lock).
   void SignalTreeLocked(Record& root, int sig, absl::Duration grace, Outbox& out)

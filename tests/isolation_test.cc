@@ -331,7 +331,6 @@ TEST(CgroupPoolTest, ARestartNeverTakesTheCgroupNamedAfterItFromAnotherWorker) {
 }
 
 // Without cgroups, an escapee that kept the environment it started with is still found (in
-
 // /proc, by the PROCTOR_ID its environment started with) and ended with its tree.
 TEST(EscapeeTest, WithoutCgroupsEscapeesAreFoundInProc) {
   TestDaemon daemon({"--no-worker-cgroups"});
