@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <deque>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -377,6 +379,148 @@ absl::StatusOr<v1::Process> Client::Join(uint64_t id, std::optional<absl::Durati
       return process;
     }
   }
+}
+
+absl::Status Client::JoinEach(
+    const std::vector<uint64_t>& ids, std::optional<absl::Duration> timeout,
+    const std::function<void(size_t, absl::StatusOr<v1::Process>)>& sink, std::stop_token stop) {
+  if (ids.empty()) return absl::OkStatus();
+  const bool forever = !timeout.has_value() || *timeout == absl::InfiniteDuration();
+  const bool refused = !forever && *timeout < absl::ZeroDuration();
+  const absl::Time end = forever ? absl::InfiniteFuture() : absl::Now() + *timeout;
+  std::string nonce;
+  std::unique_ptr<grpc::ClientContext> context =
+      NewContext("Joins", &nonce, absl::InfiniteDuration());
+  std::stop_callback cancel(stop, [&context] { context->TryCancel(); });
+  std::unique_ptr<grpc::ClientReaderWriter<v1::JoinRequest, v1::JoinResult>> stream;
+  bool late = false;
+  {
+    StepDeadline sending(*context, call_timeout_);
+    stream = stub_->Joins(context.get());
+    late = sending.passed();
+  }
+  if (late) {
+    stream->Finish();
+    return DidNotAnswer("Joins", call_timeout_);
+  }
+  // Nothing reaches the caller before the daemon has proved itself in the reply's headers,
+  // which come at once from a daemon that answers.
+  {
+    StepDeadline proving(*context, call_timeout_);
+    stream->WaitForInitialMetadata();
+    late = proving.passed();
+  }
+  if (late) {
+    stream->Finish();
+    return DidNotAnswer("Joins", call_timeout_);
+  }
+  if (!Finish(*context, "Joins", nonce, grpc::Status::OK).ok()) {
+    context->TryCancel();
+    grpc::Status status = stream->Finish();
+    if (status.error_code() == grpc::StatusCode::CANCELLED && !stop.stop_requested()) {
+      status = grpc::Status::OK;  // the proof that is missing is the error
+    }
+    return Finish(*context, "Joins", nonce, status);
+  }
+
+  // The calling thread reads and answers; a writer sends each poll (the first ones, and one
+  // again for every process still running at its poll's end) and, between them, watches that
+  // the oldest poll is answered in time. Polls are due in the order they were sent.
+  struct Poll {
+    size_t index;
+    absl::Time due;
+    absl::Duration limit;  // what it was given: its timeout and a call timeout
+    bool last;             // a still-running answer is the answer
+  };
+  absl::Mutex mu;
+  std::deque<size_t> unsent;  // indices into `ids`
+  std::map<uint64_t, Poll> polls;  // by request number: the stream's order
+  bool reading_over = false;
+  bool quiet = false;
+  absl::Duration quiet_limit;
+  for (size_t i = 0; i < ids.size(); ++i) unsent.push_back(i);
+  // The writer waits for a poll to send, or for the oldest one's due time.
+  struct Wake {
+    const bool* reading_over;
+    const std::deque<size_t>* unsent;
+    static bool Ready(Wake* wake) { return *wake->reading_over || !wake->unsent->empty(); }
+  } wake{&reading_over, &unsent};
+  std::thread writer([&] {
+    uint64_t written = 0;
+    for (;;) {
+      v1::JoinRequest request;
+      {
+        absl::MutexLock lock(&mu);
+        mu.AwaitWithDeadline(absl::Condition(&Wake::Ready, &wake),
+                             polls.empty() ? absl::InfiniteFuture() : polls.begin()->second.due);
+        if (reading_over) return;
+        if (unsent.empty()) {
+          if (!polls.empty() && absl::Now() >= polls.begin()->second.due) {
+            quiet = true;
+            quiet_limit = polls.begin()->second.limit;
+            context->TryCancel();
+            return;
+          }
+          continue;
+        }
+        const size_t index = unsent.front();
+        unsent.pop_front();
+        const absl::Time now = absl::Now();
+        const absl::Duration left = end - now;
+        const absl::Duration poll =
+            refused ? *timeout : std::clamp(left, absl::ZeroDuration(), call_timeout_);
+        request.set_id(ids[index]);
+        if (poll != absl::InfiniteDuration()) *request.mutable_timeout() = DurationToProto(poll);
+        const absl::Duration limit = std::max(poll, absl::ZeroDuration()) + call_timeout_;
+        polls[++written] = Poll{.index = index,
+                                .due = now + limit,
+                                .limit = limit,
+                                .last = refused || poll == absl::InfiniteDuration() ||
+                                        left <= call_timeout_};
+      }
+      if (!stream->Write(request)) return;  // the stream has ended: the reader sees how
+    }
+  });
+  size_t unanswered = ids.size();
+  v1::JoinResult result;
+  while (unanswered > 0 && stream->Read(&result)) {
+    Poll poll;
+    {
+      absl::MutexLock lock(&mu);
+      auto it = polls.find(result.request());
+      if (it == polls.end()) continue;  // not one of ours: nothing to answer
+      poll = it->second;
+      polls.erase(it);
+      if (result.code() == 0 && result.process().state() == v1::STATE_RUNNING && !poll.last) {
+        unsent.push_back(poll.index);  // still running, and time is left: ask again
+        continue;
+      }
+    }
+    --unanswered;
+    if (result.code() != 0) {
+      sink(poll.index, absl::Status(static_cast<absl::StatusCode>(result.code()),
+                                    result.message()));
+    } else {
+      sink(poll.index, std::move(*result.mutable_process()));
+    }
+  }
+  {
+    absl::MutexLock lock(&mu);
+    reading_over = true;
+  }
+  writer.join();
+  if (unanswered == 0) stream->WritesDone();
+  grpc::Status status = stream->Finish();
+  if (unanswered > 0 && quiet) return DidNotAnswer("Joins", quiet_limit);
+  if (status.error_code() == grpc::StatusCode::CANCELLED && stop.stop_requested()) {
+    return absl::CancelledError("Joins stopped by its caller");
+  }
+  absl::Status finished = Finish(*context, "Joins", nonce, status);
+  if (finished.ok() && unanswered > 0) {
+    return absl::InternalError(absl::StrCat("proctord ended the Joins stream with ", unanswered,
+                                            " of ", ids.size(), " Joins unanswered"));
+  }
+  return finished;
 }
 
 absl::StatusOr<v1::Process> Client::Terminate(const v1::TerminateRequest& request) {

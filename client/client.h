@@ -110,6 +110,19 @@ class Client {
   // Made of polls of at most the call timeout each (see above).
   absl::StatusOr<v1::Process> Join(uint64_t id,
                                    std::optional<absl::Duration> timeout = std::nullopt);
+  // Join for each of `ids` on one Joins stream, for a caller that waits on many processes:
+  // `sink` gets the index into `ids` and that process's record as it ends (or as `timeout`
+  // passes for it: the record then says running), or that Join's own error (NOT_FOUND,
+  // PERMISSION_DENIED), in the order they come; it runs on the calling thread, one at a time.
+  // Returns OK once every id is answered. Each Join is asked in polls of at most the call
+  // timeout as Join's are, so a daemon that stops answering ends the wait with
+  // DEADLINE_EXCEEDED ("Joins did not answer within 1m") within two call timeouts. Requesting
+  // `stop` ends it with CANCELLED ("Joins stopped by its caller"); the processes run on.
+  // proctord keeps a few hundred bytes per waiting Join here, where each Join call holds
+  // about 16 KiB of gRPC's call state.
+  absl::Status JoinEach(const std::vector<uint64_t>& ids, std::optional<absl::Duration> timeout,
+                        const std::function<void(size_t, absl::StatusOr<v1::Process>)>& sink,
+                        std::stop_token stop = {});
   absl::StatusOr<v1::Process> Terminate(const v1::TerminateRequest& request);
   // One record; NOT_FOUND when the id is unknown (or released).
   absl::StatusOr<v1::Process> Status(uint64_t id);

@@ -6,10 +6,13 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/authkey.h"
@@ -136,6 +139,182 @@ class ParkedCall final : public grpc::ServerUnaryReactor {
   Supervisor& supervisor_;
   std::shared_ptr<State> state_;
   Supervisor::WaiterId waiter_ = 0;  // guarded by state_->mu
+};
+
+// One Joins stream: parks each JoinRequest read as a Join in the supervisor and answers it
+// with a JoinResult when that Join completes, one write at a time, in the order they complete.
+// Reading pauses while kMaxUnwritten results wait to be written, so a client that asks
+// without reading slows itself rather than growing proctord. The stream finishes OK once the
+// client has closed its side and nothing waits or is left to write. A completion and the
+// stream's cancellation meet in State, which outlives the reactor.
+class JoinStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  static constexpr size_t kMaxUnwritten = 1024;
+  // OK when `caller` may read the record of process `id`.
+  using Authorize = std::function<absl::Status(const Caller& caller, uint64_t id)>;
+
+  JoinStream(Supervisor& supervisor, Timers& timers, ProctorService::StreamAdmission admission,
+             Authorize authorize)
+      : supervisor_(supervisor), authorize_(std::move(authorize)),
+        state_(std::make_shared<State>()) {
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->stream = this;
+    }
+    if (!admission.caller.ok()) {
+      FinishRefusedStream(state_, admission, timers);
+      return;
+    }
+    caller_ = *std::move(admission.caller);
+    // The proof goes out now: the client can trust the stream before its first answer.
+    StartSendInitialMetadata();
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client closed its side: finish once every Join is answered
+      absl::MutexLock lock(&state_->mu);
+      state_->reads_done = true;
+      state_->FinishIfAnsweredLocked();
+      return;
+    }
+    v1::JoinRequest request;
+    if (absl::Status parsed = ParseRequest(in_, request); !parsed.ok()) {
+      state_->FinishOnce(ToGrpc(parsed));
+      return;
+    }
+    const uint64_t number = ++requests_;
+    if (absl::Status allowed = authorize_(caller_, request.id()); !allowed.ok()) {
+      state_->Answer(number, allowed);
+    } else {
+      Park(number, request);
+    }
+    absl::MutexLock lock(&state_->mu);
+    if (state_->unwritten.size() < kMaxUnwritten) {
+      StartRead(&in_);
+    } else {
+      state_->read_paused = true;  // OnWriteDone reads again
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&state_->mu);
+    state_->writing = false;
+    state_->unwritten.pop_front();
+    if (!ok) return;  // the stream is broken: OnCancel follows
+    if (state_->pending_finish.has_value()) {
+      state_->finished = true;
+      Finish(*std::exchange(state_->pending_finish, std::nullopt));
+      return;
+    }
+    if (state_->read_paused && state_->unwritten.size() < kMaxUnwritten) {
+      state_->read_paused = false;
+      StartRead(&in_);
+    }
+    if (!state_->WriteNextLocked()) state_->FinishIfAnsweredLocked();
+  }
+
+  void OnCancel() override {
+    ForgetWaiting();
+    state_->FinishOnce(grpc::Status::CANCELLED);
+  }
+
+  // Also after a finish for a bad request: what still waits would otherwise wait on.
+  void OnDone() override {
+    ForgetWaiting();
+    state_->Gone();
+    delete this;
+  }
+
+ private:
+  struct State : BidiStreamState<JoinStream> {
+    bool reads_done ABSL_GUARDED_BY(mu) = false;
+    bool read_paused ABSL_GUARDED_BY(mu) = false;
+    bool cancelled ABSL_GUARDED_BY(mu) = false;
+    // Requests parked and not yet answered, by number, with their waiter (0 until known).
+    absl::flat_hash_map<uint64_t, Supervisor::WaiterId> waiting ABSL_GUARDED_BY(mu);
+    // Serialized JoinResults; the first is being written while `writing`.
+    std::deque<grpc::ByteBuffer> unwritten ABSL_GUARDED_BY(mu);
+
+    // The answer to request `number`, unless it is no longer waited for.
+    void Answer(uint64_t number, const absl::StatusOr<ProcessInfo>& result) {
+      v1::JoinResult reply;
+      reply.set_request(number);
+      if (result.ok()) {
+        ToProto(*result, reply.mutable_process());
+      } else {
+        reply.set_code(static_cast<int32_t>(result.status().code()));
+        reply.set_message(std::string(result.status().message()));
+      }
+      absl::MutexLock lock(&mu);
+      if (finished || stream == nullptr || cancelled) return;
+      waiting.erase(number);
+      SerializeReply(reply, &unwritten.emplace_back());
+      WriteNextLocked();
+    }
+    // Starts writing the first unwritten result unless a write is in flight; false when
+    // there is none to write.
+    bool WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      if (writing) return true;
+      if (unwritten.empty() || finished || stream == nullptr) return false;
+      writing = true;
+      stream->StartWrite(&unwritten.front());
+      return true;
+    }
+    void FinishIfAnsweredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      if (!reads_done || !waiting.empty() || writing || !unwritten.empty()) return;
+      if (finished || stream == nullptr) return;
+      finished = true;
+      stream->Finish(grpc::Status::OK);
+    }
+  };
+
+  // The Joins still waiting leave the supervisor; a completion from now on finds its
+  // request gone.
+  void ForgetWaiting() {
+    std::vector<Supervisor::WaiterId> waiters;
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->cancelled = true;
+      for (const auto& [number, waiter] : state_->waiting) {
+        if (waiter != 0) waiters.push_back(waiter);
+      }
+      state_->waiting.clear();
+    }
+    for (Supervisor::WaiterId waiter : waiters) supervisor_.CancelWait(waiter);
+  }
+
+  void Park(uint64_t number, const v1::JoinRequest& request) {
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->waiting.emplace(number, 0);
+    }
+    std::optional<absl::Duration> timeout;
+    if (request.has_timeout()) timeout = FromDurationProto(request.timeout());
+    std::shared_ptr<State> state = state_;
+    Supervisor::WaiterId waiter =
+        supervisor_.Join(request.id(), timeout, [state, number](absl::StatusOr<ProcessInfo> r) {
+          state->Answer(number, r);
+        });
+    {
+      absl::MutexLock lock(&state_->mu);
+      auto it = state_->waiting.find(number);
+      if (it != state_->waiting.end()) {  // it waits: a cancel from now on finds the waiter
+        it->second = waiter;
+        return;
+      }
+      if (!state_->cancelled) return;  // answered already
+    }
+    // Cancelled before the waiter was known here: it leaves now.
+    supervisor_.CancelWait(waiter);
+  }
+
+  Supervisor& supervisor_;
+  const Authorize authorize_;
+  const std::shared_ptr<State> state_;
+  Caller caller_;
+  uint64_t requests_ = 0;  // JoinRequests read; reads are one at a time
+  grpc::ByteBuffer in_;    // the JoinRequest being read
 };
 
 // Streams one capture file. Reads happen on gRPC's threads (after each write) and on the
@@ -811,6 +990,14 @@ grpc::ServerUnaryReactor* ProctorService::Join(grpc::CallbackServerContext* cont
   return new ParkedCall(supervisor_, response, [&](Supervisor::Done done) {
     return supervisor_.Join(id, timeout, std::move(done));
   });
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ProctorService::Joins(
+    grpc::CallbackServerContext* context) {
+  return new JoinStream(supervisor_, timers_, AdmitStream(context, "Joins"),
+                        [this](const Caller& caller, uint64_t id) {
+                          return Authorize(caller, id, Access::kRead);
+                        });
 }
 
 grpc::ServerUnaryReactor* ProctorService::Terminate(grpc::CallbackServerContext* context,

@@ -2,6 +2,7 @@
 //
 // Handlers never block on a process: Join and Terminate park their call in the supervisor
 // and finish it from the completion callback, so a thousand waiting joiners hold no thread.
+// Joins parks many Joins on one stream, so that they hold no gRPC call each either.
 // Logs streams the capture files; with follow it keeps reading until the process has ended
 // and its output is drained. Run is Start, a followed Logs of both files and a Join in one
 // stream, its headers (and the proof in them) sent at once. Statuses cross this layer
@@ -18,6 +19,8 @@
 // (gRPC's own parsing would answer UNIMPLEMENTED with no message, and give the service no say).
 #ifndef PROCTOR_SERVER_PROCTOR_SERVICE_H_
 #define PROCTOR_SERVER_PROCTOR_SERVICE_H_
+
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -56,12 +59,13 @@ class StartBindings {
 // The generated service with every method taking and giving bytes.
 using RawProctorService = v1::Proctor::WithRawCallbackMethod_Run<
     v1::Proctor::WithRawCallbackMethod_Start<v1::Proctor::WithRawCallbackMethod_Join<
+    v1::Proctor::WithRawCallbackMethod_Joins<
         v1::Proctor::WithRawCallbackMethod_Terminate<v1::Proctor::WithRawCallbackMethod_Status<
             v1::Proctor::WithRawCallbackMethod_Logs<v1::Proctor::WithRawCallbackMethod_Release<
                 v1::Proctor::WithRawCallbackMethod_Session<v1::Proctor::WithRawCallbackMethod_Watch<
                     v1::Proctor::WithRawCallbackMethod_Reload<
                         v1::Proctor::WithRawCallbackMethod_ListServices<
-                            v1::Proctor::Service>>>>>>>>>>>;
+                            v1::Proctor::Service>>>>>>>>>>>>;
 
 class ProctorService final : public RawProctorService {
  public:
@@ -82,6 +86,9 @@ class ProctorService final : public RawProctorService {
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
                                  const grpc::ByteBuffer* request,
                                  grpc::ByteBuffer* response) override;
+  // Join for each JoinRequest on the stream, answered as each completes (see JoinResult).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Joins(
+      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* Terminate(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override;
@@ -186,6 +193,19 @@ class ProctorService final : public RawProctorService {
   Backoff limit_refusals_;  // by the root of the calling tree
   StartBindings* bindings_ = nullptr;
 };
+
+// For a bidi stream that AdmitStream turned away: finishes it through `state` (a
+// BidiStreamState) with the refusal, at once or after its hold-back, on `timers`.
+template <typename State>
+void FinishRefusedStream(const std::shared_ptr<State>& state,
+                         const ProctorService::StreamAdmission& admission, Timers& timers) {
+  grpc::Status status = ToGrpc(HeldBack(admission.caller.status(), admission.hold_back));
+  if (admission.hold_back <= absl::ZeroDuration()) {
+    state->FinishOnce(status);
+    return;
+  }
+  timers.After(admission.hold_back, [state, status] { state->FinishOnce(status); });
+}
 
 }  // namespace proctor
 

@@ -474,14 +474,7 @@ class SyncCallStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
       : service_(service), state_(std::make_shared<State>()) {
     state_->stream = this;
     if (!admission.caller.ok()) {
-      grpc::Status status = ToGrpc(HeldBack(admission.caller.status(), admission.hold_back));
-      if (admission.hold_back <= absl::ZeroDuration()) {
-        state_->FinishOnce(status);
-      } else {
-        std::shared_ptr<State> state = state_;
-        service.gate_.timers().After(admission.hold_back,
-                                     [state, status] { state->FinishOnce(status); });
-      }
+      FinishRefusedStream(state_, admission, service.gate_.timers());
       return;
     }
     caller_ = *std::move(admission.caller);

@@ -28,6 +28,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "client/credentials.h"
 #include "common/authkey.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.h"
@@ -632,6 +633,8 @@ TEST_F(AuthCredentialTest, StreamsSendTheirProofBeforeTheirFirstMessage) {
   expect_proof_first("Watch", [&](grpc::ClientContext& c) { return stub_->Watch(&c, watch); });
   // Before the session's first request: the client may check the daemon before it asks.
   expect_proof_first("Session", [&](grpc::ClientContext& c) { return stub_->Session(&c); });
+  // Joins: before its first Join is asked.
+  expect_proof_first("Joins", [&](grpc::ClientContext& c) { return stub_->Joins(&c); });
   // SyncCalls: before its first call is made.
   std::unique_ptr<v1::Sync::Stub> sync =
       v1::Sync::NewStub(grpc::CreateChannel(daemon_.address(), grpc::InsecureChannelCredentials()));
@@ -977,6 +980,45 @@ TEST_F(AuthWorkerKeyTest, ReachesOnlyItsOwnSubtree) {
   ASSERT_TRUE(ended.ok()) << ended.status();
   EXPECT_EQ(ended->exitcode(), -SIGKILL);
   EXPECT_TRUE(as_p1->Release(child1.id()).ok());
+}
+
+// A Joins stream made with a worker's key answers each Join as the unary call would: another
+// tree's process is PERMISSION_DENIED, in its result, and the stream goes on.
+TEST_F(AuthWorkerKeyTest, JoinsOnAStreamReachOnlyTheKeysSubtree) {
+  KeyedWorker p1 = StartKeyedWorker(admin_);
+  KeyedWorker p2 = StartKeyedWorker(admin_);
+  auto stub = v1::Proctor::NewStub(
+      grpc::CreateChannel(daemon_.address(), grpc::InsecureChannelCredentials()));
+  CallAuth as_p1(p1.credentials);
+  grpc::ClientContext context;
+  std::string nonce = as_p1.Sign(context, "Joins");
+  auto stream = stub->Joins(&context);
+  v1::JoinRequest other;
+  other.set_id(p2.record.id());
+  ASSERT_TRUE(stream->Write(other));
+  v1::JoinRequest self;
+  self.set_id(p1.record.id());
+  self.mutable_timeout();  // 0: answered at once
+  ASSERT_TRUE(stream->Write(self));
+  ASSERT_TRUE(stream->WritesDone());
+  std::vector<v1::JoinResult> results(2);
+  ASSERT_TRUE(stream->Read(&results[0]));
+  ASSERT_TRUE(stream->Read(&results[1]));
+  grpc::Status closed = stream->Finish();
+  ASSERT_TRUE(closed.ok()) << closed.error_message();
+  ASSERT_TRUE(as_p1.CheckReply(context, "Joins", nonce, closed, "the test daemon").ok());
+  for (const v1::JoinResult& result : results) {
+    if (result.request() == 1) {
+      EXPECT_EQ(result.code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+      EXPECT_THAT(result.message(), HasSubstr("outside the subtree"));
+      EXPECT_FALSE(result.has_process());
+    } else {
+      EXPECT_EQ(result.request(), 2u);
+      EXPECT_EQ(result.code(), 0) << result.message();
+      EXPECT_EQ(result.process().id(), p1.record.id());
+      EXPECT_EQ(result.process().state(), v1::STATE_RUNNING);
+    }
+  }
 }
 
 TEST_F(AuthWorkerKeyTest, WorkerKeyCannotOpenASession) {

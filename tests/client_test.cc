@@ -218,6 +218,122 @@ TEST_F(ClientAgainstDaemonTest, StoppedDaemon) {
   Kill(worker.id());
 }
 
+// What JoinEach passed to its sink, in order.
+struct Joined {
+  size_t index;
+  absl::StatusOr<v1::Process> record;
+};
+
+TEST_F(ClientAgainstDaemonTest, JoinEachAnswersEachProcessAsItEndsOnOneStream) {
+  // Polls of 1 s: the processes outlast several, and are asked again after each.
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  Gate first(daemon_.dir() + "/first");
+  Gate second(daemon_.dir() + "/second");
+  v1::Process a = StartOk(*client, {"/bin/sh", "-c", second.ShellWait() + "; exit 3"});
+  v1::Process b = StartOk(*client, {"/bin/sh", "-c", first.ShellWait() + "; exit 4"});
+  std::vector<Joined> joined;
+  std::future<absl::Status> done = std::async(std::launch::async, [&] {
+    return client->JoinEach({a.id(), 987654, b.id()}, std::nullopt,
+                            [&](size_t index, absl::StatusOr<v1::Process> record) {
+                              joined.push_back({index, std::move(record)});
+                            });
+  });
+  EXPECT_EQ(done.wait_for(std::chrono::milliseconds(2500)), std::future_status::timeout)
+      << "JoinEach returned before the processes ended";
+  EXPECT_TRUE(first.Open());
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_TRUE(second.Open());
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  absl::Status status = done.get();
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_EQ(joined.size(), 3u);
+  // The unknown id at once, then b (which ended first), then a.
+  EXPECT_EQ(joined[0].index, 1u);
+  EXPECT_TRUE(absl::IsNotFound(joined[0].record.status())) << joined[0].record.status();
+  EXPECT_EQ(joined[1].index, 2u);
+  ASSERT_TRUE(joined[1].record.ok()) << joined[1].record.status();
+  EXPECT_EQ(joined[1].record->exitcode(), 4);
+  EXPECT_EQ(joined[2].index, 0u);
+  ASSERT_TRUE(joined[2].record.ok()) << joined[2].record.status();
+  EXPECT_EQ(joined[2].record->exitcode(), 3);
+}
+
+TEST_F(ClientAgainstDaemonTest, JoinEachWithATimeoutGivesTheRunningRecords) {
+  std::unique_ptr<Client> client = ClientWith(absl::Milliseconds(200));
+  ASSERT_NE(client, nullptr);
+  v1::Process sleeper = StartOk(*client, {"/bin/sleep", "60"});
+  v1::Process quick = StartOk(*client, {"/bin/sh", "-c", "exit 2"});
+  std::vector<Joined> joined;
+  absl::Time before = absl::Now();
+  absl::Status status = client->JoinEach(
+      {sleeper.id(), quick.id()}, absl::Milliseconds(700),
+      [&](size_t index, absl::StatusOr<v1::Process> record) {
+        joined.push_back({index, std::move(record)});
+      });
+  absl::Duration took = absl::Now() - before;
+  ASSERT_TRUE(status.ok()) << status;
+  // The timeout is the whole wait, over several polls of one call timeout each.
+  EXPECT_GE(took, absl::Milliseconds(700));
+  EXPECT_LT(took, absl::Seconds(3));
+  ASSERT_EQ(joined.size(), 2u);
+  EXPECT_EQ(joined[0].index, 1u);
+  EXPECT_EQ(joined[0].record->exitcode(), 2);
+  EXPECT_EQ(joined[1].index, 0u);
+  ASSERT_TRUE(joined[1].record.ok()) << joined[1].record.status();
+  EXPECT_EQ(joined[1].record->state(), v1::STATE_RUNNING);
+  Kill(sleeper.id());
+}
+
+TEST_F(ClientAgainstDaemonTest, JoinEachAgainstAStoppedDaemonEndsWithinTwoCallTimeouts) {
+  std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
+  ASSERT_NE(client, nullptr);
+  v1::Process sleeper = StartOk(*client, {"/bin/sleep", "60"});
+  auto join_each = [&] {
+    return client->JoinEach({sleeper.id()}, std::nullopt,
+                            [](size_t, absl::StatusOr<v1::Process>) {});
+  };
+  {
+    // Stopped before the stream opens: its headers are due within a call timeout.
+    Stopped stopped(daemon_.pid());
+    ExpectDeadline(join_each, "Joins did not answer within 1s", absl::Seconds(1));
+  }
+  // Stopped while a poll waits: each poll is due within its timeout and a call timeout.
+  absl::Time before = absl::Now();
+  std::future<absl::Status> waiting = std::async(std::launch::async, join_each);
+  absl::SleepFor(absl::Milliseconds(300));
+  {
+    Stopped stopped(daemon_.pid());
+    absl::Status status = waiting.get();
+    EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+    EXPECT_EQ(status.message(), "Joins did not answer within 2s");
+    EXPECT_GE(absl::Now() - before, absl::Seconds(2) - absl::Milliseconds(50));
+    EXPECT_LT(absl::Now() - before, absl::Seconds(5));
+  }
+  absl::StatusOr<v1::Process> record = client->Status(sleeper.id());
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  Kill(sleeper.id());
+}
+
+TEST_F(ClientAgainstDaemonTest, JoinEachStoppedByItsCallerLeavesTheProcessesRunning) {
+  v1::Process sleeper = StartOk(daemon_.client(), {"/bin/sleep", "60"});
+  std::stop_source stop;
+  std::jthread stopper([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    stop.request_stop();
+  });
+  absl::Status status = daemon_.client().JoinEach(
+      {sleeper.id()}, std::nullopt, [](size_t, absl::StatusOr<v1::Process>) {},
+      stop.get_token());
+  EXPECT_TRUE(absl::IsCancelled(status)) << status;
+  EXPECT_EQ(status.message(), "Joins stopped by its caller");
+  absl::StatusOr<v1::Process> record = daemon_.client().Status(sleeper.id());
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->state(), v1::STATE_RUNNING);
+  Kill(sleeper.id());
+}
+
 TEST_F(ClientAgainstDaemonTest, JoinWithoutTimeoutOutlastsManyCallTimeouts) {
   std::unique_ptr<Client> client = ClientWith(absl::Seconds(1));
   ASSERT_NE(client, nullptr);

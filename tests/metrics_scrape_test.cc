@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/credentials.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -148,6 +149,36 @@ TEST(MetricsScrapeTest, RestartsAndWatchersAreCounted) {
   EXPECT_EQ(samples["proctor_process_restarts_total"], 2);
   kill(watcher, SIGTERM);
   WaitForExit(watcher, absl::Seconds(10));
+}
+
+// The Joins a stream parks are counted as any Join, and leave with the stream: a cancelled
+// stream leaves none waiting in proctord.
+TEST(MetricsScrapeTest, ACancelledJoinsStreamLeavesNoJoinWaiting) {
+  constexpr int kJoins = 50;
+  TestDaemon daemon({"--metrics-listen", "127.0.0.1:0", "--shutdown-grace", "0"});
+  std::string address = MetricsAddress(daemon);
+  ASSERT_FALSE(address.empty()) << daemon.Log();
+  v1::Process sleeper = StartOk(daemon.client(), {"/bin/sleep", "100"});
+  absl::StatusOr<Credentials> admin = FindCredentials(daemon.authkey_path());
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  CallAuth auth(*admin);
+  auto stub = v1::Proctor::NewStub(
+      grpc::CreateChannel(daemon.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auth.Sign(context, "Joins");
+  auto stream = stub->Joins(&context);
+  v1::JoinRequest join;
+  join.set_id(sleeper.id());
+  for (int i = 0; i < kJoins; ++i) ASSERT_TRUE(stream->Write(join));
+  EXPECT_TRUE(WaitFor([&] { return Scrape(address)["proctor_joins_waiting"] == kJoins; }))
+      << "the stream's Joins are not all parked";
+  context.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitFor([&] { return Scrape(address)["proctor_joins_waiting"] == 0; }))
+      << "Joins of a cancelled stream are still waiting";
+  absl::StatusOr<v1::Process> running = daemon.client().Status(sleeper.id());
+  ASSERT_TRUE(running.ok()) << running.status();
+  EXPECT_EQ(running->state(), v1::STATE_RUNNING) << "a cancelled Join ends nothing";
 }
 
 TEST(MetricsScrapeTest, OnlyMetricsIsServed) {

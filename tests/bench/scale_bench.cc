@@ -10,9 +10,10 @@
 // - exit -> Join: P probe workers, each `read` from a FIFO of its own with a Join parked on
 //   it; the bench writes the FIFO and times until that Join returns (p50, p99). Baseline in
 //   the same run: the same probe spawned by the bench itself, timed until its waitpid returns;
-// - S parked Joins (async, one channel) on the live workers: none answered within 2 s, and
-//   proctord's RSS growth while they are parked (measured first, before the listings, whose
-//   freed memory they would reuse);
+// - S parked Joins on the live workers, first as S requests on one Joins stream, then as S
+//   unary calls (async, one channel): none answered within 2 s, and proctord's RSS growth
+//   while they are parked (measured first, before the listings, whose freed memory they
+//   would reuse);
 // Then the history: H short processes (/bin/true, Start+Join, never released) on a fresh
 // proctord with the default --retain 10000; proctord's RSS every H/7 processes. The same again
 // with --retain 0, which keeps everything else (the event window, the journal, the stock of
@@ -195,16 +196,27 @@ absl::StatusOr<ExitLatency> MeasureExitToJoin(Client& client, const std::string&
   return latency;
 }
 
+// A stub on a channel of its own to `options.address`, and the key to sign its calls with.
+struct SignedStub {
+  CallAuth auth;
+  std::unique_ptr<v1::Proctor::Stub> stub;
+};
+absl::StatusOr<SignedStub> NewSignedStub(const ClientOptions& options) {
+  absl::StatusOr<Credentials> credentials = FindCredentials(options.authkey_file);
+  if (!credentials.ok()) return credentials.status();
+  return SignedStub{CallAuth(*std::move(credentials)),
+                    v1::Proctor::NewStub(grpc::CreateChannel(
+                        options.address, grpc::InsecureChannelCredentials()))};
+}
+
 // `ids.size()` Joins, async on one channel, on the live workers `ids`: none may be answered
 // within 2 s (a Join that comes back did not park). proctord's RSS (`daemon`) is read then,
 // into `rss_parked_kib`, before they are cancelled.
 absl::Status ParkJoins(const ClientOptions& options, const std::vector<uint64_t>& ids,
                        pid_t daemon, int64_t* rss_parked_kib) {
-  absl::StatusOr<Credentials> credentials = FindCredentials(options.authkey_file);
-  if (!credentials.ok()) return credentials.status();
-  CallAuth auth(*credentials);
-  std::unique_ptr<v1::Proctor::Stub> stub = v1::Proctor::NewStub(
-      grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials()));
+  absl::StatusOr<SignedStub> signed_stub = NewSignedStub(options);
+  if (!signed_stub.ok()) return signed_stub.status();
+  auto& [auth, stub] = *signed_stub;
   struct Call {
     grpc::ClientContext context;
     v1::Process reply;
@@ -236,6 +248,36 @@ absl::Status ParkJoins(const ClientOptions& options, const std::vector<uint64_t>
   return answered;
 }
 
+// The same Joins on one Joins stream: none may be answered within 2 s. proctord's RSS is read
+// then, into `rss_parked_kib`, before the stream is cancelled.
+absl::Status ParkJoinsOnAStream(const ClientOptions& options, const std::vector<uint64_t>& ids,
+                                pid_t daemon, int64_t* rss_parked_kib) {
+  absl::StatusOr<SignedStub> signed_stub = NewSignedStub(options);
+  if (!signed_stub.ok()) return signed_stub.status();
+  auto& [auth, stub] = *signed_stub;
+  grpc::ClientContext context;
+  auth.Sign(context, "Joins");
+  auto stream = stub->Joins(&context);
+  v1::JoinRequest request;
+  for (uint64_t id : ids) {
+    request.set_id(id);
+    if (!stream->Write(request)) {
+      return absl::InternalError(absl::StrCat("the Joins stream ended: ",
+                                              stream->Finish().error_message()));
+    }
+  }
+  absl::SleepFor(absl::Seconds(2));
+  *rss_parked_kib = RssKib(daemon);
+  context.TryCancel();
+  v1::JoinResult early;
+  if (stream->Read(&early)) {
+    return absl::InternalError(absl::StrCat("a Join on the stream was answered: ", early.code(),
+                                            " ", early.message()));
+  }
+  stream->Finish();
+  return absl::OkStatus();
+}
+
 // One size of the live set: figures for S live workers.
 absl::StatusOr<nlohmann::json> MeasureLive(BenchDaemon& daemon, const std::string& dir, int live,
                                            int probes, std::vector<uint64_t>& sleepers) {
@@ -255,14 +297,24 @@ absl::StatusOr<nlohmann::json> MeasureLive(BenchDaemon& daemon, const std::strin
   if (keeper > 0) figures["keeper_rss_kib"] = RssKib(keeper);
 
   // Before the listings: the memory they free would be reused by the Joins and hide them.
+  // The stream's first, for the same reason: its Joins are the smaller (the unary Joins may
+  // reuse what they freed, by at most the stream's own growth).
   int64_t rss_parked_kib = 0;
+  if (absl::Status parked =
+          ParkJoinsOnAStream(options, sleepers, daemon.pid(), &rss_parked_kib);
+      !parked.ok()) {
+    return parked;
+  }
+  figures["stream_parked_joins_rss_growth_kib"] =
+      rss_parked_kib - figures["proctord_rss_kib"].get<int64_t>();
+  WaitUntilIdle(daemon.pid());
+  const int64_t rss_before_unary_kib = RssKib(daemon.pid());
   if (absl::Status parked = ParkJoins(options, sleepers, daemon.pid(), &rss_parked_kib);
       !parked.ok()) {
     return parked;
   }
   figures["parked_joins"] = sleepers.size();
-  figures["parked_joins_rss_growth_kib"] =
-      rss_parked_kib - figures["proctord_rss_kib"].get<int64_t>();
+  figures["parked_joins_rss_growth_kib"] = rss_parked_kib - rss_before_unary_kib;
   // The Joins were cancelled on our side at once; proctord ends each of them after. The
   // listings are timed once it has, or they would be timed against that.
   WaitUntilIdle(daemon.pid());
