@@ -190,6 +190,7 @@ class JoinStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       Park(number, request);
     }
     absl::MutexLock lock(&state_->mu);
+    if (state_->finished) return;  // cancelled meanwhile: nothing more is read
     if (state_->unwritten.size() < kMaxUnwritten) {
       StartRead(&in_);
     } else {
@@ -201,13 +202,16 @@ class JoinStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     absl::MutexLock lock(&state_->mu);
     state_->writing = false;
     state_->unwritten.pop_front();
-    if (!ok) return;  // the stream is broken: OnCancel follows
+    // A finish that waited for this write goes now, whether or not the write went through:
+    // the call is not done until it is finished.
     if (state_->pending_finish.has_value()) {
       state_->finished = true;
       Finish(*std::exchange(state_->pending_finish, std::nullopt));
       return;
     }
-    if (state_->read_paused && state_->unwritten.size() < kMaxUnwritten) {
+    if (!ok) return;  // the stream is broken: OnCancel follows, and finishes it
+    if (state_->read_paused && !state_->finished &&
+        state_->unwritten.size() < kMaxUnwritten) {
       state_->read_paused = false;
       StartRead(&in_);
     }
