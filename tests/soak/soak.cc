@@ -154,7 +154,7 @@ class DaemonHolder {
   absl::Status Start(bool await_spares) {
     absl::StatusOr<std::unique_ptr<BenchDaemon>> started =
         BenchDaemon::Start(options_.proctord,
-                           {"--log-level", "warn", "--capture-spares", "64", "--max-children",
+                           {"--log-level", "info", "--capture-spares", "64", "--max-children",
                             absl::StrCat(kMaxChildren), "--max-depth", absl::StrCat(kMaxDepth)},
                            dir_, await_spares);
     if (!started.ok()) return started.status();
