@@ -30,6 +30,7 @@
 #include <sys/wait.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -634,6 +635,25 @@ class Soak {
   const std::string dir_;
 };
 
+// Waits until the filesystem of `dir` has room again after the disk fault (a quarter of it
+// free), for up to 10 s.
+absl::Status AwaitFreeSpace(const std::string& dir) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  for (;;) {
+    struct statvfs fs;
+    if (statvfs(dir.c_str(), &fs) != 0) {
+      return absl::InternalError(absl::StrCat("statvfs ", dir, ": ", std::strerror(errno)));
+    }
+    if (fs.f_bavail >= fs.f_blocks / 4) return absl::OkStatus();
+    if (absl::Now() > give_up) {
+      return absl::InternalError(absl::StrCat(
+          dir, " is still full 10 s after the disk fault removed its filler: something holds it "
+               "open"));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
 // Applies each enabled fault in turn until `deadline`.
 void RunFaults(const Options& options, const std::vector<std::string>& faults,
                DaemonHolder& daemon, FaultClock& clock, Tally& tally, const std::string& dir,
@@ -668,8 +688,10 @@ void RunFaults(const Options& options, const std::vector<std::string>& faults,
     } else if (fault == "spawner") {
       soak.RunSpawner(length);
     } else if (fault == "disk") {
+      // Close-on-exec ("e"): a CLI the soak spawns meanwhile would otherwise hold the filler
+      // open, and keep the disk full after it is removed, until that CLI exits.
       std::string filler = dir + "/filler";
-      FILE* f = std::fopen(filler.c_str(), "w");
+      FILE* f = std::fopen(filler.c_str(), "we");
       std::string block(1 << 20, 'x');
       while (f != nullptr && std::fwrite(block.data(), 1, block.size(), f) == block.size() &&
              std::fflush(f) == 0) {
@@ -677,6 +699,12 @@ void RunFaults(const Options& options, const std::vector<std::string>& faults,
       absl::SleepFor(length);
       if (f != nullptr) std::fclose(f);
       std::remove(filler.c_str());
+      // The fault is over once the space is back, not once the file is gone: output refused
+      // before then counts as lost to the full disk.
+      if (absl::Status freed = AwaitFreeSpace(dir); !freed.ok()) {
+        std::cerr << "soak: " << freed << "\n";
+        std::exit(2);
+      }
     }
     clock.End();
     absl::MutexLock lock(&tally.mu);
