@@ -89,21 +89,31 @@ absl::Status Validate(const StartSpec& spec) {
   return absl::OkStatus();
 }
 
-// The base environment with the request's entries laid over it (same name: request wins).
-std::vector<std::string> BuildEnv(const std::vector<std::string>& base,
+// The base environment with the request's entries laid over it (same name: request wins; a
+// name twice in `base` keeps its last value, in its first place). `base` is taken by value so
+// that a launch's own environment is moved through each layer rather than copied.
+std::vector<std::string> BuildEnv(std::vector<std::string> base,
                                   const std::vector<std::string>& overrides) {
+  auto name = [](absl::string_view entry) { return entry.substr(0, entry.find('=')); };
   std::vector<std::string> env;
-  absl::flat_hash_map<std::string, size_t> index;
-  auto put = [&](const std::string& entry) {
-    std::string key = entry.substr(0, entry.find('='));
-    auto [it, inserted] = index.emplace(key, env.size());
-    if (inserted) {
-      env.push_back(entry);
-    } else {
-      env[it->second] = entry;
+  // Reserved whole, so that no entry moves: the index's names are views into `env`.
+  env.reserve(base.size() + overrides.size());
+  absl::flat_hash_map<absl::string_view, size_t> index;
+  index.reserve(env.capacity());
+  auto put = [&](std::string entry) {
+    auto it = index.find(name(entry));
+    if (it == index.end()) {
+      env.push_back(std::move(entry));
+      index.emplace(name(env.back()), env.size() - 1);
+      return;
     }
+    // The replaced string's buffer may go: the name is taken again from the new one.
+    const size_t at = it->second;
+    index.erase(it);
+    env[at] = std::move(entry);
+    index.emplace(name(env[at]), at);
   };
-  for (const std::string& entry : base) put(entry);
+  for (std::string& entry : base) put(std::move(entry));
   for (const std::string& entry : overrides) put(entry);
   return env;
 }
@@ -239,7 +249,8 @@ absl::StatusOr<ProcessInfo> Supervisor::Start(const StartSpec& spec) {
     // Binds a socket: before the lock.
     absl::StatusOr<std::string> endpoint = options_.notify->Open(id, owner);
     if (!endpoint.ok()) return endpoint.status();
-    launch->envp = BuildEnv(launch->envp, {absl::StrCat("NOTIFY_SOCKET=", *endpoint)});
+    launch->envp =
+        BuildEnv(std::move(launch->envp), {absl::StrCat("NOTIFY_SOCKET=", *endpoint)});
   }
   {
     absl::MutexLock lock(&mu_);
@@ -346,7 +357,7 @@ absl::Status Supervisor::AdmitLocked(const StartSpec& spec, uint64_t id, LaunchS
   launch.stderr_path = info.stderr_path;
   // Its own credential, never its parent's: a child must not be able to act as its parent.
   record.credential = RandomBytes(kAuthkeyBytes);
-  launch.envp = BuildEnv(launch.envp,
+  launch.envp = BuildEnv(std::move(launch.envp),
                          {absl::StrCat(kAddressEnv, "=", options_.worker_address),
                           absl::StrCat(kIdEnv, "=", id),
                           absl::StrCat(kAuthkeyEnv, "=", HexEncode(record.credential)),

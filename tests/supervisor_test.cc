@@ -105,6 +105,19 @@ TEST_F(SupervisorTest, RequestEnvironmentOverridesTheBase) {
               ElementsAre("PATH=/usr/bin", "HOME=/tmp", "EXTRA=1"));
 }
 
+TEST_F(SupervisorTest, TheLastEntryOfANameWinsInThePlaceOfItsFirst) {
+  // Values past the short-string size, so that each replacement frees the buffer it replaces.
+  const std::string first_home = "HOME=/home/a-directory-name-long-enough-to-be-on-the-heap";
+  const std::string last_home = "HOME=/home/another-directory-name-long-enough-for-the-heap";
+  StartOk(StartSpec{.target = "/bin/true",
+                    .env = {first_home, "A_VARIABLE_NAME_LONGER_THAN_SSO=1", last_home,
+                            "A_VARIABLE_NAME_LONGER_THAN_SSO=22", "HOME=/tmp"}});
+  const std::vector<std::string>& envp = os_.launches.back().envp;
+  ASSERT_EQ(envp.size(), 7u);
+  EXPECT_THAT(std::vector<std::string>(envp.begin(), envp.begin() + 3),
+              ElementsAre("PATH=/usr/bin", "HOME=/tmp", "A_VARIABLE_NAME_LONGER_THAN_SSO=22"));
+}
+
 // The value of `name` in the environment of the last process launched.
 std::string LastEnv(const FakeProcessOs& os, const std::string& name) {
   for (const std::string& entry : os.launches.back().envp) {
