@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/authkey.h"
+#include "google/protobuf/arena.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/bidi_stream_state.h"
@@ -1049,12 +1050,16 @@ grpc::ServerUnaryReactor* ProctorService::Status(grpc::CallbackServerContext* co
   if (request.has_parent_id()) filter.parent_id = request.parent_id();
   if (request.has_parent_session()) filter.parent_session = request.parent_session();
   filter.subtree_of = caller->worker_id;
+  // Straight from the records into an arena's messages: a listing of thousands spent most of
+  // its time copying each record, allocating each string of its message and freeing both.
+  google::protobuf::Arena arena;
+  auto* listing = google::protobuf::Arena::CreateMessage<v1::StatusResponse>(&arena);
   uint64_t cursor = 0;
-  for (const ProcessInfo& info : supervisor_.List(filter, &cursor)) {
-    ToProto(info, reply.add_processes());
-  }
-  reply.set_cursor(cursor);
-  SerializeReply(reply, response);
+  supervisor_.VisitListed(filter, &cursor, [listing](const ProcessInfo& info) {
+    ToProto(info, listing->add_processes());
+  });
+  listing->set_cursor(cursor);
+  SerializeReply(*listing, response);
   return FinishNow(context, absl::OkStatus());
 }
 

@@ -63,6 +63,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
@@ -321,6 +322,10 @@ class Supervisor {
   // `cursor`, when given, receives the cursor of the last event the listing reflects: watch
   // from there to miss nothing and see nothing twice.
   std::vector<ProcessInfo> List(const ListFilter& filter, uint64_t* cursor = nullptr);
+  // List() without the copies: `visit` sees each matching record in id order, under the
+  // supervisor's lock, so it must not call the supervisor (nor block).
+  void VisitListed(const ListFilter& filter, uint64_t* cursor,
+                   absl::FunctionRef<void(const ProcessInfo&)> visit);
   // The capture files that may still grow: those of running workers, and of ended ones whose
   // processes live on.
   std::vector<std::string> CaptureFilesInUse();
