@@ -230,6 +230,47 @@ class RunCall final : public grpc::ClientReadReactor<v1::RunEvent> {
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
+
+// How Join and JoinEach ask after one process: in polls of at most the call timeout each, so
+// that a daemon that stops answering is noticed; the daemon answers a poll at its timeout
+// with the still-running record, and the poll's deadline gives it one call timeout more for
+// that. No timeout (or an infinite one) is one poll, as long as it takes; a negative one goes
+// through as it is, once, for the daemon to refuse.
+class JoinPolls {
+ public:
+  struct Poll {
+    std::optional<absl::Duration> timeout;  // the request's; none: as long as it takes
+    absl::Duration limit;                   // for its answer: its timeout and a call timeout
+    bool last;                              // a still-running answer is the answer
+  };
+
+  // The wait is counted from `start`.
+  JoinPolls(std::optional<absl::Duration> timeout, absl::Duration call_timeout, absl::Time start)
+      : forever_(!timeout.has_value() || *timeout == absl::InfiniteDuration()),
+        refused_(!forever_ && *timeout < absl::ZeroDuration()),
+        timeout_(timeout.value_or(absl::InfiniteDuration())),
+        end_(forever_ ? absl::InfiniteFuture() : start + timeout_),
+        call_timeout_(call_timeout) {}
+
+  // The poll to send at `now`.
+  Poll Next(absl::Time now) const {
+    const absl::Duration left = forever_ ? absl::InfiniteDuration() : end_ - now;
+    const absl::Duration poll =
+        refused_ ? timeout_ : std::clamp(left, absl::ZeroDuration(), call_timeout_);
+    Poll next{.limit = std::max(poll, absl::ZeroDuration()) + call_timeout_,
+              .last = refused_ || poll == absl::InfiniteDuration() || left <= call_timeout_};
+    if (poll != absl::InfiniteDuration()) next.timeout = poll;
+    return next;
+  }
+
+ private:
+  const bool forever_;
+  const bool refused_;
+  const absl::Duration timeout_;
+  const absl::Time end_;
+  const absl::Duration call_timeout_;
+};
+
 }  // namespace
 
 google::protobuf::Duration DurationToProto(absl::Duration d) {
@@ -351,33 +392,24 @@ absl::StatusOr<v1::Process> Client::Start(const v1::StartRequest& request) {
 }
 
 absl::StatusOr<v1::Process> Client::Join(uint64_t id, std::optional<absl::Duration> timeout) {
-  // The daemon answers each poll at its timeout with the still-running record; the poll's
-  // deadline gives it one call timeout more for that. Negative timeouts go through as they
-  // are, once, for the daemon to refuse.
-  const bool forever = !timeout.has_value() || *timeout == absl::InfiniteDuration();
-  const bool refused = !forever && *timeout < absl::ZeroDuration();
-  const absl::Time end = forever ? absl::InfiniteFuture() : absl::Now() + *timeout;
-  absl::Duration left = forever ? absl::InfiniteDuration() : *timeout;
+  const absl::Time start = absl::Now();
+  const JoinPolls polls(timeout, call_timeout_, start);
   v1::JoinRequest request;
   request.set_id(id);
-  for (;; left = end - absl::Now()) {
-    const absl::Duration poll =
-        refused ? *timeout : std::clamp(left, absl::ZeroDuration(), call_timeout_);
-    if (poll == absl::InfiniteDuration()) {
-      request.clear_timeout();  // no call timeout either: one call, as long as it takes
+  for (absl::Time now = start;; now = absl::Now()) {
+    const JoinPolls::Poll poll = polls.Next(now);
+    if (poll.timeout.has_value()) {
+      *request.mutable_timeout() = DurationToProto(*poll.timeout);
     } else {
-      *request.mutable_timeout() = DurationToProto(poll);
+      request.clear_timeout();  // no call timeout either: one call, as long as it takes
     }
     v1::Process process;
-    if (absl::Status s = Unary("Join", &v1::Proctor::Stub::Join, request, &process,
-                               std::max(poll, absl::ZeroDuration()) + call_timeout_);
+    if (absl::Status s =
+            Unary("Join", &v1::Proctor::Stub::Join, request, &process, poll.limit);
         !s.ok()) {
       return s;
     }
-    if (process.state() != v1::STATE_RUNNING || poll == absl::InfiniteDuration() || refused ||
-        absl::Now() >= end) {
-      return process;
-    }
+    if (process.state() != v1::STATE_RUNNING || poll.last) return process;
   }
 }
 
@@ -385,9 +417,7 @@ absl::Status Client::JoinEach(
     const std::vector<uint64_t>& ids, std::optional<absl::Duration> timeout,
     const std::function<void(size_t, absl::StatusOr<v1::Process>)>& sink, std::stop_token stop) {
   if (ids.empty()) return absl::OkStatus();
-  const bool forever = !timeout.has_value() || *timeout == absl::InfiniteDuration();
-  const bool refused = !forever && *timeout < absl::ZeroDuration();
-  const absl::Time end = forever ? absl::InfiniteFuture() : absl::Now() + *timeout;
+  const JoinPolls plan(timeout, call_timeout_, absl::Now());
   std::string nonce;
   std::unique_ptr<grpc::ClientContext> context =
       NewContext("Joins", &nonce, absl::InfiniteDuration());
@@ -426,15 +456,14 @@ absl::Status Client::JoinEach(
   // The calling thread reads and answers; a writer sends each poll (the first ones, and one
   // again for every process still running at its poll's end) and, between them, watches that
   // the oldest poll is answered in time. Polls are due in the order they were sent.
-  struct Poll {
+  struct Sent {
     size_t index;
     absl::Time due;
-    absl::Duration limit;  // what it was given: its timeout and a call timeout
-    bool last;             // a still-running answer is the answer
+    JoinPolls::Poll poll;
   };
   absl::Mutex mu;
   std::deque<size_t> unsent;  // indices into `ids`
-  std::map<uint64_t, Poll> polls;  // by request number: the stream's order
+  std::map<uint64_t, Sent> polls;  // by request number: the stream's order
   bool reading_over = false;
   bool quiet = false;
   absl::Duration quiet_limit;
@@ -457,7 +486,7 @@ absl::Status Client::JoinEach(
         if (unsent.empty()) {
           if (!polls.empty() && absl::Now() >= polls.begin()->second.due) {
             quiet = true;
-            quiet_limit = polls.begin()->second.limit;
+            quiet_limit = polls.begin()->second.poll.limit;
             context->TryCancel();
             return;
           }
@@ -466,17 +495,10 @@ absl::Status Client::JoinEach(
         const size_t index = unsent.front();
         unsent.pop_front();
         const absl::Time now = absl::Now();
-        const absl::Duration left = end - now;
-        const absl::Duration poll =
-            refused ? *timeout : std::clamp(left, absl::ZeroDuration(), call_timeout_);
+        const JoinPolls::Poll next = plan.Next(now);
         request.set_id(ids[index]);
-        if (poll != absl::InfiniteDuration()) *request.mutable_timeout() = DurationToProto(poll);
-        const absl::Duration limit = std::max(poll, absl::ZeroDuration()) + call_timeout_;
-        polls[++written] = Poll{.index = index,
-                                .due = now + limit,
-                                .limit = limit,
-                                .last = refused || poll == absl::InfiniteDuration() ||
-                                        left <= call_timeout_};
+        if (next.timeout.has_value()) *request.mutable_timeout() = DurationToProto(*next.timeout);
+        polls[++written] = Sent{.index = index, .due = now + next.limit, .poll = next};
       }
       if (!stream->Write(request)) return;  // the stream has ended: the reader sees how
     }
@@ -484,24 +506,24 @@ absl::Status Client::JoinEach(
   size_t unanswered = ids.size();
   v1::JoinResult result;
   while (unanswered > 0 && stream->Read(&result)) {
-    Poll poll;
+    size_t index;
     {
       absl::MutexLock lock(&mu);
       auto it = polls.find(result.request());
       if (it == polls.end()) continue;  // not one of ours: nothing to answer
-      poll = it->second;
+      index = it->second.index;
+      const bool last = it->second.poll.last;
       polls.erase(it);
-      if (result.code() == 0 && result.process().state() == v1::STATE_RUNNING && !poll.last) {
-        unsent.push_back(poll.index);  // still running, and time is left: ask again
+      if (result.code() == 0 && result.process().state() == v1::STATE_RUNNING && !last) {
+        unsent.push_back(index);  // still running, and time is left: ask again
         continue;
       }
     }
     --unanswered;
     if (result.code() != 0) {
-      sink(poll.index, absl::Status(static_cast<absl::StatusCode>(result.code()),
-                                    result.message()));
+      sink(index, absl::Status(static_cast<absl::StatusCode>(result.code()), result.message()));
     } else {
-      sink(poll.index, std::move(*result.mutable_process()));
+      sink(index, std::move(*result.mutable_process()));
     }
   }
   {
